@@ -1,0 +1,1 @@
+"""Producers put export jobs on the queues: the REST API, webhook receivers, the scheduler, the CLI."""

@@ -1,0 +1,64 @@
+"""The FastAPI application: ``uvicorn producers.api.app:app``."""
+
+from __future__ import annotations
+
+import redis
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from producers.api import routes_admin, routes_expenses, routes_exports
+from producers.api.errors import install_error_handlers
+from producers.api.limits import BodySizeLimit
+from shared.config import get_settings
+from shared.db.session import get_engine
+from shared.logs import configure_logging
+
+DESCRIPTION = """
+Moves approved expenses into accounting systems, exactly once.
+
+Authenticate with `Authorization: Bearer <API key>` (an administrator creates keys with
+`aic org create` or the admin endpoints). Errors are JSON: `{"error": {"code", "message"}}`.
+"""
+
+
+def create_app() -> FastAPI:
+    configure_logging()
+    app = FastAPI(title="Accounting Integration Client", version="0.1.0", description=DESCRIPTION)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
+    app.include_router(routes_exports.router)
+    app.include_router(routes_expenses.router)
+    app.include_router(routes_admin.router)
+
+    @app.get("/healthz", tags=["health"], summary="Database and broker reachability")
+    def healthz() -> JSONResponse:
+        checks = {"database": _check_database(), "broker": _check_broker()}
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse(status_code=200 if healthy else 503,
+                            content={"status": "ok" if healthy else "degraded", "checks": checks})
+
+    return app
+
+
+def _check_database() -> str:
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:  # reported, not raised: this is the health endpoint's job
+        return f"unavailable: {type(exc).__name__}"
+
+
+def _check_broker() -> str:
+    try:
+        client = redis.Redis.from_url(get_settings().redis_url, socket_timeout=2,
+                                      socket_connect_timeout=2)
+        client.ping()
+        client.close()
+        return "ok"
+    except Exception as exc:  # reported, not raised
+        return f"unavailable: {type(exc).__name__}"
+
+
+app = create_app()

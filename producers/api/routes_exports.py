@@ -1,0 +1,145 @@
+"""/api/v1/accounting-exports: the contract of seed 000, plus batch progress and the event log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from producers.api.deps import Caller, current_caller
+from producers.api.schemas import (
+    ID_PATTERN,
+    BatchProgress,
+    Cancelled,
+    CreateBatch,
+    CreatedBatch,
+    CreatedExport,
+    CreateExport,
+    EventList,
+    EventOut,
+    ExportDetail,
+    ExportList,
+    ExportSummary,
+    Pagination,
+    StatusUpdated,
+    TargetSystem,
+    UpdateStatus,
+)
+from shared.db.models import ExportStatus
+from shared.db.session import session_scope
+from shared.domain import exports as service
+
+router = APIRouter(prefix="/api/v1/accounting-exports", tags=["accounting-exports"])
+
+ExportId = Path(pattern=ID_PATTERN, description="Export id, e.g. exp_xp_6a2d9c")
+ERRORS = {401: {"description": "Missing or invalid API key"},
+          404: {"description": "No such export in this organization"},
+          409: {"description": "Not allowed in the export's current state"},
+          422: {"description": "Invalid request; the message says what to fix"}}
+
+
+@router.get("", response_model=ExportList, summary="List export records", responses=ERRORS)
+def list_exports(
+    caller: Caller = Depends(current_caller),
+    page: int = Query(1, ge=1, le=100_000),
+    limit: int = Query(20, ge=1, le=100),
+    status: ExportStatus | None = None,
+    target_system: TargetSystem | None = None,
+    expense_id: str | None = Query(None, pattern=ID_PATTERN),
+    batch_id: str | None = Query(None, pattern=ID_PATTERN),
+    initiated_from: datetime | None = Query(None, description="Inclusive, ISO 8601"),
+    initiated_to: datetime | None = Query(None, description="Exclusive, ISO 8601"),
+) -> ExportList:
+    filters = service.ExportFilters(
+        status=status, target_system=target_system.value if target_system else None,
+        expense_id=expense_id, batch_id=batch_id,
+        initiated_from=_aware(initiated_from), initiated_to=_aware(initiated_to))
+    with session_scope() as session:
+        rows, total = service.list_exports(session, caller.organization_id, filters,
+                                           page=page, limit=limit)
+        return ExportList(data=[ExportSummary.of(r) for r in rows],
+                          pagination=Pagination(page=page, limit=limit, total=total))
+
+
+@router.post("", status_code=202, response_model=CreatedExport, responses=ERRORS,
+             summary="Export a single approved expense to accounting system")
+def create_export(body: CreateExport, caller: Caller = Depends(current_caller)) -> CreatedExport:
+    with session_scope() as session:
+        export = service.create_export(session, caller.organization_id, body.expense_id,
+                                       body.target_system.value, actor=caller.actor,
+                                       reexport=body.reexport)
+        return CreatedExport(export_id=export.id, expense_id=export.expense_id,
+                             target_system=export.target_system, status=export.status,
+                             initiated_at=export.created_at)
+
+
+@router.post("/batch", status_code=202, response_model=CreatedBatch, responses={
+    **ERRORS, 413: {"description": "Too many expenses in one batch"}},
+    summary="Batch export multiple approved expenses")
+def create_batch(body: CreateBatch, caller: Caller = Depends(current_caller)) -> CreatedBatch:
+    with session_scope() as session:
+        batch, exports = service.create_batch(session, caller.organization_id, body.expense_ids,
+                                              body.target_system.value, actor=caller.actor,
+                                              reexport=body.reexport)
+        return CreatedBatch(batch_id=batch.id, expense_ids=body.expense_ids,
+                            export_ids=[e.id for e in exports],
+                            target_system=batch.target_system, status=ExportStatus.PROCESSING,
+                            initiated_at=batch.created_at)
+
+
+@router.get("/batch/{batch_id}", response_model=BatchProgress, responses=ERRORS,
+            summary="Progress of a batch: exports per status")
+def get_batch(batch_id: str = Path(pattern=ID_PATTERN),
+              caller: Caller = Depends(current_caller)) -> BatchProgress:
+    with session_scope() as session:
+        batch, counts = service.batch_progress(session, caller.organization_id, batch_id)
+        return BatchProgress(batch_id=batch.id, target_system=batch.target_system,
+                             total=batch.export_count, counts=counts,
+                             done=counts[ExportStatus.PROCESSING.value] == 0,
+                             initiated_at=batch.created_at)
+
+
+@router.get("/{export_id}", response_model=ExportDetail, responses=ERRORS,
+            summary="Get export status and external reference")
+def get_export(export_id: str = ExportId, caller: Caller = Depends(current_caller)) -> ExportDetail:
+    with session_scope() as session:
+        return ExportDetail.of(service.get_export(session, caller.organization_id, export_id))
+
+
+@router.get("/{export_id}/events", response_model=EventList, responses=ERRORS,
+            summary="The export's event log, oldest first")
+def get_events(export_id: str = ExportId, caller: Caller = Depends(current_caller)) -> EventList:
+    with session_scope() as session:
+        events = service.export_events(session, caller.organization_id, export_id)
+        return EventList(export_id=export_id, events=[EventOut.of(e) for e in events])
+
+
+@router.put("/{export_id}", response_model=StatusUpdated, responses=ERRORS,
+            summary="Update export record status (webhook callback)")
+def update_status(body: UpdateStatus, export_id: str = ExportId,
+                  caller: Caller = Depends(current_caller)) -> StatusUpdated:
+    with session_scope() as session:
+        export = service.apply_status_callback(
+            session, caller.organization_id, export_id, status=body.status,
+            external_reference=body.external_reference, error_message=body.error_message,
+            actor=f"callback:{caller.organization_id}")
+        return StatusUpdated(export_id=export.id, status=export.status,
+                             external_reference=export.external_reference,
+                             exported_at=export.exported_at)
+
+
+@router.delete("/{export_id}", response_model=Cancelled, responses=ERRORS,
+               summary="Cancel a pending export job")
+def cancel_export(export_id: str = ExportId, caller: Caller = Depends(current_caller)) -> Cancelled:
+    with session_scope() as session:
+        export = service.cancel_export(session, caller.organization_id, export_id,
+                                       actor=caller.actor)
+        return Cancelled(deleted=True, export_id=export.id)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    from datetime import timezone
+
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value

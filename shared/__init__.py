@@ -1,0 +1,1 @@
+"""Code shared by the producers (API, webhooks, scheduler) and the Celery workers."""

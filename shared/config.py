@@ -1,0 +1,74 @@
+"""The one settings object. Nothing else in the project reads the environment.
+
+Every variable carries the ``AIC_`` prefix, e.g. ``AIC_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VAR_DIR = PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIC_", env_file=None, extra="ignore")
+
+    # --- storage -----------------------------------------------------------------------------
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_VAR_DIR / 'aic.db'}",
+        description="SQLAlchemy URL. SQLite by default; postgresql+psycopg://... in production.",
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker.")
+
+    # Fernet key (urlsafe base64, 32 bytes) that encrypts target credentials at rest.
+    # The default is for local development only; `aic keygen` prints a fresh one.
+    secret_key: str = "ZGV2LW9ubHktc2VjcmV0LWtleS1jaGFuZ2UtbWUhISE="
+
+    # --- queues and retries ---------------------------------------------------------------------
+    export_queue: str = "exports"
+    report_queue: str = "reports"
+    maintenance_queue: str = "maintenance"
+    max_attempts: int = Field(default=6, ge=1, description="Tries before an export is failed.")
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    # Redis redelivers an unacknowledged message after this many seconds. It must stay longer
+    # than the longest retry countdown, or a waiting retry is delivered again and again.
+    broker_visibility_timeout: int = 3600
+    # An export whose worker claimed it holds a lease this long; a crashed worker's lease expires.
+    export_lease_seconds: int = 120
+    # The sweeper re-enqueues exports that sat in `processing` this long past their due time.
+    stuck_after_seconds: int = 900
+    sweep_interval_seconds: float = 60.0
+    worker_concurrency: int = 16
+
+    # --- HTTP clients -------------------------------------------------------------------------
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 30.0
+
+    # --- API ------------------------------------------------------------------------------------
+    admin_token: str = Field(
+        default="dev-admin-token",
+        description="Bearer token of the admin API (/api/v1/admin). Set a long random value.",
+    )
+    max_request_bytes: int = 1_000_000
+    max_batch_size: int = 500
+
+    log_level: str = "INFO"
+
+    def broker_transport_options(self) -> dict:
+        return {"visibility_timeout": self.broker_visibility_timeout}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Tests change the environment and call this; production never does."""
+    get_settings.cache_clear()

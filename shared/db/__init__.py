@@ -1,0 +1,1 @@
+"""Database: engine and session handling (session.py), typed models (models.py), migrations."""

@@ -1,0 +1,205 @@
+"""The data model. SQLAlchemy 2.0 typed models; schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    LargeBinary,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from shared.db.types import UTCDateTime, utcnow
+
+MONEY = Numeric(14, 2)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ExportStatus(str, enum.Enum):
+    """Exactly the statuses of the API contract. Finer steps are events, not statuses."""
+
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ExpenseStatus(str, enum.Enum):
+    """Approval status as the source reported it. Only APPROVED expenses may be exported."""
+
+    DRAFT = "draft"
+    SUBMITTED = "submitted"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    api_keys: Mapped[list[ApiKey]] = relationship(back_populates="organization")
+    connections: Mapped[list[TargetConnection]] = relationship(back_populates="organization")
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="default")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # First characters of the key, so an operator can tell keys apart without the secret.
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    organization: Mapped[Organization] = relationship(back_populates="api_keys")
+
+
+class TargetConnection(Base):
+    """Where an organization's exports go: one accounting system, its URL and credentials."""
+
+    __tablename__ = "target_connections"
+    __table_args__ = (UniqueConstraint("organization_id", "target_system"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    target_system: Mapped[str] = mapped_column(String(40))
+    base_url: Mapped[str] = mapped_column(String(500))
+    # Fernet-encrypted JSON (shared.crypto); never returned by the API, never logged.
+    credentials_encrypted: Mapped[str] = mapped_column(Text)
+    # Source account number -> target account number (and vat codes, dimensions); see
+    # shared.domain.mapping. Missing entries default to "same number".
+    account_mapping: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    organization: Mapped[Organization] = relationship(back_populates="connections")
+
+
+class Expense(Base):
+    """An approved expense ingested from a source, in a target-neutral form.
+
+    ``rows`` are the accounting rows of the expense: ``{"account", "amount", "vat_code",
+    "description", "department", "project"}`` with signed gross amounts (debit positive) that sum
+    to zero. A row with a ``vat_code`` is a gross amount the target splits VAT out of.
+    """
+
+    __tablename__ = "expenses"
+    __table_args__ = (UniqueConstraint("organization_id", "source", "source_ref"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    source: Mapped[str] = mapped_column(String(40))
+    source_ref: Mapped[str] = mapped_column(String(200))
+    status: Mapped[ExpenseStatus] = mapped_column(String(20))
+    description: Mapped[str] = mapped_column(String(500))
+    employee_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    expense_date: Mapped[date] = mapped_column(Date)
+    currency: Mapped[str] = mapped_column(String(3), default="NOK")
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    receipt_filename: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    receipt_content_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    receipt_data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    target_system: Mapped[str] = mapped_column(String(40))
+    export_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AccountingExport(Base):
+    """One attempt-to-be of booking one expense in one target system.
+
+    ``status`` changes only through ``shared.domain.state_machine.transition``.
+    """
+
+    __tablename__ = "accounting_exports"
+    __table_args__ = (
+        Index("ix_exports_org_status", "organization_id", "status"),
+        Index("ix_exports_status_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    expense_id: Mapped[str] = mapped_column(ForeignKey("expenses.id"), index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True, nullable=True)
+    connection_id: Mapped[str] = mapped_column(ForeignKey("target_connections.id"))
+    target_system: Mapped[str] = mapped_column(String(40))
+    status: Mapped[ExportStatus] = mapped_column(String(20))
+    # "<expense_id>:<target_system>" while the export is processing or succeeded, NULL
+    # otherwise. The unique constraint makes "one live export per expense and target" a database
+    # guarantee, so two concurrent requests cannot both create one.
+    active_key: Mapped[str | None] = mapped_column(String(100), unique=True, nullable=True)
+    reexport_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    external_reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    celery_task_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # When the next attempt is due: now for fresh work, later while waiting for a retry. The
+    # stuck-export sweeper compares against it.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A worker that works on the export holds this lease; a crashed worker's lease runs out.
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set (and committed) before the first request that may create a voucher in the target.
+    # From then on the export cannot be cancelled, and any retry looks the voucher up first.
+    posting_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    receipt_attached_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    expense: Mapped[Expense] = relationship()
+    connection: Mapped[TargetConnection] = relationship()
+    events: Mapped[list[ExportEvent]] = relationship(
+        back_populates="export", order_by="ExportEvent.id"
+    )
+
+
+class ExportEvent(Base):
+    """Append-only log: every status change and every finer step of an export, in order."""
+
+    __tablename__ = "export_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("accounting_exports.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    from_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    to_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    celery_task_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    export: Mapped[AccountingExport] = relationship(back_populates="events")

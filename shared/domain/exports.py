@@ -1,0 +1,376 @@
+"""Accounting exports: create one, create a batch, cancel, apply a status callback, list.
+
+Used by the REST API, the `aic` CLI and the Findity flow, so every producer follows the same
+rules. Functions flush but never commit: the caller's ``session_scope`` commits once, and the
+export task is sent to the broker only after that commit (``shared.jobs``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import ids
+from shared.config import get_settings
+from shared.db.models import (
+    AccountingExport,
+    Batch,
+    Expense,
+    ExpenseStatus,
+    ExportEvent,
+    ExportStatus,
+)
+from shared.db.types import utcnow
+from shared.domain import organizations
+from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
+from shared.domain.state_machine import IllegalTransition, ConcurrentTransition, record_event, transition
+from shared.jobs import enqueue_after_commit
+from shared.queue import TASK_EXPORT
+
+
+class BatchTooLarge(DomainError):
+    code = "batch_too_large"
+    http_status = 413
+
+
+class AlreadyExported(Conflict):
+    code = "already_exported"
+
+
+class NotCancellable(Conflict):
+    code = "not_cancellable"
+
+
+class IllegalStatusChange(Conflict):
+    code = "illegal_transition"
+
+
+def _active_export(session: Session, expense_id: str, target_system: str) -> AccountingExport | None:
+    return session.scalar(
+        select(AccountingExport).where(
+            AccountingExport.active_key == f"{expense_id}:{target_system}"
+        )
+    )
+
+
+@dataclass
+class _Exportable:
+    expense: Expense
+    supersedes: AccountingExport | None  # the successful export a re-export replaces
+
+
+def _check_exportable(
+    session: Session, org_id: str, expense_id: str, target_system: str, reexport: bool
+) -> tuple[_Exportable | None, DomainError | None]:
+    """Returns what to export, or None and the error that says why it cannot be exported."""
+    expense = session.get(Expense, expense_id)
+    if expense is None or expense.organization_id != org_id:
+        return None, ValidationFailed(f"expense {expense_id} does not exist in this organization")
+    if expense.status != ExpenseStatus.APPROVED.value:
+        return None, ValidationFailed(
+            f"expense {expense_id} is '{expense.status}'; only approved expenses can be exported"
+        )
+    active = _active_export(session, expense_id, target_system)
+    if active is not None:
+        if active.status == ExportStatus.PROCESSING.value:
+            return None, AlreadyExported(
+                f"expense {expense_id} is already being exported to {target_system} "
+                f"(export {active.id}); wait for it or cancel it"
+            )
+        if not reexport:
+            return None, AlreadyExported(
+                f"expense {expense_id} was already exported to {target_system} (export "
+                f"{active.id}, reference {active.external_reference}); send \"reexport\": true "
+                "to book it again"
+            )
+    return _Exportable(expense, supersedes=active), None
+
+
+def _new_export(
+    session: Session,
+    org_id: str,
+    exportable: _Exportable,
+    target_system: str,
+    *,
+    actor: str,
+    batch_id: str | None = None,
+) -> AccountingExport:
+    expense, previous = exportable.expense, exportable.supersedes
+    connection = organizations.connection_for(session, org_id, target_system)
+    if connection is None:
+        raise ValidationFailed(
+            f"this organization has no {target_system} connection; an administrator adds one "
+            f"with `aic connection set` or PUT /api/v1/admin/organizations/{org_id}/connections/"
+            f"{target_system}"
+        )
+    if previous is not None:
+        # An explicit re-export: the earlier export keeps its status and history but no longer
+        # holds the "one live export" slot. Compare-and-set, so two concurrent re-exports of the
+        # same expense cannot both take the slot.
+        released = session.execute(
+            update(AccountingExport)
+            .where(AccountingExport.id == previous.id,
+                   AccountingExport.status == ExportStatus.SUCCESS.value,
+                   AccountingExport.active_key.is_not(None))
+            .values(active_key=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if released != 1:
+            raise AlreadyExported(
+                f"expense {expense.id} was re-exported concurrently; list its exports")
+        record_event(session, previous, "superseded", actor=actor,
+                     reason="re-exported on request")
+    now = utcnow()
+    export = AccountingExport(
+        id=ids.new_id(ids.EXPORT, 6),
+        organization_id=org_id,
+        expense_id=expense.id,
+        batch_id=batch_id,
+        connection_id=connection.id,
+        target_system=target_system,
+        status=ExportStatus.PROCESSING.value,
+        active_key=f"{expense.id}:{target_system}",
+        reexport_of=previous.id if previous is not None else None,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(export)
+    session.add(ExportEvent(export_id=export.id, kind="created", from_status=None,
+                            to_status=ExportStatus.PROCESSING.value, actor=actor, created_at=now))
+    record_event(session, export, "queued", actor=actor)
+    enqueue_after_commit(session, TASK_EXPORT, export.id, queue=get_settings().export_queue)
+    return export
+
+
+@contextmanager
+def _one_live_export_per_expense(expense_ids: list[str], target_system: str):
+    """Turn the unique ``active_key`` refusing a concurrent duplicate into a clear 409."""
+    try:
+        yield
+    except IntegrityError as exc:
+        # A concurrent request created a live export for the same expense between our check and
+        # our insert; the database refused the second one. The caller's session rolls back.
+        raise AlreadyExported(
+            f"an export of {', '.join(expense_ids[:5])} to {target_system} was created "
+            "concurrently; list the expense's exports"
+        ) from exc
+
+
+def create_export(
+    session: Session,
+    org_id: str,
+    expense_id: str,
+    target_system: str,
+    *,
+    actor: str,
+    reexport: bool = False,
+) -> AccountingExport:
+    exportable, problem = _check_exportable(session, org_id, expense_id, target_system, reexport)
+    if problem is not None:
+        raise problem
+    with _one_live_export_per_expense([expense_id], target_system):
+        export = _new_export(session, org_id, exportable, target_system, actor=actor)
+        session.flush()
+    return export
+
+
+def create_batch(
+    session: Session,
+    org_id: str,
+    expense_ids: list[str],
+    target_system: str,
+    *,
+    actor: str,
+    reexport: bool = False,
+) -> tuple[Batch, list[AccountingExport]]:
+    """All or nothing: every expense is checked first; one problem refuses the whole batch."""
+    limit = get_settings().max_batch_size
+    if len(expense_ids) > limit:
+        raise BatchTooLarge(
+            f"a batch takes at most {limit} expenses; this one has {len(expense_ids)}: split it"
+        )
+    if not expense_ids:
+        raise ValidationFailed("expense_ids must list at least one expense")
+    duplicates = sorted({e for e in expense_ids if expense_ids.count(e) > 1})
+    if duplicates:
+        raise ValidationFailed(f"expense_ids lists these more than once: {', '.join(duplicates)}")
+    problems: list[tuple[str, DomainError]] = []
+    exportables: list[_Exportable] = []
+    for expense_id in expense_ids:
+        exportable, problem = _check_exportable(session, org_id, expense_id, target_system,
+                                                reexport)
+        if problem is not None:
+            problems.append((expense_id, problem))
+        else:
+            exportables.append(exportable)
+    if problems:
+        conflict_only = all(isinstance(p, AlreadyExported) for _, p in problems)
+        error_cls = AlreadyExported if conflict_only else ValidationFailed
+        raise error_cls(
+            f"{len(problems)} of {len(expense_ids)} expenses cannot be exported; nothing was "
+            "exported: " + "; ".join(p.message for _, p in problems[:5])
+            + (" ..." if len(problems) > 5 else ""),
+            details=[{"expense_id": e, "code": p.code, "message": p.message} for e, p in problems],
+        )
+    batch = Batch(id=ids.new_id(ids.BATCH, 6), organization_id=org_id,
+                  target_system=target_system, export_count=len(exportables))
+    session.add(batch)
+    with _one_live_export_per_expense(expense_ids, target_system):
+        exports = [
+            _new_export(session, org_id, exportable, target_system, actor=actor,
+                        batch_id=batch.id)
+            for exportable in exportables
+        ]
+        session.flush()
+    return batch, exports
+
+
+def get_export(session: Session, org_id: str, export_id: str) -> AccountingExport:
+    export = session.get(AccountingExport, export_id)
+    # Another organization's export answers exactly like a missing one: no existence leak.
+    if export is None or export.organization_id != org_id:
+        raise NotFound(f"export {export_id} does not exist")
+    return export
+
+
+def cancel_export(session: Session, org_id: str, export_id: str, *, actor: str) -> AccountingExport:
+    """Cancel while nothing may have reached the target, including while waiting for a retry."""
+    export = get_export(session, org_id, export_id)
+    if export.status == ExportStatus.CANCELLED.value:
+        return export  # repeating a DELETE is harmless
+    if export.status != ExportStatus.PROCESSING.value:
+        raise NotCancellable(
+            f"export {export_id} is {export.status}; only a processing export can be cancelled"
+        )
+    if export.posting_started_at is not None:
+        raise NotCancellable(
+            f"export {export_id} is being posted to {export.target_system} (since "
+            f"{export.posting_started_at.isoformat()}); it can no longer be cancelled"
+        )
+    try:
+        return transition(
+            session, export, ExportStatus.CANCELLED, actor=actor, reason="cancelled on request",
+            guard=AccountingExport.posting_started_at.is_(None),
+        )
+    except ConcurrentTransition:
+        session.refresh(export)
+        raise NotCancellable(
+            f"export {export_id} started posting to {export.target_system} at this moment; it "
+            f"is now {export.status} and can no longer be cancelled"
+        ) from None
+
+
+def apply_status_callback(
+    session: Session,
+    org_id: str,
+    export_id: str,
+    *,
+    status: ExportStatus,
+    external_reference: str | None,
+    error_message: str | None,
+    actor: str,
+) -> AccountingExport:
+    """The PUT webhook callback: only legal moves; repeating the same update is harmless."""
+    export = get_export(session, org_id, export_id)
+    status = ExportStatus(status)
+    if status is ExportStatus.SUCCESS and not external_reference:
+        raise ValidationFailed("external_reference is required when status is success")
+    if export.status == status.value:
+        if status is ExportStatus.SUCCESS and export.external_reference != external_reference:
+            raise IllegalStatusChange(
+                f"export {export_id} already succeeded with external_reference "
+                f"{export.external_reference}; it cannot be changed to {external_reference}"
+            )
+        return export
+    fields: dict = {}
+    if status is ExportStatus.SUCCESS:
+        fields["external_reference"] = external_reference
+    if status is ExportStatus.FAILED:
+        fields["error_message"] = error_message or "marked failed by callback"
+        fields["error_code"] = "callback"
+    if status is ExportStatus.PROCESSING:
+        # failed -> processing is an explicit retry: a fresh attempt budget, and a new job.
+        fields.update(attempts=0, error_message=None, error_code=None, next_attempt_at=utcnow())
+    try:
+        transition(session, export, status, actor=actor, reason="status callback", **fields)
+    except IllegalTransition as exc:
+        raise IllegalStatusChange(str(exc)) from None
+    except ConcurrentTransition:
+        session.refresh(export)
+        raise IllegalStatusChange(
+            f"export {export_id} changed to {export.status} while this update was applied; "
+            "read it again and retry if still needed"
+        ) from None
+    except IntegrityError:
+        session.rollback()
+        raise AlreadyExported(
+            f"another export of the same expense is live; export {export_id} cannot be retried"
+        ) from None
+    if status is ExportStatus.PROCESSING:
+        enqueue_after_commit(session, TASK_EXPORT, export.id, queue=get_settings().export_queue)
+    return export
+
+
+@dataclass
+class ExportFilters:
+    status: ExportStatus | None = None
+    target_system: str | None = None
+    expense_id: str | None = None
+    batch_id: str | None = None
+    initiated_from: datetime | None = None
+    initiated_to: datetime | None = None
+
+
+def list_exports(
+    session: Session, org_id: str, filters: ExportFilters, *, page: int, limit: int
+) -> tuple[list[AccountingExport], int]:
+    conditions = [AccountingExport.organization_id == org_id]
+    if filters.status is not None:
+        conditions.append(AccountingExport.status == ExportStatus(filters.status).value)
+    if filters.target_system:
+        conditions.append(AccountingExport.target_system == filters.target_system)
+    if filters.expense_id:
+        conditions.append(AccountingExport.expense_id == filters.expense_id)
+    if filters.batch_id:
+        conditions.append(AccountingExport.batch_id == filters.batch_id)
+    if filters.initiated_from is not None:
+        conditions.append(AccountingExport.created_at >= filters.initiated_from)
+    if filters.initiated_to is not None:
+        conditions.append(AccountingExport.created_at < filters.initiated_to)
+    total = session.scalar(select(func.count()).select_from(AccountingExport).where(*conditions))
+    rows = session.scalars(
+        select(AccountingExport)
+        .where(*conditions)
+        .order_by(AccountingExport.created_at.desc(), AccountingExport.id)
+        .offset((page - 1) * limit)
+        .limit(limit)
+    ).all()
+    return list(rows), int(total or 0)
+
+
+def batch_progress(session: Session, org_id: str, batch_id: str) -> tuple[Batch, dict[str, int]]:
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.organization_id != org_id:
+        raise NotFound(f"batch {batch_id} does not exist")
+    counts = dict(
+        session.execute(
+            select(AccountingExport.status, func.count())
+            .where(AccountingExport.batch_id == batch_id)
+            .group_by(AccountingExport.status)
+        ).all()
+    )
+    return batch, {s.value: int(counts.get(s.value, 0)) for s in ExportStatus}
+
+
+def export_events(session: Session, org_id: str, export_id: str) -> list[ExportEvent]:
+    get_export(session, org_id, export_id)
+    return list(session.scalars(
+        select(ExportEvent).where(ExportEvent.export_id == export_id).order_by(ExportEvent.id)
+    ).all())

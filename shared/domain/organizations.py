@@ -1,0 +1,138 @@
+"""Organizations, their API keys and their target connections (admin API and `aic` CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import crypto, ids
+from shared.db.models import ApiKey, Organization, TargetConnection
+from shared.db.types import utcnow
+from shared.domain.errors import NotFound, ValidationFailed
+
+TARGET_SYSTEMS = ("tripletex",)
+
+# Credentials each target needs; checked before anything is stored.
+REQUIRED_CREDENTIALS = {"tripletex": ("consumer_token", "employee_token")}
+
+
+def create_organization(session: Session, name: str, org_id: str | None = None) -> Organization:
+    if not name.strip():
+        raise ValidationFailed("organization name must not be empty")
+    org = Organization(id=org_id or ids.new_id(ids.ORGANIZATION, 6), name=name.strip())
+    session.add(org)
+    session.flush()
+    return org
+
+
+def get_organization(session: Session, org_id: str) -> Organization:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise NotFound(f"organization {org_id} does not exist")
+    return org
+
+
+def create_api_key(session: Session, org_id: str, name: str = "default") -> tuple[ApiKey, str]:
+    """Returns the stored key row and the plaintext key, which is shown once and never stored."""
+    get_organization(session, org_id)
+    plaintext = crypto.generate_api_key()
+    key = ApiKey(
+        id=ids.new_id(ids.API_KEY, 6),
+        organization_id=org_id,
+        name=name,
+        key_hash=crypto.hash_api_key(plaintext),
+        key_prefix=plaintext[:10],
+    )
+    session.add(key)
+    session.flush()
+    return key, plaintext
+
+
+def revoke_api_key(session: Session, org_id: str, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None or key.organization_id != org_id:
+        raise NotFound(f"API key {key_id} does not exist in organization {org_id}")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
+
+
+def organization_for_api_key(session: Session, plaintext: str) -> Organization | None:
+    key = session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == crypto.hash_api_key(plaintext))
+    )
+    if key is None or key.revoked_at is not None:
+        return None
+    return key.organization
+
+
+def upsert_connection(
+    session: Session,
+    org_id: str,
+    target_system: str,
+    *,
+    base_url: str,
+    credentials: dict[str, Any] | None = None,
+    account_mapping: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> TargetConnection:
+    """Create or replace the organization's connection to one target system.
+
+    ``credentials`` may be omitted on update to keep the stored ones.
+    """
+    get_organization(session, org_id)
+    if target_system not in TARGET_SYSTEMS:
+        raise ValidationFailed(
+            f"target_system '{target_system}' is not supported; use one of: "
+            + ", ".join(TARGET_SYSTEMS)
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise ValidationFailed("base_url must start with http:// or https://")
+    connection = session.scalar(
+        select(TargetConnection).where(
+            TargetConnection.organization_id == org_id,
+            TargetConnection.target_system == target_system,
+        )
+    )
+    if credentials is not None:
+        missing = [k for k in REQUIRED_CREDENTIALS[target_system] if not credentials.get(k)]
+        if missing:
+            raise ValidationFailed(
+                f"credentials for {target_system} need: {', '.join(missing)}"
+            )
+    if connection is None:
+        if credentials is None:
+            raise ValidationFailed(f"credentials are required for a new {target_system} connection")
+        connection = TargetConnection(
+            id=ids.new_id(ids.CONNECTION, 6),
+            organization_id=org_id,
+            target_system=target_system,
+            account_mapping={},
+            options={},
+        )
+        session.add(connection)
+    connection.base_url = base_url.rstrip("/")
+    if credentials is not None:
+        connection.credentials_encrypted = crypto.encrypt_json(credentials)
+    if account_mapping is not None:
+        connection.account_mapping = account_mapping
+    if options is not None:
+        connection.options = options
+    connection.updated_at = utcnow()
+    session.flush()
+    return connection
+
+
+def connection_for(session: Session, org_id: str, target_system: str) -> TargetConnection | None:
+    return session.scalar(
+        select(TargetConnection).where(
+            TargetConnection.organization_id == org_id,
+            TargetConnection.target_system == target_system,
+        )
+    )
+
+
+def connection_credentials(connection: TargetConnection) -> dict[str, Any]:
+    return crypto.decrypt_json(connection.credentials_encrypted)

@@ -1,0 +1,65 @@
+"""The error taxonomy every external client raises, decided in its single ``_request()``.
+
+The worker maps these to retry-or-fail in exactly one place (``worker.retry_policy``):
+- ``TransientError``: timeouts, connection errors, 5xx. Retry with backoff.
+- ``RateLimitedError``: 429. Retry after ``retry_after`` seconds when the server said so.
+- ``AuthError``: credentials rejected even after renewing the session once. Permanent until an
+  operator fixes the connection.
+- ``PermanentError``: the request itself is wrong (4xx validation, unknown account, missing
+  export). Never retried; ``message`` says in plain words what to fix.
+- ``NotFoundError``: a permanent error for a missing remote object, separated because callers
+  sometimes expect it (a lookup that finds nothing is not a failure).
+
+Messages never contain secrets or tokens.
+"""
+
+from __future__ import annotations
+
+
+class IntegrationError(Exception):
+    """Base class. ``system`` names the remote system, ``code`` is a short stable code."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        system: str,
+        code: str = "error",
+        status_code: int | None = None,
+        request_id: str | None = None,
+        details: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.system = system
+        self.code = code
+        self.status_code = status_code
+        self.request_id = request_id
+        self.details = details or []
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransientError(IntegrationError):
+    retryable = True
+
+
+class RateLimitedError(TransientError):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class PermanentError(IntegrationError):
+    retryable = False
+
+
+class NotFoundError(PermanentError):
+    pass
+
+
+class AuthError(PermanentError):
+    pass

@@ -1,0 +1,73 @@
+"""Enqueue Celery tasks only after the database transaction commits.
+
+A producer that sent the task before committing could have a worker look for an export row that
+is not there yet (or never will be, if the commit fails). ``enqueue_after_commit`` parks the job
+on the session; the ``after_commit`` hook sends it. If sending fails after the commit (broker
+down), the export stays in ``processing`` with ``next_attempt_at`` in the past and the stuck-export
+sweeper sends it again: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from shared.queue import celery_app
+
+log = logging.getLogger(__name__)
+
+_PENDING_KEY = "aic_jobs_after_commit"
+
+
+@dataclass
+class Job:
+    task_name: str
+    args: list[Any]
+    queue: str
+    countdown: float | None = None
+    task_id: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def enqueue_after_commit(
+    session: Session,
+    task_name: str,
+    *args: Any,
+    queue: str,
+    countdown: float | None = None,
+    task_id: str | None = None,
+) -> None:
+    session.info.setdefault(_PENDING_KEY, []).append(
+        Job(task_name, list(args), queue, countdown, task_id)
+    )
+
+
+def send_now(job: Job) -> None:
+    celery_app.send_task(
+        job.task_name,
+        args=job.args,
+        kwargs=job.kwargs,
+        queue=job.queue,
+        countdown=job.countdown,
+        task_id=job.task_id,
+    )
+
+
+@event.listens_for(Session, "after_commit")
+def _send_pending_jobs(session: Session) -> None:
+    jobs: list[Job] = session.info.pop(_PENDING_KEY, [])
+    for job in jobs:
+        try:
+            send_now(job)
+        except Exception:  # broker unreachable: the sweeper re-sends from the database
+            log.exception("enqueue failed after commit; the sweeper will re-send", extra={
+                "task": job.task_name, "args": job.args})
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending_jobs(session: Session) -> None:
+    session.info.pop(_PENDING_KEY, None)

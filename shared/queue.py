@@ -1,0 +1,57 @@
+"""The Celery application, shared by producers (which send tasks by name) and workers.
+
+Workers import ``worker.celery_app`` which registers the task modules on this same app.
+Configuration follows Celery's guidance for tasks that must not be lost or run twice:
+late acknowledgement (the message stays in Redis until the task finished), reject on worker
+lost, prefetch 1, JSON only, and a visibility timeout longer than the longest retry countdown.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared.config import get_settings
+
+TASK_EXPORT = "worker.tasks.export_to_target"
+TASK_SWEEP = "worker.tasks.sweep_stuck_exports"
+
+
+def create_celery_app() -> Celery:
+    settings = get_settings()
+    app = Celery("aic", broker=settings.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        # The database is the record of outcomes; Celery results would be a second truth.
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=settings.broker_transport_options(),
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.export_queue,
+        task_queues=[
+            Queue(settings.export_queue),
+            Queue(settings.report_queue),
+            Queue(settings.maintenance_queue),
+        ],
+        task_routes={TASK_SWEEP: {"queue": settings.maintenance_queue}},
+        worker_send_task_events=True,  # Flower shows tasks live
+        task_send_sent_event=True,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "sweep-stuck-exports": {
+                "task": TASK_SWEEP,
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": settings.maintenance_queue},
+            },
+        },
+    )
+    return app
+
+
+celery_app = create_celery_app()

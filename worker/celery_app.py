@@ -1,0 +1,32 @@
+"""The Celery app the worker, beat and Flower processes load (``-A worker.celery_app``).
+
+Concurrency model: target APIs answer in hundreds of milliseconds and the work is I/O, so a worker
+runs the *threads* pool (``--pool threads --concurrency 16``): many exports in flight per core,
+one process, shared HTTP clients and token caches. Celery's prefork pool would hold one export
+per process. See docs/ARCHITECTURE.md.
+"""
+
+from celery.signals import after_setup_logger, worker_process_init
+
+from shared.logs import install_redaction_on_existing_handlers
+from shared.queue import celery_app
+
+celery_app.conf.include = ["worker.tasks"]
+# Import so the tasks register when this module is the -A target.
+import worker.tasks  # noqa: E402,F401
+
+
+@after_setup_logger.connect
+def _redact_celery_logs(**_kwargs) -> None:
+    install_redaction_on_existing_handlers()
+
+
+@worker_process_init.connect
+def _fresh_connections(**_kwargs) -> None:
+    # A forked child must not reuse the parent's database connections.
+    from shared.db.session import reset_engines
+
+    reset_engines()
+
+
+__all__ = ["celery_app"]

@@ -1,0 +1,60 @@
+"""Re-send exports that sit in ``processing`` with no message that will ever run them.
+
+A message can be lost: Redis restarted without persistence, the broker was down when the API
+committed, a duplicate was dropped while its original's worker crashed. The database is the
+truth, so the sweeper asks it, not the broker or Flower: an export in ``processing`` whose lease
+has run out and whose next attempt was due more than ``stuck_after_seconds`` ago is queued again.
+Duplicates this might create are harmless: the export task claims a lease first.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+
+from shared.config import get_settings
+from shared.db.models import AccountingExport, ExportStatus
+from shared.db.session import session_scope
+from shared.db.types import utcnow
+from shared.domain.state_machine import record_event
+from shared.jobs import enqueue_after_commit
+from shared.logs import get_logger
+from shared.queue import TASK_EXPORT
+
+log = get_logger(__name__)
+SWEEP_LIMIT = 500
+
+
+def requeue_stuck_exports(now=None) -> int:
+    settings = get_settings()
+    now = now or utcnow()
+    overdue = now - timedelta(seconds=settings.stuck_after_seconds)
+    stuck_conditions = (
+        AccountingExport.status == ExportStatus.PROCESSING.value,
+        or_(AccountingExport.lease_expires_at.is_(None), AccountingExport.lease_expires_at < now),
+        or_(AccountingExport.next_attempt_at.is_(None), AccountingExport.next_attempt_at < overdue),
+    )
+    requeued = 0
+    with session_scope() as session:
+        candidates = session.scalars(
+            select(AccountingExport).where(*stuck_conditions).limit(SWEEP_LIMIT)
+        ).all()
+        for export in candidates:
+            # Compare-and-set so two sweepers (beat started twice) queue each export once.
+            moved = session.execute(
+                update(AccountingExport)
+                .where(AccountingExport.id == export.id, *stuck_conditions)
+                .values(next_attempt_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if moved != 1:
+                continue
+            record_event(session, export, "requeued", actor="sweeper",
+                         reason=f"in processing with no runnable message for over "
+                                f"{settings.stuck_after_seconds}s")
+            enqueue_after_commit(session, TASK_EXPORT, export.id, queue=settings.export_queue)
+            requeued += 1
+    if requeued:
+        log.warning("stuck exports re-queued", count=requeued)
+    return requeued

@@ -1,0 +1,40 @@
+"""Celery tasks: thin wrappers that take ids, call a plain function, and map its outcome.
+
+Every task is idempotent (the plain function asks "is this already done?" first), which is what
+makes late acknowledgement and redelivery safe.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import OperationalError
+
+from shared.config import get_settings
+from shared.logs import get_logger
+from shared.queue import TASK_EXPORT, TASK_SWEEP, celery_app
+from worker import sweeper
+from worker.export_job import run_export
+
+log = get_logger(__name__)
+
+
+@celery_app.task(name=TASK_EXPORT, bind=True, max_retries=None, acks_late=True)
+def export_to_target(self, export_id: str) -> str:
+    if not isinstance(export_id, str) or not export_id:
+        # A poison message: acknowledge it (by returning) so it cannot block the queue.
+        log.error("malformed export task payload dropped", payload=repr(export_id)[:200])
+        return "skipped: malformed payload"
+    try:
+        outcome = run_export(export_id, celery_task_id=self.request.id)
+    except OperationalError as exc:
+        # The database is unreachable: nothing could be recorded. Try again once the lease of
+        # this attempt (if it got one) has run out.
+        log.warning("database unavailable; export retried later", export_id=export_id)
+        raise self.retry(exc=exc, countdown=get_settings().export_lease_seconds)
+    if outcome.kind == "retry":
+        raise self.retry(countdown=outcome.retry_in)
+    return f"{outcome.kind}: {outcome.detail}"
+
+
+@celery_app.task(name=TASK_SWEEP, acks_late=True)
+def sweep_stuck_exports() -> int:
+    return sweeper.requeue_stuck_exports()
