@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Redis redelivers an unacknowledged message after this many seconds. It must stay longer
     # than the longest retry countdown, or a waiting retry is delivered again and again.
     broker_visibility_timeout: int = 3600
+    # How often workers look for such abandoned messages: every interval x throttle seconds
+    # (kombu's unacked_restore_interval / unacked_restore_throttle).
+    broker_restore_interval: int = 10
+    broker_restore_throttle: int = 10
     # An export whose worker claimed it holds a lease this long; a crashed worker's lease expires.
     export_lease_seconds: int = 120
     # The sweeper re-enqueues exports that sat in `processing` this long past their due time.
@@ -61,7 +65,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     def broker_transport_options(self) -> dict:
-        return {"visibility_timeout": self.broker_visibility_timeout}
+        return {
+            "visibility_timeout": self.broker_visibility_timeout,
+            "unacked_restore_interval": self.broker_restore_interval,
+            "unacked_restore_throttle": self.broker_restore_throttle,
+        }
 
 
 @lru_cache(maxsize=1)

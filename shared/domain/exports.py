@@ -374,3 +374,13 @@ def export_events(session: Session, org_id: str, export_id: str) -> list[ExportE
     return list(session.scalars(
         select(ExportEvent).where(ExportEvent.export_id == export_id).order_by(ExportEvent.id)
     ).all())
+
+
+def retry_export(session: Session, org_id: str, export_id: str, *, actor: str) -> AccountingExport:
+    """An operator's explicit retry: only a failed export goes back to processing."""
+    export = get_export(session, org_id, export_id)
+    if export.status != ExportStatus.FAILED.value:
+        raise IllegalStatusChange(
+            f"export {export_id} is {export.status}; only a failed export can be retried")
+    return apply_status_callback(session, org_id, export_id, status=ExportStatus.PROCESSING,
+                                 external_reference=None, error_message=None, actor=actor)

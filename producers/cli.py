@@ -1,0 +1,261 @@
+"""`aic`: the operator's command line. Same services as the API, straight on the database.
+
+    aic migrate
+    aic org create "Acme AS"                 # prints the organization id and its first API key
+    aic connection set org_x tripletex --base-url https://api-test.tripletex.tech/v2
+    aic connection test org_x tripletex
+    aic exports list org_x --status failed
+    aic exports show exp_xp_123              # the export and its whole event log
+    aic exports retry exp_xp_123             # failed -> processing, queued again
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+from shared.config import get_settings
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_migrate(args) -> int:
+    from shared.db.migrate import upgrade
+
+    upgrade()
+    print(f"database migrated: {get_settings().database_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    from shared.crypto import generate_secret_key
+
+    print(generate_secret_key())
+    return 0
+
+
+def cmd_org_create(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        org = organizations.create_organization(session, args.name)
+        key, plaintext = organizations.create_api_key(session, org.id)
+    print(f"organization: {org.id}\napi key (shown once, store it now): {plaintext}")
+    return 0
+
+
+def cmd_org_list(args) -> int:
+    from sqlalchemy import select
+
+    from shared.db.models import Organization
+    from shared.db.session import session_scope
+
+    with session_scope() as session:
+        for org in session.scalars(select(Organization).order_by(Organization.created_at)):
+            print(f"{org.id}\t{org.name}\t{org.created_at:%Y-%m-%d}")
+    return 0
+
+
+def cmd_apikey_create(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        key, plaintext = organizations.create_api_key(session, args.org, args.name)
+    print(f"api key {key.id} (shown once, store it now): {plaintext}")
+    return 0
+
+
+def cmd_apikey_revoke(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        organizations.revoke_api_key(session, args.org, args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def cmd_connection_set(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    credentials = None
+    if args.target == "tripletex" and not args.keep_credentials:
+        # Prompted rather than taken as flags by default, so tokens stay out of shell history.
+        credentials = {
+            "consumer_token": args.consumer_token or getpass.getpass("consumer token: "),
+            "employee_token": args.employee_token or getpass.getpass("employee token: "),
+            "company_id": args.company_id,
+        }
+    mapping = json.loads(Path(args.mapping_file).read_text()) if args.mapping_file else None
+    options = {"send_to_ledger": not args.draft}
+    if args.voucher_type:
+        options["voucher_type_name"] = args.voucher_type
+    with session_scope() as session:
+        connection = organizations.upsert_connection(
+            session, args.org, args.target, base_url=args.base_url, credentials=credentials,
+            account_mapping=mapping, options=options)
+    print(f"connection {connection.id}: {args.target} at {connection.base_url}")
+    return 0
+
+
+def cmd_connection_test(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+    from shared.integrations.errors import IntegrationError
+    from shared.integrations.targets import client_for
+
+    with session_scope() as session:
+        connection = organizations.connection_for(session, args.org, args.target)
+        if connection is None:
+            print(f"{args.org} has no {args.target} connection", file=sys.stderr)
+            return 1
+        client = client_for(connection)
+    try:
+        who = client.check_connection()
+    except IntegrationError as error:
+        print(f"connection failed: {error.message}", file=sys.stderr)
+        return 1
+    print(f"connection works: {who}")
+    return 0
+
+
+def cmd_exports_list(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import exports
+
+    with session_scope() as session:
+        rows, total = exports.list_exports(
+            session, args.org, exports.ExportFilters(status=args.status), page=1, limit=args.limit)
+        print(f"{len(rows)} of {total} exports")
+        for e in rows:
+            print(f"{e.id}\t{e.expense_id}\t{e.status}\t{e.external_reference or '-'}\t"
+                  f"attempts={e.attempts}\t{e.error_message or ''}")
+    return 0
+
+
+def _org_of(session, export_id: str) -> str:
+    from shared.db.models import AccountingExport
+    from shared.domain.errors import NotFound
+
+    export = session.get(AccountingExport, export_id)
+    if export is None:
+        raise NotFound(f"export {export_id} does not exist")
+    return export.organization_id
+
+
+def cmd_exports_show(args) -> int:
+    from producers.api.schemas import EventOut, ExportDetail
+    from shared.db.session import session_scope
+    from shared.domain import exports
+
+    with session_scope() as session:
+        org_id = _org_of(session, args.export_id)
+        detail = ExportDetail.of(exports.get_export(session, org_id, args.export_id))
+        events = [EventOut.of(e).model_dump() for e in exports.export_events(session, org_id,
+                                                                             args.export_id)]
+    _print_json({**detail.model_dump(), "events": events})
+    return 0
+
+
+def cmd_exports_retry(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import exports
+
+    with session_scope() as session:
+        org_id = _org_of(session, args.export_id)
+        exports.retry_export(session, org_id, args.export_id, actor="cli")
+    print(f"{args.export_id} queued again")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from worker.sweeper import requeue_stuck_exports
+
+    print(f"re-queued {requeue_stuck_exports()} stuck exports")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aic", description="Accounting Integration Client")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("keygen", help="print a new AIC_SECRET_KEY").set_defaults(func=cmd_keygen)
+    sub.add_parser("sweep", help="re-queue stuck exports once").set_defaults(func=cmd_sweep)
+
+    org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_cmd", required=True)
+    create = org.add_parser("create", help="create an organization and its first API key")
+    create.add_argument("name")
+    create.set_defaults(func=cmd_org_create)
+    org.add_parser("list").set_defaults(func=cmd_org_list)
+
+    key = sub.add_parser("apikey", help="API keys").add_subparsers(dest="key_cmd", required=True)
+    kc = key.add_parser("create")
+    kc.add_argument("org")
+    kc.add_argument("--name", default="default")
+    kc.set_defaults(func=cmd_apikey_create)
+    kr = key.add_parser("revoke")
+    kr.add_argument("org")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=cmd_apikey_revoke)
+
+    conn = sub.add_parser("connection", help="target connections").add_subparsers(
+        dest="conn_cmd", required=True)
+    cs = conn.add_parser("set", help="create or update an organization's target connection")
+    cs.add_argument("org")
+    cs.add_argument("target", choices=["tripletex"])
+    cs.add_argument("--base-url", required=True,
+                    help="production https://tripletex.no/v2, test https://api-test.tripletex.tech/v2")
+    cs.add_argument("--consumer-token", help="prompted when omitted")
+    cs.add_argument("--employee-token", help="prompted when omitted")
+    cs.add_argument("--company-id", default="0", help="0 = the token owner's company")
+    cs.add_argument("--keep-credentials", action="store_true", help="keep the stored credentials")
+    cs.add_argument("--mapping-file", help="JSON account mapping (see shared/domain/mapping.py)")
+    cs.add_argument("--voucher-type", help="Tripletex voucher type name, e.g. 'Reiseregning'")
+    cs.add_argument("--draft", action="store_true",
+                    help="post vouchers as drafts (sendToLedger=false) for an accountant to approve")
+    cs.set_defaults(func=cmd_connection_set)
+    ct = conn.add_parser("test", help="check that the stored credentials work")
+    ct.add_argument("org")
+    ct.add_argument("target", choices=["tripletex"])
+    ct.set_defaults(func=cmd_connection_test)
+
+    ex = sub.add_parser("exports", help="accounting exports").add_subparsers(
+        dest="ex_cmd", required=True)
+    el = ex.add_parser("list")
+    el.add_argument("org")
+    el.add_argument("--status", choices=["processing", "success", "failed", "cancelled"])
+    el.add_argument("--limit", type=int, default=50)
+    el.set_defaults(func=cmd_exports_list)
+    es = ex.add_parser("show", help="an export and its event log")
+    es.add_argument("export_id")
+    es.set_defaults(func=cmd_exports_show)
+    er = ex.add_parser("retry", help="queue a failed export again")
+    er.add_argument("export_id")
+    er.set_defaults(func=cmd_exports_retry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from shared.domain.errors import DomainError
+    from shared.logs import configure_logging
+
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DomainError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The API's contract and its refusals: shapes, auth, tenant isolation, clear errors.
+
+These run the ASGI app in-process (no worker needed: nothing here waits for an export to run).
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from producers.api.app import create_app
+from shared.db.models import AccountingExport, ExportEvent
+from shared.db.session import session_scope
+from shared.domain import organizations
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _counts():
+    with session_scope() as session:
+        return (session.scalar(select(func.count()).select_from(AccountingExport)),
+                session.scalar(select(func.count()).select_from(ExportEvent)))
+
+
+def test_create_get_list_in_the_contract_shape(client, org, make_expense):
+    expense_id = make_expense()
+    created = client.post("/api/v1/accounting-exports", headers=auth(org.api_key),
+                          json={"expense_id": expense_id, "target_system": "tripletex"})
+    assert created.status_code == 202
+    body = created.json()
+    assert set(body) == {"export_id", "expense_id", "target_system", "status", "initiated_at"}
+    assert body["status"] == "processing" and body["export_id"].startswith("exp_xp_")
+
+    detail = client.get(f"/api/v1/accounting-exports/{body['export_id']}", headers=auth(org.api_key))
+    assert detail.status_code == 200
+    d = detail.json()
+    for key in ("export_id", "expense_id", "organization_id", "target_system", "status",
+                "external_reference", "exported_at", "error_message"):
+        assert key in d
+    assert d["organization_id"] == org.id
+
+    listing = client.get("/api/v1/accounting-exports?page=1&limit=20", headers=auth(org.api_key))
+    assert listing.status_code == 200
+    assert listing.json()["pagination"] == {"page": 1, "limit": 20, "total": 1}
+    row = listing.json()["data"][0]
+    for key in ("export_id", "expense_id", "target_system", "status", "external_reference",
+                "exported_at"):
+        assert key in row
+
+
+def test_no_key_bad_key_revoked_key(client, org):
+    assert client.get("/api/v1/accounting-exports").json()["error"]["code"] == "missing_api_key"
+    bad = client.get("/api/v1/accounting-exports", headers=auth("aic_wrong"))
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    with session_scope() as session:
+        key, plaintext = organizations.create_api_key(session, org.id, "temp")
+    assert client.get("/api/v1/accounting-exports", headers=auth(plaintext)).status_code == 200
+    with session_scope() as session:
+        organizations.revoke_api_key(session, org.id, key.id)
+    assert client.get("/api/v1/accounting-exports", headers=auth(plaintext)).status_code == 401
+
+
+def test_another_organizations_export_is_simply_not_found(client, org, make_expense):
+    export_id = client.post("/api/v1/accounting-exports", headers=auth(org.api_key), json={
+        "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
+    with session_scope() as session:
+        other = organizations.create_organization(session, "Other AS")
+        _, other_key = organizations.create_api_key(session, other.id)
+    for method in ("get", "delete"):
+        response = getattr(client, method)(f"/api/v1/accounting-exports/{export_id}",
+                                           headers=auth(other_key))
+        assert response.status_code == 404
+        assert response.json() == {"error": {"code": "not_found",
+                                              "message": f"export {export_id} does not exist"}}
+    put = client.put(f"/api/v1/accounting-exports/{export_id}", headers=auth(other_key),
+                     json={"status": "success", "external_reference": "X"})
+    assert put.status_code == 404
+
+
+@pytest.mark.parametrize("body,status,code", [
+    ('{"expense_id": ', 400, "malformed_json"),
+    ('{"expense_id": "exp_1", "target_system": "sap"}', 422, "validation_failed"),
+    ('{"expense_id": "exp_1", "target_system": "tripletex", "expence": 1}', 422, "validation_failed"),
+    ('{"expense_id": 5, "target_system": "tripletex"}', 422, "validation_failed"),
+    ('{"expense_id": "exp_1\'; DROP TABLE expenses;--", "target_system": "tripletex"}', 422,
+     "validation_failed"),
+    ('{"expense_id": "exp_\u00e6\u00f8\u00e5\U0001F600", "target_system": "tripletex"}', 422,
+     "validation_failed"),
+    ('{"expense_id": "exp_unknown", "target_system": "tripletex"}', 422, "validation_failed"),
+    ('[]', 422, "validation_failed"),
+])
+def test_bad_requests_get_a_clear_4xx_and_change_nothing(client, org, body, status, code):
+    before = _counts()
+    response = client.post("/api/v1/accounting-exports", content=body.encode(),
+                           headers={**auth(org.api_key), "Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and len(error["message"]) > 10
+    assert "Traceback" not in response.text
+    assert _counts() == before
+
+
+def test_oversized_body_is_refused_with_413(client, org):
+    huge = '{"expense_ids": [' + ",".join(['"exp_x"'] * 200_000) + '], "target_system": "tripletex"}'
+    response = client.post("/api/v1/accounting-exports/batch", content=huge.encode(),
+                           headers={**auth(org.api_key), "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("query", ["page=0", "limit=0", "limit=1000000", "page=99999999999999999999",
+                                   "status=done", "initiated_from=yesterday"])
+def test_bad_list_parameters_are_explained(client, org, query):
+    response = client.get(f"/api/v1/accounting-exports?{query}", headers=auth(org.api_key))
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"].startswith("query.")
+
+
+def test_put_only_allows_legal_transitions(client, org, make_expense):
+    export_id = client.post("/api/v1/accounting-exports", headers=auth(org.api_key), json={
+        "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
+    url = f"/api/v1/accounting-exports/{export_id}"
+    ok = client.put(url, headers=auth(org.api_key),
+                    json={"status": "success", "external_reference": "TTX-1"})
+    assert ok.status_code == 200 and ok.json()["status"] == "success"
+    again = client.put(url, headers=auth(org.api_key),
+                       json={"status": "success", "external_reference": "TTX-1"})
+    assert again.status_code == 200
+    illegal = client.put(url, headers=auth(org.api_key), json={"status": "processing"})
+    assert illegal.status_code == 409
+    assert illegal.json()["error"]["code"] == "illegal_transition"
+    assert "cannot become processing" in illegal.json()["error"]["message"]
+    assert client.delete(url, headers=auth(org.api_key)).status_code == 409
+
+
+def test_batch_and_its_progress(client, org, make_expense):
+    ids = [make_expense() for _ in range(3)]
+    created = client.post("/api/v1/accounting-exports/batch", headers=auth(org.api_key),
+                          json={"expense_ids": ids, "target_system": "tripletex"})
+    assert created.status_code == 202
+    batch = created.json()
+    assert batch["batch_id"].startswith("batch_") and batch["expense_ids"] == ids
+    progress = client.get(f"/api/v1/accounting-exports/batch/{batch['batch_id']}",
+                          headers=auth(org.api_key)).json()
+    assert progress["total"] == 3 and progress["counts"]["processing"] == 3 and not progress["done"]
+    listed = client.get(f"/api/v1/accounting-exports?batch_id={batch['batch_id']}",
+                        headers=auth(org.api_key)).json()
+    assert listed["pagination"]["total"] == 3
+
+
+def test_admin_requires_its_token_and_never_returns_credentials(client, org):
+    assert client.get("/api/v1/admin/organizations").status_code == 401
+    assert client.get("/api/v1/admin/organizations", headers=auth(org.api_key)).status_code == 401
+    from shared.config import get_settings
+
+    admin = auth(get_settings().admin_token)
+    response = client.put(f"/api/v1/admin/organizations/{org.id}/connections/tripletex",
+                          headers=admin, json={"base_url": "https://api-test.tripletex.tech/v2",
+                                               "credentials": {"consumer_token": "SECRET-C",
+                                                               "employee_token": "SECRET-E"}})
+    assert response.status_code == 200
+    assert "SECRET" not in response.text and response.json()["has_credentials"] is True
+    listing = client.get(f"/api/v1/admin/organizations/{org.id}/connections", headers=admin)
+    assert "SECRET" not in listing.text
+    missing = client.put(f"/api/v1/admin/organizations/{org.id}/connections/tripletex",
+                         headers=admin, json={"base_url": "https://x.example/v2",
+                                              "credentials": {"consumer_token": "a"}})
+    assert missing.status_code == 422 and "employee_token" in missing.json()["error"]["message"]
+
+
+def test_openapi_and_docs_are_served(client):
+    spec = client.get("/openapi.json").json()
+    assert "/api/v1/accounting-exports" in spec["paths"]
+    assert client.get("/docs").status_code == 200
