@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     stuck_after_seconds: int = 900
     sweep_interval_seconds: float = 60.0
     worker_concurrency: int = 16
+    # Findity is polled this often as a backstop for lost webhooks (documented fallback: 15 min).
+    poll_interval_seconds: float = 900.0
+    # A source package not finished this long after it was received is picked up again.
+    source_stuck_after_seconds: int = 900
 
     # --- HTTP clients -------------------------------------------------------------------------
     http_connect_timeout: float = 5.0

@@ -15,6 +15,9 @@ from shared.config import get_settings
 
 TASK_EXPORT = "worker.tasks.export_to_target"
 TASK_SWEEP = "worker.tasks.sweep_stuck_exports"
+TASK_PROCESS_SOURCE_EXPORT = "worker.tasks.process_source_export"
+TASK_REPORT_TO_SOURCE = "worker.tasks.report_to_source"
+TASK_POLL_SOURCES = "worker.tasks.poll_sources"
 
 
 def create_celery_app() -> Celery:
@@ -38,7 +41,11 @@ def create_celery_app() -> Celery:
             Queue(settings.report_queue),
             Queue(settings.maintenance_queue),
         ],
-        task_routes={TASK_SWEEP: {"queue": settings.maintenance_queue}},
+        task_routes={
+            TASK_SWEEP: {"queue": settings.maintenance_queue},
+            TASK_POLL_SOURCES: {"queue": settings.maintenance_queue},
+            TASK_REPORT_TO_SOURCE: {"queue": settings.report_queue},
+        },
         worker_send_task_events=True,  # Flower shows tasks live
         task_send_sent_event=True,
         timezone="UTC",
@@ -47,6 +54,11 @@ def create_celery_app() -> Celery:
             "sweep-stuck-exports": {
                 "task": TASK_SWEEP,
                 "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": settings.maintenance_queue},
+            },
+            "poll-sources": {
+                "task": TASK_POLL_SOURCES,
+                "schedule": settings.poll_interval_seconds,
                 "options": {"queue": settings.maintenance_queue},
             },
         },

@@ -13,4 +13,7 @@ pytest_plugins = [
     "tests.fixtures.environment",
     "tests.fixtures.stack",
     "tests.fixtures.tenants",
+    "tests.fixtures.findity_tenants",
+    "tests.fixtures.findity_sandbox",
+    "tests.fixtures.tripletex_sandbox",
 ]

@@ -183,14 +183,16 @@ def _post_and_finish(work: _Work) -> Outcome:
             _event(work, "found_existing_voucher",
                    reason="an earlier attempt's voucher was found by its external number",
                    data={"voucher_id": posted.id, "number": posted.number},
-                   external_id=posted.id, external_reference=posted.reference)
+                   external_id=posted.id, external_reference=posted.reference,
+                   external_number=posted.number)
     if posted is None:
         if not _event(work, "posting_started", posting_started_at=utcnow()):
             return Outcome("skipped", "export changed (cancelled?) before posting")
         work.posting_started = True
         posted = client.post_voucher(draft)
         _event(work, "posted_to_target", data={"voucher_id": posted.id, "number": posted.number},
-               external_id=posted.id, external_reference=posted.reference)
+               external_id=posted.id, external_reference=posted.reference,
+               external_number=posted.number)
     work.external_id = posted.id
     work.external_reference = posted.reference
 

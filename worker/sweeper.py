@@ -14,9 +14,10 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 
 from shared.config import get_settings
-from shared.db.models import AccountingExport, ExportStatus
+from shared.db.models import AccountingExport, ExportStatus, SourceExport, SourceExportStatus
 from shared.db.session import session_scope
 from shared.db.types import utcnow
+from shared.domain import sources
 from shared.domain.state_machine import record_event
 from shared.jobs import enqueue_after_commit
 from shared.logs import get_logger
@@ -55,6 +56,30 @@ def requeue_stuck_exports(now=None) -> int:
                                 f"{settings.stuck_after_seconds}s")
             enqueue_after_commit(session, TASK_EXPORT, export.id, queue=settings.export_queue)
             requeued += 1
+    requeued += _sweep_source_exports(now)
     if requeued:
-        log.warning("stuck exports re-queued", count=requeued)
+        log.warning("stuck work re-queued", count=requeued)
     return requeued
+
+
+def _sweep_source_exports(now) -> int:
+    """Source packages: ingestion that never finished, and reports still owed to the source."""
+    settings = get_settings()
+    overdue = now - timedelta(seconds=settings.source_stuck_after_seconds)
+    count = 0
+    with session_scope() as session:
+        stuck = session.scalars(select(SourceExport).where(
+            SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
+                                     SourceExportStatus.INGESTING.value,
+                                     SourceExportStatus.PROCESSING.value]),
+            SourceExport.updated_at < overdue,
+            or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now),
+        ).limit(SWEEP_LIMIT)).all()
+        for source_export in stuck:
+            source_export.updated_at = now  # once per stuck period, not every sweep
+            if source_export.status == SourceExportStatus.PROCESSING.value:
+                sources.enqueue_report(session, source_export.id)
+            else:
+                sources.requeue_export(session, source_export)
+            count += 1
+    return count

@@ -10,9 +10,17 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
 from shared.logs import get_logger
-from shared.queue import TASK_EXPORT, TASK_SWEEP, celery_app
-from worker import sweeper
+from shared.queue import (
+    TASK_EXPORT,
+    TASK_POLL_SOURCES,
+    TASK_PROCESS_SOURCE_EXPORT,
+    TASK_REPORT_TO_SOURCE,
+    TASK_SWEEP,
+    celery_app,
+)
+from worker import source_jobs, sweeper
 from worker.export_job import run_export
+from worker.retry_policy import backoff_delay
 
 log = get_logger(__name__)
 
@@ -38,3 +46,32 @@ def export_to_target(self, export_id: str) -> str:
 @celery_app.task(name=TASK_SWEEP, acks_late=True)
 def sweep_stuck_exports() -> int:
     return sweeper.requeue_stuck_exports()
+
+
+@celery_app.task(name=TASK_PROCESS_SOURCE_EXPORT, bind=True, max_retries=None, acks_late=True)
+def process_source_export(self, source_export_id: str) -> str:
+    outcome = source_jobs.ingest_source_export(source_export_id)
+    if outcome.kind == "retry":
+        if self.request.retries + 1 >= get_settings().max_attempts:
+            # Left in "received": the poller picks it up again after source_stuck_after_seconds.
+            return f"gave up for now: {outcome.detail}"
+        raise self.retry(countdown=backoff_delay(self.request.retries + 1))
+    return f"{outcome.kind}: {outcome.detail}"
+
+
+@celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True)
+def report_to_source(self, source_export_id: str) -> str:
+    outcome = source_jobs.report_to_source(source_export_id)
+    if outcome.kind == "retry":
+        # A report must reach the source eventually: retried with capped backoff, without limit.
+        # The voucher is already booked; only the message is late.
+        raise self.retry(countdown=backoff_delay(min(self.request.retries + 1, 12)))
+    return f"{outcome.kind}: {outcome.detail}"
+
+
+@celery_app.task(name=TASK_POLL_SOURCES, acks_late=True)
+def poll_sources() -> dict:
+    result = source_jobs.poll_sources()
+    return {"connections": result.connections, "listed": result.listed,
+            "recovered": len(result.recovered), "requeued": len(result.requeued),
+            "errors": len(result.errors), "skipped_locked": result.skipped_locked}

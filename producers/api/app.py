@@ -7,7 +7,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from producers.api import routes_admin, routes_expenses, routes_exports
+from producers.api import routes_admin, routes_expenses, routes_exports, routes_sources
+from producers.webhooks import findity as findity_webhook
 from producers.api.errors import install_error_handlers
 from producers.api.limits import BodySizeLimit
 from shared.config import get_settings
@@ -29,7 +30,9 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
     app.include_router(routes_exports.router)
     app.include_router(routes_expenses.router)
+    app.include_router(routes_sources.router)
     app.include_router(routes_admin.router)
+    app.include_router(findity_webhook.router)
 
     @app.get("/healthz", tags=["health"], summary="Database and broker reachability")
     def healthz() -> JSONResponse:

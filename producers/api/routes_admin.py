@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field
 
 from producers.api.deps import require_admin
 from producers.api.schemas import (
@@ -14,11 +17,13 @@ from producers.api.schemas import (
     OrganizationCreated,
     OrganizationOut,
     PutConnection,
+    StrictBody,
     TargetSystem,
 )
-from shared.db.models import Organization, TargetConnection
+from shared.db.models import Organization, SourceConnection, TargetConnection
 from shared.db.session import session_scope
 from shared.domain import organizations as service
+from shared.domain import sources
 from sqlalchemy import select
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -91,3 +96,60 @@ def list_connections(org_id: str = OrgId) -> list[ConnectionOut]:
     with session_scope() as session:
         org = service.get_organization(session, org_id)
         return [connection_out(c) for c in org.connections]
+
+
+class PutSource(StrictBody):
+    base_url: str = Field(min_length=8, max_length=500,
+                          description="Findity Connect API base, e.g. https://api.findity.com/api")
+    token_url: str = Field(min_length=8, max_length=500, description="OAuth2 token endpoint")
+    external_organization_id: str = Field(min_length=1, max_length=100,
+                                          description="Your organization's id in Findity")
+    client_id: str | None = Field(default=None, max_length=200)
+    client_secret: str | None = Field(default=None, max_length=500)
+    webhook_secret: str | None = Field(
+        default=None, max_length=200,
+        description="When set, deliveries must carry X-AIC-Signature (HMAC-SHA256); '' removes it")
+    target_system: TargetSystem = TargetSystem.TRIPLETEX
+    options: dict[str, Any] | None = Field(
+        default=None, description='e.g. {"content_file": "sie4"} to attach an SIE 4 file')
+
+
+class SourceOut(BaseModel):
+    source_connection_id: str
+    organization_id: str
+    source_system: str
+    base_url: str
+    external_organization_id: str
+    target_system: str
+    webhook_path: str = Field(description="Give Findity this path on your public base URL")
+    signed_webhooks: bool
+    options: dict[str, Any]
+
+
+def source_out(c: SourceConnection) -> SourceOut:
+    return SourceOut(source_connection_id=c.id, organization_id=c.organization_id,
+                     source_system=c.source_system, base_url=c.base_url,
+                     external_organization_id=c.external_organization_id,
+                     target_system=c.target_system,
+                     webhook_path=f"/webhooks/{c.source_system}/{c.webhook_token}",
+                     signed_webhooks=bool(c.webhook_secret_encrypted), options=c.options or {})
+
+
+@router.put("/organizations/{org_id}/sources/findity", response_model=SourceOut)
+def put_findity_source(body: PutSource, org_id: str = OrgId) -> SourceOut:
+    with session_scope() as session:
+        connection = sources.upsert_source_connection(
+            session, org_id, "findity", base_url=body.base_url, token_url=body.token_url,
+            external_organization_id=body.external_organization_id, client_id=body.client_id,
+            client_secret=body.client_secret, webhook_secret=body.webhook_secret,
+            target_system=body.target_system.value, options=body.options)
+        return source_out(connection)
+
+
+@router.get("/organizations/{org_id}/sources", response_model=list[SourceOut])
+def list_sources(org_id: str = OrgId) -> list[SourceOut]:
+    with session_scope() as session:
+        service.get_organization(session, org_id)
+        rows = session.scalars(select(SourceConnection).where(
+            SourceConnection.organization_id == org_id)).all()
+        return [source_out(c) for c in rows]

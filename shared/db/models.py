@@ -174,6 +174,11 @@ class AccountingExport(Base):
     # From then on the export cannot be cancelled, and any retry looks the voucher up first.
     posting_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     receipt_attached_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The target's human voucher number (Tripletex "number"), reported back to the source.
+    external_number: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Set when the export came from a source package (Findity) that expects a status report.
+    source_export_id: Mapped[str | None] = mapped_column(
+        ForeignKey("source_exports.id"), index=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -203,3 +208,106 @@ class ExportEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     export: Mapped[AccountingExport] = relationship(back_populates="events")
+
+
+class SourceConnection(Base):
+    """Where an organization's expenses come from: an expense platform account (Findity).
+
+    ``webhook_token`` is the unguessable path segment of this connection's webhook URL; an
+    optional ``webhook_secret`` additionally requires an HMAC signature on every delivery.
+    """
+
+    __tablename__ = "source_connections"
+    __table_args__ = (UniqueConstraint("organization_id", "source_system"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    source_system: Mapped[str] = mapped_column(String(40))
+    base_url: Mapped[str] = mapped_column(String(500))
+    token_url: Mapped[str] = mapped_column(String(500))
+    external_organization_id: Mapped[str] = mapped_column(String(100))
+    credentials_encrypted: Mapped[str] = mapped_column(Text)
+    webhook_token: Mapped[str] = mapped_column(String(64), unique=True)
+    webhook_secret_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
+    target_system: Mapped[str] = mapped_column(String(40), default="tripletex")
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class SourceExportStatus(str, enum.Enum):
+    """A source package's progress (not an accounting export status).
+
+    received -> ingesting -> processing -> completed | completed_with_failures
+    received -> rejected   (the source does not know the export: a forged or stale hint)
+    """
+
+    RECEIVED = "received"
+    INGESTING = "ingesting"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    REJECTED = "rejected"
+
+
+class SourceExport(Base):
+    """One export package announced by a source (a Findity exportId), processed once."""
+
+    __tablename__ = "source_exports"
+    __table_args__ = (UniqueConstraint("source_connection_id", "external_export_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    source_connection_id: Mapped[str] = mapped_column(ForeignKey("source_connections.id"))
+    external_export_id: Mapped[str] = mapped_column(String(100))
+    status: Mapped[SourceExportStatus] = mapped_column(String(30))
+    received_via: Mapped[str] = mapped_column(String(20))  # webhook | poll
+    verification_lists_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    voucher_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    connection: Mapped[SourceConnection] = relationship()
+    vouchers: Mapped[list[SourceVoucher]] = relationship(back_populates="source_export",
+                                                         order_by="SourceVoucher.id")
+
+
+class SourceVoucher(Base):
+    """One voucher of a source package, and what we reported back about it.
+
+    ``export_id`` is the accounting export that books it; a voucher that cannot be booked (a
+    payment format, an invalid voucher) has none and carries ``outcome_error`` instead.
+    """
+
+    __tablename__ = "source_vouchers"
+    __table_args__ = (UniqueConstraint("source_export_id", "external_voucher_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_export_id: Mapped[str] = mapped_column(ForeignKey("source_exports.id"), index=True)
+    external_voucher_id: Mapped[str] = mapped_column(String(100))
+    expense_id: Mapped[str | None] = mapped_column(ForeignKey("expenses.id"), nullable=True)
+    export_id: Mapped[str | None] = mapped_column(ForeignKey("accounting_exports.id"),
+                                                  nullable=True)
+    outcome_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reported_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    report_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    source_export: Mapped[SourceExport] = relationship(back_populates="vouchers")
+
+
+class WebhookDelivery(Base):
+    """Every webhook call as received: stored first, handled later (and once)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_connection_id: Mapped[str] = mapped_column(ForeignKey("source_connections.id"),
+                                                      index=True)
+    external_export_id: Mapped[str] = mapped_column(String(100))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    duplicate: Mapped[bool] = mapped_column(default=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

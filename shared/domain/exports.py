@@ -50,7 +50,7 @@ class IllegalStatusChange(Conflict):
     code = "illegal_transition"
 
 
-def _active_export(session: Session, expense_id: str, target_system: str) -> AccountingExport | None:
+def active_export(session: Session, expense_id: str, target_system: str) -> AccountingExport | None:
     return session.scalar(
         select(AccountingExport).where(
             AccountingExport.active_key == f"{expense_id}:{target_system}"
@@ -75,7 +75,7 @@ def _check_exportable(
         return None, ValidationFailed(
             f"expense {expense_id} is '{expense.status}'; only approved expenses can be exported"
         )
-    active = _active_export(session, expense_id, target_system)
+    active = active_export(session, expense_id, target_system)
     if active is not None:
         if active.status == ExportStatus.PROCESSING.value:
             return None, AlreadyExported(
@@ -99,6 +99,7 @@ def _new_export(
     *,
     actor: str,
     batch_id: str | None = None,
+    source_export_id: str | None = None,
 ) -> AccountingExport:
     expense, previous = exportable.expense, exportable.supersedes
     connection = organizations.connection_for(session, org_id, target_system)
@@ -131,6 +132,7 @@ def _new_export(
         organization_id=org_id,
         expense_id=expense.id,
         batch_id=batch_id,
+        source_export_id=source_export_id,
         connection_id=connection.id,
         target_system=target_system,
         status=ExportStatus.PROCESSING.value,
@@ -171,12 +173,14 @@ def create_export(
     *,
     actor: str,
     reexport: bool = False,
+    source_export_id: str | None = None,
 ) -> AccountingExport:
     exportable, problem = _check_exportable(session, org_id, expense_id, target_system, reexport)
     if problem is not None:
         raise problem
     with _one_live_export_per_expense([expense_id], target_system):
-        export = _new_export(session, org_id, exportable, target_system, actor=actor)
+        export = _new_export(session, org_id, exportable, target_system, actor=actor,
+                             source_export_id=source_export_id)
         session.flush()
     return export
 

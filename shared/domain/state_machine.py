@@ -119,6 +119,11 @@ def transition(
     )
     session.flush()
     session.refresh(export)
+    if to_status is not P and export.source_export_id is not None:
+        # Every way an export ends (worker, DELETE, PUT callback) owes its source a report.
+        from shared.domain.sources import enqueue_report
+
+        enqueue_report(session, export.source_export_id)
     return export
 
 

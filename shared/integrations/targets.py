@@ -1,18 +1,13 @@
-"""Which client talks to which target system, and one cached client per connection.
-
-A client instance caches its session token and chart-of-accounts lookups, so worker threads
-share one per connection (rebuilt when the connection is edited).
-"""
+"""Which client talks to which target system; one cached client per target connection."""
 
 from __future__ import annotations
 
-import threading
-from datetime import datetime
 from typing import Protocol
 
 from shared.db.models import TargetConnection
 from shared.domain.organizations import connection_credentials
 from shared.domain.vouchers import PostedVoucher, VoucherDraft
+from shared.integrations.client_cache import ClientCache
 
 
 class TargetClient(Protocol):
@@ -40,17 +35,5 @@ def _build(connection: TargetConnection) -> TargetClient:
     raise ValueError(f"no client for target system {connection.target_system!r}")
 
 
-_clients: dict[str, tuple[datetime, TargetClient]] = {}
-_lock = threading.Lock()
-
-
-def client_for(connection: TargetConnection) -> TargetClient:
-    with _lock:
-        cached = _clients.get(connection.id)
-        if cached is not None and cached[0] == connection.updated_at:
-            return cached[1]
-        if cached is not None:
-            cached[1].close()
-        client = _build(connection)
-        _clients[connection.id] = (connection.updated_at, client)
-        return client
+_cache: ClientCache[TargetClient] = ClientCache(_build)
+client_for = _cache.get

@@ -1,0 +1,82 @@
+"""/api/v1/source-exports: the packages sources announced, and each voucher's outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from producers.api.deps import Caller, current_caller
+from producers.api.schemas import ID_PATTERN, Pagination
+from shared.db.models import SourceExport
+from shared.db.session import session_scope
+from shared.domain import sources
+
+router = APIRouter(prefix="/api/v1/source-exports", tags=["source-exports"])
+
+
+class SourceVoucherOut(BaseModel):
+    voucher_id: str
+    expense_id: str | None
+    export_id: str | None
+    error: str | None
+    reported_status: str | None
+    reported_at: datetime | None
+
+
+class SourceExportOut(BaseModel):
+    source_export_id: str
+    source_export_ref: str
+    status: str
+    received_via: str
+    verification_lists_type: str | None
+    voucher_count: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    vouchers: list[SourceVoucherOut] | None = None
+
+
+class SourceExportList(BaseModel):
+    data: list[SourceExportOut]
+    pagination: Pagination
+
+
+def _out(row: SourceExport, with_vouchers: bool = False) -> SourceExportOut:
+    return SourceExportOut(
+        source_export_id=row.id, source_export_ref=row.external_export_id, status=row.status,
+        received_via=row.received_via, verification_lists_type=row.verification_lists_type,
+        voucher_count=row.voucher_count, last_error=row.last_error, created_at=row.created_at,
+        updated_at=row.updated_at,
+        vouchers=[SourceVoucherOut(voucher_id=v.external_voucher_id, expense_id=v.expense_id,
+                                   export_id=v.export_id, error=v.outcome_error,
+                                   reported_status=v.reported_status, reported_at=v.reported_at)
+                  for v in row.vouchers] if with_vouchers else None)
+
+
+@router.get("", response_model=SourceExportList, summary="Packages received from sources")
+def list_source_exports(caller: Caller = Depends(current_caller),
+                        page: int = Query(1, ge=1, le=100_000),
+                        limit: int = Query(20, ge=1, le=100),
+                        source_export_ref: str | None = Query(None, max_length=100)):
+    conditions = [SourceExport.organization_id == caller.organization_id]
+    if source_export_ref:
+        conditions.append(SourceExport.external_export_id == source_export_ref)
+    with session_scope() as session:
+        total = session.scalar(select(func.count()).select_from(SourceExport).where(*conditions))
+        rows = session.scalars(select(SourceExport).where(*conditions)
+                               .order_by(SourceExport.created_at.desc())
+                               .offset((page - 1) * limit).limit(limit)).all()
+        return SourceExportList(data=[_out(r) for r in rows],
+                                pagination=Pagination(page=page, limit=limit, total=total or 0))
+
+
+@router.get("/{source_export_id}", response_model=SourceExportOut,
+            summary="A package with every voucher's export and report status")
+def get_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
+                      caller: Caller = Depends(current_caller)):
+    with session_scope() as session:
+        row = sources.get_source_export(session, caller.organization_id, source_export_id)
+        return _out(row, with_vouchers=True)

@@ -1,0 +1,1 @@
+"""Webhook receivers: store the delivery, queue the work, answer 200 at once."""

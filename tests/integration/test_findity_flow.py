@@ -1,0 +1,171 @@
+"""Findity -> us -> Tripletex -> back to Findity, on real processes and both sandboxes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+ACCOUNTING_FORMATS = ["REPORT_PER_EXPENSE", "REPORT_PER_ACCOUNT", "USER_PER_EXPENSE",
+                      "USER_PER_ACCOUNT", "EXPENSE"]
+PAYMENT_FORMATS = ["REPORT_PER_REPORT_PAID", "USER_PER_REPORT_PAID", "REPORT_PER_EXPENSE_PAID"]
+
+REPORTS = [
+    {"owner_name": "Kari Nordmann", "expenses": [
+        {"text": "Flight Oslo-Bergen", "account": "7140", "amount": "1000.00", "vat_rate": 0},
+        {"text": "Office supplies", "account": "6800", "amount": "1250.00", "vat_rate": 25}]},
+    {"owner_name": "Ola Hansen", "expenses": [
+        {"text": "Hotel", "account": "7140", "amount": "1120.00", "vat_rate": 12},
+        {"text": "Course lunch", "account": "6860", "amount": "575.00", "vat_rate": 15}]},
+]
+VAT = Decimal("250.00") + Decimal("120.00") + Decimal("75.00")
+GROSS = Decimal("1000.00") + Decimal("1250.00") + Decimal("1120.00") + Decimal("575.00")
+
+
+def _ledger_totals(vouchers: list[dict]) -> tuple[Decimal, Decimal]:
+    """(sum of debits incl. the VAT split out, VAT booked on 27xx accounts) over the vouchers."""
+    debits = sum((Decimal(str(p["amount"])) for v in vouchers for p in v["postings"]
+                  if Decimal(str(p["amount"])) > 0), Decimal("0"))
+    vat = sum((Decimal(str(p["amount"])) for v in vouchers for p in v["postings"]
+               if p["accountNumber"].startswith("27")), Decimal("0"))
+    return debits, vat
+
+
+def _our_vouchers(ft, voucher_export_ids):
+    return [v for v in ft.tenant.vouchers() if v["externalVoucherNumber"] in voucher_export_ids]
+
+
+def _export_ids(ft, external_export_id: str) -> list[str]:
+    [row] = [s for s in ft.source_exports() if s["source_export_ref"] == external_export_id]
+    detail = ft.tenant.api.get(f"/api/v1/source-exports/{row['source_export_id']}").json()
+    return [v["export_id"] for v in detail["vouchers"] if v["export_id"]]
+
+
+def test_webhook_books_every_voucher_once_and_reports_success(findity_tenant, worker):
+    ft = findity_tenant
+    created = ft.create_export(REPORTS)
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"], timeout=60)
+    assert {u["status"] for u in reported.values()} == {"SUCCESS"}
+    vouchers = ft.tenant.vouchers()
+    assert len(vouchers) == len(created["voucher_ids"])
+    numbers = {v["number"] for v in vouchers}
+    assert {u["voucherNumber"] for u in reported.values()} == numbers
+    assert all(u.get("bookingDate") for u in reported.values())
+    debits, vat = _ledger_totals(vouchers)
+    assert vat == VAT  # VAT booked once: not twice, not lost
+    assert debits == GROSS  # every expense's gross cost (net + VAT) is in the ledger
+    state = ft.findity.export_state(ft.org["organization_id"], created["export_id"])
+    assert state["status"] == "PROCESSED"
+    [package] = [s for s in ft.source_exports() if s["source_export_ref"] == created["export_id"]]
+    deadline = time.monotonic() + 10
+    while package["status"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        [package] = [s for s in ft.source_exports() if s["source_export_ref"] == created["export_id"]]
+    assert package["status"] == "completed"
+
+
+def test_same_webhook_five_times_concurrently_books_one_set(findity_tenant, worker):
+    ft = findity_tenant
+    created = ft.create_export(REPORTS, webhook_copies=5)
+    ft.wait_reported(created["export_id"], created["voucher_ids"])
+    time.sleep(1)
+    vouchers = ft.tenant.vouchers()
+    assert len(vouchers) == len(created["voucher_ids"])
+    assert len({v["externalVoucherNumber"] for v in vouchers}) == len(vouchers)
+    webhook = ft.findity.wait_for_webhooks(ft.org["organization_id"], created["export_id"])
+    assert [d["status_code"] for d in webhook["webhook"]["deliveries"]] == [200] * 5
+
+
+def test_lost_webhook_is_recovered_by_the_poll(findity_tenant, worker):
+    ft = findity_tenant
+    created = ft.create_export(REPORTS, lose_webhook=True)
+    time.sleep(1)
+    assert ft.source_exports() == []
+    ft.poll_now()
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"])
+    assert {u["status"] for u in reported.values()} == {"SUCCESS"}
+    [package] = ft.source_exports()
+    assert package["received_via"] == "poll"
+
+
+def test_unmapped_account_fails_only_that_voucher_with_a_readable_text(findity_tenant, worker):
+    ft = findity_tenant
+    reports = [REPORTS[0], {"owner_name": "Per Berg", "expenses": [
+        {"text": "Mystery", "account": "9999", "amount": "100.00", "vat_rate": 0}]}]
+    created = ft.create_export(reports)
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"])
+    statuses = sorted(u["status"] for u in reported.values())
+    assert statuses == ["FAILED", "SUCCESS"]
+    [failed] = [u for u in reported.values() if u["status"] == "FAILED"]
+    assert "9999" in failed["errorText"] and "Traceback" not in failed["errorText"]
+    assert len(ft.tenant.vouchers()) == 1
+
+
+def test_findity_down_while_reporting_is_retried_without_reposting(findity_tenant, worker):
+    ft = findity_tenant
+    ft.findity.set_faults(ft.org["organization_id"], updatestatus_down=True)
+    created = ft.create_export(REPORTS)
+    deadline = time.monotonic() + 60
+    while len(ft.tenant.vouchers()) < len(created["voucher_ids"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(3)  # several report attempts fail meanwhile
+    assert ft.reported(created["export_id"]) == {}
+    ft.findity.clear_faults(ft.org["organization_id"])
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"], timeout=90)
+    assert {u["status"] for u in reported.values()} == {"SUCCESS"}
+    assert len(ft.tenant.vouchers()) == len(created["voucher_ids"])  # nothing re-posted
+
+
+@pytest.mark.parametrize("fmt", ACCOUNTING_FORMATS)
+def test_each_accounting_format_is_booked_with_vat_once(findity_tenant, worker, fmt):
+    ft = findity_tenant
+    ft.set_format(fmt)
+    created = ft.create_export(REPORTS)
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"])
+    assert {u["status"] for u in reported.values()} == {"SUCCESS"}, reported
+    debits, vat = _ledger_totals(ft.tenant.vouchers())
+    assert vat == VAT and debits == GROSS
+
+
+@pytest.mark.parametrize("fmt", PAYMENT_FORMATS)
+def test_each_payment_format_is_reported_failed_and_nothing_is_posted(findity_tenant, worker, fmt):
+    ft = findity_tenant
+    ft.set_format(fmt)
+    created = ft.create_export(REPORTS)
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"])
+    assert {u["status"] for u in reported.values()} == {"FAILED"}
+    assert all("payment format" in u["errorText"] and "Tripletex" in u["errorText"]
+               for u in reported.values())
+    assert ft.tenant.vouchers() == []
+
+
+def test_forged_webhook_is_answered_200_and_leads_nowhere(findity_tenant, worker):
+    ft = findity_tenant
+    body = {"exportId": "forged-export-id", "organizationId": ft.org["organization_id"]}
+    assert httpx.post(ft.webhook_url, json=body).status_code == 200
+    deadline = time.monotonic() + 30
+    while True:
+        rows = [s for s in ft.source_exports() if s["source_export_ref"] == "forged-export-id"]
+        if rows and rows[0]["status"] == "rejected":
+            break
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.2)
+    assert "EXPORT_NOT_FOUND" in rows[0]["last_error"]
+    assert ft.tenant.vouchers() == []
+
+
+def test_malformed_webhook_gets_400_and_unknown_url_404(findity_tenant, api_server):
+    ft = findity_tenant
+    bad = httpx.post(ft.webhook_url, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "malformed_webhook"
+    missing = httpx.post(ft.webhook_url, json={"numberOfVouchers": 2})
+    assert missing.status_code == 400 and "exportId" in missing.json()["error"]["message"]
+    unknown = httpx.post(f"{api_server}/webhooks/findity/{'x' * 32}",
+                         json={"exportId": "a", "organizationId": "b"})
+    assert unknown.status_code == 404
