@@ -183,6 +183,40 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_source_set(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import sources
+
+    client_secret = None
+    if args.client_id and not args.keep_credentials:
+        client_secret = args.client_secret or getpass.getpass("Findity client secret: ")
+    options = {"content_file": args.content_file} if args.content_file else None
+    with session_scope() as session:
+        connection = sources.upsert_source_connection(
+            session, args.org, "findity", base_url=args.base_url, token_url=args.token_url,
+            external_organization_id=args.findity_org, client_id=args.client_id,
+            client_secret=client_secret, webhook_secret=args.webhook_secret,
+            target_system=args.target, options=options)
+        path = f"/webhooks/findity/{connection.webhook_token}"
+    print(f"source {connection.id}: findity organization {args.findity_org} -> {args.target}\n"
+          f"webhook URL for Findity: <your public base URL>{path}")
+    return 0
+
+
+def cmd_source_poll(args) -> int:
+    from worker.source_jobs import poll_sources
+
+    result = poll_sources()
+    if result.skipped_locked:
+        print("another poll is running; nothing done")
+        return 0
+    print(f"polled {result.connections} connections: {result.listed} unprocessed exports listed, "
+          f"{len(result.recovered)} recovered (unknown before), {len(result.requeued)} re-queued")
+    for error in result.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aic", description="Accounting Integration Client")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("org")
     ct.add_argument("target", choices=["tripletex"])
     ct.set_defaults(func=cmd_connection_test)
+
+    src = sub.add_parser("source", help="expense sources (Findity)").add_subparsers(
+        dest="src_cmd", required=True)
+    ss = src.add_parser("set", help="create or update an organization's Findity connection")
+    ss.add_argument("org")
+    ss.add_argument("--base-url", required=True, help="Findity Connect API base URL")
+    ss.add_argument("--token-url", required=True, help="Findity OAuth2 token endpoint")
+    ss.add_argument("--findity-org", required=True, help="your organization id in Findity")
+    ss.add_argument("--client-id")
+    ss.add_argument("--client-secret", help="prompted when omitted")
+    ss.add_argument("--keep-credentials", action="store_true")
+    ss.add_argument("--webhook-secret", help="require HMAC-signed webhooks ('' to remove)")
+    ss.add_argument("--target", default="tripletex", choices=["tripletex"])
+    ss.add_argument("--content-file", choices=["sie4", "csv"],
+                    help="also attach an SIE 4 or CSV file of each package to the Findity export")
+    ss.set_defaults(func=cmd_source_set)
+    src.add_parser("poll", help="poll every source once now").set_defaults(func=cmd_source_poll)
 
     ex = sub.add_parser("exports", help="accounting exports").add_subparsers(
         dest="ex_cmd", required=True)

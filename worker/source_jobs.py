@@ -43,6 +43,7 @@ from shared.integrations.findity import (
     VoucherPackage,
     VoucherSuccessUpdate,
 )
+from shared.integrations.findity.files import package_file
 from shared.integrations.findity.conversion import (
     UnbookableVoucher,
     payment_format_error,
@@ -251,7 +252,9 @@ def _report_ready_vouchers(source_export_id: str) -> StepOutcome:
             voucher.report_payload = update_model.model_dump(mode="json", by_alias=True,
                                                              exclude_none=True)
         source_export = session.get(SourceExport, source_export_id)
-        _complete_if_all_reported(source_export)
+        completed_now = _complete_if_all_reported(source_export)
+    if completed_now and (connection.options or {}).get("content_file"):
+        _attach_package_file(connection, external_export_id, source_export_id)
     if ready:
         log.info("reported to source", source_export_id=source_export_id, vouchers=len(ready))
     return StepOutcome("done", f"{len(ready)} reported")
@@ -285,15 +288,41 @@ def _ready_updates(session, source_export: SourceExport):
     return ready
 
 
-def _complete_if_all_reported(source_export: SourceExport) -> None:
+def _complete_if_all_reported(source_export: SourceExport) -> bool:
     if source_export.status != SourceExportStatus.PROCESSING.value:
-        return
+        return False
     if any(v.reported_at is None for v in source_export.vouchers):
-        return
+        return False
     failed = any(v.reported_status != "SUCCESS" for v in source_export.vouchers)
     source_export.status = (SourceExportStatus.COMPLETED_WITH_FAILURES if failed
                             else SourceExportStatus.COMPLETED).value
     source_export.updated_at = utcnow()
+    return True
+
+
+def _attach_package_file(connection: SourceConnection, external_export_id: str,
+                         source_export_id: str) -> None:
+    """The optional SIE 4 / CSV file of the package, for administrators in Findity.
+
+    Best effort after the bookings and reports are done: a failure is logged and recorded on the
+    package, never turned into a failed booking.
+    """
+    fmt = connection.options["content_file"]
+    client = source_client_for(connection)
+    try:
+        package = client.get_voucher_package(external_export_id)
+        filename, content, content_type = package_file(
+            package, fmt, company_name=connection.external_organization_id,
+            generated_at=utcnow())
+        client.put_content(external_export_id, filename, content, content_type)
+    except (IntegrationError, ValueError) as error:
+        log.warning("package file not attached", source_export_id=source_export_id,
+                    error=str(error))
+        with session_scope() as session:
+            session.get(SourceExport, source_export_id).last_error = (
+                f"the {fmt} file could not be attached: {error}")
+        return
+    log.info("package file attached", source_export_id=source_export_id, file=filename)
 
 
 # --- poll ---------------------------------------------------------------------------------------

@@ -169,3 +169,22 @@ def test_malformed_webhook_gets_400_and_unknown_url_404(findity_tenant, api_serv
     unknown = httpx.post(f"{api_server}/webhooks/findity/{'x' * 32}",
                          json={"exportId": "a", "organizationId": "b"})
     assert unknown.status_code == 404
+
+
+def test_sie4_file_of_the_package_is_attached_when_configured(findity_tenant, worker, admin):
+    ft = findity_tenant
+    response = admin.put(
+        f"/api/v1/admin/organizations/{ft.tenant.organization_id}/sources/findity",
+        json={"base_url": ft.org["base_url"], "token_url": ft.org["token_url"],
+              "external_organization_id": ft.org["organization_id"],
+              "options": {"content_file": "sie4"}})
+    assert response.status_code == 200, response.text
+    created = ft.create_export(REPORTS)
+    ft.wait_reported(created["export_id"], created["voucher_ids"])
+    deadline = time.monotonic() + 20
+    while True:
+        content = ft.findity.export_state(ft.org["organization_id"], created["export_id"])["content"]
+        if content is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert content is not None and content["filename"].endswith(".se") and content["size"] > 100
