@@ -1,0 +1,849 @@
+"""The Tripletex API v2 client: session tokens, lookups, vouchers and their attachments.
+
+One ``TripletexClient`` per connection (company). It owns one long-lived ``httpx.Client`` and
+turns every HTTP outcome into the error taxonomy of ``shared.integrations.errors`` in a single
+place, ``_request()``. See ``/shared/guides/tripletex.md`` for the API facts it follows.
+
+Choices worth knowing:
+- ``PostedVoucher.reference`` is ``"TTX-<voucher id>"``. The voucher *number* is not stable: a
+  voucher posted with ``sendToLedger=false`` has none until the accountant approves it, and
+  numbers restart every year. The id never changes, so a lookup by ``externalVoucherNumber``
+  after a crash yields the same reference as the original post.
+- Account numbers, VAT codes, departments, projects and unknown references are checked before
+  the voucher is posted (preflight), so a mapping mistake comes back as one ``PermanentError``
+  listing everything to fix, in plain words, without a rejected request at Tripletex.
+- Money is serialised from ``Decimal`` with exactly two decimals by our own JSON writer: the
+  standard ``json`` module would either refuse ``Decimal`` or go through ``float``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from shared.config import get_settings
+from shared.domain.vouchers import CENT, PostedVoucher, PostingDraft, VoucherDraft
+from shared.integrations.errors import (
+    AuthError,
+    NotFoundError,
+    PermanentError,
+    RateLimitedError,
+    TransientError,
+)
+from shared.integrations.tripletex.models import (
+    Account,
+    Currency,
+    Department,
+    ErrorBody,
+    ListEnvelope,
+    Project,
+    SessionToken,
+    ValueEnvelope,
+    VatType,
+    Voucher,
+    VoucherType,
+    WhoAmI,
+    parse_date,
+)
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+SYSTEM = "tripletex"
+ACCOUNT_FIELDS = (
+    "id,number,name,vatType(*),vatLocked,legalVatTypes,ledgerType,requiresDepartment,"
+    "requiresProject"
+)
+VOUCHER_FIELDS = "id,number,tempNumber,year,date,description,externalVoucherNumber"
+# The currency Tripletex books in for Norwegian companies. ``amountGross`` is in this currency.
+BASE_CURRENCY = "NOK"
+ATTACHMENT_TYPES = frozenset({"application/pdf", "image/png", "image/jpeg", "image/tiff"})
+# Postings on these ledgers need the matching party id, which a VoucherDraft does not carry.
+SUB_LEDGER_PARTY = {"CUSTOMER": "a customer", "VENDOR": "a supplier", "EMPLOYEE": "an employee"}
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # the media type the spec declares
+
+# English hints appended to Tripletex's (Norwegian) validation messages, keyed by the last
+# meaningful part of the field path. They say what usually has to change in the mapping.
+FIELD_HINTS = {
+    "supplier": "a supplier is required: the account is a supplier sub-ledger account",
+    "customer": "a customer is required: the account is a customer sub-ledger account",
+    "employee": "an employee is required: the account is an employee sub-ledger account",
+    "vatType": "the VAT code does not fit the account",
+    "account": "the account is missing or unknown",
+    "department": "the department is missing or unknown",
+    "project": "the project is missing or unknown",
+    "externalVoucherNumber": "the export id is too long (at most 70 characters)",
+    "date": "the voucher date is missing or invalid",
+    "row": "posting rows must start at 1",
+    "amountGross": "an amount is missing or has more than two decimals",
+    "amountGrossCurrency": "the currency amount must equal the NOK amount",
+}
+
+
+class TripletexOptions(BaseModel):
+    """Per-connection choices of how vouchers are booked."""
+
+    # False leaves the voucher as a draft for the accountant to approve (a cheap dry run).
+    send_to_ledger: bool = True
+    # e.g. "Reiseregning"; None posts without a voucher type, which Tripletex allows.
+    voucher_type_name: str | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """The last ``X-Rate-Limit-*`` headers seen, for a limiter that paces the next requests."""
+
+    limit: int | None
+    remaining: int | None
+    reset_seconds: float | None
+    seen_at: datetime
+
+
+@dataclass(frozen=True)
+class _Session:
+    token: str
+    expires_on: date
+    # Renew a day early: Tripletex counts dates in Norwegian time, we count in UTC.
+    renew_on: date
+
+
+@dataclass(frozen=True)
+class _Refs:
+    """Everything a voucher refers to, resolved to this company's ids."""
+
+    accounts: dict[str, Account]
+    vat_types: dict[str, VatType]
+    departments: dict[str, Department]
+    projects: dict[str, Project]
+    currency: Currency
+    voucher_type: VoucherType | None
+
+
+class TripletexClient:
+    """A connection to one Tripletex company. Thread-safe enough for a worker's thread pool:
+    the session is created under a lock; the lookup caches only ever gain entries."""
+
+    system = SYSTEM
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        consumer_token: str,
+        employee_token: str,
+        company_id: str = "0",
+        options: TripletexOptions | None = None,
+        timeout: httpx.Timeout | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if timeout is None:
+            settings = get_settings()
+            timeout = httpx.Timeout(
+                settings.http_read_timeout, connect=settings.http_connect_timeout
+            )
+        self._consumer_token = consumer_token
+        self._employee_token = employee_token
+        self.company_id = str(company_id)
+        self.options = options or TripletexOptions()
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json"},
+        )
+        self._session: _Session | None = None
+        self._session_lock = threading.Lock()
+        self._accounts: dict[str, Account] = {}
+        self._vat_types: dict[str, VatType] = {}
+        self._voucher_types: dict[str, VoucherType] = {}
+        self._currencies: dict[str, Currency] = {}
+        self._departments: dict[str, Department] = {}
+        self._projects: dict[str, Project] = {}
+        self.rate_limit: RateLimitStatus | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> TripletexClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never show tokens
+        return (
+            f"TripletexClient(base_url={str(self._http.base_url)!r}, company={self.company_id!r})"
+        )
+
+    # --- public operations -----------------------------------------------------------------
+
+    def check_connection(self) -> WhoAmI:
+        """Create a session if needed and ask who it belongs to: the "test connection" button."""
+        response = self._request("GET", "/token/session/>whoAmI", what="the connection check")
+        return self._parse(ValueEnvelope[WhoAmI], response, "the connection check").value
+
+    def find_voucher(self, external_number: str) -> PostedVoucher | None:
+        """The voucher we posted earlier under ``external_number``, or None.
+
+        Called before retrying a post whose outcome is unknown: Tripletex has no idempotency
+        key, ``externalVoucherNumber`` is our dedup key.
+        """
+        response = self._request(
+            "GET",
+            "/ledger/voucher/>externalVoucherNumber",
+            params={"externalVoucherNumber": external_number, "fields": VOUCHER_FIELDS},
+            what="the voucher search",
+        )
+        found = self._parse(ListEnvelope[Voucher], response, "the voucher search").values
+        # Match exactly: the search is not documented as an exact match, and a voucher with a
+        # neighbouring number must never be taken for ours.
+        matches = sorted(
+            (v for v in found if v.external_voucher_number == external_number), key=lambda v: v.id
+        )
+        if len(matches) > 1:
+            logger.warning(
+                "tripletex.duplicate_external_number",
+                extra={"external_number": external_number, "voucher_ids": [v.id for v in matches]},
+            )
+        return self._posted(matches[0]) if matches else None
+
+    def preflight(self, draft: VoucherDraft) -> None:
+        """Check ``draft`` against the company's chart without posting anything.
+
+        Raises one PermanentError listing every problem. ``post_voucher`` runs the same check;
+        the lookups are cached, so a caller that checks first (to record "posting started" only
+        for drafts that can be posted) pays no extra requests.
+        """
+        self._resolve(draft)
+
+    def post_voucher(self, draft: VoucherDraft) -> PostedVoucher:
+        """Book ``draft``. Raises PermanentError (nothing sent) when the mapping does not fit."""
+        refs = self._resolve(draft)
+        body = self._voucher_body(draft, refs)
+        try:
+            response = self._request(
+                "POST",
+                "/ledger/voucher",
+                params={"sendToLedger": "true" if self.options.send_to_ledger else "false"},
+                content=dumps_json(body).encode("utf-8"),
+                headers={"Content-Type": JSON_CONTENT_TYPE},
+                what="the voucher",
+            )
+        except PermanentError:
+            # Tripletex disagrees with what we cached (the chart may have changed since).
+            self.forget_lookups()
+            raise
+        voucher = self._parse(ValueEnvelope[Voucher], response, "the posted voucher").value
+        posted = self._posted(voucher, fallback_date=draft.date)
+        logger.info(
+            "tripletex.voucher_posted",
+            extra={"external_number": draft.external_number, "voucher_id": posted.id},
+        )
+        return posted
+
+    def attach_receipt(
+        self, voucher_id: str, filename: str, content: bytes, content_type: str
+    ) -> None:
+        """Upload a receipt; a second upload is appended to the voucher's document as pages."""
+        media_type = content_type.split(";")[0].strip().lower()
+        if media_type not in ATTACHMENT_TYPES:
+            raise PermanentError(
+                f"Tripletex accepts PDF, PNG, JPEG or TIFF receipts; {filename!r} is {media_type}",
+                system=SYSTEM,
+                code="unsupported_attachment_type",
+            )
+        try:
+            numeric_id = int(voucher_id)  # the spec's int64; refuse anything else early
+        except ValueError:
+            raise PermanentError(
+                f"{voucher_id!r} is not a Tripletex voucher id",
+                system=SYSTEM,
+                code="bad_voucher_id",
+            ) from None
+        self._request(
+            "POST",
+            f"/ledger/voucher/{numeric_id}/attachment",
+            files={"file": (filename, content, media_type)},
+            what="the receipt",
+        )
+
+    # --- lookups (cached per client) -------------------------------------------------------
+
+    def forget_lookups(self) -> None:
+        """Drop every cached lookup; the next voucher reads the chart afresh."""
+        for cache in (
+            self._accounts,
+            self._vat_types,
+            self._voucher_types,
+            self._currencies,
+            self._departments,
+            self._projects,
+        ):
+            cache.clear()
+
+    def accounts(self, numbers: set[str]) -> dict[str, Account]:
+        """The accounts among ``numbers`` that exist, by number. Unknown numbers are left out."""
+        wanted = {n for n in numbers if n.isdigit()} - self._accounts.keys()
+        if wanted:
+            response = self._request(
+                "GET",
+                "/ledger/account",
+                params={"number": ",".join(sorted(wanted)), "fields": ACCOUNT_FIELDS},
+                what="the account lookup",
+            )
+            for account in self._parse(
+                ListEnvelope[Account], response, "the account lookup"
+            ).values:
+                if str(account.number) in wanted:
+                    self._accounts[str(account.number)] = account
+        return {n: self._accounts[n] for n in numbers if n in self._accounts}
+
+    def vat_types(self, numbers: set[str]) -> dict[str, VatType]:
+        """The VAT types among ``numbers`` (Tripletex's VAT codes) that exist, by number."""
+        wanted = numbers - self._vat_types.keys()
+        if wanted:
+            response = self._request(
+                "GET",
+                "/ledger/vatType",
+                params={"number": ",".join(sorted(wanted))},
+                what="the VAT type lookup",
+            )
+            for vat_type in self._parse(
+                ListEnvelope[VatType], response, "the VAT type lookup"
+            ).values:
+                if vat_type.number in wanted:
+                    self._vat_types[vat_type.number] = vat_type
+        return {n: self._vat_types[n] for n in numbers if n in self._vat_types}
+
+    def voucher_type(self, name: str) -> VoucherType | None:
+        key = name.strip().lower()
+        if key not in self._voucher_types:
+            response = self._request(
+                "GET", "/ledger/voucherType", params={"name": name}, what="the voucher type lookup"
+            )
+            values = self._parse(
+                ListEnvelope[VoucherType], response, "the voucher type lookup"
+            ).values
+            # The name filter may match parts of names ("Reise" finds "Reiseregning"): be exact.
+            for voucher_type in values:
+                if (voucher_type.name or "").strip().lower() == key:
+                    self._voucher_types[key] = voucher_type
+                    break
+        return self._voucher_types.get(key)
+
+    def currency(self, code: str) -> Currency | None:
+        key = code.strip().upper()
+        if key not in self._currencies:
+            response = self._request(
+                "GET", "/currency", params={"code": key}, what="the currency lookup"
+            )
+            for currency in self._parse(
+                ListEnvelope[Currency], response, "the currency lookup"
+            ).values:
+                if (currency.code or "").upper() == key:
+                    self._currencies[key] = currency
+                    break
+        return self._currencies.get(key)
+
+    def department(self, number: str) -> Department | None:
+        if number not in self._departments:
+            response = self._request(
+                "GET",
+                "/department",
+                params={"departmentNumber": number},
+                what="the department lookup",
+            )
+            for department in self._parse(
+                ListEnvelope[Department], response, "the department lookup"
+            ).values:
+                if department.department_number == number:
+                    self._departments[number] = department
+                    break
+        return self._departments.get(number)
+
+    def project(self, number: str) -> Project | None:
+        if number not in self._projects:
+            response = self._request(
+                "GET", "/project", params={"number": number}, what="the project lookup"
+            )
+            for project in self._parse(
+                ListEnvelope[Project], response, "the project lookup"
+            ).values:
+                if project.number == number:
+                    self._projects[number] = project
+                    break
+        return self._projects.get(number)
+
+    # --- preflight and body ----------------------------------------------------------------
+
+    def _resolve(self, draft: VoucherDraft) -> _Refs:
+        """Look up every reference of ``draft``; raise one PermanentError listing all problems."""
+        problems: list[tuple[str, str]] = []
+        company = f"(company {self.company_id})"
+        currency_code = draft.currency.strip().upper()
+        if currency_code != BASE_CURRENCY:
+            # amountGross must be in NOK; a VoucherDraft carries only one amount per posting,
+            # so a foreign-currency draft would be booked with wrong NOK values. Refuse it.
+            problems.append(
+                (
+                    "unsupported_currency",
+                    f"the voucher is in {currency_code}, but Tripletex books in {BASE_CURRENCY} and "
+                    f"the export carries no {BASE_CURRENCY} amounts: convert it before export",
+                )
+            )
+        account_numbers = {p.account_number.strip() for p in draft.postings}
+        accounts = self.accounts(account_numbers)
+        for number in sorted(account_numbers - accounts.keys()):
+            problems.append(
+                (
+                    "unknown_account",
+                    f"account {number} does not exist in Tripletex {company}: map it to an existing "
+                    "account or create it",
+                )
+            )
+        vat_codes = {p.vat_code.strip() for p in draft.postings if p.vat_code}
+        vat_types = self.vat_types(vat_codes) if vat_codes else {}
+        for code in sorted(vat_codes - vat_types.keys()):
+            problems.append(
+                (
+                    "unknown_vat_type",
+                    f"VAT code {code} does not exist in Tripletex {company}: map it to an existing "
+                    "VAT type",
+                )
+            )
+        departments: dict[str, Department] = {}
+        for number in sorted({p.department_number for p in draft.postings if p.department_number}):
+            if (found := self.department(number)) is not None:
+                departments[number] = found
+            else:
+                problems.append(
+                    (
+                        "unknown_department",
+                        f"department {number} does not exist in Tripletex {company}",
+                    )
+                )
+        projects: dict[str, Project] = {}
+        for number in sorted({p.project_number for p in draft.postings if p.project_number}):
+            if (found := self.project(number)) is not None:
+                projects[number] = found
+            else:
+                problems.append(
+                    ("unknown_project", f"project {number} does not exist in Tripletex {company}")
+                )
+        currency = self.currency(BASE_CURRENCY) if currency_code == BASE_CURRENCY else None
+        if currency is None and currency_code == BASE_CURRENCY:
+            problems.append(
+                ("unknown_currency", f"currency {currency_code} is not known to Tripletex")
+            )
+        voucher_type = None
+        if self.options.voucher_type_name:
+            voucher_type = self.voucher_type(self.options.voucher_type_name)
+            if voucher_type is None:
+                problems.append(
+                    (
+                        "unknown_voucher_type",
+                        f"voucher type {self.options.voucher_type_name!r} does not exist in Tripletex "
+                        f"{company}: fix the connection's voucher type",
+                    )
+                )
+        for posting in draft.postings:
+            account = accounts.get(posting.account_number.strip())
+            if account is not None:
+                problems.extend(_posting_problems(posting, account, vat_types))
+        if problems:
+            # The accountant fixes the chart or the mapping next; see their fix on the retry.
+            self.forget_lookups()
+            messages = list(dict.fromkeys(message for _, message in problems))
+            raise PermanentError(
+                "Cannot post to Tripletex: " + "; ".join(messages),
+                system=SYSTEM,
+                code=problems[0][0],
+                details=messages,
+            )
+        assert currency is not None  # a missing currency is a problem above
+        return _Refs(accounts, vat_types, departments, projects, currency, voucher_type)
+
+    def _voucher_body(self, draft: VoucherDraft, refs: _Refs) -> dict[str, Any]:
+        postings = []
+        for row, posting in enumerate(draft.postings, start=1):  # row 0 is Tripletex's own
+            amount = posting.amount.quantize(CENT)
+            body: dict[str, Any] = {
+                "row": row,
+                "date": draft.date.isoformat(),
+                "description": posting.description or draft.description,
+                "account": {"id": refs.accounts[posting.account_number.strip()].id},
+                # Only gross amounts count; in NOK both are the same number.
+                "amountGross": amount,
+                "amountGrossCurrency": amount,
+                "currency": {"id": refs.currency.id},
+            }
+            if posting.vat_code:
+                body["vatType"] = {"id": refs.vat_types[posting.vat_code.strip()].id}
+            if posting.department_number:
+                body["department"] = {"id": refs.departments[posting.department_number].id}
+            if posting.project_number:
+                body["project"] = {"id": refs.projects[posting.project_number].id}
+            postings.append(body)
+        voucher: dict[str, Any] = {
+            "date": draft.date.isoformat(),
+            "description": draft.description,
+            "externalVoucherNumber": draft.external_number,
+            "postings": postings,
+        }
+        if refs.voucher_type is not None:
+            voucher["voucherType"] = {"id": refs.voucher_type.id}
+        return voucher
+
+    def _posted(self, voucher: Voucher, fallback_date: date | None = None) -> PostedVoucher:
+        # Number 0 (or none) means "not sent to ledger yet": no human number exists.
+        number = str(voucher.number) if voucher.number else None
+        return PostedVoucher(
+            id=str(voucher.id),
+            number=number,
+            reference=f"TTX-{voucher.id}",
+            booked_on=voucher.booked_on or fallback_date,
+        )
+
+    # --- session ---------------------------------------------------------------------------
+
+    def _session_token(self) -> str:
+        with self._session_lock:
+            today = datetime.now(UTC).date()
+            if self._session is None or today >= self._session.renew_on:
+                self._session = self._create_session(today)
+            return self._session.token
+
+    def _drop_session(self, token: str) -> None:
+        with self._session_lock:
+            if self._session is not None and self._session.token == token:
+                self._session = None
+
+    def _create_session(self, today: date) -> _Session:
+        requested = today + timedelta(days=2)
+        response = self._send(
+            "PUT",
+            "/token/session/:create",
+            params={
+                "consumerToken": self._consumer_token,
+                "employeeToken": self._employee_token,
+                "expirationDate": requested.isoformat(),
+            },
+            what="the session",
+            token=None,
+        )
+        if response.status_code in (401, 403):
+            raise AuthError(
+                "Tripletex refused the consumer/employee token pair: check the connection's "
+                f"tokens and that they belong to this environment ({_request_id_note(response)})",
+                system=SYSTEM,
+                code="session_refused",
+                status_code=response.status_code,
+                request_id=_request_id(response, None),
+            )
+        self._raise_for_status(response, "the session")
+        session = self._parse(ValueEnvelope[SessionToken], response, "the session").value
+        expires_on = parse_date(session.expiration_date) or requested
+        logger.info("tripletex.session_created", extra={"expires_on": expires_on.isoformat()})
+        # At least a day of use even if Tripletex shortened the expiry: a token that dies
+        # earlier is caught by the 401 renewal, not by creating a session on every request.
+        renew_on = max(expires_on - timedelta(days=1), today + timedelta(days=1))
+        return _Session(session.token, expires_on, renew_on=renew_on)
+
+    # --- HTTP ------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, what: str, **kwargs: Any) -> httpx.Response:
+        """Send an authenticated request; return the 2xx response or raise the taxonomy.
+
+        A 401 means the session token expired or was revoked: create a new session once and
+        repeat the request; a second 401 is an AuthError.
+        """
+        token = self._session_token()
+        response = self._send(method, path, what=what, token=token, **kwargs)
+        if response.status_code == 401:
+            logger.info("tripletex.session_renewed_after_401", extra={"path": path})
+            self._drop_session(token)
+            response = self._send(method, path, what=what, token=self._session_token(), **kwargs)
+        self._raise_for_status(response, what)
+        return response
+
+    def _send(
+        self, method: str, path: str, *, what: str, token: str | None, **kwargs: Any
+    ) -> httpx.Response:
+        """One HTTP exchange; transport failures become TransientError."""
+        auth = httpx.BasicAuth(self.company_id, token) if token is not None else None
+        try:
+            response = self._http.request(method, path, auth=auth, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"Tripletex did not answer {method} {path} in time ({type(exc).__name__})",
+                system=SYSTEM,
+                code="timeout",
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise TransientError(
+                f"could not reach Tripletex for {method} {path} ({type(exc).__name__}: {exc})",
+                system=SYSTEM,
+                code="connection_error",
+            ) from exc
+        except httpx.TransportError as exc:
+            # The request may have arrived: for a POST the outcome is unknown, which the
+            # worker settles with find_voucher before posting again.
+            raise TransientError(
+                f"lost the connection to Tripletex during {method} {path} "
+                f"({type(exc).__name__}: {exc})",
+                system=SYSTEM,
+                code="connection_lost",
+            ) from exc
+        self._record_rate_limit(response)
+        return response
+
+    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        body = _error_body(response)
+        request_id = _request_id(response, body)
+        common: dict[str, Any] = {"system": SYSTEM, "status_code": status, "request_id": request_id}
+        note = f" (request id {request_id})" if request_id else ""
+        if status == 429:
+            raise RateLimitedError(
+                f"Tripletex rate limit reached while sending {what}{note}",
+                retry_after=_retry_after(response),
+                code="rate_limited",
+                **common,
+            )
+        where = f"{response.request.method} {response.request.url.path}"  # no query: no tokens
+        if status >= 500:
+            raise TransientError(
+                f"Tripletex failed with HTTP {status} on {what} ({where}){note}",
+                code="server_error",
+                **common,
+            )
+        if status == 401:
+            raise AuthError(
+                f"Tripletex refused the session token even after renewing it{note}: check the "
+                "connection's employee token and company id",
+                code="unauthorized",
+                **common,
+            )
+        if status == 403:
+            raise AuthError(
+                f"Tripletex denied access to {what}{note}: the employee token lacks the needed "
+                "permission or the company id is wrong",
+                code="forbidden",
+                **common,
+            )
+        if status == 404:
+            raise NotFoundError(
+                f"Tripletex found nothing for {what} at {where}{note}", code="not_found", **common
+            )
+        details = [_describe(m.field, m.message) for m in body.validation_messages if m.message]
+        text = "; ".join(details) or body.message or f"HTTP {status}"
+        if status == 409:
+            raise PermanentError(
+                f"Tripletex reported a conflict on {what}: {text}{note}",
+                code="conflict",
+                details=details,
+                **common,
+            )
+        raise PermanentError(
+            f"Tripletex rejected {what}: {text}{note}",
+            code="validation_failed" if status in (400, 422) else f"http_{status}",
+            details=details,
+            **common,
+        )
+
+    def _record_rate_limit(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if not any(
+            h in headers
+            for h in ("x-rate-limit-limit", "x-rate-limit-remaining", "x-rate-limit-reset")
+        ):
+            return
+        self.rate_limit = RateLimitStatus(
+            limit=_int_header(headers.get("x-rate-limit-limit")),
+            remaining=_int_header(headers.get("x-rate-limit-remaining")),
+            reset_seconds=_seconds(headers.get("x-rate-limit-reset")),
+            seen_at=datetime.now(UTC),
+        )
+
+    @staticmethod
+    def _parse(model: type[M], response: httpx.Response, what: str) -> M:
+        """Parse a 2xx body. A body we cannot read is a transient protocol failure: after a
+        POST it means "outcome unknown", which the worker settles with ``find_voucher``."""
+        try:
+            return model.model_validate(json.loads(response.content, parse_float=Decimal))
+        except (ValueError, ValidationError) as exc:
+            raise TransientError(
+                f"Tripletex answered {what} with a body we could not read ({type(exc).__name__})",
+                system=SYSTEM,
+                code="unexpected_response",
+                status_code=response.status_code,
+                request_id=_request_id(response, None),
+            ) from exc
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _posting_problems(
+    posting: PostingDraft, account: Account, vat_types: dict[str, VatType]
+) -> list[tuple[str, str]]:
+    """What Tripletex would reject about ``posting`` on ``account``, in plain words."""
+    problems: list[tuple[str, str]] = []
+    label = f"account {account.label}"
+    party = SUB_LEDGER_PARTY.get(account.ledger_type)
+    if party is not None:
+        problems.append(
+            (
+                "sub_ledger_account",
+                f"{label} is a {account.ledger_type} sub-ledger account: Tripletex needs {party} on "
+                f"every posting to it and this export has none; map the expense to a general ledger "
+                f"account instead",
+            )
+        )
+    if account.requires_department and not posting.department_number:
+        problems.append(
+            ("department_required", f"{label} requires a department: set one in the mapping")
+        )
+    if account.requires_project and not posting.project_number:
+        problems.append(("project_required", f"{label} requires a project: set one in the mapping"))
+    vat_type = vat_types.get(posting.vat_code.strip()) if posting.vat_code else None
+    locked = account.vat_type if account.vat_locked else None
+    if locked is not None:
+        if locked.number is not None:
+            wrong = (posting.vat_code.strip() if posting.vat_code else "0") != locked.number
+        else:  # only the id is known: compare when the posting names a VAT type
+            wrong = vat_type is not None and vat_type.id != locked.id
+        if wrong:
+            problems.append(
+                (
+                    "vat_locked",
+                    f"{label} only accepts VAT code {locked.number or locked.id}, the posting uses "
+                    f"{posting.vat_code or 'none'}: map a matching VAT code",
+                )
+            )
+    legal = {ref.id for ref in account.legal_vat_types if ref.id is not None}
+    if vat_type is not None and legal and vat_type.id not in legal and locked is None:
+        problems.append(
+            (
+                "vat_not_allowed",
+                f"VAT code {posting.vat_code} is not allowed on {label}: map an allowed VAT code",
+            )
+        )
+    return problems
+
+
+def dumps_json(value: Any) -> str:
+    """JSON text with ``Decimal`` as a number with two decimals, never via ``float``."""
+    if isinstance(value, Decimal):
+        return format(value.quantize(CENT), "f")
+    if isinstance(value, float):
+        raise TypeError("float in a Tripletex request body: use Decimal for money")
+    if isinstance(value, dict):
+        return (
+            "{" + ",".join(f"{json.dumps(str(k))}:{dumps_json(v)}" for k, v in value.items()) + "}"
+        )
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dumps_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _error_body(response: httpx.Response) -> ErrorBody:
+    try:
+        return ErrorBody.model_validate(json.loads(response.content))
+    except (ValueError, ValidationError):
+        return ErrorBody()  # an HTML error page from a proxy, say
+
+
+def _request_id(response: httpx.Response, body: ErrorBody | None) -> str | None:
+    return (body.request_id if body else None) or response.headers.get("x-tlx-request-id")
+
+
+def _request_id_note(response: httpx.Response) -> str:
+    request_id = _request_id(response, _error_body(response))
+    return (
+        f"HTTP {response.status_code}, request id {request_id}"
+        if request_id
+        else f"HTTP {response.status_code}"
+    )
+
+
+def _describe(field: str | None, message: str) -> str:
+    text = f"{field}: {message}" if field else message
+    parts = [p for p in re.split(r"[.\[\]]", field or "") if p and not p.isdigit() and p != "id"]
+    hint = FIELD_HINTS.get(parts[-1]) if parts else None
+    return f"{text} ({hint})" if hint else text
+
+
+def _int_header(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait: ``Retry-After`` (seconds or an HTTP date), else ``X-Rate-Limit-Reset``."""
+    header = response.headers.get("retry-after")
+    if header is not None:
+        seconds = _seconds(header)
+        if seconds is not None:
+            return seconds
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return _seconds(response.headers.get("x-rate-limit-reset"))
+
+
+class _RedactSessionTokens(logging.Filter):
+    """httpx logs every request URL at INFO; the session call carries both tokens in its query
+    (the API's legacy PUT form). Redact them so no log handler ever sees them."""
+
+    _pattern = re.compile(r"(consumerToken|employeeToken)=[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Token=" in message:
+            record.msg = self._pattern.sub(r"\1=***", message)
+            record.args = ()
+        return True
+
+
+def _install_log_redaction() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactSessionTokens) for f in httpx_logger.filters):
+        httpx_logger.addFilter(_RedactSessionTokens())
+
+
+_install_log_redaction()
+
+__all__ = [
+    "RateLimitStatus",
+    "TripletexClient",
+    "TripletexOptions",
+    "dumps_json",
+]

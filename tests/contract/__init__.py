@@ -1,0 +1,1 @@
+"""Contract tests: our clients against mocks of the vendors' own OpenAPI specs."""
