@@ -186,6 +186,9 @@ def _post_and_finish(work: _Work) -> Outcome:
                    external_id=posted.id, external_reference=posted.reference,
                    external_number=posted.number)
     if posted is None:
+        # Unknown accounts, VAT codes the account refuses, missing dimensions: found here from
+        # cached lookups, so the export fails with a precise message and nothing was sent.
+        client.preflight(draft)
         if not _event(work, "posting_started", posting_started_at=utcnow()):
             return Outcome("skipped", "export changed (cancelled?) before posting")
         work.posting_started = True

@@ -13,6 +13,9 @@ from shared.integrations.client_cache import ClientCache
 class TargetClient(Protocol):
     system: str
 
+    def preflight(self, draft: VoucherDraft) -> None:
+        """Raise PermanentError if the draft cannot be booked (unknown account...); send nothing."""
+
     def find_voucher(self, external_number: str) -> PostedVoucher | None: ...
     def post_voucher(self, draft: VoucherDraft) -> PostedVoucher: ...
     def attach_receipt(self, voucher_id: str, filename: str, content: bytes,

@@ -115,6 +115,16 @@ def test_validation_error_fails_with_a_readable_message(tenant, worker):
     assert tenant.vouchers_for(export_id) == []
 
 
+def test_tripletex_422_fails_with_its_validation_message_in_plain_words(tenant, worker):
+    tenant.sandbox.set_faults(tenant.company_id, fail_next=[
+        {"status": 422, "count": 1, "method": "POST", "path_contains": "/ledger/voucher"}])
+    export_id = tenant.export(tenant.add_expense("60.00", account="7140", vat_code=None))
+    export = tenant.wait_for(export_id)
+    assert export["status"] == "failed" and export["attempts"] == 1
+    assert export["error_message"].startswith("Tripletex rejected the voucher")
+    assert tenant.vouchers_for(export_id) == []
+
+
 def test_unknown_account_fails_before_posting(tenant, worker):
     export_id = tenant.export(tenant.add_expense("80.00", account="9999", vat_code=None))
     export = tenant.wait_for(export_id)
