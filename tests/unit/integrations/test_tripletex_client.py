@@ -310,6 +310,8 @@ def test_wrong_tokens_are_an_auth_error_without_the_tokens_in_it(
 ) -> None:
     company = {**tripletex_company, "employee_token": "employee-wrong-secret-123"}
     caplog.set_level(logging.DEBUG)
+    # The service quiets httpx to WARNING (shared.logs); this test needs its URL lines.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     with make_client(tripletex_sandbox, company) as client, pytest.raises(AuthError) as caught:
         client.check_connection()
     assert caught.value.code == "session_refused" and caught.value.status_code == 403
