@@ -1,0 +1,173 @@
+"""``make demo`` / ``python -m devstack.demo``: one export run end to end, then exit.
+
+Starts the same stack as ``make run`` (devstack.stack), but on its own state under var/demo/ (a
+fresh SQLite database, its own embedded Redis unless AIC_REDIS_URL is set, free ports) so that it
+neither depends on nor disturbs the data of ``make run``. Then, as a client would, over HTTP with
+the demo organization's API key:
+
+1. POST /api/v1/accounting-exports/batch with every demo expense;
+2. GET /api/v1/accounting-exports?batch_id=... until every export is terminal (bounded wait);
+3. GET /api/v1/accounting-exports/{id} for each;
+4. read the sandbox's ledger through its control API (not through our code) and count, per
+   export, the vouchers whose externalVoucherNumber is the export id, and their attachments;
+5. print a table.
+
+Exit status 0 only if every export ended in ``success`` with exactly one voucher in the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import httpx
+
+from devstack.stack import Stack, StackError, stop_on_signals
+from shared.config import DEFAULT_VAR_DIR
+from shared.db.models import ExportStatus
+
+DEMO_VAR_DIR = DEFAULT_VAR_DIR / "demo"
+TERMINAL = {ExportStatus.SUCCESS.value, ExportStatus.FAILED.value, ExportStatus.CANCELLED.value}
+EXPORTS_PATH = "/api/v1/accounting-exports"
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def _fresh_state() -> str:
+    """Remove the previous demo's database and Redis data; return the demo database URL."""
+    DEMO_VAR_DIR.mkdir(parents=True, exist_ok=True)
+    database = DEMO_VAR_DIR / "aic.db"
+    for path in (database, database.with_name("aic.db-wal"), database.with_name("aic.db-shm")):
+        path.unlink(missing_ok=True)
+    return f"sqlite:///{database}"
+
+
+def export_batch(client: httpx.Client, expense_ids: list[str]) -> dict:
+    response = client.post(
+        f"{EXPORTS_PATH}/batch", json={"expense_ids": expense_ids, "target_system": "tripletex"}
+    )
+    if response.status_code != 202:
+        raise StackError(
+            f"POST {EXPORTS_PATH}/batch answered {response.status_code}: {response.text}"
+        )
+    return response.json()
+
+
+def wait_until_terminal(
+    client: httpx.Client, batch_id: str, count: int, timeout: float
+) -> list[dict]:
+    """Poll the list endpoint until the batch's ``count`` exports are terminal or time runs out."""
+    deadline = time.monotonic() + timeout
+    last_progress = None
+    while True:
+        response = client.get(EXPORTS_PATH, params={"batch_id": batch_id, "limit": 100})
+        response.raise_for_status()
+        exports = response.json()["data"]
+        done = sum(1 for e in exports if e["status"] in TERMINAL)
+        progress = (len(exports), done)
+        if progress != last_progress:
+            say(f"{done}/{count} exports terminal")
+            last_progress = progress
+        if len(exports) >= count and done == len(exports):
+            return exports
+        if time.monotonic() > deadline:
+            say(f"gave up waiting after {timeout:.0f}s")
+            return exports
+        time.sleep(0.5)
+
+
+def sandbox_vouchers(tripletex_url: str, company_id: str) -> dict[str, list[dict]]:
+    """The sandbox company's vouchers by externalVoucherNumber (our export id)."""
+    response = httpx.get(f"{tripletex_url}/_sandbox/companies/{company_id}/vouchers", timeout=10.0)
+    response.raise_for_status()
+    found: dict[str, list[dict]] = {}
+    for voucher in response.json():
+        found.setdefault(voucher.get("externalVoucherNumber") or "", []).append(voucher)
+    return found
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack.demo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for all exports to finish (default 120)")
+    args = parser.parse_args(argv)
+    stop_on_signals()
+
+    stack = Stack(DEMO_VAR_DIR, database_url=_fresh_state(), persistent_redis=False, say=say)
+    try:
+        stack.start()
+        seed = stack.seed()
+        by_expense = {e["expense_id"]: e for e in seed.expenses}
+        say(f"stack is up: API {stack.api_url}, Flower {stack.flower_url}, logs {stack.log_dir}/")
+        headers = {"Authorization": f"Bearer {seed.api_key}"}
+        with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10.0) as client:
+            batch = export_batch(client, list(by_expense))
+            say(f"batch {batch['batch_id']}: {len(by_expense)} expenses sent to tripletex")
+            started = time.monotonic()
+            exports = wait_until_terminal(client, batch["batch_id"], len(by_expense), args.timeout)
+            elapsed = time.monotonic() - started
+            details = []
+            for summary in exports:
+                response = client.get(f"{EXPORTS_PATH}/{summary['export_id']}")
+                response.raise_for_status()
+                details.append(response.json())
+
+        order = list(by_expense)
+        details.sort(key=lambda d: order.index(d["expense_id"]) if d["expense_id"] in order else 0)
+        ledger = sandbox_vouchers(stack.tripletex_url, seed.sandbox_company_id)
+        rows, ok = [], len(details) == len(by_expense)
+        for d in details:
+            vouchers = ledger.get(d["export_id"], [])
+            attachments = sum(len(v["attachments"]) for v in vouchers)
+            ok = ok and d["status"] == ExportStatus.SUCCESS.value and len(vouchers) == 1
+            rows.append([
+                d["export_id"],
+                d["expense_id"],
+                by_expense.get(d["expense_id"], {}).get("description", "")[:38],
+                d["status"],
+                d["external_reference"] or "-",
+                str(d["attempts"]),
+                str(len(vouchers)),
+                str(attachments),
+            ])
+        print()
+        print(table(rows, ["export", "expense", "description", "status", "external reference",
+                           "attempts", "vouchers", "receipts"]))
+        print()
+        print("vouchers, receipts: what the Tripletex sandbox's ledger holds for the export "
+              "(read through its control API)")
+        print()
+        for d in details:
+            if d["status"] != ExportStatus.SUCCESS.value and d.get("error_message"):
+                print(f"{d['export_id']}: {d['error_message']}")
+        succeeded = sum(1 for d in details if d["status"] == ExportStatus.SUCCESS.value)
+        say(f"{succeeded}/{len(by_expense)} exports succeeded in {elapsed:.1f}s"
+            + ("; each is one voucher in the sandbox ledger" if ok else
+               f"; NOT OK (see the table; logs in {stack.log_dir}/)"))
+        return 0 if ok else 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except (StackError, httpx.HTTPError) as exc:
+        print(f"[demo] {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
