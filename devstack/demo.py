@@ -23,6 +23,7 @@ import time
 
 import httpx
 
+from devstack.findity_demo import send_demo_export, wait_until_reported
 from devstack.stack import Stack, StackError, stop_on_signals
 from shared.config import DEFAULT_VAR_DIR
 from shared.db.models import ExportStatus
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         by_expense = {e["expense_id"]: e for e in seed.expenses}
         say(f"stack is up: API {stack.api_url}, Flower {stack.flower_url}, logs {stack.log_dir}/")
         headers = {"Authorization": f"Bearer {seed.api_key}"}
+        findity = send_demo_export(api_url=stack.api_url, findity_url=stack.findity_url,
+                                   admin_token=stack.settings.admin_token,
+                                   organization_id=seed.organization_id)
+        say(f"Findity export {findity.export_id} sent by webhook "
+            f"({len(findity.voucher_ids)} vouchers)")
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10.0) as client:
             batch = export_batch(client, list(by_expense))
             say(f"batch {batch['batch_id']}: {len(by_expense)} expenses sent to tripletex")
@@ -154,6 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         for d in details:
             if d["status"] != ExportStatus.SUCCESS.value and d.get("error_message"):
                 print(f"{d['export_id']}: {d['error_message']}")
+        reported = wait_until_reported(stack.findity_url, findity, args.timeout)
+        print(table([[voucher_id, reported.get(voucher_id, {}).get("status", "not reported"),
+                      str(reported.get(voucher_id, {}).get("voucherNumber", "-")),
+                      reported.get(voucher_id, {}).get("errorText", "")]
+                     for voucher_id in findity.voucher_ids],
+                    ["Findity voucher", "reported to Findity", "voucher number", "error"]))
+        print()
+        findity_ok = (len(reported) == len(findity.voucher_ids)
+                      and all(u["status"] == "SUCCESS" for u in reported.values()))
+        say(f"Findity export {findity.export_id}: "
+            + ("every voucher booked and reported SUCCESS" if findity_ok else "NOT OK"))
+        ok = ok and findity_ok
         succeeded = sum(1 for d in details if d["status"] == ExportStatus.SUCCESS.value)
         say(f"{succeeded}/{len(by_expense)} exports succeeded in {elapsed:.1f}s"
             + ("; each is one voucher in the sandbox ledger" if ok else

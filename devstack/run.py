@@ -12,10 +12,11 @@ import shlex
 import sys
 import time
 
+from devstack.findity_demo import FindityDemo, send_demo_export
 from devstack.stack import SeedResult, Stack, StackError, redact_url, stop_on_signals
 
 
-def banner(stack: Stack, seed: SeedResult) -> str:
+def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
     key = seed.api_key
     exports = f"{stack.api_url}/api/v1/accounting-exports"
     fresh = [e for e in seed.expenses if not e["live_export_status"]]
@@ -62,9 +63,17 @@ def banner(stack: Stack, seed: SeedResult) -> str:
         f"\"target_system\": \"tripletex\"{reexport}}}'",
         " Then watch it:",
         f"   curl -s {exports} -H {auth}",
-        "=" * 78,
-        "",
     ]
+    if findity is not None:
+        lines += [
+            "",
+            f" Findity: export {findity.export_id} ({len(findity.voucher_ids)} vouchers) was just "
+            "sent by webhook to",
+            f"   {findity.webhook_url}",
+            " Watch it arrive, get booked in the Tripletex sandbox and reported back:",
+            f"   curl -s {stack.api_url}/api/v1/source-exports -H {auth}",
+        ]
+    lines += ["=" * 78, ""]
     return "\n".join(lines)
 
 
@@ -74,7 +83,10 @@ def main() -> int:
     try:
         stack.start()
         seed = stack.seed()
-        print(banner(stack, seed), flush=True)
+        findity = send_demo_export(api_url=stack.api_url, findity_url=stack.findity_url,
+                                   admin_token=stack.settings.admin_token,
+                                   organization_id=seed.organization_id)
+        print(banner(stack, seed, findity), flush=True)
         while True:
             dead = stack.first_dead()
             if dead is not None:
