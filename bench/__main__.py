@@ -1,0 +1,18 @@
+"""``python -m bench``: list the benchmarks (each one runs as its own module)."""
+
+from __future__ import annotations
+
+BENCHMARKS = {
+    "export_throughput": "exports/s and per-export latency of one batch through a real stack "
+                         "(API, Redis, Celery workers, Tripletex sandbox); --compare for pools",
+}
+
+
+def main() -> None:
+    print("benchmarks (run from the project root; details in bench/README.md):")
+    for name, what in BENCHMARKS.items():
+        print(f"  .venv/bin/python -m bench.{name} --help\n      {what}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,782 @@
+"""Export throughput: how fast one batch of exports reaches a (slow) Tripletex.
+
+    .venv/bin/python -m bench.export_throughput [--exports N] [--orgs K] [--latency-ms L]
+        [--workers W] [--concurrency C] [--pool threads|prefork|solo]
+        [--rate-limit default|off|R] [--compare] [--keep]
+
+Each run starts an isolated stack of real processes in a temporary directory (embedded Redis, a
+freshly migrated SQLite file or AIC_BENCH_DATABASE_URL, the Tripletex sandbox, the API under
+uvicorn, W Celery workers with the chosen pool), creates an organization, a sandbox company whose
+every Tripletex request takes ``latency_ms``, the connection and N approved expenses through the
+API, then posts ONE batch and times it until every export is terminal. ``--orgs K`` spreads the
+N expenses over K organizations (K companies, K connections, one batch each, posted back to
+back): every connection has its own client-side request budget (shared/integrations/rate_limit.py,
+10 requests/s by default), so with one organization that budget, not the pool, bounds throughput.
+
+What is timed: wall time from just before the (first) ``POST /api/v1/accounting-exports/batch``
+until ``GET .../batch/{id}`` reports nothing left in ``processing`` (polled every 0.1 s). After the
+window (untimed) it reads every export (``initiated_at`` -> ``exported_at``) and its events, and
+checks that all N succeeded and the sandbox holds exactly N vouchers, one per export id: a run
+that lost or doubled work prints no figures and exits 1.
+
+``--compare`` runs the same load three times on fresh stacks: threads pool x16, prefork x2 (one
+export per process, what Celery's default pool gives on this 2-core machine) and solo.
+
+The machine is usually shared: the load average before/after and the CPU seconds used by this
+stack versus the whole machine during the window are printed with every run, so a disturbed
+figure shows itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import resource
+import secrets
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from devstack.processes import ManagedProcess, free_port, python_argv, wait_for_http
+from devstack.redis_server import EmbeddedRedis
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CELERY_APP = "worker.celery_app:celery_app"
+API_APP = "producers.api.app:app"
+QUEUES = "exports,reports,maintenance"
+STARTUP_TIMEOUT = 90.0  # generous: imports are slow when the machine is busy
+POLL_INTERVAL = 0.1
+TERMINAL = ("success", "failed", "cancelled")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchFailure(RuntimeError):
+    """The stack did not start, or the run lost, failed or doubled work: no figures."""
+
+
+# --- configuration and results ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PoolConfig:
+    pool: str
+    concurrency: int
+    workers: int
+
+    @property
+    def in_flight(self) -> int:
+        """Exports that can be in progress at once across all worker processes."""
+        return self.workers * (1 if self.pool == "solo" else self.concurrency)
+
+    @property
+    def label(self) -> str:
+        per = "solo" if self.pool == "solo" else f"{self.pool} x{self.concurrency}"
+        return per if self.workers == 1 else f"{self.workers} workers x ({per})"
+
+
+@dataclass
+class CpuSample:
+    """CPU seconds (user+system) of our children, of this process and of the whole machine."""
+
+    by_child: dict[str, float]
+    bench: float
+    machine_busy: float
+
+
+@dataclass
+class RunResult:
+    config: PoolConfig
+    exports: int
+    orgs: int
+    batch_post_s: float
+    wall_s: float
+    server_span_s: float
+    latencies: list[float]
+    queue_waits: list[float]
+    service_times: list[float]
+    retries: int
+    attempts_total: int
+    sandbox_requests: dict[str, int]
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    cpu_by_child: dict[str, float]
+    cpu_bench: float
+    cpu_machine: float
+    log_dir: Path
+
+    @property
+    def throughput(self) -> float:
+        return self.exports / self.wall_s
+
+    @property
+    def cpu_ours(self) -> float:
+        return sum(self.cpu_by_child.values()) + self.cpu_bench
+
+    @property
+    def cpu_others(self) -> float:
+        return max(0.0, self.cpu_machine - self.cpu_ours)
+
+
+# --- measuring CPU from /proc (no psutil in the venv) ----------------------------------------
+
+def _pgroup_cpu_seconds(pgids: dict[int, str]) -> dict[str, float]:
+    """User+system CPU seconds of every live process in the given process groups, by name.
+
+    ManagedProcess starts each child in its own session, so a prefork worker's pool processes
+    are counted with their parent.
+    """
+    totals = {name: 0.0 for name in pgids.values()}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                raw = stat.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2:].split()
+        name = pgids.get(int(fields[2]))
+        if name is not None:
+            totals[name] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return totals
+
+
+def _machine_busy_seconds() -> float:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already inside user)
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- the stack --------------------------------------------------------------------------------
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def _wait_for_log_line(process: ManagedProcess, marker: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise BenchFailure(f"{process.name} exited with {process.popen.returncode} at start; "
+                               f"log {process.log_path}:\n{process.tail()}")
+        if marker in process.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise BenchFailure(f"{process.name} did not log {marker!r} within {timeout:.0f}s; "
+                       f"log {process.log_path}:\n{process.tail()}")
+
+
+class BenchStack:
+    """Redis, database, Tripletex sandbox, API and workers for one run, all children of ours."""
+
+    def __init__(self, run_dir: Path, config: PoolConfig, database_url: str | None) -> None:
+        self.run_dir = run_dir
+        self.log_dir = run_dir / "logs"
+        self.config = config
+        self.database_url = database_url or f"sqlite:///{run_dir / 'bench.db'}"
+        self.admin_token = secrets.token_urlsafe(32)
+        self.redis: EmbeddedRedis | None = None
+        self.processes: list[ManagedProcess] = []
+        self.api_url = ""
+        self.sandbox_url = ""
+
+    def start(self) -> None:
+        from cryptography.fernet import Fernet
+
+        from shared.db.migrate import upgrade
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = EmbeddedRedis(self.run_dir / "redis", log_dir=self.log_dir)
+        try:
+            self.redis.start()
+        except TimeoutError as exc:
+            tail = self.redis.process.tail() if self.redis.process else ""
+            raise BenchFailure(f"redis-server did not start: {exc}\n{tail}") from exc
+        upgrade(self.database_url)
+        env = {
+            "AIC_DATABASE_URL": self.database_url,
+            "AIC_REDIS_URL": self.redis.url,
+            "AIC_ADMIN_TOKEN": self.admin_token,
+            "AIC_SECRET_KEY": Fernet.generate_key().decode(),
+            "AIC_WORKER_CONCURRENCY": str(self.config.concurrency),
+            "PYTHONUNBUFFERED": "1",
+        }
+        sandbox_port, api_port = free_port(), free_port()
+        self.sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        # Everything is spawned first and awaited afterwards, so the slow imports overlap.
+        sandbox = self._spawn("tripletex-sandbox", python_argv(
+            "-m", "sandbox.tripletex", "--port", str(sandbox_port), "--log-level", "warning"), env)
+        api = self._spawn("api", python_argv(
+            "-m", "uvicorn", API_APP, "--host", "127.0.0.1", "--port", str(api_port),
+            "--log-level", "warning"), env)
+        workers = [
+            # The Procfile's worker command, with the pool under test and a distinct hostname.
+            self._spawn(f"worker{i}", python_argv(
+                "-m", "celery", "-A", CELERY_APP, "worker", "--pool", self.config.pool,
+                "--concurrency", str(self.config.concurrency), "-Q", QUEUES,
+                "--hostname", f"bench{i}@%h", "--loglevel", "INFO"), env)
+            for i in range(1, self.config.workers + 1)
+        ]
+        for process, url in ((sandbox, f"{self.sandbox_url}/_sandbox/healthz"),
+                             (api, f"{self.api_url}/healthz")):
+            try:
+                wait_for_http(url, timeout=STARTUP_TIMEOUT, process=process)
+            except (RuntimeError, TimeoutError) as exc:
+                raise BenchFailure(f"{process.name} did not start: {exc}\n"
+                                   f"log {process.log_path}:\n{process.tail()}") from exc
+        for worker in workers:
+            _wait_for_log_line(worker, " ready.", STARTUP_TIMEOUT)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, env=env, log_dir=self.log_dir, cwd=PROJECT_ROOT)
+        self.processes.append(process)
+        return process
+
+    def process_groups(self) -> dict[int, str]:
+        named = {p.pid: p.name for p in self.processes}
+        if self.redis is not None and self.redis.process is not None:
+            named[self.redis.process.pid] = "redis"
+        return named
+
+    def first_dead(self) -> ManagedProcess | None:
+        return next((p for p in self.processes if not p.alive()), None)
+
+    def stop(self) -> None:
+        """Workers first (they finish in-flight tasks on SIGTERM), then API, sandbox, Redis."""
+        for process in reversed(self.processes):
+            process.stop(grace=15)
+        self.processes = []
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+@contextmanager
+def signals_raise_interrupt():
+    """SIGTERM behaves like Ctrl-C, so ``finally`` blocks stop every child either way.
+
+    SIGINT is set explicitly: a process started in the background by a non-interactive shell
+    inherits SIGINT as ignored.
+    """
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def signals_held():
+    """A second Ctrl-C must not break off the clean-up halfway and leave children running."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# --- the load ---------------------------------------------------------------------------------
+
+_refs = itertools.count(1)
+
+
+def _check(response: httpx.Response, expected: int, what: str) -> dict:
+    if response.status_code != expected:
+        raise BenchFailure(f"{what}: HTTP {response.status_code} (expected {expected}): "
+                           f"{response.text[:2000]}")
+    return response.json()
+
+
+def _expense_body(i: int) -> dict:
+    amount = Decimal("100.00") + Decimal(i % 97)
+    return {
+        "source_ref": f"bench-{i}-{next(_refs)}",
+        "status": "approved",
+        "description": f"Bench expense {i}",
+        "employee_name": "Kari Nordmann",
+        "expense_date": date.today().isoformat(),
+        "currency": "NOK",
+        "rows": [
+            {"account": "6800", "amount": str(amount), "vat_code": "1",
+             "description": "Office supplies"},
+            {"account": "2930", "amount": str(-amount), "description": "Owed to employee"},
+        ],
+    }
+
+
+@dataclass
+class Tenant:
+    """One organization with its own sandbox company and Tripletex connection (so its own
+    per-connection request budget) and its share of the expenses."""
+
+    api: httpx.Client
+    company_id: str
+    expense_ids: list[str] = field(default_factory=list)
+    batch_id: str = ""
+    export_ids: list[str] = field(default_factory=list)
+
+
+def connection_options(rate_limit: str) -> dict | None:
+    """``--rate-limit``: ``default`` sends no option (the code's default policy applies)."""
+    if rate_limit == "default":
+        return None
+    if rate_limit == "off":
+        return {"rate_limit": False}
+    rate = float(rate_limit)
+    return {"rate_limit": {"requests_per_second": rate, "burst": max(1, int(rate))}}
+
+
+def set_up_tenants(stack: BenchStack, control: httpx.Client, *, exports: int, orgs: int,
+                   latency_ms: int, rate_limit: str) -> list[Tenant]:
+    tenants: list[Tenant] = []
+    with httpx.Client(base_url=stack.api_url, timeout=60,
+                      headers={"Authorization": f"Bearer {stack.admin_token}"}) as admin:
+        for n in range(1, orgs + 1):
+            org = _check(admin.post("/api/v1/admin/organizations",
+                                    json={"name": f"Bench {n} AS"}), 201, "create organization")
+            company = _check(control.post("/_sandbox/companies", json={"name": f"Bench {n} AS"}),
+                             201, "create sandbox company")
+            _check(control.put(f"/_sandbox/companies/{company['company_id']}/faults",
+                               json={"latency_ms": latency_ms}), 200, "set sandbox latency")
+            body = {"base_url": f"{stack.sandbox_url}/v2",
+                    "credentials": {"consumer_token": company["consumer_token"],
+                                    "employee_token": company["employee_token"],
+                                    "company_id": "0"}}
+            options = connection_options(rate_limit)
+            if options is not None:
+                body["options"] = options
+            _check(admin.put(
+                f"/api/v1/admin/organizations/{org['organization_id']}/connections/tripletex",
+                json=body), 200, "create Tripletex connection")
+            tenants.append(Tenant(
+                api=httpx.Client(base_url=stack.api_url, timeout=60,
+                                 headers={"Authorization": f"Bearer {org['api_key']}"}),
+                company_id=company["company_id"]))
+    # N expenses dealt out as evenly as possible: tenant k gets expenses k, k+orgs, ...
+    work = [(tenants[i % orgs], i) for i in range(exports)]
+
+    def create(item: tuple[Tenant, int]) -> tuple[Tenant, str]:
+        tenant, i = item
+        return tenant, _check(tenant.api.post("/api/v1/expenses", json=_expense_body(i)), 201,
+                              f"create expense {i}")["expense_id"]
+
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bench-expense")
+    try:
+        for tenant, expense_id in pool.map(create, work):
+            tenant.expense_ids.append(expense_id)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return tenants
+
+
+def _parse_time(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _cpu_sample(stack: BenchStack) -> CpuSample:
+    return CpuSample(_pgroup_cpu_seconds(stack.process_groups()), _own_cpu_seconds(),
+                     _machine_busy_seconds())
+
+
+def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, rate_limit: str,
+             timeout: float, run_dir: Path, database_url: str | None, say) -> RunResult:
+    stack = BenchStack(run_dir, config, database_url)
+    tenants: list[Tenant] = []
+    control: httpx.Client | None = None
+    try:
+        say(f"[{config.label}] starting stack in {run_dir}")
+        stack.start()
+        control = httpx.Client(base_url=stack.sandbox_url, timeout=60)
+        say(f"[{config.label}] creating {orgs} organization(s) and {exports} approved expenses "
+            "through the API")
+        tenants = set_up_tenants(stack, control, exports=exports, orgs=orgs,
+                                 latency_ms=latency_ms, rate_limit=rate_limit)
+        for tenant in tenants:
+            _check(control.delete(f"/_sandbox/companies/{tenant.company_id}/requests"), 200,
+                   "reset sandbox request counts")
+        say(f"[{config.label}] posting {orgs} batch(es), {exports} exports in all")
+
+        # --- the timed window -------------------------------------------------------------
+        load_before = os.getloadavg()
+        cpu_before = _cpu_sample(stack)
+        started = time.perf_counter()
+        for tenant in tenants:  # one batch per organization, back to back
+            batch = _check(tenant.api.post("/api/v1/accounting-exports/batch", json={
+                "expense_ids": tenant.expense_ids, "target_system": "tripletex"}), 202,
+                "post batch")
+            tenant.batch_id, tenant.export_ids = batch["batch_id"], batch["export_ids"]
+        batch_post_s = time.perf_counter() - started
+        counts: dict[str, int] = {}
+        # One GET per tick whatever the number of batches (the poll is load on the same two
+        # cores): ask the first unfinished batch; when it is done, move on to the next at once.
+        pending = list(tenants)
+        while pending:
+            progress = _check(pending[0].api.get(
+                f"/api/v1/accounting-exports/batch/{pending[0].batch_id}"), 200,
+                "batch progress")
+            if progress["done"]:
+                for status, n in progress["counts"].items():
+                    counts[status] = counts.get(status, 0) + n
+                pending.pop(0)
+                continue
+            dead = stack.first_dead()
+            if dead is not None:
+                raise BenchFailure(f"{dead.name} died during the run (exit "
+                                   f"{dead.popen.returncode}); log {dead.log_path}:\n"
+                                   f"{dead.tail()}")
+            if time.perf_counter() - started > timeout:
+                raise BenchFailure(f"not finished after {timeout:.0f}s (finished batches: "
+                                   f"{counts}); logs in {stack.log_dir}")
+            time.sleep(POLL_INTERVAL)
+        wall_s = time.perf_counter() - started
+        cpu_after = _cpu_sample(stack)
+        load_after = os.getloadavg()
+
+        # --- untimed: read the record and verify nothing was lost or doubled ----------------
+        if counts.get("success", 0) != exports:
+            raise BenchFailure(f"not every export succeeded: {counts}; logs in {stack.log_dir}")
+        initiated: dict[str, datetime] = {}
+        exported: dict[str, datetime] = {}
+        requests: dict[str, int] = {}
+        for tenant in tenants:
+            listed = _list_batch(tenant.api, tenant.batch_id)
+            export_ids = set(tenant.export_ids)
+            if {e["export_id"] for e in listed} != export_ids or len(listed) != len(export_ids):
+                raise BenchFailure(f"the list API shows {len(listed)} exports of batch "
+                                   f"{tenant.batch_id}, expected exactly the {len(export_ids)} "
+                                   "it created")
+            vouchers = _check(control.get(f"/_sandbox/companies/{tenant.company_id}/vouchers"),
+                              200, "sandbox vouchers")
+            numbers = [v.get("externalVoucherNumber") for v in vouchers]
+            if len(vouchers) != len(export_ids) or set(numbers) != export_ids:
+                raise BenchFailure(
+                    f"sandbox company {tenant.company_id} holds {len(vouchers)} vouchers "
+                    f"({len(set(numbers))} distinct export ids) for {len(export_ids)} successful "
+                    "exports: work was lost or doubled")
+            for key, n in _check(control.get(
+                    f"/_sandbox/companies/{tenant.company_id}/requests"), 200,
+                    "sandbox request counts").items():
+                requests[key] = requests.get(key, 0) + n
+            initiated.update({e["export_id"]: _parse_time(e["initiated_at"]) for e in listed})
+            exported.update({e["export_id"]: _parse_time(e["exported_at"]) for e in listed})
+        latencies = [(exported[i] - initiated[i]).total_seconds() for i in initiated]
+        span = (max(exported.values()) - min(initiated.values())).total_seconds()
+        queue_waits, service_times, retries, attempts = [], [], 0, 0
+        for tenant in tenants:
+            q, s, r, a = _event_timings(tenant.api, tenant.export_ids, initiated)
+            queue_waits += q
+            service_times += s
+            retries += r
+            attempts += a
+
+        return RunResult(
+            config=config, exports=exports, orgs=orgs, batch_post_s=batch_post_s, wall_s=wall_s,
+            server_span_s=span, latencies=latencies, queue_waits=queue_waits,
+            service_times=service_times, retries=retries, attempts_total=attempts,
+            sandbox_requests=requests, load_before=load_before, load_after=load_after,
+            cpu_by_child={name: cpu_after.by_child.get(name, 0.0) - seconds
+                          for name, seconds in cpu_before.by_child.items()},
+            cpu_bench=cpu_after.bench - cpu_before.bench,
+            cpu_machine=cpu_after.machine_busy - cpu_before.machine_busy,
+            log_dir=stack.log_dir,
+        )
+    finally:
+        with signals_held():
+            for tenant in tenants:
+                tenant.api.close()
+            if control is not None:
+                control.close()
+            say(f"[{config.label}] stopping the stack")
+            stack.stop()
+
+
+def _list_batch(api: httpx.Client, batch_id: str) -> list[dict]:
+    rows: list[dict] = []
+    for page in itertools.count(1):
+        body = _check(api.get("/api/v1/accounting-exports", params={
+            "batch_id": batch_id, "limit": 100, "page": page}), 200, "list exports")
+        rows += body["data"]
+        if not body["data"] or len(rows) >= body["pagination"]["total"]:
+            return rows
+
+
+def _event_timings(api: httpx.Client, export_ids: list[str], initiated: dict[str, datetime]
+                   ) -> tuple[list[float], list[float], int, int]:
+    """Per export: queue wait (initiated -> first ``started``) and service time (last
+    ``started`` -> ``success``), plus retries and attempts across the batch."""
+
+    def events(export_id: str) -> list[dict]:
+        return _check(api.get(f"/api/v1/accounting-exports/{export_id}/events"), 200,
+                      f"events of {export_id}")["events"]
+
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bench-events")
+    try:
+        all_events = dict(zip(export_ids, pool.map(events, export_ids), strict=True))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    queue_waits, service_times, retries, attempts = [], [], 0, 0
+    for export_id, log in all_events.items():
+        starts = [_parse_time(e["at"]) for e in log if e["kind"] == "started"]
+        done = [_parse_time(e["at"]) for e in log
+                if e["kind"] == "status_changed" and e["to_status"] == "success"]
+        retries += sum(1 for e in log if e["kind"] == "retry_scheduled")
+        attempts += len(starts)
+        if starts and done:
+            queue_waits.append((starts[0] - initiated[export_id]).total_seconds())
+            service_times.append((done[-1] - starts[-1]).total_seconds())
+    return queue_waits, service_times, retries, attempts
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+def pct(values: list[float], p: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in load)
+
+
+def describe_run(r: RunResult, latency_ms: int, rate_per_connection: float | None) -> str:
+    calls = sum(r.sandbox_requests.values())
+    floor = calls * latency_ms / 1000 / r.config.in_flight
+    floors = f"latency-only floor {floor:.2f} s at {r.config.in_flight} in flight"
+    if rate_per_connection:
+        floors += (f"; rate-limit floor ~{calls / (rate_per_connection * r.orgs):.2f} s at "
+                   f"{rate_per_connection:g} requests/s per connection x {r.orgs}")
+    by_child = ", ".join(f"{name} {seconds:.1f}" for name, seconds in r.cpu_by_child.items())
+    capacity = (os.cpu_count() or 1) * r.wall_s
+    lines = [
+        f"--- {r.config.label}: {r.config.workers} worker process(es), pool {r.config.pool}, "
+        f"concurrency {r.config.concurrency} -> at most {r.config.in_flight} export(s) in flight;"
+        f" {r.orgs} organization(s)",
+        f"  throughput                : {r.throughput:.2f} exports/s",
+        f"  wall time                 : {r.wall_s:.2f} s (first batch POST -> all terminal, "
+        f"polled every {POLL_INTERVAL} s); batch POST(s) {r.batch_post_s:.2f} s",
+        f"  server-side span          : {r.server_span_s:.2f} s (first initiated_at -> "
+        f"last exported_at)",
+        f"  end-to-end per export     : p50 {pct(r.latencies, 50):.2f} s  "
+        f"p95 {pct(r.latencies, 95):.2f} s  max {max(r.latencies):.2f} s  "
+        f"(initiated_at -> exported_at, list API)",
+        f"    of which queue wait     : p50 {pct(r.queue_waits, 50):.2f} s  "
+        f"p95 {pct(r.queue_waits, 95):.2f} s  (initiated -> first 'started' event)",
+        f"    of which in the worker  : p50 {pct(r.service_times, 50):.3f} s  "
+        f"p95 {pct(r.service_times, 95):.3f} s  ('started' -> success event)",
+        f"  verified                  : {r.exports} success, 0 failed; sandbox holds "
+        f"{r.exports} vouchers, one per export id; attempts {r.attempts_total}, "
+        f"retries {r.retries}",
+        f"  Tripletex calls           : {calls} at {latency_ms} ms each "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(r.sandbox_requests.items()))}); "
+        f"{floors}",
+        f"  load average              : {_load(r.load_before)} before -> "
+        f"{_load(r.load_after)} after",
+        f"  CPU in the window         : this stack {r.cpu_ours:.1f} s ({by_child}, bench "
+        f"{r.cpu_bench:.1f}); whole machine {r.cpu_machine:.1f} of {capacity:.1f} s available "
+        f"-> others {r.cpu_others:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def comparison_table(results: list[RunResult]) -> str:
+    header = (f"{'configuration':<22}{'in flight':>10}{'wall s':>9}{'exports/s':>11}"
+              f"{'p50 s':>8}{'p95 s':>8}{'worker p50 s':>14}{'CPU ours/others s':>19}"
+              f"{'load before->after':>21}")
+    rows = [header, "-" * len(header)]
+    for r in results:
+        rows.append(
+            f"{r.config.label:<22}{r.config.in_flight:>10}{r.wall_s:>9.2f}{r.throughput:>11.2f}"
+            f"{pct(r.latencies, 50):>8.2f}{pct(r.latencies, 95):>8.2f}"
+            f"{pct(r.service_times, 50):>14.3f}"
+            f"{f'{r.cpu_ours:.1f}/{r.cpu_others:.1f}':>19}"
+            f"{f'{r.load_before[0]:.2f}->{r.load_after[0]:.2f}':>21}")
+    first = results[0]
+    ratios = "; ".join(f"{first.throughput / r.throughput:.2f}x the throughput of "
+                       f"{r.config.label}" for r in results[1:])
+    rows.append(f"=> {first.config.label} ({first.throughput:.2f} exports/s) had {ratios}")
+    return "\n".join(rows)
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        # --no-optional-locks: never take .git/index.lock (others use git in this tree).
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=20).stdout
+
+    try:
+        sha = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+        changed = sorted({line[3:].split("/")[0] for line in git("status", "--porcelain")
+                          .splitlines() if line[3:]})
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    return sha + (f" + uncommitted changes in: {', '.join(changed)}" if changed else "")
+
+
+def header(args: argparse.Namespace, database_url: str | None,
+           rate_per_connection: float | None) -> str:
+    exe = Path(sys.executable)
+    try:
+        exe_shown = str(exe.relative_to(PROJECT_ROOT))
+    except ValueError:
+        exe_shown = str(exe)
+    command = shlex.join([exe_shown, "-m", "bench.export_throughput", *sys.argv[1:]])
+    inherited = sorted(k for k in os.environ
+                       if k.startswith("AIC_") and k != "AIC_BENCH_DATABASE_URL")
+    affinity = len(os.sched_getaffinity(0))
+    lines = [
+        "=== bench.export_throughput ===",
+        f"command  : {command}   (cwd {Path.cwd()})",
+        f"date     : {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
+        f"code     : {_commit()}",
+        f"machine  : {platform.system()} {platform.machine()}, nproc {affinity}, "
+        f"Python {platform.python_version()}, load average {_load(os.getloadavg())} (1/5/15 min)",
+        f"database : {redact(database_url) if database_url else 'SQLite, a fresh file per run'}"
+        f"; broker: embedded redis-server per run",
+        f"load     : {args.exports} approved expenses in {args.orgs} organization(s), one batch "
+        f"each; every Tripletex request delayed {args.latency_ms} ms (sandbox latency_ms)",
+        "rate     : client-side Tripletex budget per connection: "
+        + (f"{rate_per_connection:g} requests/s" if rate_per_connection else "none")
+        + f" (--rate-limit {args.rate_limit})",
+    ]
+    if inherited:
+        lines.append(f"note     : children also inherit these AIC_* variables from your "
+                     f"environment: {', '.join(inherited)}")
+    return "\n".join(lines)
+
+
+def effective_rate(rate_limit: str) -> float | None:
+    """Requests/s per connection the workers will allow themselves (for the printed floor)."""
+    if rate_limit == "off":
+        return None
+    if rate_limit != "default":
+        return float(rate_limit)
+    # The default policy of the code under test: read from the same settings the children
+    # build (they inherit this environment). Absent on code without a client-side limiter.
+    from shared.config import get_settings
+
+    return getattr(get_settings(), "tripletex_rate_limit_per_second", None) or None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.export_throughput",
+        description="Time one batch of exports through a real, isolated stack.")
+    parser.add_argument("--exports", type=int, default=300,
+                        help="expenses exported in all (default 300)")
+    parser.add_argument("--orgs", type=int, default=1,
+                        help="organizations the expenses are spread over, each with its own "
+                             "sandbox company and connection, so its own request budget; one "
+                             "batch each (default 1)")
+    parser.add_argument("--rate-limit", default="default", metavar="default|off|R",
+                        help="the connections' client-side Tripletex rate limit: the code's "
+                             "default policy, off, or R requests/s (burst R)")
+    parser.add_argument("--latency-ms", type=int, default=200,
+                        help="delay of every Tripletex request in the sandbox (default 200)")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument("--concurrency", type=int, default=16, help="per worker (default 16)")
+    parser.add_argument("--pool", choices=["threads", "prefork", "solo"], default="threads")
+    parser.add_argument("--compare", action="store_true",
+                        help="run threads x16, prefork x2 and solo (ignores --pool and "
+                             "--concurrency) and print a table")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="give up a run after this many seconds (default 600)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (logs, database) after success")
+    args = parser.parse_args(argv)
+    if args.orgs < 1 or args.exports < args.orgs:
+        parser.error("--orgs must be >= 1 and <= --exports")
+    if -(-args.exports // args.orgs) > 500:
+        parser.error("at most 500 exports per organization (the API's batch limit)")
+    if args.rate_limit not in ("default", "off"):
+        try:
+            if float(args.rate_limit) <= 0:
+                raise ValueError
+        except ValueError:
+            parser.error("--rate-limit takes default, off or a number of requests/s > 0")
+    if args.workers < 1 or args.concurrency < 1 or args.latency_ms < 0:
+        parser.error("--workers and --concurrency must be >= 1, --latency-ms >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Like AIC_TEST_DATABASE_URL for the tests: a PostgreSQL to run on instead of SQLite. It is
+    # migrated, never emptied; each run uses an organization of its own.
+    database_url = os.environ.get("AIC_BENCH_DATABASE_URL") or None
+    if args.compare:
+        configs = [PoolConfig("threads", 16, args.workers), PoolConfig("prefork", 2, args.workers),
+                   PoolConfig("solo", 1, args.workers)]
+    else:
+        concurrency = 1 if args.pool == "solo" else args.concurrency
+        configs = [PoolConfig(args.pool, concurrency, args.workers)]
+
+    def say(message: str) -> None:
+        print(f"  .. {message}", file=sys.stderr, flush=True)
+
+    rate_per_connection = effective_rate(args.rate_limit)
+    print(header(args, database_url, rate_per_connection), flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="aic-bench-"))
+    results: list[RunResult] = []
+    ok = False
+    try:
+        with signals_raise_interrupt():
+            for n, config in enumerate(configs, 1):
+                result = run_once(config, exports=args.exports, orgs=args.orgs,
+                                  latency_ms=args.latency_ms, rate_limit=args.rate_limit,
+                                  timeout=args.timeout, run_dir=tmp / f"run{n}-{config.pool}",
+                                  database_url=database_url, say=say)
+                results.append(result)
+                print(describe_run(result, args.latency_ms, rate_per_connection), flush=True)
+        if len(results) > 1:
+            print(comparison_table(results))
+        print(f"load average at the end: {_load(os.getloadavg())}")
+        ok = True
+        return 0
+    except BenchFailure as failure:
+        print(f"BENCHMARK FAILED (no figures for this run): {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if ok and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {tmp}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
