@@ -58,6 +58,29 @@ class Settings(BaseSettings):
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
 
+    # --- target rate limits (shared/integrations/rate_limit.py) ---------------------------------
+    # The default limiter of a Tripletex connection without a ``rate_limit`` option. Tripletex
+    # publishes no figure (its limit is per employee token per consumer, announced in the
+    # X-Rate-Limit-* headers): 10 requests/s is far more than an export needs (1-3 requests
+    # each) and stays polite; a lower real limit is caught by the header-driven pause. A burst
+    # of 2 (at most 2 requests per 0.2 s) lets one export's session and lookups go out back to
+    # back yet spreads a busy connection evenly, so network jitter cannot bunch two bursts into
+    # one of the server's windows. 0 turns the default off (connections may set their own).
+    tripletex_rate_limit_per_second: float = Field(default=10.0, ge=0)
+    tripletex_rate_limit_burst: int = Field(default=2, ge=1)
+    # Tripletex announces a request budget, not a concurrency limit: no cap by default (0).
+    tripletex_rate_limit_max_concurrent: int = Field(default=0, ge=0)
+    # A worker thread waits at most this long for its turn, then the export is retried later
+    # (RateLimitedError) instead of holding the thread. Well under ``export_lease_seconds``.
+    rate_limit_max_wait_seconds: float = Field(default=30.0, gt=0)
+    # A concurrency slot is a lease: a killed worker's slot frees itself after this long. Longer
+    # than any request (connect + read timeouts) so a live request never loses its slot.
+    rate_limit_lease_seconds: float = Field(default=60.0, gt=0)
+    # The limiter's Redis calls give up after this long; then it fails open (see rate_limit.py)
+    # and leaves Redis alone for ``rate_limit_redis_retry_seconds``.
+    rate_limit_redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    rate_limit_redis_retry_seconds: float = Field(default=5.0, ge=0)
+
     # --- API ------------------------------------------------------------------------------------
     admin_token: str = Field(
         default="dev-admin-token",

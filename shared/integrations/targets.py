@@ -1,4 +1,10 @@
-"""Which client talks to which target system; one cached client per target connection."""
+"""Which client talks to which target system; one cached client per target connection.
+
+Each client gets its connection's rate limiter (``shared.integrations.rate_limit``): the budget
+lives in Redis under the connection id, so every worker process's client of the same connection
+shares it. ``connection.options["rate_limit"]`` tunes it; without it the target's default from
+settings applies.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from shared.db.models import TargetConnection
 from shared.domain.organizations import connection_credentials
 from shared.domain.vouchers import PostedVoucher, VoucherDraft
 from shared.integrations.client_cache import ClientCache
+from shared.integrations.rate_limit import limiter_for
 
 
 class TargetClient(Protocol):
@@ -25,6 +32,7 @@ class TargetClient(Protocol):
 
 def _build(connection: TargetConnection) -> TargetClient:
     credentials = connection_credentials(connection)
+    limiter = limiter_for(connection.id, connection.target_system, connection.options)
     if connection.target_system == "tripletex":
         from shared.integrations.tripletex import TripletexClient, TripletexOptions
 
@@ -34,6 +42,7 @@ def _build(connection: TargetConnection) -> TargetClient:
             employee_token=credentials["employee_token"],
             company_id=str(credentials.get("company_id", "0")),
             options=TripletexOptions.model_validate(connection.options or {}),
+            limiter=limiter,
         )
     raise ValueError(f"no client for target system {connection.target_system!r}")
 

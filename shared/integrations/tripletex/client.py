@@ -23,10 +23,11 @@ import json
 import logging
 import re
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -55,6 +56,9 @@ from shared.integrations.tripletex.models import (
     WhoAmI,
     parse_date,
 )
+
+if TYPE_CHECKING:
+    from shared.integrations.rate_limit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +150,10 @@ class TripletexClient:
         options: TripletexOptions | None = None,
         timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        """``limiter``: the connection's shared request budget (``shared.integrations.rate_limit``);
+        every HTTP exchange waits for it. None sends without limiting."""
         if timeout is None:
             settings = get_settings()
             timeout = httpx.Timeout(
@@ -171,6 +178,7 @@ class TripletexClient:
         self._departments: dict[str, Department] = {}
         self._projects: dict[str, Project] = {}
         self.rate_limit: RateLimitStatus | None = None
+        self.limiter = limiter
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -582,10 +590,18 @@ class TripletexClient:
     def _send(
         self, method: str, path: str, *, what: str, token: str | None, **kwargs: Any
     ) -> httpx.Response:
-        """One HTTP exchange; transport failures become TransientError."""
+        """One HTTP exchange; transport failures become TransientError.
+
+        Every request (the session PUT and a re-send after a 401 included) takes a permit from
+        the connection's limiter first, which may wait or raise RateLimitedError (nothing sent).
+        """
         auth = httpx.BasicAuth(self.company_id, token) if token is not None else None
+        permit: AbstractContextManager[object] = (
+            self.limiter.acquire() if self.limiter is not None else nullcontext()
+        )
         try:
-            response = self._http.request(method, path, auth=auth, **kwargs)
+            with permit:
+                response = self._http.request(method, path, auth=auth, **kwargs)
         except httpx.TimeoutException as exc:
             raise TransientError(
                 f"Tripletex did not answer {method} {path} in time ({type(exc).__name__})",
@@ -608,6 +624,11 @@ class TripletexClient:
                 code="connection_lost",
             ) from exc
         self._record_rate_limit(response)
+        if self.limiter is not None:
+            self.limiter.observe(
+                remaining=_int_header(response.headers.get("x-rate-limit-remaining")),
+                reset_seconds=_seconds(response.headers.get("x-rate-limit-reset")),
+            )
         return response
 
     def _raise_for_status(self, response: httpx.Response, what: str) -> None:
