@@ -95,10 +95,13 @@ def cmd_connection_set(args) -> int:
             "company_id": args.company_id,
         }
     mapping = json.loads(Path(args.mapping_file).read_text()) if args.mapping_file else None
-    options = {"send_to_ledger": not args.draft}
-    if args.voucher_type:
-        options["voucher_type_name"] = args.voucher_type
     with session_scope() as session:
+        existing = organizations.connection_for(session, args.org, args.target)
+        # Keep options this command has no flag for (rate_limit, ...); change only what it sets.
+        options = dict(existing.options or {}) if existing is not None else {}
+        options["send_to_ledger"] = not args.draft
+        if args.voucher_type:
+            options["voucher_type_name"] = args.voucher_type
         connection = organizations.upsert_connection(
             session, args.org, args.target, base_url=args.base_url, credentials=credentials,
             account_mapping=mapping, options=options)

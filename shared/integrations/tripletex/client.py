@@ -171,6 +171,11 @@ class TripletexClient:
         )
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
+        # Worker threads share one client per connection. Resolving a draft's references holds
+        # this lock, so when a fresh client meets a burst of exports the first thread fetches
+        # the chart and the others find it cached, instead of every thread fetching it (a
+        # stampede that spent the connection's rate budget: see bench/README.md).
+        self._lookup_lock = threading.Lock()
         self._accounts: dict[str, Account] = {}
         self._vat_types: dict[str, VatType] = {}
         self._voucher_types: dict[str, VoucherType] = {}
@@ -399,6 +404,10 @@ class TripletexClient:
 
     def _resolve(self, draft: VoucherDraft) -> _Refs:
         """Look up every reference of ``draft``; raise one PermanentError listing all problems."""
+        with self._lookup_lock:
+            return self._resolve_locked(draft)
+
+    def _resolve_locked(self, draft: VoucherDraft) -> _Refs:
         problems: list[tuple[str, str]] = []
         company = f"(company {self.company_id})"
         currency_code = draft.currency.strip().upper()

@@ -641,3 +641,26 @@ def test_default_timeouts_come_from_settings() -> None:
         timeout = client._http.timeout
     assert timeout.connect == settings.http_connect_timeout
     assert timeout.read == settings.http_read_timeout
+
+
+def test_threads_sharing_a_fresh_client_fetch_the_chart_once(
+    tripletex_sandbox: TripletexSandbox, tripletex_company: dict[str, Any]
+) -> None:
+    """Worker threads share one client per connection: a burst must not stampede the lookups."""
+    import threading
+
+    tripletex_sandbox.set_faults(tripletex_company["company_id"], latency_ms=50)
+    barrier = threading.Barrier(8)
+    with make_client(tripletex_sandbox, tripletex_company) as client:
+        def preflight() -> None:
+            barrier.wait()
+            client.preflight(simple_draft(f"exp-stampede-{threading.get_ident()}", "6800"))
+
+        threads = [threading.Thread(target=preflight) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    counts = tripletex_sandbox.request_counts(tripletex_company["company_id"])
+    account_lookups = sum(n for key, n in counts.items() if "/ledger/account" in key)
+    assert account_lookups == 1, counts
