@@ -16,6 +16,8 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)(authorization:\s*)(bearer|basic)\s+\S+"),
     re.compile(r"(?i)((?:token|secret|password|api_key|consumer_token|employee_token)\"?\s*[=:]\s*\"?)[^\s\",&]+"),
     re.compile(r"aic_[A-Za-z0-9_\-]{20,}"),
+    # The token in a webhook URL is the webhook's credential (uvicorn's access log prints paths).
+    re.compile(r"(/webhooks/[A-Za-z0-9_\-]+/)[A-Za-z0-9_\-]+"),
 ]
 
 
@@ -33,6 +35,26 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class _RedactingWrapper(logging.Formatter):
+    """Masks secrets in what another formatter (uvicorn's, with its own fields) produces."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
+def redact_handlers_of(*logger_names: str) -> None:
+    """Mask secrets in the output of handlers other code attached to these loggers (uvicorn's
+    access log does not propagate to the root handler)."""
+    for name in logger_names:
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler.formatter, (RedactingFormatter, _RedactingWrapper)):
+                handler.setFormatter(_RedactingWrapper(handler.formatter or logging.Formatter()))
+
+
 class KeyValueLogger(logging.LoggerAdapter):
     def process(self, msg, kwargs):
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("exc_info", "stack_info", "stacklevel", "extra")}
@@ -46,6 +68,8 @@ def get_logger(name: str) -> KeyValueLogger:
 
 
 def configure_logging() -> None:
+    # uvicorn configured its loggers before it imported the app; they keep their own handlers.
+    redact_handlers_of("uvicorn.access", "uvicorn.error")
     root = logging.getLogger()
     if getattr(root, "_aic_configured", False):
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from producers.api import routes_admin, routes_expenses, routes_exports, routes_sources
@@ -23,6 +24,11 @@ Authenticate with `Authorization: Bearer <API key>` (an administrator creates ke
 """
 
 
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
 def create_app() -> FastAPI:
     configure_logging()
     app = FastAPI(title="Accounting Integration Client", version="0.1.0", description=DESCRIPTION)
@@ -34,7 +40,9 @@ def create_app() -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(findity_webhook.router)
 
-    @app.get("/healthz", tags=["health"], summary="Database and broker reachability")
+    @app.get("/healthz", tags=["health"], summary="Database and broker reachability",
+             response_model=Health,
+             responses={503: {"model": Health, "description": "A dependency is unreachable"}})
     def healthz() -> JSONResponse:
         checks = {"database": _check_database(), "broker": _check_broker()}
         healthy = all(v == "ok" for v in checks.values())

@@ -8,9 +8,12 @@ generic 500 message.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError, DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +29,46 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer, documented for every status an operation can return."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The body is not valid JSON",
+    401: "Missing, unknown or revoked credentials",
+    404: "No such resource in your organization",
+    409: "Not allowed in the resource's current state",
+    413: "The request body is too large",
+    415: "The body is not sent as application/json",
+    422: "Invalid request; the message says what to fix",
+    503: "The database is unavailable; nothing was changed, try again shortly",
+}
+
+
+# What any operation that reads a JSON body can answer before its endpoint runs.
+BODY_ERROR_STATUSES = (400, 413, 415)
+
+
+def error_responses(*statuses: int, descriptions: dict[int, str] | None = None) -> dict:
+    """OpenAPI ``responses`` for error statuses, each with the ``ErrorBody`` schema (without
+    this, FastAPI would document 422 as its own ``{"detail": [...]}``, which we never send)."""
+    described = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+
+
+# FastAPI answers HTTPException(400, this) when reading the body fails for a reason other than a
+# JSON syntax error: bytes that are not UTF-8, or nesting deeper than the JSON parser's recursion.
+_BODY_PARSE_FAILURE = "There was an error parsing the body"
 
 
 def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
@@ -56,6 +99,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
+        if any(e.get("loc") == ("body",) and isinstance(e.get("input"), bytes)
+               for e in exc.errors()):
+            # FastAPI hands the raw bytes on when the Content-Type is not JSON.
+            return error_response(415, "unsupported_media_type",
+                                  "the request body must be JSON, sent with "
+                                  "'Content-Type: application/json'")
         details = [_describe(e) for e in exc.errors()]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return error_response(400, "malformed_json",
@@ -71,6 +120,10 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint; see /docs for the API"
+        if exc.status_code == 400 and message == _BODY_PARSE_FAILURE:
+            return error_response(400, "malformed_json",
+                                  "the request body could not be read as JSON: send UTF-8 encoded "
+                                  "JSON, without excessively deep nesting")
         if exc.status_code == 405:
             message = "this method is not allowed on this endpoint; see /docs"
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))

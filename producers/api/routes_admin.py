@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
 
 from producers.api.deps import require_admin
+from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import (
     ID_PATTERN,
     ApiKeyCreated,
@@ -26,7 +27,10 @@ from shared.domain import organizations as service
 from shared.domain import sources
 from sqlalchemy import select
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=error_responses(401, 404, 422, 503, descriptions={
+                       401: "Missing or wrong admin token", 404: "No such organization or key"}))
+BODY_ERRORS = error_responses(*BODY_ERROR_STATUSES)
 OrgId = Path(pattern=ID_PATTERN)
 
 
@@ -40,7 +44,8 @@ def connection_out(connection: TargetConnection) -> ConnectionOut:
                          updated_at=connection.updated_at)
 
 
-@router.post("/organizations", response_model=OrganizationCreated, status_code=201)
+@router.post("/organizations", response_model=OrganizationCreated, status_code=201,
+             responses=BODY_ERRORS)
 def create_organization(body: CreateOrganization) -> OrganizationCreated:
     with session_scope() as session:
         org = service.create_organization(session, body.name)
@@ -80,7 +85,8 @@ def revoke_api_key(org_id: str = OrgId, key_id: str = Path(pattern=ID_PATTERN)) 
                          created_at=k.created_at, revoked_at=k.revoked_at)
 
 
-@router.put("/organizations/{org_id}/connections/{target_system}", response_model=ConnectionOut)
+@router.put("/organizations/{org_id}/connections/{target_system}", response_model=ConnectionOut,
+            responses=BODY_ERRORS)
 def put_connection(body: PutConnection, target_system: TargetSystem,
                    org_id: str = OrgId) -> ConnectionOut:
     with session_scope() as session:
@@ -135,7 +141,8 @@ def source_out(c: SourceConnection) -> SourceOut:
                      signed_webhooks=bool(c.webhook_secret_encrypted), options=c.options or {})
 
 
-@router.put("/organizations/{org_id}/sources/findity", response_model=SourceOut)
+@router.put("/organizations/{org_id}/sources/findity", response_model=SourceOut,
+            responses=BODY_ERRORS)
 def put_findity_source(body: PutSource, org_id: str = OrgId) -> SourceOut:
     with session_scope() as session:
         connection = sources.upsert_source_connection(

@@ -9,13 +9,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Path, Response
 
 from producers.api.deps import Caller, current_caller
+from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import ID_PATTERN, CreateExpense, ExpenseOut
 from shared.db.models import Expense
 from shared.db.session import session_scope
 from shared.domain import expenses as service
 from shared.domain.errors import NotFound
 
-router = APIRouter(prefix="/api/v1/expenses", tags=["expenses"])
+router = APIRouter(prefix="/api/v1/expenses", tags=["expenses"],
+                   responses=error_responses(401, 422, 503))
 API_SOURCE = "api"
 
 
@@ -28,7 +30,10 @@ def _out(expense: Expense, created: bool = False) -> ExpenseOut:
 
 
 @router.post("", response_model=ExpenseOut, status_code=201,
-             summary="Ingest an expense (idempotent per source_ref)")
+             summary="Ingest an expense (idempotent per source_ref)", responses={
+                 200: {"model": ExpenseOut,
+                       "description": "Already ingested: its status was updated, nothing else"},
+                 **error_responses(*BODY_ERROR_STATUSES)})
 def ingest_expense(body: CreateExpense, response: Response,
                    caller: Caller = Depends(current_caller)) -> ExpenseOut:
     data = service.require_valid(service.ExpenseIn, {"source": API_SOURCE, **body.model_dump()})
@@ -39,7 +44,7 @@ def ingest_expense(body: CreateExpense, response: Response,
         return _out(expense, created)
 
 
-@router.get("/{expense_id}", response_model=ExpenseOut)
+@router.get("/{expense_id}", response_model=ExpenseOut, responses=error_responses(404))
 def get_expense(expense_id: str = Path(pattern=ID_PATTERN),
                 caller: Caller = Depends(current_caller)) -> ExpenseOut:
     with session_scope() as session:

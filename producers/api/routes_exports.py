@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from producers.api.deps import Caller, current_caller
+from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import (
     ID_PATTERN,
     BatchProgress,
@@ -28,14 +29,16 @@ from producers.api.schemas import (
 from shared.db.models import ExportStatus
 from shared.db.session import session_scope
 from shared.domain import exports as service
+from shared.domain.errors import ValidationFailed
 
-router = APIRouter(prefix="/api/v1/accounting-exports", tags=["accounting-exports"])
+router = APIRouter(prefix="/api/v1/accounting-exports", tags=["accounting-exports"],
+                   responses=error_responses(401, 422, 503))
 
 ExportId = Path(pattern=ID_PATTERN, description="Export id, e.g. exp_xp_6a2d9c")
-ERRORS = {401: {"description": "Missing or invalid API key"},
-          404: {"description": "No such export in this organization"},
-          409: {"description": "Not allowed in the export's current state"},
-          422: {"description": "Invalid request; the message says what to fix"}}
+ERRORS = error_responses(401, 404, 409, 422, descriptions={
+    401: "Missing or invalid API key", 404: "No such export in this organization",
+    409: "Not allowed in the export's current state"})
+BODY_ERRORS = {**ERRORS, **error_responses(*BODY_ERROR_STATUSES)}
 
 
 @router.get("", response_model=ExportList, summary="List export records", responses=ERRORS)
@@ -53,7 +56,8 @@ def list_exports(
     filters = service.ExportFilters(
         status=status, target_system=target_system.value if target_system else None,
         expense_id=expense_id, batch_id=batch_id,
-        initiated_from=_aware(initiated_from), initiated_to=_aware(initiated_to))
+        initiated_from=_aware(initiated_from, "initiated_from"),
+        initiated_to=_aware(initiated_to, "initiated_to"))
     with session_scope() as session:
         rows, total = service.list_exports(session, caller.organization_id, filters,
                                            page=page, limit=limit)
@@ -61,7 +65,7 @@ def list_exports(
                           pagination=Pagination(page=page, limit=limit, total=total))
 
 
-@router.post("", status_code=202, response_model=CreatedExport, responses=ERRORS,
+@router.post("", status_code=202, response_model=CreatedExport, responses=BODY_ERRORS,
              summary="Export a single approved expense to accounting system")
 def create_export(body: CreateExport, caller: Caller = Depends(current_caller)) -> CreatedExport:
     with session_scope() as session:
@@ -74,7 +78,8 @@ def create_export(body: CreateExport, caller: Caller = Depends(current_caller)) 
 
 
 @router.post("/batch", status_code=202, response_model=CreatedBatch, responses={
-    **ERRORS, 413: {"description": "Too many expenses in one batch"}},
+    **BODY_ERRORS, **error_responses(413, descriptions={
+        413: "Too many expenses in one batch, or the body is too large"})},
     summary="Batch export multiple approved expenses")
 def create_batch(body: CreateBatch, caller: Caller = Depends(current_caller)) -> CreatedBatch:
     with session_scope() as session:
@@ -114,7 +119,7 @@ def get_events(export_id: str = ExportId, caller: Caller = Depends(current_calle
         return EventList(export_id=export_id, events=[EventOut.of(e) for e in events])
 
 
-@router.put("/{export_id}", response_model=StatusUpdated, responses=ERRORS,
+@router.put("/{export_id}", response_model=StatusUpdated, responses=BODY_ERRORS,
             summary="Update export record status (webhook callback)")
 def update_status(body: UpdateStatus, export_id: str = ExportId,
                   caller: Caller = Depends(current_caller)) -> StatusUpdated:
@@ -137,9 +142,15 @@ def cancel_export(export_id: str = ExportId, caller: Caller = Depends(current_ca
         return Cancelled(deleted=True, export_id=export.id)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    from datetime import timezone
-
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    try:
+        # The database compares in UTC; year 1 or 9999 with an offset has no UTC equivalent.
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        message = f"{name} is out of range: it has no UTC equivalent"
+        raise ValidationFailed(message, details=[{"field": f"query.{name}",
+                                                  "message": message}]) from None

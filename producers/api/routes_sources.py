@@ -9,12 +9,14 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from producers.api.deps import Caller, current_caller
+from producers.api.errors import error_responses
 from producers.api.schemas import ID_PATTERN, Pagination
 from shared.db.models import SourceExport
 from shared.db.session import session_scope
 from shared.domain import sources
 
-router = APIRouter(prefix="/api/v1/source-exports", tags=["source-exports"])
+router = APIRouter(prefix="/api/v1/source-exports", tags=["source-exports"],
+                   responses=error_responses(401, 422, 503))
 
 
 class SourceVoucherOut(BaseModel):
@@ -60,7 +62,8 @@ def _out(row: SourceExport, with_vouchers: bool = False) -> SourceExportOut:
 def list_source_exports(caller: Caller = Depends(current_caller),
                         page: int = Query(1, ge=1, le=100_000),
                         limit: int = Query(20, ge=1, le=100),
-                        source_export_ref: str | None = Query(None, max_length=100)):
+                        source_export_ref: str | None = Query(None, max_length=100,
+                                                              pattern=r"^[^\x00-\x1f]+$")):
     conditions = [SourceExport.organization_id == caller.organization_id]
     if source_export_ref:
         conditions.append(SourceExport.external_export_id == source_export_ref)
@@ -73,7 +76,7 @@ def list_source_exports(caller: Caller = Depends(current_caller),
                                 pagination=Pagination(page=page, limit=limit, total=total or 0))
 
 
-@router.get("/{source_export_id}", response_model=SourceExportOut,
+@router.get("/{source_export_id}", response_model=SourceExportOut, responses=error_responses(404),
             summary="A package with every voucher's export and report status")
 def get_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
                       caller: Caller = Depends(current_caller)):

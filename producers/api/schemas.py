@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.db.models import AccountingExport, ExportEvent, ExportStatus
 
 ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+# The MONEY column is NUMERIC(14, 2): amounts and expense totals must stay below this.
+MONEY_LIMIT = Decimal("1000000000000")
 
 
 class TargetSystem(str, Enum):
@@ -22,6 +24,15 @@ class StrictBody(BaseModel):
     # Unknown fields are refused: a typo ("expence_id") must not be silently ignored.
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul_character(cls, value: Any) -> Any:
+        # PostgreSQL cannot store U+0000 in a text column: refuse it here (422) instead of
+        # letting the database fail the request with a 5xx.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain the NUL character (\\u0000)")
+        return value
+
 
 class CreateExport(StrictBody):
     expense_id: str = Field(pattern=ID_PATTERN, examples=["exp_9c2d7e"])
@@ -30,7 +41,8 @@ class CreateExport(StrictBody):
 
 
 class CreateBatch(StrictBody):
-    expense_ids: list[str] = Field(min_length=1, examples=[["exp_9c2d7e", "exp_1a4f8b"]])
+    expense_ids: list[Annotated[str, Field(pattern=ID_PATTERN)]] = Field(
+        min_length=1, examples=[["exp_9c2d7e", "exp_1a4f8b"]])
     target_system: TargetSystem
     reexport: bool = False
 
@@ -148,7 +160,8 @@ class EventList(BaseModel):
 
 class ExpenseRowIn(StrictBody):
     account: str = Field(min_length=1, max_length=20, pattern=r"^[0-9A-Za-z\-]+$")
-    amount: Decimal = Field(description="Signed gross amount, debit positive; at most 2 decimals.")
+    amount: Decimal = Field(max_digits=14, decimal_places=2,
+                            description="Signed gross amount, debit positive; at most 2 decimals.")
     vat_code: str | None = Field(default=None, max_length=10)
     description: str = Field(default="", max_length=255)
     department: str | None = Field(default=None, max_length=40)
@@ -163,6 +176,16 @@ class CreateExpense(StrictBody):
     expense_date: date
     currency: str = Field(default="NOK", pattern=r"^[A-Z]{3}$")
     rows: list[ExpenseRowIn] = Field(min_length=2, max_length=200)
+
+    @model_validator(mode="after")
+    def _books_an_amount(self) -> "CreateExpense":
+        total = sum((row.amount for row in self.rows if row.amount > 0), Decimal("0"))
+        if total == 0:
+            raise ValueError("an expense needs at least one debit row (an amount above zero)")
+        if total >= MONEY_LIMIT:
+            raise ValueError(f"the expense total {total} is too large: it must be below "
+                             f"{MONEY_LIMIT}")
+        return self
 
 
 class ExpenseOut(BaseModel):
@@ -217,7 +240,17 @@ class PutConnection(StrictBody):
         default=None, description="Tripletex: consumer_token, employee_token, company_id (default 0). "
                                   "Omit to keep the stored credentials.")
     account_mapping: dict[str, Any] | None = None
-    options: dict[str, Any] | None = None
+    options: dict[str, Any] | None = Field(
+        default=None,
+        description="Tripletex: send_to_ledger (default true), voucher_type_name, and rate_limit: "
+                    "the connection's request budget shared by all workers, e.g. "
+                    '{"requests_per_second": 8, "burst": 2, "max_concurrent": 4} (at most burst '
+                    "requests per burst/requests_per_second seconds; burst defaults to 1 when "
+                    "a rate is given; 0 turns rate or concurrency cap off; omitted keys keep "
+                    "the default of AIC_TRIPLETEX_RATE_LIMIT_*). false or "
+                    '{"enabled": false} turns limiting off. Omit to keep the stored options.',
+        examples=[{"send_to_ledger": True,
+                   "rate_limit": {"requests_per_second": 8, "burst": 2}}])
 
 
 class ConnectionOut(BaseModel):
