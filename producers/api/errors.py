@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError, DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.domain.errors import DomainError
@@ -134,6 +134,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(503, "database_unavailable",
                               "the database is unavailable; nothing was changed, try again shortly",
                               headers={"Retry-After": "5"})
+
+    @app.exception_handler(DataError)
+    async def _value_out_of_range(_request: Request, exc: DataError):
+        # The database refused a value the schemas let through: the caller's input, not an
+        # outage, so "try again" would be wrong advice.
+        log.warning("database refused a value", error=type(exc.orig).__name__ if exc.orig else "")
+        return error_response(422, "invalid_value",
+                              "a value in the request is out of range or malformed for storage; "
+                              "nothing was changed")
 
     @app.exception_handler(DBAPIError)
     async def _database_error(_request: Request, exc: DBAPIError):

@@ -123,6 +123,10 @@ def require_valid(model: type[BaseModel], payload: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise ValidationFailed(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        ) from exc
+        raise ValidationFailed("; ".join(_describe(e) for e in exc.errors())) from exc
+
+
+def _describe(error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    location = ".".join(map(str, error["loc"]))
+    return f"{location}: {message}" if location else message
