@@ -64,8 +64,9 @@ def _send_pending_jobs(session: Session) -> None:
         try:
             send_now(job)
         except Exception:  # broker unreachable: the sweeper re-sends from the database
+            # Not "args": that is a LogRecord attribute, and logging refuses to overwrite it.
             log.exception("enqueue failed after commit; the sweeper will re-send", extra={
-                "task": job.task_name, "args": job.args})
+                "task": job.task_name, "task_args": job.args})
 
 
 @event.listens_for(Session, "after_rollback")

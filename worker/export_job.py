@@ -3,8 +3,9 @@
 Each step commits before the next external call, so a crash at any point leaves a row that tells
 the next attempt where to resume:
 
-1. claim   - take the export's lease (a compare-and-set); skip if it is terminal, cancelled, not
-             yet due (an early duplicate delivery) or leased by a live worker.
+1. claim   - take the export's lease (a compare-and-set); skip if it is terminal, cancelled or
+             not yet due (an early duplicate delivery); if a live worker holds the lease, come
+             back when it runs out (that worker may die).
 2. map     - build the voucher from the expense and the connection's account mapping.
 3. post    - mark ``posting_started_at`` (commit), then POST. If an earlier attempt had started
              posting, first look the voucher up by its external number (our export id): a crash
@@ -25,13 +26,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import and_, or_, update
+from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
 from shared.db.models import AccountingExport, Expense, ExportStatus
 from shared.db.session import session_scope
 from shared.db.types import utcnow
 from shared.domain.mapping import build_voucher_draft
-from shared.domain.state_machine import ConcurrentTransition, record_event, transition
+from shared.domain.state_machine import (
+    ConcurrentTransition,
+    IllegalTransition,
+    record_event,
+    transition,
+)
 from shared.domain.vouchers import PostedVoucher
 from shared.integrations.errors import IntegrationError, PermanentError, TransientError
 from shared.integrations.targets import TargetClient, client_for
@@ -76,6 +83,11 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
         return _post_and_finish(work)
     except IntegrationError as error:
         return _handle_error(work, error)
+    except OperationalError:
+        # The database went away mid-attempt: nothing more can be recorded now. The task retries
+        # once this attempt's lease has run out (worker.tasks); it is not the export's fault, so
+        # it costs no attempt and never fails the export.
+        raise
     except Exception as error:  # a bug or an unexpected answer: bounded retries, then failed
         log.exception("unexpected error in export", export_id=export_id, attempt=work.attempt)
         return _handle_error(work, TransientError(
@@ -114,7 +126,16 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed != 1:
-            return Outcome("skipped", "another worker holds the lease")
+            # A second delivery while an attempt is running (a redelivery, a duplicate). It must
+            # not simply be acknowledged: if the running attempt's worker dies, this may be the
+            # only message left. Come back when the lease runs out; by then the export is
+            # finished (and this copy ends as "already done") or its worker is gone.
+            remaining = ((export.lease_expires_at - now).total_seconds()
+                         if export.lease_expires_at is not None else 0.0)
+            log.info("export leased by another attempt; checking back when the lease ends",
+                     export_id=export_id, in_seconds=round(remaining, 1))
+            return Outcome("retry", "another worker holds the lease",
+                           retry_in=max(1.0, remaining + 1.0))
         session.refresh(export)
         record_event(session, export, "started", actor=ACTOR, attempt=export.attempts,
                      celery_task_id=celery_task_id)
@@ -143,9 +164,19 @@ def _owned(work: _Work):
 
 def _event(work: _Work, kind: str, *, reason: str | None = None, data: dict | None = None,
            **fields) -> bool:
-    """Append an event and update fields, only while we still own the export. False if lost."""
+    """Append an event and update fields, only while we still own the export. False if lost.
+
+    Every step recorded also renews the lease: it runs ``export_lease_seconds`` from the last
+    step, not from the claim. An attempt that was slow before posting (lookups, a lookup of an
+    earlier voucher) would otherwise start its POST with little lease left; the lease would run
+    out while the POST is on its way, and the sweeper or a redelivery would start a second
+    attempt that finds no voucher yet and posts another one.
+    """
     with session_scope() as session:
-        values = {"updated_at": utcnow(), **fields}
+        now = utcnow()
+        values = {"updated_at": now,
+                  "lease_expires_at": now + timedelta(seconds=get_settings().export_lease_seconds),
+                  **fields}
         updated = session.execute(
             update(AccountingExport).where(_owned(work)).values(**values)
             .execution_options(synchronize_session=False)
@@ -210,7 +241,8 @@ def _post_and_finish(work: _Work) -> Outcome:
                        guard=AccountingExport.lease_owner == work.lease,
                        external_reference=posted.reference, external_id=posted.id,
                        error_message=None, error_code=None)
-        except ConcurrentTransition:
+        except (ConcurrentTransition, IllegalTransition):
+            # Another attempt (whose lease ran out under us) or a PUT callback finished it.
             return Outcome("skipped", "export changed while finishing")
     log.info("export succeeded", export_id=work.export_id, reference=posted.reference,
              attempt=work.attempt)
@@ -236,8 +268,14 @@ def _handle_error(work: _Work, error: IntegrationError) -> Outcome:
         # Only the receipt or the final bookkeeping failed; the voucher exists. Keep retrying the
         # rest through the sweeper rather than calling a booked expense failed.
         decision = retry_policy.Decision(retry=True, delay=get_settings().retry_max_seconds)
+    elif (not decision.retry and work.posting_started
+          and (error.retryable or error.status_code is None)):
+        # Giving up, but our POST may have reached the target: it went unanswered (a timeout, a
+        # lost connection), answered 5xx (Tripletex can store and then fail), or something broke
+        # after it. A failed export must hold no voucher: look it up before failing.
+        decision = _look_before_failing(work) or decision
     if decision.retry:
-        if work.posting_started and not posted_already and error.status_code is not None:
+        if work.posting_started and work.external_id is None and error.status_code is not None:
             _settle_refused_post(work)
         due = utcnow() + timedelta(seconds=decision.delay)
         if not _event(work, "retry_scheduled", reason=error.message,
@@ -261,10 +299,34 @@ def _handle_error(work: _Work, error: IntegrationError) -> Outcome:
                        guard=AccountingExport.lease_owner == work.lease,
                        error_message=message, error_code=f"{error.system}:{error.code}",
                        data={"details": error.details} if error.details else None)
-        except ConcurrentTransition:
+        except (ConcurrentTransition, IllegalTransition):
             return Outcome("skipped", "export changed while failing")
     log.warning("export failed", export_id=work.export_id, attempt=work.attempt, error=error.code)
     return Outcome("failed", message)
+
+
+def _look_before_failing(work: _Work) -> retry_policy.Decision | None:
+    """None if the target holds no voucher of this export (failing is right); otherwise a retry:
+    soon when the voucher was found (the next attempt finishes with it), later when the lookup
+    itself failed (the export waits in processing until a lookup can tell)."""
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            client = client_for(session.get(AccountingExport, work.export_id).connection)
+        posted = client.find_voucher(work.export_id)
+    except IntegrationError as error:
+        log.warning("cannot tell whether the voucher was booked; export kept waiting",
+                    export_id=work.export_id, attempt=work.attempt, error=error.code)
+        return retry_policy.Decision(retry=True, delay=settings.retry_max_seconds)
+    if posted is None:
+        return None
+    _event(work, "found_existing_voucher",
+           reason="giving up, but the target had booked the voucher of an unanswered post",
+           data={"voucher_id": posted.id, "number": posted.number},
+           external_id=posted.id, external_reference=posted.reference,
+           external_number=posted.number)
+    work.external_id = posted.id
+    return retry_policy.Decision(retry=True, delay=settings.retry_base_seconds)
 
 
 def _settle_refused_post(work: _Work) -> None:

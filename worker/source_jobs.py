@@ -55,6 +55,8 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 ACTOR = "findity"
 TARGET_NAMES = {"tripletex": "Tripletex"}
+# Findity's answer to a second SUCCESS for a voucher it already holds as booked (with a number).
+ALREADY_PROCESSED = "VOUCHER_ALREADY_PROCESSED"
 # Norwegian input VAT codes (SAF-T / Tripletex vatType numbers) and their rates. A merged VAT row
 # is only trusted when the target, recomputing VAT from the gross at this rate, lands on exactly
 # Findity's amount; a connection can extend or override them (options.vat_rates).
@@ -232,17 +234,61 @@ def _report_ready_vouchers(source_export_id: str) -> StepOutcome:
         session.expunge(connection)
     if ready:
         client = source_client_for(connection)
+        failure: IntegrationError | None = None
         try:
             client.update_status(external_export_id, [update for _, update in ready])
         except IntegrationError as error:
+            failure = error
+            if _already_processed(error):
+                # An earlier report reached Findity but recording it here did not (a worker
+                # killed, the database gone, between the two). Findity refuses the whole request
+                # for that voucher's sake: send the vouchers one at a time instead.
+                ready, failure = _report_one_by_one(client, external_export_id, ready)
+            else:
+                ready = []
+        if failure is not None:
             with session_scope() as session:
                 session.get(SourceExport, source_export_id).last_error = (
-                    f"reporting to Findity failed: {error.message}")
-            if error.retryable:
-                return StepOutcome("retry", error.message)
+                    f"reporting to Findity failed: {failure.message}")
+            if ready:  # the vouchers Findity did take before the failure
+                _record_reported(source_export_id, ready)
+            if failure.retryable:
+                return StepOutcome("retry", failure.message)
             log.error("report refused by source", source_export_id=source_export_id,
-                      error=error.message)
-            return StepOutcome("skipped", error.message)
+                      error=failure.message)
+            return StepOutcome("skipped", failure.message)
+    completed_now = _record_reported(source_export_id, ready)
+    if completed_now and (connection.options or {}).get("content_file"):
+        _attach_package_file(connection, external_export_id, source_export_id)
+    if ready:
+        log.info("reported to source", source_export_id=source_export_id, vouchers=len(ready))
+    return StepOutcome("done", f"{len(ready)} reported")
+
+
+def _already_processed(error: IntegrationError) -> bool:
+    return error.status_code == 409 and error.code == ALREADY_PROCESSED
+
+
+def _report_one_by_one(client, external_export_id: str, ready: list):
+    """Report each voucher alone. Returns (the ones Findity now holds, the error that stopped us).
+
+    "Already processed" answers a SUCCESS we sent before: Findity holds it (a voucher is booked
+    once, so with the same number), so the voucher counts as reported.
+    """
+    accepted = []
+    for voucher_row_id, update in ready:
+        try:
+            client.update_status(external_export_id, [update])
+        except IntegrationError as error:
+            if not (_already_processed(error) and update.status.value == "SUCCESS"):
+                return accepted, error
+            log.info("report already held by source", voucher=update.id)
+        accepted.append((voucher_row_id, update))
+    return accepted, None
+
+
+def _record_reported(source_export_id: str, ready: list) -> bool:
+    """Mark the vouchers reported; True if that completed the package."""
     with session_scope() as session:
         now = utcnow()
         for voucher_row_id, update_model in ready:
@@ -252,12 +298,7 @@ def _report_ready_vouchers(source_export_id: str) -> StepOutcome:
             voucher.report_payload = update_model.model_dump(mode="json", by_alias=True,
                                                              exclude_none=True)
         source_export = session.get(SourceExport, source_export_id)
-        completed_now = _complete_if_all_reported(source_export)
-    if completed_now and (connection.options or {}).get("content_file"):
-        _attach_package_file(connection, external_export_id, source_export_id)
-    if ready:
-        log.info("reported to source", source_export_id=source_export_id, vouchers=len(ready))
-    return StepOutcome("done", f"{len(ready)} reported")
+        return _complete_if_all_reported(source_export)
 
 
 def _ready_updates(session, source_export: SourceExport):

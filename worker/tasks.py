@@ -50,7 +50,14 @@ def sweep_stuck_exports() -> int:
 
 @celery_app.task(name=TASK_PROCESS_SOURCE_EXPORT, bind=True, max_retries=None, acks_late=True)
 def process_source_export(self, source_export_id: str) -> str:
-    outcome = source_jobs.ingest_source_export(source_export_id)
+    try:
+        outcome = source_jobs.ingest_source_export(source_export_id)
+    except OperationalError as exc:
+        # As for exports: retried once the ingest lease this attempt may hold has run out,
+        # instead of being acknowledged as failed and waiting for the poller.
+        log.warning("database unavailable; ingest retried later",
+                    source_export_id=source_export_id)
+        raise self.retry(exc=exc, countdown=get_settings().export_lease_seconds)
     if outcome.kind == "retry":
         if self.request.retries + 1 >= get_settings().max_attempts:
             # Left in "received": the poller picks it up again after source_stuck_after_seconds.
@@ -61,7 +68,14 @@ def process_source_export(self, source_export_id: str) -> str:
 
 @celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True)
 def report_to_source(self, source_export_id: str) -> str:
-    outcome = source_jobs.report_to_source(source_export_id)
+    try:
+        outcome = source_jobs.report_to_source(source_export_id)
+    except OperationalError as exc:
+        # Findity may already hold this report (the database went away while recording it);
+        # the retry sends it again and takes Findity's "already processed" for done.
+        log.warning("database unavailable; report retried later",
+                    source_export_id=source_export_id)
+        raise self.retry(exc=exc, countdown=backoff_delay(min(self.request.retries + 1, 12)))
     if outcome.kind == "retry":
         # A report must reach the source eventually: retried with capped backoff, without limit.
         # The voucher is already booked; only the message is late.

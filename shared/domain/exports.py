@@ -302,12 +302,22 @@ def apply_status_callback(
     if status is ExportStatus.PROCESSING:
         # failed -> processing is an explicit retry: a fresh attempt budget, and a new job.
         fields.update(attempts=0, error_message=None, error_code=None, next_attempt_at=utcnow())
+    guard = None
+    if status is ExportStatus.FAILED and export.status == ExportStatus.PROCESSING.value:
+        # As for a DELETE: once posting has started the voucher may exist, and a failed export
+        # must hold none. Only the worker, which looks the voucher up, decides that outcome.
+        if export.posting_started_at is not None:
+            raise _being_posted(export)
+        guard = AccountingExport.posting_started_at.is_(None)
     try:
-        transition(session, export, status, actor=actor, reason="status callback", **fields)
+        transition(session, export, status, actor=actor, reason="status callback", guard=guard,
+                   **fields)
     except IllegalTransition as exc:
         raise IllegalStatusChange(str(exc)) from None
     except ConcurrentTransition:
         session.refresh(export)
+        if guard is not None and export.status == ExportStatus.PROCESSING.value:
+            raise _being_posted(export) from None
         raise IllegalStatusChange(
             f"export {export_id} changed to {export.status} while this update was applied; "
             "read it again and retry if still needed"
@@ -320,6 +330,14 @@ def apply_status_callback(
     if status is ExportStatus.PROCESSING:
         enqueue_after_commit(session, TASK_EXPORT, export.id, queue=get_settings().export_queue)
     return export
+
+
+def _being_posted(export: AccountingExport) -> IllegalStatusChange:
+    return IllegalStatusChange(
+        f"export {export.id} is being posted to {export.target_system} (since "
+        f"{export.posting_started_at.isoformat()}); it cannot be marked failed now: the worker "
+        "records the outcome, read the export again once it is no longer processing"
+    )
 
 
 @dataclass
