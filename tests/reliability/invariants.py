@@ -171,12 +171,15 @@ def check_invariants(tenants: list[Any], figures=None, *, settle_timeout: float 
     for row in rows:
         if row.status in TERMINAL:
             continue
-        if _waiting(row, now) and not require_terminal:
+        waiting = _waiting(row, now)
+        if waiting and not require_terminal:
             report.waiting.append(row.id)
         else:
-            report.lost.append(f"{row.id}: still processing after {settle_timeout:.0f}s with no "
-                               f"live lease and no future retry (attempts {row.attempts}, next "
-                               f"attempt {row.next_attempt_at}, lease {row.lease_expires_at})")
+            why = ("waiting, though every fault has ended" if waiting
+                   else "no live lease and no future retry")
+            report.lost.append(f"{row.id}: still processing after {settle_timeout:.0f}s, {why} "
+                               f"(attempts {row.attempts}, next attempt {row.next_attempt_at}, "
+                               f"lease {row.lease_expires_at})")
 
     # 2. booked once
     by_org = {t.organization_id: t for t in tenants}
