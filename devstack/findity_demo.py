@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from sandbox.findity.records import accepted_voucher_updates
+
 DEMO_REPORTS = [
     {"owner_name": "Kari Nordmann", "title": "Kundebesøk Bergen", "expenses": [
         {"text": "Flybillett Oslo-Bergen", "account": "7140", "amount": "1680.00", "vat_rate": 12},
@@ -60,12 +62,7 @@ def reported_statuses(findity_url: str, demo: FindityDemo) -> dict[str, dict]:
     response = httpx.get(f"{findity_url}/_sandbox/organizations/{demo.findity_organization_id}"
                          f"/exports/{demo.export_id}/status-updates", timeout=10.0)
     response.raise_for_status()
-    latest: dict[str, dict] = {}
-    for record in response.json():
-        if record.get("response_status") == 200:
-            for update in record["body"]["voucherUpdates"]:
-                latest[update["id"]] = update
-    return latest
+    return accepted_voucher_updates(response.json())
 
 
 def wait_until_reported(findity_url: str, demo: FindityDemo, timeout: float) -> dict[str, dict]:

@@ -21,6 +21,8 @@ from decimal import Decimal
 
 import httpx
 
+from sandbox.findity.pdf import render_pdf
+
 from sqlalchemy import select
 
 from shared.db.models import AccountingExport, ExpenseStatus, Organization
@@ -65,39 +67,6 @@ DEMO_EXPENSES = [
 ]
 
 
-def receipt_pdf(lines: list[str]) -> bytes:
-    """A small, valid one-page PDF (correct xref offsets) with the given lines of text."""
-
-    def literal(text: str) -> str:
-        return "(" + text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ")"
-
-    text_ops = ["BT", "/F1 12 Tf", "72 770 Td", "16 TL"]
-    text_ops += [f"{literal(line)} '" for line in lines]
-    text_ops.append("ET")
-    # Latin-1 with WinAnsiEncoding prints æ, ø, å correctly.
-    stream = "\n".join(text_ops).encode("latin-1", errors="replace")
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
-        b"/Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>",
-        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-    ]
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref_at = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += (
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n"
-    ).encode()
-    return bytes(out)
-
-
 def demo_expense_in(demo: DemoExpense, today: date) -> ExpenseIn:
     expense_date = today - timedelta(days=demo.days_ago)
     receipt = {}
@@ -105,7 +74,7 @@ def demo_expense_in(demo: DemoExpense, today: date) -> ExpenseIn:
         receipt = {
             "receipt_filename": f"{demo.source_ref}.pdf",
             "receipt_content_type": "application/pdf",
-            "receipt_data": receipt_pdf([
+            "receipt_data": render_pdf([
                 "KVITTERING",
                 demo.description,
                 f"Dato: {expense_date.isoformat()}",

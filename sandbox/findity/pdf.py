@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 
 def _escape(text: str) -> str:
-    # PDF string literals: backslash and parentheses are special; keep to Latin-1 for the
-    # standard Helvetica encoding.
+    # PDF string literals: backslash and parentheses are special; Latin-1 with WinAnsiEncoding
+    # prints æ, ø, å correctly.
     text = text.encode("latin-1", "replace").decode("latin-1")
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
@@ -29,7 +29,7 @@ def render_pdf(lines: Iterable[str]) -> bytes:
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
         b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
         b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
     ]
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")

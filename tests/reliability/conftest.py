@@ -33,6 +33,7 @@ import pytest
 
 from devstack.processes import ManagedProcess, free_port, python_argv, wait_for_http
 from devstack.redis_server import EmbeddedRedis
+from sandbox.findity.records import accepted_voucher_updates
 from shared.config import PROJECT_ROOT
 from tests.fixtures.stack import CELERY_APP, Workers
 from tests.fixtures.tenants import Tenant
@@ -436,13 +437,7 @@ class FindityTenant:
 
     def reported(self, export_id: str) -> dict[str, dict]:
         """voucher id -> the last update Findity accepted for it."""
-        latest: dict[str, dict] = {}
-        for record in self.status_updates(export_id):
-            if record.get("response_status") != 200:
-                continue
-            for update in record["body"]["voucherUpdates"]:
-                latest[update["id"]] = update
-        return latest
+        return accepted_voucher_updates(self.status_updates(export_id))
 
     def poll_now(self) -> None:
         from shared.queue import TASK_POLL_SOURCES
