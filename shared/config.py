@@ -96,6 +96,10 @@ class Settings(BaseSettings):
             "visibility_timeout": self.broker_visibility_timeout,
             "unacked_restore_interval": self.broker_restore_interval,
             "unacked_restore_throttle": self.broker_restore_throttle,
+            # kombu restores unacknowledged messages under a Redis mutex that expires after 300 s
+            # by default: a worker killed while holding it stops every restore for that long.
+            # Never longer than the visibility timeout, so that timeout means what it says.
+            "unacked_mutex_expire": min(300, self.broker_visibility_timeout),
         }
 
 

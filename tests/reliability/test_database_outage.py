@@ -96,16 +96,19 @@ class DatabaseOutage:
             self.proxy.stop()
 
 
-def _wait_for_a_slow_report(broker: redis.Redis, timeout: float = 30) -> None:
-    """Until one report holds its package's lock for half a second: its call to Findity (2.5 s
-    latency) is on the wire. A report refused at once (the fault just lifted) is too quick."""
+def _lock_tokens(broker: redis.Redis) -> set[bytes]:
+    return {t for t in (broker.get(k) for k in broker.keys("aic:report-lock:*")) if t}
+
+
+def _wait_for_a_slow_report(broker: redis.Redis, before: set[bytes], timeout: float = 30) -> None:
+    """Until a report that started after the fault switch holds its package's lock for half a
+    second: it has read the database and its call to Findity (2.5 s latency) is on the wire.
+    Reports that held the lock before the switch (refused with a 503, now writing their error)
+    do not count."""
     deadline = time.monotonic() + timeout
     seen: dict[bytes, float] = {}
     while time.monotonic() < deadline:
-        for key in broker.keys("aic:report-lock:*"):
-            token = broker.get(key)
-            if token is None:
-                continue
+        for token in _lock_tokens(broker) - before:
             first = seen.setdefault(token, time.monotonic())
             if time.monotonic() - first >= 0.5:
                 return
@@ -137,8 +140,9 @@ def test_database_unavailable_while_posting_and_reporting(stacks, tripletex_sand
             assert time.monotonic() < deadline, [r.status for r in booked]
             time.sleep(0.2)
 
-        # Slow targets, so work is in flight (between steps) when the database goes.
-        tripletex_sandbox.set_faults(tenant.company_id, latency_ms=300)
+        # A slow target, so exports are in flight (between steps) when the database goes; slow
+        # enough that their writes leave the database mostly idle for the report below.
+        tripletex_sandbox.set_faults(tenant.company_id, latency_ms=1000)
         before = scaled(30)
         during = scaled(10)
         expense_ids = [tenant.add_expense(f"{500 + i}.00", account="7140", vat_code=None)
@@ -148,8 +152,10 @@ def test_database_unavailable_while_posting_and_reporting(stacks, tripletex_sand
 
         # Start the outage while the report to Findity is on the wire: it was read from the
         # database, Findity will accept it, recording it will fail.
+        broker = redis.Redis.from_url(stack.redis.url)
+        before_switch = _lock_tokens(broker)
         findity_sandbox.set_faults(ft.org["organization_id"], latency_ms=2500)
-        _wait_for_a_slow_report(redis.Redis.from_url(stack.redis.url))
+        _wait_for_a_slow_report(broker, before_switch)
         outage.begin()
         figures.fault(f"database outage ({outage.seconds:.0f} s)")
         started = time.monotonic()
@@ -202,5 +208,10 @@ def test_database_unavailable_while_posting_and_reporting(stacks, tripletex_sand
                      "database unavailable; report retried later",
                      "report already held by source"):
             figures.note(f"worker log lines '{line}'", stack.count_in_logs(line))
+        # The report on the wire reached Findity and was sent again after the outage: the
+        # scenario hit the moment it is about (Findity answered the repeat "already processed").
+        codes = [r.get("response_status") for r in ft.status_updates(package)]
+        figures.note("updatestatus answers Findity recorded", codes)
+        assert 409 in codes, codes
     finally:
         outage.close()

@@ -8,7 +8,10 @@ a voucher POST 0.7 s after storing it, and answering every call in 1.5 s; Findit
 voucher, and while a package is ingested or reported back. Before the loop, one report is
 killed at the worst moment on purpose: Findity has accepted it, we have not recorded it.
 Recovery is what production has: Redis redelivers unacknowledged messages after the visibility
-timeout, the dead attempt's lease runs out, the next attempt looks the voucher up first.
+timeout, the dead attempt's lease runs out, the next attempt looks the voucher up first. What
+redelivery cannot bring back (kombu pops a message and records it as unacknowledged in two
+commands; a kill between them loses it) is counted, must stay rare, and is left to the
+database-driven sweeper, run once after the chaos as beat would.
 
 Two kill-adjacent cases are made deterministic:
 
@@ -31,7 +34,7 @@ from collections import Counter
 import pytest
 
 from tests.reliability.conftest import scaled
-from tests.reliability.invariants import check_invariants, load_exports
+from tests.reliability.invariants import check_invariants, load_exports, wait_settled
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -90,7 +93,10 @@ def test_workers_sigkilled_in_a_loop(stacks, tripletex_sandbox, findity_sandbox,
     """Worker processes SIGKILLed before the post, after Tripletex accepted, while reporting back."""
     exports_wanted = scaled(120)
     packages_wanted = scaled(6)
-    stack = stacks("kills")
+    # No beat: the sweeper runs once, on demand, after the chaos (below), and then only re-queues
+    # what has been stuck for 30 s.
+    stack = stacks("kills", env={"AIC_STUCK_AFTER_SECONDS": "30",
+                                 "AIC_SOURCE_STUCK_AFTER_SECONDS": "30"})
     stack.start_api()
     stack.workers.start()
     stack.workers.start()
@@ -185,8 +191,20 @@ def test_workers_sigkilled_in_a_loop(stacks, tripletex_sandbox, findity_sandbox,
     mood_changer.join(timeout=30)
     assert not errors, errors
 
-    report = check_invariants([tenant, ft.tenant, reporter.tenant], figures, settle_timeout=150,
-                              findity=[(ft, findity_exports), (reporter, [report_package])],
+    tenants = [tenant, ft.tenant, reporter.tenant]
+    findity = [(ft, findity_exports), (reporter, [report_package])]
+    # Redelivery alone first (the targeted report kill holds its package's report lock for
+    # 120 s). What is still unfinished then had no message left: kombu's Redis transport pops a
+    # message (BRPOP) and records it as unacknowledged in a second command, and a SIGKILL between
+    # the two loses it. Production's backstop is the database-driven sweeper: run it once.
+    wait_settled([t.organization_id for t in tenants], 150, findity)
+    orphans = _unfinished(tenants)
+    figures.note("left without a message after redelivery (recovered by one sweep)", orphans)
+    if orphans:
+        stack.send_task("worker.tasks.sweep_stuck_exports", queue="maintenance")
+        figures.fault("one sweep after the chaos")
+    assert len(orphans) <= kills, orphans
+    report = check_invariants(tenants, figures, settle_timeout=60, findity=findity,
                               require_terminal=True)
     codes = [r.get("response_status") for r in reporter.status_updates(report_package)]
     figures.note("report killed after Findity took it: updatestatus answers", codes)
@@ -207,6 +225,25 @@ def test_workers_sigkilled_in_a_loop(stacks, tripletex_sandbox, findity_sandbox,
     # The scenario must have hit the windows it is about, or it proves little.
     assert sum(interrupted.values()) >= kills // 2, interrupted
     assert where, "no export attempt was interrupted by a kill"
+
+
+def _unfinished(tenants) -> list[str]:
+    """Exports in processing that nothing will run, and packages still owing reports."""
+    from shared.db.models import SourceExport
+    from shared.db.session import session_scope
+    from shared.db.types import utcnow
+    from sqlalchemy import select
+
+    now = utcnow()
+    rows = load_exports([t.organization_id for t in tenants])
+    stuck = [r.id for r in rows if r.status == "processing"
+             and not (r.lease_expires_at and r.lease_expires_at > now)
+             and not (r.next_attempt_at and r.next_attempt_at > now)]
+    with session_scope() as session:
+        stuck += [s.id for s in session.scalars(select(SourceExport).where(
+            SourceExport.organization_id.in_([t.organization_id for t in tenants]),
+            SourceExport.status.not_in(["completed", "completed_with_failures", "rejected"])))]
+    return stuck
 
 
 def test_lease_outlasts_a_slow_post_while_the_sweeper_runs(stacks, tripletex_sandbox, figures):
