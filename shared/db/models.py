@@ -173,6 +173,10 @@ class AccountingExport(Base):
     # Set (and committed) before the first request that may create a voucher in the target.
     # From then on the export cannot be cancelled, and any retry looks the voucher up first.
     posting_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The latest moment the POST sent under ``posting_started_at`` can still be on its way from
+    # our side (its wall-clock deadline). A lookup that finds nothing proves "not booked" only
+    # once this moment plus the target's search delay has passed (docs/ARCHITECTURE.md).
+    post_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     receipt_attached_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The target's human voucher number (Tripletex "number"), reported back to the source.
     external_number: Mapped[str | None] = mapped_column(String(40), nullable=True)
