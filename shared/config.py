@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = 900.0
     # A source package not finished this long after it was received is picked up again.
     source_stuck_after_seconds: int = 900
+
+    @model_validator(mode="after")
+    def _retries_fit_the_broker(self) -> Settings:
+        if self.retry_max_seconds >= self.broker_visibility_timeout:
+            raise ValueError(
+                f"AIC_RETRY_MAX_SECONDS ({self.retry_max_seconds:g}) must be shorter than "
+                f"AIC_BROKER_VISIBILITY_TIMEOUT ({self.broker_visibility_timeout}): Redis would "
+                "deliver a waiting retry again before it is due; lower the first or raise the second"
+            )
+        return self
 
     # --- HTTP clients -------------------------------------------------------------------------
     http_connect_timeout: float = 5.0

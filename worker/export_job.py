@@ -1,37 +1,41 @@
 """Post one export to its target: the plain function behind the Celery task.
 
-Each step commits before the next external call, so a crash at any point leaves a row that tells
+It applies the posting protocol (``worker.posting``, docs/ARCHITECTURE.md) step by step, and
+every step commits before the next external call, so a crash anywhere leaves a row that tells
 the next attempt where to resume:
 
-1. claim   - take the export's lease (a compare-and-set); skip if it is terminal, cancelled or
-             not yet due (an early duplicate delivery); if a live worker holds the lease, come
-             back when it runs out (that worker may die).
-2. map     - build the voucher from the expense and the connection's account mapping.
-3. post    - mark ``posting_started_at`` (commit), then POST. If an earlier attempt had started
-             posting, first look the voucher up by its external number (our export id): a crash
-             between "the target accepted" and "we committed" then finds the voucher instead of
-             booking a second one.
-4. receipt - attach the receipt when there is one and it is not attached yet.
-5. finish  - transition to success with the external reference.
+1. claim   - take the export's lease (a compare-and-set on the database's clock); skip if it is
+             terminal, cancelled or not yet due; if another attempt holds the lease, come back
+             when it runs out (that worker may die).
+2. settle  - an export in doubt (an earlier request may have booked it) is looked up by our
+             reference first. Found: booked. Not found: trusted only after the earlier request's
+             deadline plus the target's search delay; until then the export waits.
+3. prepare - build the voucher and resolve everything it refers to. Nothing is sent; a mapping
+             problem fails the export here with a precise message.
+4. post    - one request, behind a gate: right before it leaves (after any rate-limit wait) the
+             gate commits "posting started" with the request's deadline, and the request cannot
+             outlive that deadline. Its answer is recorded even if the attempt lost the export
+             meanwhile: a booked voucher is never dropped.
+5. receipt - attached once (a lost answer to an upload is settled by asking the target).
+6. finish  - success with the external reference.
 
-Errors go through ``retry_policy.decide``: retry later (lease released, ``next_attempt_at`` set)
-or fail with a readable message. Once a voucher exists in the target the export never becomes
-failed: a receipt that cannot be attached is recorded as an event, not as a lost booking.
+Errors go to ``_handle_error``: what the answer proves about the target (refused -> clear; anything
+else -> in doubt), then ``retry_policy.decide``. An export in doubt or booked never fails.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
-from shared.db.models import AccountingExport, Expense, ExportStatus
+from shared.db.clock import AttemptClock
+from shared.db.models import AccountingExport, ExportStatus
 from shared.db.session import session_scope
-from shared.db.types import utcnow
 from shared.domain.mapping import build_voucher_draft
 from shared.domain.state_machine import (
     ConcurrentTransition,
@@ -40,10 +44,15 @@ from shared.domain.state_machine import (
     transition,
 )
 from shared.domain.vouchers import PostedVoucher
-from shared.integrations.errors import IntegrationError, PermanentError, TransientError
+from shared.integrations.errors import (
+    IntegrationError,
+    PermanentError,
+    SendWithdrawn,
+    TransientError,
+)
 from shared.integrations.targets import TargetClient, client_for
 from shared.logs import get_logger
-from worker import retry_policy
+from worker import posting, retry_policy
 
 log = get_logger(__name__)
 
@@ -66,11 +75,26 @@ class _Work:
     lease: str
     attempt: int
     celery_task_id: str | None
-    target_system: str
+    clock: AttemptClock
     external_id: str | None
     external_reference: str | None
-    posting_started: bool
+    posting_started_at: datetime | None
+    post_deadline_at: datetime | None
     receipt_pending: bool
+    receipt_upload_started: bool
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.posting_started_at is not None and self.external_id is None
+
+
+class _PostFailed(Exception):
+    """The posting request raised ``error``; ``gate_opened`` says whether it was marked."""
+
+    def __init__(self, error: IntegrationError, gate_opened: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.gate_opened = gate_opened
 
 
 def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
@@ -81,6 +105,13 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
     log.info("export started", export_id=export_id, attempt=work.attempt)
     try:
         return _post_and_finish(work)
+    except _PostFailed as failed:
+        if isinstance(failed.error, SendWithdrawn):
+            return Outcome("skipped", "the export changed before the request left (cancelled, "
+                                      "finished, or taken over by another attempt)")
+        return _handle_error(work, failed.error, post=failed)
+    except posting.NotYetKnowable as wait:
+        return _wait_for_lookup(work, wait.trusted_at)
     except IntegrationError as error:
         return _handle_error(work, error)
     except OperationalError:
@@ -95,16 +126,20 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
             code="unexpected"))
 
 
+# --- 1. claim -------------------------------------------------------------------------------
+
+
 def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
     settings = get_settings()
     with session_scope() as session:
+        clock = AttemptClock.measure(session)
         export = session.get(AccountingExport, export_id)
         if export is None:
             log.warning("unknown export id; message dropped", export_id=export_id)
             return Outcome("skipped", "unknown export")
         if export.status != ExportStatus.PROCESSING.value:
             return Outcome("skipped", f"already {export.status}")
-        now = utcnow()
+        now = clock.now()
         if export.next_attempt_at is not None and export.next_attempt_at > now + EARLY_TOLERANCE:
             return Outcome("skipped", "not due yet (duplicate delivery of a scheduled retry)")
         lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
@@ -113,8 +148,8 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             .where(
                 AccountingExport.id == export_id,
                 AccountingExport.status == ExportStatus.PROCESSING.value,
-                or_(AccountingExport.lease_expires_at.is_(None),
-                    AccountingExport.lease_expires_at < now),
+                (AccountingExport.lease_expires_at.is_(None)
+                 | (AccountingExport.lease_expires_at < now)),
             )
             .values(
                 lease_owner=lease,
@@ -138,19 +173,20 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
                            retry_in=max(1.0, remaining + 1.0))
         session.refresh(export)
         record_event(session, export, "started", actor=ACTOR, attempt=export.attempts,
-                     celery_task_id=celery_task_id)
-        expense = export.expense
+                     celery_task_id=celery_task_id, at=now)
         return _Work(
             export_id=export.id,
             lease=lease,
             attempt=export.attempts,
             celery_task_id=celery_task_id,
-            target_system=export.target_system,
+            clock=clock,
             external_id=export.external_id,
             external_reference=export.external_reference,
-            posting_started=export.posting_started_at is not None,
-            receipt_pending=expense.receipt_filename is not None
+            posting_started_at=export.posting_started_at,
+            post_deadline_at=export.post_deadline_at,
+            receipt_pending=export.expense.receipt_filename is not None
             and export.receipt_attached_at is None,
+            receipt_upload_started=export.receipt_upload_started_at is not None,
         )
 
 
@@ -163,36 +199,34 @@ def _owned(work: _Work):
 
 
 def _event(work: _Work, kind: str, *, reason: str | None = None, data: dict | None = None,
-           **fields) -> bool:
-    """Append an event and update fields, only while we still own the export. False if lost.
+           where=None, **fields) -> bool:
+    """Append an event and update fields, only while we still own the export (or ``where``
+    holds). False if not.
 
     Every step recorded also renews the lease: it runs ``export_lease_seconds`` from the last
-    step, not from the claim. An attempt that was slow before posting (lookups, a lookup of an
-    earlier voucher) would otherwise start its POST with little lease left; the lease would run
-    out while the POST is on its way, and the sweeper or a redelivery would start a second
-    attempt that finds no voucher yet and posts another one.
+    step, not from the claim (``fields`` may set a longer one).
     """
     with session_scope() as session:
-        now = utcnow()
+        now = work.clock.now()
         values = {"updated_at": now,
                   "lease_expires_at": now + timedelta(seconds=get_settings().export_lease_seconds),
                   **fields}
         updated = session.execute(
-            update(AccountingExport).where(_owned(work)).values(**values)
-            .execution_options(synchronize_session=False)
+            update(AccountingExport).where(_owned(work) if where is None else where)
+            .values(**values).execution_options(synchronize_session=False)
         ).rowcount
         if updated != 1:
             return False
         export = session.get(AccountingExport, work.export_id)
         record_event(session, export, kind, actor=ACTOR, attempt=work.attempt, reason=reason,
-                     celery_task_id=work.celery_task_id, data=data)
+                     celery_task_id=work.celery_task_id, data=data, at=now)
         return True
 
 
-def _load_for_posting(work: _Work):
+def _load(work: _Work):
     with session_scope() as session:
         export = session.get(AccountingExport, work.export_id)
-        expense: Expense = export.expense
+        expense = export.expense
         connection = export.connection
         draft = build_voucher_draft(export, expense, connection.account_mapping or {})
         client = client_for(connection)
@@ -203,30 +237,16 @@ def _load_for_posting(work: _Work):
 
 
 def _post_and_finish(work: _Work) -> Outcome:
-    draft, client, receipt = _load_for_posting(work)
+    draft, client, receipt = _load(work)
 
     posted: PostedVoucher | None = None
     if work.external_id is not None:
-        posted = PostedVoucher(id=work.external_id, reference=work.external_reference or work.external_id)
-    elif work.posting_started:
-        posted = client.find_voucher(work.export_id)
-        if posted is not None:
-            _event(work, "found_existing_voucher",
-                   reason="an earlier attempt's voucher was found by its external number",
-                   data={"voucher_id": posted.id, "number": posted.number},
-                   external_id=posted.id, external_reference=posted.reference,
-                   external_number=posted.number)
+        posted = PostedVoucher(id=work.external_id,
+                               reference=work.external_reference or work.external_id)
+    elif work.in_doubt:
+        posted = _settle_doubt(work, client)
     if posted is None:
-        # Unknown accounts, VAT codes the account refuses, missing dimensions: found here from
-        # cached lookups, so the export fails with a precise message and nothing was sent.
-        client.preflight(draft)
-        if not _event(work, "posting_started", posting_started_at=utcnow()):
-            return Outcome("skipped", "export changed (cancelled?) before posting")
-        work.posting_started = True
-        posted = client.post_voucher(draft)
-        _event(work, "posted_to_target", data={"voucher_id": posted.id, "number": posted.number},
-               external_id=posted.id, external_reference=posted.reference,
-               external_number=posted.number)
+        posted = _post(work, client, draft)
     work.external_id = posted.id
     work.external_reference = posted.reference
 
@@ -249,45 +269,224 @@ def _post_and_finish(work: _Work) -> Outcome:
     return Outcome("success", posted.reference)
 
 
+# --- 2. settle a doubt ------------------------------------------------------------------------
+
+
+def _settle_doubt(work: _Work, client: TargetClient) -> PostedVoucher | None:
+    """The export is in doubt: find its voucher, or prove there is none. Raises NotYetKnowable
+    while "not found" proves nothing yet; lookup errors go to ``_handle_error`` (in doubt, so the
+    export waits and never fails)."""
+    posted = client.find_voucher(work.export_id)
+    if posted is not None:
+        _record_voucher(work, posted, "found_existing_voucher",
+                        reason="an earlier attempt's voucher was found by our reference")
+        return posted
+    trusted_at = posting.trusted_after(_deadline(work), client.search_delay_seconds)
+    if work.clock.now() < trusted_at:
+        raise posting.NotYetKnowable(trusted_at)
+    if _event(work, "post_not_booked",
+              reason="the earlier request's deadline and the target's search delay have passed "
+                     "and the target holds no voucher for this export",
+              posting_started_at=None, post_deadline_at=None):
+        work.posting_started_at = work.post_deadline_at = None
+        return None
+    raise SendWithdrawn()  # lost the export while looking
+
+
+def _deadline(work: _Work) -> datetime:
+    """The recorded deadline; rows marked before deadlines were recorded get the bound."""
+    if work.post_deadline_at is not None:
+        return work.post_deadline_at
+    return work.posting_started_at + posting.send_bound()
+
+
+# --- 3 and 4. prepare and post ----------------------------------------------------------------
+
+
+def _post(work: _Work, client: TargetClient, draft) -> PostedVoucher:
+    # Unknown accounts, VAT codes the account refuses, missing dimensions: found here, so the
+    # export fails with a precise message and nothing was sent. Lookups and a session renewal
+    # happen here too, before the mark: the request behind the gate is the POST alone.
+    prepared = client.prepare_voucher(draft)
+    settings = get_settings()
+
+    def mark() -> bool:
+        now = work.clock.now()
+        deadline = now + posting.send_bound()
+        # The lease outlives the request, so no other attempt can start while it is on its way.
+        marked = _event(
+            work, "posting_started", data={"deadline": deadline.isoformat()},
+            where=and_(_owned(work), AccountingExport.external_id.is_(None)),
+            posting_started_at=now, post_deadline_at=deadline,
+            lease_expires_at=deadline + timedelta(seconds=settings.export_lease_seconds))
+        if marked:
+            work.posting_started_at, work.post_deadline_at = now, deadline
+        return marked
+
+    gate = posting.PostGate(mark=mark, timeout=posting.send_timeout())
+    try:
+        posted = client.send_voucher(prepared, gate)
+    except IntegrationError as error:
+        raise _PostFailed(error, gate.opened) from error
+    except Exception as error:
+        # A bug after the request left is as ambiguous as a lost answer.
+        raise _PostFailed(TransientError(
+            f"unexpected error while posting: {type(error).__name__}: {error}",
+            system="worker", code="unexpected"), gate.opened) from error
+    _record_voucher(work, posted, "posted_to_target")
+    return posted
+
+
+def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str | None = None) -> None:
+    """Record the target's voucher on the export, whether or not this attempt still owns it:
+    once a voucher exists it must be the export's, never an orphan that a later attempt books
+    again. Only an export that already records another voucher refuses: that is a duplicate in
+    the target, and it is said loudly."""
+    data = {"voucher_id": posted.id, "number": posted.number}
+    fields = dict(external_id=posted.id, external_reference=posted.reference,
+                  external_number=posted.number)
+    if _event(work, kind, reason=reason, data=data,
+              where=and_(_owned(work), AccountingExport.external_id.is_(None)), **fields):
+        return
+    unowned = and_(AccountingExport.id == work.export_id,
+                   AccountingExport.external_id.is_(None))
+    if _event(work, kind, data=data, where=unowned, lease_expires_at=AccountingExport.lease_expires_at,
+              reason="recorded after this attempt had lost the export", **fields):
+        log.warning("voucher recorded after the attempt lost its lease", export_id=work.export_id,
+                    voucher_id=posted.id)
+        return
+    with session_scope() as session:
+        existing = session.scalar(select(AccountingExport.external_id)
+                                  .where(AccountingExport.id == work.export_id))
+        if existing == posted.id:
+            return
+        log.error("DUPLICATE: the target holds a second voucher for this export",
+                  export_id=work.export_id, recorded=existing, duplicate=posted.id)
+        record_event(session, session.get(AccountingExport, work.export_id), "duplicate_voucher",
+                     actor=ACTOR, attempt=work.attempt,
+                     reason=f"the target booked voucher {posted.id} although the export already "
+                            f"records voucher {existing}: reverse one of them in the target",
+                     data={**data, "recorded_voucher_id": existing})
+
+
+# --- 5. receipt -------------------------------------------------------------------------------
+
+
 def _attach_receipt(work: _Work, client: TargetClient, posted: PostedVoucher, receipt) -> None:
     filename, content_type, data = receipt
+    if work.receipt_upload_started and client.has_attachment(posted.id):
+        # An earlier upload's answer was lost, but the voucher has its document.
+        _event(work, "receipt_attached", data={"filename": filename, "found": True},
+               receipt_attached_at=work.clock.now())
+        return
+    if not work.receipt_upload_started:
+        _event(work, "receipt_upload_started", receipt_upload_started_at=work.clock.now())
+        work.receipt_upload_started = True
     try:
         client.attach_receipt(posted.id, filename, data, content_type or "application/pdf")
     except PermanentError as error:
         # The voucher is booked; a receipt the target refuses must not undo that. Say so loudly.
-        _event(work, "receipt_rejected", reason=f"{error.message}",
-               receipt_attached_at=None)
+        _event(work, "receipt_rejected", reason=f"{error.message}", receipt_attached_at=None)
         return
-    _event(work, "receipt_attached", data={"filename": filename}, receipt_attached_at=utcnow())
+    _event(work, "receipt_attached", data={"filename": filename},
+           receipt_attached_at=work.clock.now())
 
 
-def _handle_error(work: _Work, error: IntegrationError) -> Outcome:
-    posted_already = work.external_id is not None
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _handle_error(work: _Work, error: IntegrationError, *, post: _PostFailed | None = None
+                  ) -> Outcome:
+    if post is not None and post.gate_opened:
+        _settle_post_answer(work, error)
     decision = retry_policy.decide(error, work.attempt)
-    if posted_already and not decision.retry:
-        # Only the receipt or the final bookkeeping failed; the voucher exists. Keep retrying the
-        # rest through the sweeper rather than calling a booked expense failed.
+    if not decision.retry and work.external_id is not None:
+        # Only the receipt or the final bookkeeping failed; the voucher exists. Keep retrying
+        # the rest rather than calling a booked expense failed.
         decision = retry_policy.Decision(retry=True, delay=get_settings().retry_max_seconds)
-    elif (not decision.retry and work.posting_started
-          and (error.retryable or error.status_code is None)):
-        # Giving up, but our POST may have reached the target: it went unanswered (a timeout, a
-        # lost connection), answered 5xx (Tripletex can store and then fail), or something broke
-        # after it. A failed export must hold no voucher: look it up before failing.
-        decision = _look_before_failing(work) or decision
+    elif not decision.retry and work.in_doubt:
+        # Giving up, but a request of ours may have booked the voucher: a failed export must
+        # hold none. Look it up; while that cannot tell, the export waits.
+        return _look_before_failing(work, error)
     if decision.retry:
-        if work.posting_started and work.external_id is None and error.status_code is not None:
-            _settle_refused_post(work)
-        due = utcnow() + timedelta(seconds=decision.delay)
-        if not _event(work, "retry_scheduled", reason=error.message,
-                      data={"code": error.code, "status": error.status_code,
-                            "in_seconds": round(decision.delay, 2)},
-                      next_attempt_at=due, lease_owner=None, lease_expires_at=None,
-                      error_message=f"attempt {work.attempt} failed, retrying: {error.message}"):
-            return Outcome("skipped", "export changed while scheduling a retry")
-        log.info("export retry scheduled", export_id=work.export_id, attempt=work.attempt,
-                 in_seconds=round(decision.delay, 2), error=error.code)
-        return Outcome("retry", error.message, retry_in=decision.delay)
+        return _schedule_retry(work, error.message, decision, code=error.code,
+                               status=error.status_code)
+    return _fail(work, error)
 
+
+def _settle_post_answer(work: _Work, error: IntegrationError) -> None:
+    """What the posting request's error proves: the target refused it (clear again: cancellable,
+    may fail, may be posted without a lookup), or nothing (in doubt; an answer at least tells
+    that the request is no longer on its way)."""
+    if posting.proves_not_stored(error, gate_opened=True):
+        if _event(work, "post_refused", reason=error.message,
+                  data={"code": error.code, "status": error.status_code},
+                  posting_started_at=None, post_deadline_at=None):
+            work.posting_started_at = work.post_deadline_at = None
+    elif posting.answered(error):
+        now = work.clock.now()
+        if _event(work, "post_outcome_unknown", reason=error.message,
+                  data={"code": error.code, "status": error.status_code},
+                  post_deadline_at=now):
+            work.post_deadline_at = now
+
+
+def _look_before_failing(work: _Work, error: IntegrationError) -> Outcome:
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            client = client_for(session.get(AccountingExport, work.export_id).connection)
+        posted = _settle_doubt(work, client)
+    except posting.NotYetKnowable as wait:
+        return _wait_for_lookup(work, wait.trusted_at)
+    except SendWithdrawn:
+        return Outcome("skipped", "export changed while settling its doubt")
+    except IntegrationError as lookup_error:
+        # Cannot tell whether the voucher was booked (e.g. the token was rotated): never fail,
+        # wait, and say what an operator can fix.
+        log.warning("cannot tell whether the voucher was booked; export kept waiting",
+                    export_id=work.export_id, attempt=work.attempt, error=lookup_error.code)
+        return _schedule_retry(
+            work, f"cannot tell whether the target booked this export ({lookup_error.message}); "
+                  f"it waits and looks again, fix the connection if this persists",
+            retry_policy.Decision(retry=True, delay=settings.retry_max_seconds),
+            code="in_doubt", status=lookup_error.status_code)
+    if posted is not None:
+        work.external_id = posted.id
+        return _schedule_retry(work, "the voucher was found; finishing",
+                               retry_policy.Decision(retry=True, delay=settings.retry_base_seconds),
+                               code="found_existing_voucher")
+    return _fail(work, error)  # proven clear: failing holds no voucher
+
+
+def _wait_for_lookup(work: _Work, trusted_at: datetime) -> Outcome:
+    delay = max(0.5, (trusted_at - work.clock.now()).total_seconds() + 0.2)
+    return _schedule_retry(
+        work, f"the target may still be storing an earlier request; looking again at "
+              f"{trusted_at.isoformat(timespec='seconds')}",
+        retry_policy.Decision(retry=True, delay=delay, refund=True), code="in_doubt")
+
+
+def _schedule_retry(work: _Work, message: str, decision: retry_policy.Decision, *,
+                    code: str, status: int | None = None) -> Outcome:
+    due = work.clock.now() + timedelta(seconds=decision.delay)
+    fields = {}
+    if decision.refund:
+        # Being told to wait is not a failure: this attempt does not count.
+        fields["attempts"] = AccountingExport.attempts - 1
+    if not _event(work, "retry_scheduled", reason=message,
+                  data={"code": code, "status": status, "in_seconds": round(decision.delay, 2),
+                        "counted": not decision.refund},
+                  next_attempt_at=due, lease_owner=None, lease_expires_at=None,
+                  error_message=f"attempt {work.attempt} did not finish, retrying: {message}",
+                  **fields):
+        return Outcome("skipped", "export changed while scheduling a retry")
+    log.info("export retry scheduled", export_id=work.export_id, attempt=work.attempt,
+             in_seconds=round(decision.delay, 2), error=code)
+    return Outcome("retry", message, retry_in=decision.delay)
+
+
+def _fail(work: _Work, error: IntegrationError) -> Outcome:
     message = error.message
     if error.retryable:
         message = f"gave up after {work.attempt} attempts: {error.message}"
@@ -303,46 +502,3 @@ def _handle_error(work: _Work, error: IntegrationError) -> Outcome:
             return Outcome("skipped", "export changed while failing")
     log.warning("export failed", export_id=work.export_id, attempt=work.attempt, error=error.code)
     return Outcome("failed", message)
-
-
-def _look_before_failing(work: _Work) -> retry_policy.Decision | None:
-    """None if the target holds no voucher of this export (failing is right); otherwise a retry:
-    soon when the voucher was found (the next attempt finishes with it), later when the lookup
-    itself failed (the export waits in processing until a lookup can tell)."""
-    settings = get_settings()
-    try:
-        with session_scope() as session:
-            client = client_for(session.get(AccountingExport, work.export_id).connection)
-        posted = client.find_voucher(work.export_id)
-    except IntegrationError as error:
-        log.warning("cannot tell whether the voucher was booked; export kept waiting",
-                    export_id=work.export_id, attempt=work.attempt, error=error.code)
-        return retry_policy.Decision(retry=True, delay=settings.retry_max_seconds)
-    if posted is None:
-        return None
-    _event(work, "found_existing_voucher",
-           reason="giving up, but the target had booked the voucher of an unanswered post",
-           data={"voucher_id": posted.id, "number": posted.number},
-           external_id=posted.id, external_reference=posted.reference,
-           external_number=posted.number)
-    work.external_id = posted.id
-    return retry_policy.Decision(retry=True, delay=settings.retry_base_seconds)
-
-
-def _settle_refused_post(work: _Work) -> None:
-    """After the target answered an error to our POST, check it really booked nothing.
-
-    If the lookup finds nothing, ``posting_started_at`` is cleared: the export waits for its retry
-    in a state that may still be cancelled. If the lookup fails, the mark stays (the next
-    attempt looks up again) - the cautious side.
-    """
-    try:
-        with session_scope() as session:
-            export = session.get(AccountingExport, work.export_id)
-            client = client_for(export.connection)
-        if client.find_voucher(work.export_id) is None:
-            _event(work, "post_not_booked", reason="the target answered an error and holds no "
-                   "voucher for this export", posting_started_at=None)
-            work.posting_started = False
-    except IntegrationError:
-        pass  # cautious: stay "posting started"; the next attempt looks the voucher up first

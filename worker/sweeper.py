@@ -2,8 +2,10 @@
 
 A message can be lost: Redis restarted without persistence, the broker was down when the API
 committed, a duplicate was dropped while its original's worker crashed. The database is the
-truth, so the sweeper asks it, not the broker or Flower: an export in ``processing`` whose lease
-has run out and whose next attempt was due more than ``stuck_after_seconds`` ago is queued again.
+truth, so the sweeper asks it, not the broker or Flower, on the database's clock: an export in
+``processing`` whose attempt's lease ran out (its worker died) is queued again at once, and one
+that nobody holds and whose next attempt was due more than ``stuck_after_seconds`` ago (its
+message was lost) too.
 Duplicates this might create are harmless: the export task claims a lease first.
 """
 
@@ -11,9 +13,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from shared.config import get_settings
+from shared.db.clock import database_now
 from shared.db.models import AccountingExport, ExportStatus, SourceExport, SourceExportStatus
 from shared.db.session import session_scope
 from shared.db.types import utcnow
@@ -29,12 +32,22 @@ SWEEP_LIMIT = 500
 
 def requeue_stuck_exports(now=None) -> int:
     settings = get_settings()
-    now = now or utcnow()
+    with session_scope() as session:
+        now = now or database_now(session)
     overdue = now - timedelta(seconds=settings.stuck_after_seconds)
     stuck_conditions = (
         AccountingExport.status == ExportStatus.PROCESSING.value,
-        or_(AccountingExport.lease_expires_at.is_(None), AccountingExport.lease_expires_at < now),
-        or_(AccountingExport.next_attempt_at.is_(None), AccountingExport.next_attempt_at < overdue),
+        or_(
+            # An attempt claimed the export and its lease ran out without a retry being
+            # scheduled: its worker died (with the threads pool Celery does not requeue the
+            # message of a killed process; Redis would after the visibility timeout, an hour).
+            # Its next attempt may start now.
+            AccountingExport.lease_expires_at < now,
+            # Nobody holds it and it was due long ago: its message was lost.
+            and_(AccountingExport.lease_expires_at.is_(None),
+                 or_(AccountingExport.next_attempt_at.is_(None),
+                     AccountingExport.next_attempt_at < overdue)),
+        ),
     )
     requeued = 0
     with session_scope() as session:
@@ -43,17 +56,21 @@ def requeue_stuck_exports(now=None) -> int:
         ).all()
         for export in candidates:
             # Compare-and-set so two sweepers (beat started twice) queue each export once.
+            # The lease is cleared too, so the export is requeued once per stuck period.
             moved = session.execute(
                 update(AccountingExport)
                 .where(AccountingExport.id == export.id, *stuck_conditions)
-                .values(next_attempt_at=now, updated_at=now)
+                .values(next_attempt_at=now, lease_owner=None, lease_expires_at=None,
+                        updated_at=now)
                 .execution_options(synchronize_session=False)
             ).rowcount
             if moved != 1:
                 continue
-            record_event(session, export, "requeued", actor="sweeper",
-                         reason=f"in processing with no runnable message for over "
-                                f"{settings.stuck_after_seconds}s")
+            reason = (f"the lease of attempt {export.attempts} ran out (its worker stopped)"
+                      if export.lease_expires_at is not None else
+                      f"in processing with no runnable message for over "
+                      f"{settings.stuck_after_seconds}s")
+            record_event(session, export, "requeued", actor="sweeper", reason=reason, at=now)
             enqueue_after_commit(session, TASK_EXPORT, export.id, queue=settings.export_queue)
             requeued += 1
     requeued += _sweep_source_exports(now)

@@ -177,6 +177,9 @@ class AccountingExport(Base):
     # our side (its wall-clock deadline). A lookup that finds nothing proves "not booked" only
     # once this moment plus the target's search delay has passed (docs/ARCHITECTURE.md).
     post_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set before a receipt upload leaves: a later attempt asks the target whether the voucher
+    # already carries it instead of uploading it again (the target would add the pages twice).
+    receipt_upload_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     receipt_attached_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The target's human voucher number (Tripletex "number"), reported back to the source.
     external_number: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -303,11 +303,13 @@ def apply_status_callback(
         # failed -> processing is an explicit retry: a fresh attempt budget, and a new job.
         fields.update(attempts=0, error_message=None, error_code=None, next_attempt_at=utcnow())
     guard = None
-    if status is ExportStatus.FAILED and export.status == ExportStatus.PROCESSING.value:
-        # As for a DELETE: once posting has started the voucher may exist, and a failed export
-        # must hold none. Only the worker, which looks the voucher up, decides that outcome.
+    if (status in (ExportStatus.FAILED, ExportStatus.SUCCESS)
+            and export.status == ExportStatus.PROCESSING.value):
+        # As for a DELETE: once posting has started our voucher may exist. A failed export must
+        # hold none, and a success reported by a caller would hide it. Only the worker, which
+        # looks the voucher up, decides that outcome (transition() enforces it as well).
         if export.posting_started_at is not None:
-            raise _being_posted(export)
+            raise _being_posted(export, status)
         guard = AccountingExport.posting_started_at.is_(None)
     try:
         transition(session, export, status, actor=actor, reason="status callback", guard=guard,
@@ -317,7 +319,7 @@ def apply_status_callback(
     except ConcurrentTransition:
         session.refresh(export)
         if guard is not None and export.status == ExportStatus.PROCESSING.value:
-            raise _being_posted(export) from None
+            raise _being_posted(export, status) from None
         raise IllegalStatusChange(
             f"export {export_id} changed to {export.status} while this update was applied; "
             "read it again and retry if still needed"
@@ -332,11 +334,11 @@ def apply_status_callback(
     return export
 
 
-def _being_posted(export: AccountingExport) -> IllegalStatusChange:
+def _being_posted(export: AccountingExport, status: ExportStatus) -> IllegalStatusChange:
     return IllegalStatusChange(
         f"export {export.id} is being posted to {export.target_system} (since "
-        f"{export.posting_started_at.isoformat()}); it cannot be marked failed now: the worker "
-        "records the outcome, read the export again once it is no longer processing"
+        f"{export.posting_started_at.isoformat()}); it cannot be marked {status.value} now: the "
+        "worker records the outcome, read the export again once it is no longer processing"
     )
 
 

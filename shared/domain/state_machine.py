@@ -7,7 +7,7 @@ Allowed moves (the statuses are exactly the API contract's):
     success, cancelled: terminal
 
 ``transition()`` is a compare-and-set: the UPDATE only matches while the row still has the status
-the caller saw, so two racing actors (a worker finishing, a DELETE cancelling, a PUT callback)
+the caller saw (and, for the end states, the posting state the posting protocol requires), so two racing actors (a worker finishing, a DELETE cancelling, a PUT callback)
 cannot both win. The status change and its event row are written in the caller's transaction.
 Finer steps (queued, started, posted to target, receipt attached, retry scheduled) are events
 written with ``record_event()``; they never change the status.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, update
+from sqlalchemy import ColumnElement, and_, or_, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import AccountingExport, ExportEvent, ExportStatus
@@ -92,6 +92,17 @@ def transition(
         values.update(lease_owner=None, lease_expires_at=None, next_attempt_at=None)
 
     condition = and_(AccountingExport.id == export.id, AccountingExport.status == current.value)
+    if to_status in (F, C):
+        # The posting protocol's invariant (worker.posting): a failed or cancelled export owns no
+        # record in the target. One whose request may have booked it (in doubt) or did (booked)
+        # can only succeed.
+        condition = and_(condition, AccountingExport.posting_started_at.is_(None),
+                         AccountingExport.external_id.is_(None))
+    elif to_status is S:
+        # Success with a voucher we booked, or - by PUT callback - for an export we never
+        # started to post (booked elsewhere); never while our own request is in doubt.
+        condition = and_(condition, or_(AccountingExport.external_id.is_not(None),
+                                        AccountingExport.posting_started_at.is_(None)))
     if guard is not None:
         condition = and_(condition, guard)
     result = session.execute(

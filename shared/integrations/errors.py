@@ -10,6 +10,10 @@ The worker maps these to retry-or-fail in exactly one place (``worker.retry_poli
 - ``NotFoundError``: a permanent error for a missing remote object, separated because callers
   sometimes expect it (a lookup that finds nothing is not a failure).
 
+``sent`` is False when the request provably never left this process or never reached the
+server (the connection could not be opened, the rate limiter refused it): the posting protocol
+(``worker.posting``) then knows nothing can have been stored.
+
 Messages never contain secrets or tokens.
 """
 
@@ -30,6 +34,7 @@ class IntegrationError(Exception):
         status_code: int | None = None,
         request_id: str | None = None,
         details: list[str] | None = None,
+        sent: bool = True,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +43,7 @@ class IntegrationError(Exception):
         self.status_code = status_code
         self.request_id = request_id
         self.details = details or []
+        self.sent = sent
 
     def __str__(self) -> str:
         return self.message
@@ -63,3 +69,14 @@ class NotFoundError(PermanentError):
 
 class AuthError(PermanentError):
     pass
+
+
+class SendWithdrawn(IntegrationError):
+    """The posting protocol closed the gate before the request left (the attempt lost the
+    export to another attempt, a cancel or a callback). Nothing was sent."""
+
+    def __init__(self, message: str = "the attempt no longer owns the export; nothing sent",
+                 **kwargs) -> None:
+        kwargs.setdefault("system", "worker")
+        kwargs.setdefault("code", "withdrawn")
+        super().__init__(message, sent=False, **kwargs)

@@ -437,6 +437,7 @@ class RateLimiter:
             retry_after=retry_after,
             system=self.system,
             code="rate_limit_wait",
+            sent=False,
         )
 
     # --- what the server said ------------------------------------------------------------------

@@ -8,7 +8,8 @@ settings applies.
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from shared.db.models import TargetConnection
 from shared.domain.organizations import connection_credentials
@@ -17,16 +18,58 @@ from shared.integrations.client_cache import ClientCache
 from shared.integrations.rate_limit import limiter_for
 
 
+@dataclass(frozen=True)
+class PreparedVoucher:
+    """A draft with every reference resolved and its request body built: sending it is one
+    request and nothing else (no lookups, no session to create), so it fits a send deadline."""
+
+    draft: VoucherDraft
+    payload: Any
+
+
+class SendGate(Protocol):
+    """What the posting protocol (``worker.posting``) hands a client for the one request that
+    may create a record in the target.
+
+    The client calls ``open()`` right before that request leaves, after any rate-limiter wait:
+    the protocol commits "posting started" there, so a request the limiter refused was never
+    marked. ``open()`` False means this attempt no longer owns the export: send nothing, raise
+    ``SendWithdrawn``. ``timeout`` bounds each phase of the exchange (connect, write, read), so
+    the request cannot outlive the deadline the protocol recorded. A re-send after the target
+    refused the first copy (a 401 and a new session) calls ``open()`` again.
+    """
+
+    timeout: float
+
+    def open(self) -> bool: ...
+
+
 class TargetClient(Protocol):
+    """One connection to one target system, as the posting protocol uses it.
+
+    Exactly-once rests on three things every target client provides: ``find_voucher`` finds a
+    record we stored by our reference (the export id), ``search_delay_seconds`` says how long a
+    stored record may take to become findable, and ``send_voucher`` sends exactly one request
+    that honours the gate.
+    """
+
     system: str
+    # How long after a request's answer (or deadline) a record it stored may still be missing
+    # from ``find_voucher``. Until then "not found" proves nothing.
+    search_delay_seconds: float
 
-    def preflight(self, draft: VoucherDraft) -> None:
-        """Raise PermanentError if the draft cannot be booked (unknown account...); send nothing."""
+    def prepare_voucher(self, draft: VoucherDraft) -> PreparedVoucher:
+        """Resolve everything the voucher refers to; PermanentError (nothing sent) if it cannot
+        be booked (unknown account, VAT code...)."""
 
+    def send_voucher(self, prepared: PreparedVoucher, gate: SendGate) -> PostedVoucher: ...
     def find_voucher(self, external_number: str) -> PostedVoucher | None: ...
-    def post_voucher(self, draft: VoucherDraft) -> PostedVoucher: ...
     def attach_receipt(self, voucher_id: str, filename: str, content: bytes,
                        content_type: str) -> None: ...
+    def has_attachment(self, voucher_id: str) -> bool:
+        """Whether the voucher already carries a document (a receipt upload whose answer was
+        lost must not be repeated: the target would add the pages twice)."""
+
     def close(self) -> None: ...
 
 

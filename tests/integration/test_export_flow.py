@@ -98,9 +98,14 @@ def test_503s_then_success_with_attempts_recorded(tenant, worker):
     export = tenant.wait_for(export_id)
     assert export["status"] == "success" and export["attempts"] == 3
     events = tenant.events(export_id)
-    retries = [e for e in events if e["kind"] == "retry_scheduled"]
+    retries = [e for e in events if e["kind"] == "retry_scheduled" and e["data"]["counted"]]
     assert [e["attempt"] for e in retries] == [1, 2]
     assert all(e["data"]["status"] == 503 for e in retries)
+    # A 503 to a POST proves nothing (a gateway may answer it while the target commits): each
+    # one is followed by a lookup that is trusted only after the target's search delay; the
+    # waits for it cost no attempt.
+    assert [e["kind"] for e in events].count("post_outcome_unknown") == 2
+    assert [e["kind"] for e in events].count("post_not_booked") == 2
     assert len(tenant.vouchers_for(export_id)) == 1
 
 

@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from shared.config import get_settings
 from shared.domain.vouchers import CENT, PostedVoucher, PostingDraft, VoucherDraft
@@ -39,6 +39,7 @@ from shared.integrations.errors import (
     NotFoundError,
     PermanentError,
     RateLimitedError,
+    SendWithdrawn,
     TransientError,
 )
 from shared.integrations.tripletex.models import (
@@ -59,6 +60,7 @@ from shared.integrations.tripletex.models import (
 
 if TYPE_CHECKING:
     from shared.integrations.rate_limit import RateLimiter
+    from shared.integrations.targets import PreparedVoucher, SendGate
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,10 @@ class TripletexOptions(BaseModel):
     send_to_ledger: bool = True
     # e.g. "Reiseregning"; None posts without a voucher type, which Tripletex allows.
     voucher_type_name: str | None = None
+    # ASSUMED (Tripletex documents nothing): a voucher its POST stored is findable by
+    # externalVoucherNumber within this many seconds of the answer. Until then the posting
+    # protocol does not take "not found" for "not booked" (docs/ARCHITECTURE.md).
+    search_delay_seconds: float = Field(default=5.0, ge=0, le=3600)
 
 
 @dataclass(frozen=True)
@@ -196,6 +202,10 @@ class TripletexClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def search_delay_seconds(self) -> float:
+        return self.options.search_delay_seconds
+
     def __repr__(self) -> str:  # never show tokens
         return (
             f"TripletexClient(base_url={str(self._http.base_url)!r}, company={self.company_id!r})"
@@ -242,30 +252,55 @@ class TripletexClient:
         """
         self._resolve(draft)
 
-    def post_voucher(self, draft: VoucherDraft) -> PostedVoucher:
-        """Book ``draft``. Raises PermanentError (nothing sent) when the mapping does not fit."""
+    def prepare_voucher(self, draft: VoucherDraft) -> PreparedVoucher:
+        """Resolve ``draft`` and build its body; raises PermanentError (nothing sent) when the
+        mapping does not fit. Also makes sure a session exists: creating one is a request, and
+        ``send_voucher`` must be the POST alone."""
+        from shared.integrations.targets import PreparedVoucher
+
         refs = self._resolve(draft)
-        body = self._voucher_body(draft, refs)
+        payload = dumps_json(self._voucher_body(draft, refs)).encode("utf-8")
+        self._session_token()
+        return PreparedVoucher(draft=draft, payload=payload)
+
+    def send_voucher(self, prepared: PreparedVoucher, gate: SendGate | None = None) -> PostedVoucher:
+        """POST a prepared voucher: one request (two if Tripletex refuses an expired session),
+        bounded by ``gate`` when given."""
         try:
             response = self._request(
                 "POST",
                 "/ledger/voucher",
                 params={"sendToLedger": "true" if self.options.send_to_ledger else "false"},
-                content=dumps_json(body).encode("utf-8"),
+                content=prepared.payload,
                 headers={"Content-Type": JSON_CONTENT_TYPE},
                 what="the voucher",
+                gate=gate,
             )
         except PermanentError:
             # Tripletex disagrees with what we cached (the chart may have changed since).
             self.forget_lookups()
             raise
         voucher = self._parse(ValueEnvelope[Voucher], response, "the posted voucher").value
-        posted = self._posted(voucher, fallback_date=draft.date)
+        posted = self._posted(voucher, fallback_date=prepared.draft.date)
         logger.info(
             "tripletex.voucher_posted",
-            extra={"external_number": draft.external_number, "voucher_id": posted.id},
+            extra={"external_number": prepared.draft.external_number, "voucher_id": posted.id},
         )
         return posted
+
+    def post_voucher(self, draft: VoucherDraft, gate: SendGate | None = None) -> PostedVoucher:
+        """``prepare_voucher`` then ``send_voucher``: for scripts and tests. The worker calls
+        the two itself, so that "posting started" is marked between them."""
+        return self.send_voucher(self.prepare_voucher(draft), gate)
+
+    def has_attachment(self, voucher_id: str) -> bool:
+        response = self._request(
+            "GET",
+            f"/ledger/voucher/{self._voucher_id(voucher_id)}",
+            params={"fields": "id,attachment"},
+            what="the voucher's attachment",
+        )
+        return self._parse(ValueEnvelope[Voucher], response, "the voucher").value.attachment is not None
 
     def attach_receipt(
         self, voucher_id: str, filename: str, content: bytes, content_type: str
@@ -278,20 +313,23 @@ class TripletexClient:
                 system=SYSTEM,
                 code="unsupported_attachment_type",
             )
+        self._request(
+            "POST",
+            f"/ledger/voucher/{self._voucher_id(voucher_id)}/attachment",
+            files={"file": (filename, content, media_type)},
+            what="the receipt",
+        )
+
+    @staticmethod
+    def _voucher_id(voucher_id: str) -> int:
         try:
-            numeric_id = int(voucher_id)  # the spec's int64; refuse anything else early
+            return int(voucher_id)  # the spec's int64; refuse anything else early
         except ValueError:
             raise PermanentError(
                 f"{voucher_id!r} is not a Tripletex voucher id",
                 system=SYSTEM,
                 code="bad_voucher_id",
             ) from None
-        self._request(
-            "POST",
-            f"/ledger/voucher/{numeric_id}/attachment",
-            files={"file": (filename, content, media_type)},
-            what="the receipt",
-        )
 
     # --- lookups (cached per client) -------------------------------------------------------
 
@@ -581,36 +619,61 @@ class TripletexClient:
 
     # --- HTTP ------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, what: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, what: str, gate: SendGate | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """Send an authenticated request; return the 2xx response or raise the taxonomy.
 
         A 401 means the session token expired or was revoked: create a new session once and
-        repeat the request; a second 401 is an AuthError.
+        repeat the request (a refused request stored nothing); a second 401 is an AuthError.
         """
         token = self._session_token()
-        response = self._send(method, path, what=what, token=token, **kwargs)
+        response = self._send(method, path, what=what, token=token, gate=gate, **kwargs)
         if response.status_code == 401:
             logger.info("tripletex.session_renewed_after_401", extra={"path": path})
             self._drop_session(token)
-            response = self._send(method, path, what=what, token=self._session_token(), **kwargs)
+            response = self._send(
+                method, path, what=what, token=self._session_token(), gate=gate, **kwargs
+            )
         self._raise_for_status(response, what)
         return response
 
     def _send(
-        self, method: str, path: str, *, what: str, token: str | None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        token: str | None,
+        gate: SendGate | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         """One HTTP exchange; transport failures become TransientError.
 
         Every request (the session PUT and a re-send after a 401 included) takes a permit from
         the connection's limiter first, which may wait or raise RateLimitedError (nothing sent).
+        With a ``gate`` the request leaves only if ``gate.open()`` says so, after the permit,
+        and each phase of the exchange is bounded by ``gate.timeout``.
         """
         auth = httpx.BasicAuth(self.company_id, token) if token is not None else None
         permit: AbstractContextManager[object] = (
             self.limiter.acquire() if self.limiter is not None else nullcontext()
         )
+        if gate is not None:
+            kwargs["timeout"] = httpx.Timeout(gate.timeout)
         try:
             with permit:
+                if gate is not None and not gate.open():
+                    raise SendWithdrawn()
                 response = self._http.request(method, path, auth=auth, **kwargs)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The connection was never made: nothing reached Tripletex.
+            raise TransientError(
+                f"could not reach Tripletex for {method} {path} in time ({type(exc).__name__})",
+                system=SYSTEM,
+                code="connect_timeout",
+                sent=False,
+            ) from exc
         except httpx.TimeoutException as exc:
             raise TransientError(
                 f"Tripletex did not answer {method} {path} in time ({type(exc).__name__})",
@@ -622,6 +685,7 @@ class TripletexClient:
                 f"could not reach Tripletex for {method} {path} ({type(exc).__name__}: {exc})",
                 system=SYSTEM,
                 code="connection_error",
+                sent=False,
             ) from exc
         except httpx.TransportError as exc:
             # The request may have arrived: for a POST the outcome is unknown, which the

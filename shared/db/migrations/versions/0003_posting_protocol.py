@@ -1,4 +1,4 @@
-"""posting protocol: the deadline of the POST an attempt sent
+"""posting protocol: the deadline of the POST an attempt sent; receipt upload started
 
 Revision ID: 0003
 Revises: 0002
@@ -17,8 +17,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('accounting_exports', schema=None) as batch_op:
         batch_op.add_column(sa.Column('post_deadline_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('receipt_upload_started_at', sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('accounting_exports', schema=None) as batch_op:
+        batch_op.drop_column('receipt_upload_started_at')
         batch_op.drop_column('post_deadline_at')
