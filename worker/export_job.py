@@ -82,6 +82,7 @@ class _Work:
     post_deadline_at: datetime | None
     receipt_pending: bool
     receipt_upload_started: bool
+    last_error: str | None = None
 
     @property
     def in_doubt(self) -> bool:
@@ -111,7 +112,7 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
                                       "finished, or taken over by another attempt)")
         return _handle_error(work, failed.error, post=failed)
     except posting.NotYetKnowable as wait:
-        return _wait_for_lookup(work, wait.trusted_at)
+        return _wait_for_lookup(work, wait.trusted_at, refund=True)
     except IntegrationError as error:
         return _handle_error(work, error)
     except OperationalError:
@@ -187,6 +188,7 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             receipt_pending=export.expense.receipt_filename is not None
             and export.receipt_attached_at is None,
             receipt_upload_started=export.receipt_upload_started_at is not None,
+            last_error=export.error_message,
         )
 
 
@@ -245,6 +247,12 @@ def _post_and_finish(work: _Work) -> Outcome:
                                reference=work.external_reference or work.external_id)
     elif work.in_doubt:
         posted = _settle_doubt(work, client)
+        if posted is None and work.attempt > get_settings().max_attempts:
+            # An earlier attempt gave up and waited only to prove that failing holds no voucher.
+            return _fail(work, TransientError(
+                f"gave up after {get_settings().max_attempts} attempts; the target holds no "
+                f"voucher for this export (last: {work.last_error})", system="worker",
+                code="gave_up"), counted=False)
     if posted is None:
         posted = _post(work, client, draft)
     work.external_id = posted.id
@@ -406,7 +414,10 @@ def _handle_error(work: _Work, error: IntegrationError, *, post: _PostFailed | N
         decision = retry_policy.Decision(retry=True, delay=get_settings().retry_max_seconds)
     elif not decision.retry and work.in_doubt:
         # Giving up, but a request of ours may have booked the voucher: a failed export must
-        # hold none. Look it up; while that cannot tell, the export waits.
+        # hold none. Look it up (unless the lookup is what failed); while nothing can tell,
+        # the export waits.
+        if post is None:
+            return _wait_in_doubt(work, error)
         return _look_before_failing(work, error)
     if decision.retry:
         return _schedule_retry(work, error.message, decision, code=error.code,
@@ -437,20 +448,14 @@ def _look_before_failing(work: _Work, error: IntegrationError) -> Outcome:
         with session_scope() as session:
             client = client_for(session.get(AccountingExport, work.export_id).connection)
         posted = _settle_doubt(work, client)
+    # The waits below count as attempts: the next attempt is past max_attempts and, once the
+    # doubt is settled as "not booked", fails instead of posting again.
     except posting.NotYetKnowable as wait:
-        return _wait_for_lookup(work, wait.trusted_at)
+        return _wait_for_lookup(work, wait.trusted_at, refund=False)
     except SendWithdrawn:
         return Outcome("skipped", "export changed while settling its doubt")
     except IntegrationError as lookup_error:
-        # Cannot tell whether the voucher was booked (e.g. the token was rotated): never fail,
-        # wait, and say what an operator can fix.
-        log.warning("cannot tell whether the voucher was booked; export kept waiting",
-                    export_id=work.export_id, attempt=work.attempt, error=lookup_error.code)
-        return _schedule_retry(
-            work, f"cannot tell whether the target booked this export ({lookup_error.message}); "
-                  f"it waits and looks again, fix the connection if this persists",
-            retry_policy.Decision(retry=True, delay=settings.retry_max_seconds),
-            code="in_doubt", status=lookup_error.status_code)
+        return _wait_in_doubt(work, lookup_error, refund=False)
     if posted is not None:
         work.external_id = posted.id
         return _schedule_retry(work, "the voucher was found; finishing",
@@ -459,12 +464,25 @@ def _look_before_failing(work: _Work, error: IntegrationError) -> Outcome:
     return _fail(work, error)  # proven clear: failing holds no voucher
 
 
-def _wait_for_lookup(work: _Work, trusted_at: datetime) -> Outcome:
+def _wait_in_doubt(work: _Work, lookup_error: IntegrationError, *, refund: bool = True
+                   ) -> Outcome:
+    """The lookup that would settle the doubt failed for good (e.g. the token was rotated):
+    never fail, wait, and say what an operator can fix."""
+    log.warning("cannot tell whether the voucher was booked; export kept waiting",
+                export_id=work.export_id, attempt=work.attempt, error=lookup_error.code)
+    return _schedule_retry(
+        work, f"cannot tell whether the target booked this export ({lookup_error.message}); "
+              f"it waits and looks again, fix the connection if this persists",
+        retry_policy.Decision(retry=True, delay=get_settings().retry_max_seconds, refund=refund),
+        code="in_doubt", status=lookup_error.status_code)
+
+
+def _wait_for_lookup(work: _Work, trusted_at: datetime, *, refund: bool) -> Outcome:
     delay = max(0.5, (trusted_at - work.clock.now()).total_seconds() + 0.2)
     return _schedule_retry(
         work, f"the target may still be storing an earlier request; looking again at "
               f"{trusted_at.isoformat(timespec='seconds')}",
-        retry_policy.Decision(retry=True, delay=delay, refund=True), code="in_doubt")
+        retry_policy.Decision(retry=True, delay=delay, refund=refund), code="in_doubt")
 
 
 def _schedule_retry(work: _Work, message: str, decision: retry_policy.Decision, *,
@@ -486,9 +504,9 @@ def _schedule_retry(work: _Work, message: str, decision: retry_policy.Decision, 
     return Outcome("retry", message, retry_in=decision.delay)
 
 
-def _fail(work: _Work, error: IntegrationError) -> Outcome:
+def _fail(work: _Work, error: IntegrationError, *, counted: bool = True) -> Outcome:
     message = error.message
-    if error.retryable:
+    if error.retryable and counted:
         message = f"gave up after {work.attempt} attempts: {error.message}"
     with session_scope() as session:
         export = session.get(AccountingExport, work.export_id)

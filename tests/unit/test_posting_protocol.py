@@ -1,0 +1,237 @@
+"""The holes of issue 7 in the posting path, each driven through ``run_export`` with a fake target.
+
+Every test here failed on the code before the posting protocol (commit 0f7baf2, checked by
+running this file against that commit's worker/ and shared/domain/): the docstring of each says
+how. They pass on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from shared.config import Settings
+from shared.db.models import AccountingExport, ExportEvent
+from shared.db.session import session_scope
+from shared.db.types import utcnow
+from shared.domain import exports
+from tests.unit.fake_target import FakeTarget
+from worker import export_job, sweeper
+
+
+@pytest.fixture
+def target(monkeypatch) -> FakeTarget:
+    fake = FakeTarget(visibility_delay=0.0, search_delay_seconds=0.3)
+    monkeypatch.setattr(export_job, "client_for", lambda connection: fake)
+    # A posting request may take 0.2 s per phase here: its deadline is 1.8 s after the mark.
+    monkeypatch.setattr("worker.posting.send_timeout", lambda: 0.2)
+    return fake
+
+
+@pytest.fixture
+def new_export(org, make_expense):
+    def _new() -> str:
+        with session_scope() as session:
+            return exports.create_export(session, org.id, make_expense(), "tripletex",
+                                         actor="test").id
+    return _new
+
+
+def drive(export_id: str, *, runs: int = 40) -> list[export_job.Outcome]:
+    """Deliver the export's task again and again, as the broker would, until it ends."""
+    outcomes = []
+    for _ in range(runs):
+        outcome = export_job.run_export(export_id)
+        outcomes.append(outcome)
+        if outcome.kind in ("success", "failed"):
+            return outcomes
+        time.sleep(min(outcome.retry_in or 0.05, 3.5))
+    return outcomes
+
+
+def row(export_id: str) -> AccountingExport:
+    with session_scope() as session:
+        return session.get(AccountingExport, export_id)
+
+
+def event_kinds(export_id: str) -> list[str]:
+    with session_scope() as session:
+        return list(session.scalars(select(ExportEvent.kind).where(
+            ExportEvent.export_id == export_id).order_by(ExportEvent.id)))
+
+
+@pytest.mark.parametrize("answer", ["store_then_502", "store_then_garbled"])
+def test_hole1_ambiguous_answer_and_a_lagging_search_never_post_twice(target, new_export, answer):
+    """Hole 1a. The target stores the voucher, then a gateway answers 502 (or a 200 we cannot
+    read); the voucher is findable only 0.2 s later. Old code: one lookup right after the answer
+    found nothing, cleared "posting started", and the next attempt posted a second voucher."""
+    target.visibility_delay = 0.2
+    target.post_script = [answer]
+    export_id = new_export()
+    outcomes = drive(export_id)
+    assert outcomes[-1].kind == "success"
+    assert len(target.vouchers_for(export_id)) == 1
+    assert row(export_id).external_id == target.vouchers_for(export_id)[0].posted.id
+    assert "found_existing_voucher" in event_kinds(export_id)
+
+
+def test_hole1_an_export_in_doubt_cannot_be_cancelled(target, new_export, org):
+    """Hole 1b. After a 502 to a POST the target stored, DELETE must answer 409. Old code
+    cleared the mark after one empty lookup, and the cancel succeeded: a cancelled export with a
+    voucher in the books."""
+    target.visibility_delay = 5.0
+    target.post_script = ["store_then_502"]
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "retry"
+    with session_scope() as session, pytest.raises(exports.NotCancellable):
+        exports.cancel_export(session, org.id, export_id, actor="test")
+    assert row(export_id).status == "processing"
+
+
+def test_a_refused_post_clears_the_mark_and_can_be_cancelled(target, new_export, org):
+    """The other side of hole 1: a 4xx proves nothing was stored, so the export waiting for its
+    retry may be cancelled (this passed before too, through an immediate lookup)."""
+    target.post_script = ["429"]
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "retry"
+    assert row(export_id).posting_started_at is None
+    with session_scope() as session:
+        exports.cancel_export(session, org.id, export_id, actor="test")
+    assert row(export_id).status == "cancelled" and target.vouchers_for(export_id) == []
+
+
+def test_hole2_lease_running_out_mid_post_never_books_a_second_voucher(target, new_export):
+    """Hole 2. While the first attempt's POST is on its way its lease runs out (a frozen worker,
+    a slow network) and a duplicate delivery arrives. Old code: the second attempt found no
+    voucher yet and posted another; the first attempt's voucher was never recorded."""
+    export_id = new_export()
+    second: list[export_job.Outcome] = []
+
+    def lease_runs_out_and_a_duplicate_arrives():
+        with session_scope() as session:
+            session.execute(update(AccountingExport).where(AccountingExport.id == export_id)
+                            .values(lease_expires_at=utcnow() - timedelta(seconds=1),
+                                    next_attempt_at=None))
+        second.append(export_job.run_export(export_id))
+
+    target.during_post = lease_runs_out_and_a_duplicate_arrives
+    first = export_job.run_export(export_id)
+    assert second and second[0].kind == "retry", second  # it waited instead of posting
+    assert first.kind in ("success", "skipped")
+    outcomes = drive(export_id)
+    assert outcomes[-1].kind == "success"
+    assert len(target.vouchers_for(export_id)) == 1
+    assert row(export_id).external_id == target.vouchers_for(export_id)[0].posted.id
+
+
+def test_hole3_auth_failure_on_the_lookup_never_fails_a_booked_export(target, new_export):
+    """Hole 3. The POST is stored but unanswered (timeout); every later lookup is refused (the
+    token was rotated) until attempts run out. Old code failed the export on the first refused
+    lookup although the voucher was booked, and cleared active_key (a re-export would book a
+    second one). Now it waits in processing, says why, and finishes once the lookup works."""
+    target.post_script = ["store_then_timeout"]
+    target.lookup_script = ["auth"] * 20
+    export_id = new_export()
+    outcomes = drive(export_id, runs=6)
+    assert all(o.kind == "retry" for o in outcomes), outcomes
+    waiting = row(export_id)
+    assert waiting.status == "processing" and waiting.posting_started_at is not None
+    assert "cannot tell whether the target booked" in waiting.error_message
+    target.lookup_script = []
+    with session_scope() as session:  # the operator fixed the token; run it now
+        session.execute(update(AccountingExport).where(AccountingExport.id == export_id)
+                        .values(next_attempt_at=utcnow()))
+    assert drive(export_id)[-1].kind == "success"
+    assert len(target.vouchers_for(export_id)) == 1
+
+
+def test_hole3_giving_up_fails_only_after_a_trusted_empty_lookup(target, new_export):
+    """Attempts run out on 502s the target did not store: failing is right, but only after a
+    lookup made once the request's deadline and the search delay have passed."""
+    target.post_script = ["502"] * 10
+    export_id = new_export()
+    outcomes = drive(export_id)
+    assert outcomes[-1].kind == "failed"
+    assert target.vouchers_for(export_id) == []
+    final = row(export_id)
+    assert final.posting_started_at is None and final.external_id is None
+
+
+def test_hole6_being_rate_limited_never_uses_up_the_attempts(target, new_export):
+    """Hole 6. Ten 429s in a row (max_attempts is 4 in the tests). Old code: "gave up after 4
+    attempts". A 429 is being told to wait, not a failure."""
+    target.post_script = ["429"] * 10
+    export_id = new_export()
+    outcomes = drive(export_id, runs=20)
+    assert outcomes[-1].kind == "success", outcomes[-1]
+    assert len(target.vouchers_for(export_id)) == 1
+    assert row(export_id).attempts == 1
+
+
+def test_hole7_a_limiter_refusal_sends_nothing_and_stays_cancellable(target, new_export, org):
+    """Hole 7. Our own limiter refuses the POST: nothing left the process. Old code had marked
+    "posting started" before asking the limiter: DELETE answered 409 and every retry spent a
+    lookup first."""
+    target.post_script = ["limiter"]
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "retry"
+    waiting = row(export_id)
+    assert waiting.posting_started_at is None and waiting.attempts == 0
+    assert target.posts_sent == 0
+    with session_scope() as session:
+        exports.cancel_export(session, org.id, export_id, actor="test")
+
+
+def test_a_receipt_upload_whose_answer_was_lost_is_not_uploaded_twice(target, org, make_expense):
+    """Also found: the receipt upload stored, its answer lost; the retry uploaded it again and
+    the target appended it as extra pages. Old code: two attachments."""
+    expense_id = make_expense()
+    with session_scope() as session:
+        from shared.db.models import Expense
+
+        session.execute(update(Expense).where(Expense.id == expense_id).values(
+            receipt_filename="r.pdf", receipt_content_type="application/pdf",
+            receipt_data=b"%PDF-1.4 receipt"))
+        export_id = exports.create_export(session, org.id, expense_id, "tripletex",
+                                          actor="test").id
+    target.attach_script = ["store_then_timeout"]
+    assert drive(export_id)[-1].kind == "success"
+    [voucher] = target.vouchers_for(export_id)
+    assert voucher.attachments == ["r.pdf"]
+
+
+def test_a_callback_cannot_mark_an_export_in_doubt_success(target, new_export, org):
+    """A PUT callback `success` while our request may have booked the export would hide our
+    voucher behind the caller's reference. Old code accepted it."""
+    target.visibility_delay = 5.0
+    target.post_script = ["store_then_502"]
+    export_id = new_export()
+    export_job.run_export(export_id)
+    with session_scope() as session, pytest.raises(exports.IllegalStatusChange,
+                                                   match="being posted"):
+        exports.apply_status_callback(session, org.id, export_id, status="success",
+                                      external_reference="ELSEWHERE-1", error_message=None,
+                                      actor="test")
+
+
+def test_the_sweeper_requeues_a_dead_attempts_export_when_its_lease_runs_out(new_export):
+    """Also found: with the threads pool a killed worker's message comes back only after the
+    visibility timeout (an hour). Old code's sweeper waited for stuck_after_seconds (15 minutes,
+    an hour in the tests) past the due time; now an expired lease is enough."""
+    export_id = new_export()
+    with session_scope() as session:
+        session.execute(update(AccountingExport).where(AccountingExport.id == export_id).values(
+            lease_owner="dead-worker", lease_expires_at=utcnow() - timedelta(seconds=1),
+            next_attempt_at=utcnow() - timedelta(seconds=5)))
+    assert sweeper.requeue_stuck_exports() == 1
+    assert row(export_id).lease_owner is None
+    assert sweeper.requeue_stuck_exports() == 0  # once per stuck period
+
+
+def test_a_retry_longer_than_the_visibility_timeout_is_refused_at_start():
+    """Also found: documented, never validated."""
+    with pytest.raises(ValueError, match="AIC_RETRY_MAX_SECONDS"):
+        Settings(retry_max_seconds=4000, broker_visibility_timeout=3600)
