@@ -3,7 +3,7 @@
 #   make run               the whole system on this machine (Ctrl-C stops it)
 #   make test              the test suite
 #   make demo              start the stack, export the demo expenses end to end, stop
-#   make test-reliability  only tests/reliability
+#   make test-reliability  tests/reliability and the posting model at 3000 programs
 #   make bench             python -m bench (lists the benchmarks and how to run each)
 #   make clean             remove var/ (databases, logs, Redis data, Prism) and caches; keeps .venv
 
@@ -58,7 +58,7 @@ test: install
 
 test-reliability: install
 	@if [ ! -d tests/reliability ]; then echo "no reliability tests yet: tests/reliability/ does not exist" >&2; exit 1; fi
-	$(VENV)/bin/pytest tests/reliability
+	AIC_MODEL_EXAMPLES=$${AIC_MODEL_EXAMPLES:-3000} $(VENV)/bin/pytest tests/reliability tests/unit/test_posting_model.py
 
 bench: install
 	$(PY) -m bench

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         return self
 
     # --- HTTP clients -------------------------------------------------------------------------
+    # ASSUMED (Tripletex documents nothing): a voucher its POST stored is findable by
+    # externalVoucherNumber within this many seconds. Until then the posting protocol does not
+    # take "not found" for "not booked". A connection's options.search_delay_seconds overrides.
+    tripletex_search_delay_seconds: float = Field(default=5.0, ge=0)
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
 

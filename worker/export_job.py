@@ -89,6 +89,11 @@ class _Work:
         return self.posting_started_at is not None and self.external_id is None
 
 
+class _Lost(Exception):
+    """This attempt no longer owns the export (another attempt, a cancel or a callback took it):
+    it stops without another request to the target."""
+
+
 class _PostFailed(Exception):
     """The posting request raised ``error``; ``gate_opened`` says whether it was marked."""
 
@@ -113,6 +118,8 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
         return _handle_error(work, failed.error, post=failed)
     except posting.NotYetKnowable as wait:
         return _wait_for_lookup(work, wait.trusted_at, refund=True)
+    except _Lost as lost:
+        return Outcome("skipped", f"the export changed under this attempt ({lost})")
     except IntegrationError as error:
         return _handle_error(work, error)
     except OperationalError:
@@ -349,7 +356,8 @@ def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str |
     """Record the target's voucher on the export, whether or not this attempt still owns it:
     once a voucher exists it must be the export's, never an orphan that a later attempt books
     again. Only an export that already records another voucher refuses: that is a duplicate in
-    the target, and it is said loudly."""
+    the target, and it is said loudly. Raises _Lost when the attempt no longer owns the export
+    (the owner finishes it)."""
     data = {"voucher_id": posted.id, "number": posted.number}
     fields = dict(external_id=posted.id, external_reference=posted.reference,
                   external_number=posted.number)
@@ -362,12 +370,12 @@ def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str |
               reason="recorded after this attempt had lost the export", **fields):
         log.warning("voucher recorded after the attempt lost its lease", export_id=work.export_id,
                     voucher_id=posted.id)
-        return
+        raise _Lost("voucher recorded; the attempt that owns the export finishes it")
     with session_scope() as session:
         existing = session.scalar(select(AccountingExport.external_id)
                                   .where(AccountingExport.id == work.export_id))
         if existing == posted.id:
-            return
+            raise _Lost("the voucher was recorded by another attempt")
         log.error("DUPLICATE: the target holds a second voucher for this export",
                   export_id=work.export_id, recorded=existing, duplicate=posted.id)
         record_event(session, session.get(AccountingExport, work.export_id), "duplicate_voucher",
@@ -375,6 +383,7 @@ def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str |
                      reason=f"the target booked voucher {posted.id} although the export already "
                             f"records voucher {existing}: reverse one of them in the target",
                      data={**data, "recorded_voucher_id": existing})
+    raise _Lost("another voucher is recorded for this export")
 
 
 # --- 5. receipt -------------------------------------------------------------------------------
@@ -388,7 +397,9 @@ def _attach_receipt(work: _Work, client: TargetClient, posted: PostedVoucher, re
                receipt_attached_at=work.clock.now())
         return
     if not work.receipt_upload_started:
-        _event(work, "receipt_upload_started", receipt_upload_started_at=work.clock.now())
+        if not _event(work, "receipt_upload_started",
+                      receipt_upload_started_at=work.clock.now()):
+            raise _Lost("before the receipt upload")
         work.receipt_upload_started = True
     try:
         client.attach_receipt(posted.id, filename, data, content_type or "application/pdf")

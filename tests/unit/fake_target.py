@@ -55,13 +55,18 @@ class StoredVoucher:
 class FakeTarget:
     system = SYSTEM
 
-    def __init__(self, *, visibility_delay: float = 0.0, search_delay_seconds: float = 0.5) -> None:
+    def __init__(self, *, visibility_delay: float = 0.0, search_delay_seconds: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.visibility_delay = visibility_delay
         self.search_delay_seconds = search_delay_seconds
         self.post_script: list[str] = []
         self.lookup_script: list[str] = []
         self.attach_script: list[str] = []
         self.during_post: Callable[[], None] | None = None
+        # Where a worker "dies" next: "before_store" / "after_store" (inside the POST),
+        # "lookup", "attach" (after the upload stored). Raises WorkerKilled there.
+        self.kill_at: str | None = None
         self.stored: list[StoredVoucher] = []
         self.posts_sent = 0
         self._ids = itertools.count(1001)
@@ -97,6 +102,7 @@ class FakeTarget:
         if self.during_post is not None:
             action, self.during_post = self.during_post, None
             action()
+        self._maybe_killed("before_store")
         if behaviour == "422":
             raise PermanentError("the target rejected the voucher: account 9999 does not exist",
                                  system=SYSTEM, code="validation_failed", status_code=422)
@@ -108,6 +114,7 @@ class FakeTarget:
         if behaviour == "timeout":
             raise TransientError("no answer in time", system=SYSTEM, code="timeout")
         posted = self._store(prepared.draft)
+        self._maybe_killed("after_store")
         if behaviour == "ok":
             return posted
         if behaviour == "store_then_502":
@@ -121,12 +128,13 @@ class FakeTarget:
 
     def find_voucher(self, external_number: str) -> PostedVoucher | None:
         behaviour = self.lookup_script.pop(0) if self.lookup_script else "ok"
+        self._maybe_killed("lookup")
         if behaviour == "auth":
             raise AuthError("the target refused the session token", system=SYSTEM,
                             code="session_refused", status_code=401)
         if behaviour == "502":
             raise TransientError("bad gateway", system=SYSTEM, code="server_error", status_code=502)
-        now = time.monotonic()
+        now = self.clock()
         found = [v for v in self.vouchers_for(external_number) if v.visible_at <= now]
         return found[0].posted if found else None
 
@@ -138,6 +146,7 @@ class FakeTarget:
         behaviour = self.attach_script.pop(0) if self.attach_script else "ok"
         voucher = next(v for v in self.stored if v.posted.id == voucher_id)
         voucher.attachments.append(filename)
+        self._maybe_killed("attach")
         if behaviour == "store_then_timeout":
             raise TransientError("no answer in time", system=SYSTEM, code="timeout")
 
@@ -150,5 +159,15 @@ class FakeTarget:
             posted = PostedVoucher(id=voucher_id, number=voucher_id[-2:], reference=f"TTX-{voucher_id}",
                                    booked_on=draft.date)
             self.stored.append(StoredVoucher(posted, draft.external_number,
-                                             time.monotonic() + self.visibility_delay))
+                                             self.clock() + self.visibility_delay))
             return posted
+
+    def _maybe_killed(self, where: str) -> None:
+        if self.kill_at == where:
+            self.kill_at = None
+            raise WorkerKilled(where)
+
+
+class WorkerKilled(BaseException):
+    """A worker process dying at this point: nothing of ours catches it, the transaction in
+    flight rolls back, the lease stays held until it runs out (like SIGKILL)."""

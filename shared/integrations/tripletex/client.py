@@ -104,10 +104,9 @@ class TripletexOptions(BaseModel):
     send_to_ledger: bool = True
     # e.g. "Reiseregning"; None posts without a voucher type, which Tripletex allows.
     voucher_type_name: str | None = None
-    # ASSUMED (Tripletex documents nothing): a voucher its POST stored is findable by
-    # externalVoucherNumber within this many seconds of the answer. Until then the posting
-    # protocol does not take "not found" for "not booked" (docs/ARCHITECTURE.md).
-    search_delay_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # How long a stored voucher may take to become findable; None: the setting
+    # AIC_TRIPLETEX_SEARCH_DELAY_SECONDS (see there, and docs/ARCHITECTURE.md).
+    search_delay_seconds: float | None = Field(default=None, ge=0, le=3600)
 
 
 @dataclass(frozen=True)
@@ -204,7 +203,9 @@ class TripletexClient:
 
     @property
     def search_delay_seconds(self) -> float:
-        return self.options.search_delay_seconds
+        if self.options.search_delay_seconds is not None:
+            return self.options.search_delay_seconds
+        return get_settings().tripletex_search_delay_seconds
 
     def __repr__(self) -> str:  # never show tokens
         return (
