@@ -5,6 +5,7 @@ Tripletex API (what ``shared.integrations.tripletex`` calls):
   PUT  /v2/token/session/:create          GET /v2/token/session/>whoAmI
   GET  /v2/ledger/account  /ledger/vatType  /ledger/voucherType  /currency  /department  /project
   POST /v2/ledger/voucher                  GET /v2/ledger/voucher/>externalVoucherNumber
+  GET  /v2/ledger/voucher?dateFrom&dateTo  (the list search)
   GET  /v2/ledger/voucher/{id}             POST /v2/ledger/voucher/{voucherId}/attachment
 Every answer carries ``x-tlx-request-id`` and ``X-Rate-Limit-*`` headers.
 
@@ -21,6 +22,12 @@ Control API (ours, for tests and the dev stack):
 
 Simulated waits are ``await asyncio.sleep`` in async endpoints, so a held request never
 blocks the others.
+
+Answers after a stored voucher (``commit_then_*``) are what a client cannot tell from a failure:
+a gateway's 502/504 page, a 2xx whose body is cut off, a connection closed before the body.
+``search_delay_ms`` makes the searches lag behind the store (GET by id does not), as a search
+index does; ``post_delay_ms`` is a slow commit, abandoned if the client leaves before it. The
+session refusal (a rotated employee token) answers every new session 401/403 for a while.
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.tripletex import wire
 from sandbox.tripletex.ledger import (
@@ -56,6 +64,7 @@ from sandbox.tripletex.ledger import (
     NotFound,
     PostingRec,
     RateLimitRule,
+    SessionRefusal,
     ValidationFailed,
     VatTypeRec,
     VoucherRec,
@@ -115,6 +124,16 @@ class RateLimitIn(BaseModel):
     send_reset_header: bool = True
 
 
+class SessionRefusalIn(BaseModel):
+    status: Literal[401, 403] = 401
+    seconds: float = Field(default=10.0, gt=0, description="How long sessions are refused.")
+    after_post: bool = Field(
+        default=False,
+        description="Open the window when the next voucher POST is stored (before its answer), "
+        "not when the knob is set.",
+    )
+
+
 class FaultsIn(BaseModel):
     """Every knob is optional; PUT replaces the whole set."""
 
@@ -126,9 +145,38 @@ class FaultsIn(BaseModel):
     fail_next: list[FailRuleIn] = Field(default_factory=list)
     rate_limit: RateLimitIn | None = None
     commit_then_fail: int = Field(
-        default=0, ge=0, description="Store the voucher, then answer 500."
+        default=0, ge=0, description="Store the voucher, then answer commit_then_fail_status."
+    )
+    commit_then_fail_status: Literal[500, 502, 503, 504] = Field(
+        default=500,
+        description="500/503: Tripletex's error body; 502/504: a gateway's HTML page (the gateway "
+        "gave up while Tripletex committed).",
+    )
+    commit_then_garble: int = Field(
+        default=0, ge=0, description="Store the voucher, then answer 201 with a cut-off body."
+    )
+    commit_then_drop: int = Field(
+        default=0,
+        ge=0,
+        description="Store the voucher, then close the connection after the status line, before "
+        "the body.",
     )
     post_hold_ms: int = Field(default=0, ge=0, description="Store the voucher, wait, then answer.")
+    post_delay_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Wait, then store and answer (a slow commit); a client gone by then gets "
+        "nothing stored.",
+    )
+    search_delay_ms: int = Field(
+        default=0,
+        ge=0,
+        description="A voucher stored now shows in the searches (>externalVoucherNumber, the "
+        "list) only this much later; GET by id and the control API show it at once.",
+    )
+    session_refusal: SessionRefusalIn | None = Field(
+        default=None, description="Refuse new sessions (401/403) for a while; see SessionRefusal."
+    )
 
     def to_faults(self) -> Faults:
         return Faults(
@@ -138,11 +186,83 @@ class FaultsIn(BaseModel):
             fail_next=[FailRule(**rule.model_dump()) for rule in self.fail_next],
             rate_limit=RateLimitRule(**self.rate_limit.model_dump()) if self.rate_limit else None,
             commit_then_fail=self.commit_then_fail,
+            commit_then_fail_status=self.commit_then_fail_status,
+            commit_then_garble=self.commit_then_garble,
+            commit_then_drop=self.commit_then_drop,
             post_hold_ms=self.post_hold_ms,
+            post_delay_ms=self.post_delay_ms,
+            search_delay_ms=self.search_delay_ms,
+            session_refusal=SessionRefusal(**self.session_refusal.model_dump())
+            if self.session_refusal
+            else None,
         )
 
 
 # --- the app ---------------------------------------------------------------------------------
+
+
+class _Stamp:
+    """Every answer's ``x-tlx-request-id`` and ``X-Rate-Limit-*`` headers, and the server-wide
+    latency. A plain ASGI middleware (not ``@app.middleware``): it passes the endpoint's messages
+    through as they are, so an answer cut off on purpose (``commit_then_drop``) reaches the
+    server cut off, and uvicorn closes the connection."""
+
+    def __init__(self, app: ASGIApp, latency_ms: int) -> None:
+        self.app = app
+        self.latency_ms = latency_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["request_id"] = str(uuid.uuid4())
+        state["rate_headers"] = None
+        is_api = scope["path"].startswith(API_PREFIX + "/")
+        if is_api and self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["x-tlx-request-id"] = state["request_id"]
+                if is_api:
+                    rate_headers = state.get("rate_headers") or {
+                        "X-Rate-Limit-Limit": str(DEFAULT_RATE_LIMIT),
+                        "X-Rate-Limit-Remaining": str(DEFAULT_RATE_LIMIT),
+                        "X-Rate-Limit-Reset": str(int(DEFAULT_RATE_WINDOW)),
+                    }
+                    for name, value in rate_headers.items():
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+class _CutOffAnswer(Response):
+    """The status line and headers of a JSON answer, then nothing: the endpoint returns without
+    the body and uvicorn closes the connection. The client sees the connection lost mid-answer
+    (httpx: RemoteProtocolError), which says nothing about what the server did."""
+
+    def __init__(self, promised_bytes: int, status_code: int = 201) -> None:
+        super().__init__(status_code=status_code, media_type="application/json")
+        self.headers["content-length"] = str(promised_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code,
+             "headers": self.raw_headers}
+        )
+
+
+def _gateway_page(status: int) -> Response:
+    """What a load balancer answers when it gave up waiting for Tripletex: HTML, not JSON."""
+    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}[status]
+    html = (
+        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
+    )
+    return Response(html, status_code=status, media_type="text/html")
 
 
 def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
@@ -150,25 +270,7 @@ def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
     ledger = ledger or Ledger()
     app = FastAPI(title="Tripletex sandbox", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ledger = ledger
-
-    @app.middleware("http")
-    async def stamp(request: Request, call_next: Any) -> Response:
-        request.state.request_id = str(uuid.uuid4())
-        request.state.rate_headers = None
-        is_api = request.url.path.startswith(API_PREFIX + "/")
-        if is_api and latency_ms:
-            await asyncio.sleep(latency_ms / 1000)
-        response = await call_next(request)
-        response.headers["x-tlx-request-id"] = request.state.request_id
-        if is_api:
-            rate_headers = request.state.rate_headers or {
-                "X-Rate-Limit-Limit": str(DEFAULT_RATE_LIMIT),
-                "X-Rate-Limit-Remaining": str(DEFAULT_RATE_LIMIT),
-                "X-Rate-Limit-Reset": str(int(DEFAULT_RATE_WINDOW)),
-            }
-            for name, value in rate_headers.items():
-                response.headers[name] = value
-        return response
+    app.add_middleware(_Stamp, latency_ms=latency_ms)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
@@ -454,6 +556,9 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
         if company is None:
             raise ApiError(403, message="Ugyldig consumerToken eller employeeToken.")
         await enter(request, company, company.employee_token)
+        refused = ledger.session_refused(company)
+        if refused is not None:  # the token was rotated; the operator has not caught up yet
+            raise ApiError(refused, message="Ugyldig consumerToken eller employeeToken.")
         if expires_on <= datetime.now(UTC).date():
             raise ApiError(
                 422, validation=[("expirationDate", "Utløpsdatoen må være etter dagens dato.")]
@@ -577,15 +682,46 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(422, code=22000, message="Ugyldig JSON.") from exc
         send_to_ledger = request.query_params.get("sendToLedger", "true").lower() != "false"
+        faults = company.faults
+        if faults.post_delay_ms and not await _commit_delay(request, faults.post_delay_ms):
+            # The client left before the commit: the request's work is rolled back.
+            return Response(status_code=499)
         try:
             voucher = ledger.post_voucher(company, body, send_to_ledger=send_to_ledger)
         except ValidationFailed as exc:
             raise ApiError(422, code=18000, validation=exc.messages) from exc
-        if ledger.take_commit_then_fail(company):
-            raise ApiError(500, message="Uventet feil etter lagring.")
-        if company.faults.post_hold_ms:
-            await asyncio.sleep(company.faults.post_hold_ms / 1000)
-        return wire.respond({"value": _voucher_json(voucher)}, 201)
+        after_store = ledger.take_after_store(company)
+        answer = wire.dumps({"value": _voucher_json(voucher)}).encode("utf-8")
+        if after_store == "fail":
+            status = faults.commit_then_fail_status
+            if status in (502, 504):
+                return _gateway_page(status)
+            raise ApiError(status, message="Uventet feil etter lagring.")
+        if faults.post_hold_ms:
+            await asyncio.sleep(faults.post_hold_ms / 1000)
+        if after_store == "garble":
+            return Response(answer[: len(answer) // 2], 201, media_type="application/json")
+        if after_store == "drop":
+            return _CutOffAnswer(len(answer), 201)
+        return Response(answer, 201, media_type="application/json")
+
+    @router.get("/ledger/voucher")
+    async def list_vouchers(request: Request) -> Response:
+        """The list search: ``dateFrom`` (inclusive) and ``dateTo`` (exclusive) are required."""
+        company = await authed(request)
+        params = request.query_params
+        missing = [(n, "Kan ikke være null.") for n in ("dateFrom", "dateTo") if not params.get(n)]
+        if missing:
+            raise ApiError(422, code=21000, validation=missing)
+        try:
+            date_from, date_to = date.fromisoformat(params["dateFrom"]), date.fromisoformat(
+                params["dateTo"]
+            )
+        except ValueError as exc:
+            raise ApiError(422, code=21000, validation=[("dateFrom", "Ugyldig dato.")]) from exc
+        found = [v for v in ledger.searchable_vouchers(company) if date_from <= v.date < date_to]
+        start, count = _paging(request)
+        return wire.respond(wire.list_envelope([_voucher_json(v) for v in found], start, count))
 
     # Registered before /ledger/voucher/{id}, which would otherwise match ">externalVoucherNumber".
     @router.get("/ledger/voucher/>externalVoucherNumber")
@@ -632,6 +768,17 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
         return wire.respond({"value": _voucher_json(voucher)}, 201)
 
     return router
+
+
+async def _commit_delay(request: Request, delay_ms: int) -> bool:
+    """Wait ``delay_ms`` before committing; False if the client disconnected meanwhile."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + delay_ms / 1000
+    while (left := until - loop.time()) > 0:
+        await asyncio.sleep(min(0.05, left))
+        if await request.is_disconnected():
+            return False
+    return True
 
 
 def _voucher_or_404(ledger: Ledger, company: Company, raw_id: str) -> VoucherRec:

@@ -164,6 +164,8 @@ class VoucherRec:
     created_at: datetime
     version: int = 0
     attachments: list[AttachmentRec] = field(default_factory=list)
+    # time.monotonic() from which the searches (``>externalVoucherNumber``, the list) show it.
+    searchable_at: float = 0.0
 
 
 @dataclass
@@ -201,6 +203,22 @@ class RateLimitRule:
 
 
 @dataclass
+class SessionRefusal:
+    """A window in which ``PUT /token/session/:create`` answers ``status`` (401 or 403), as after
+    the employee token was rotated, and every session of the company opened before the window is
+    expired. It opens when set, or (``after_post``) when the next voucher POST is stored, and
+    closes ``seconds`` later: the operator fixed the connection."""
+
+    status: int = 401
+    seconds: float = 10.0
+    after_post: bool = False
+    opens_at: float | None = None  # time.monotonic(); None while armed
+
+    def refusing(self, now: float) -> bool:
+        return self.opens_at is not None and self.opens_at <= now < self.opens_at + self.seconds
+
+
+@dataclass
 class Faults:
     latency_ms: int = 0
     error_rate: float = 0.0
@@ -208,7 +226,13 @@ class Faults:
     fail_next: list[FailRule] = field(default_factory=list)
     rate_limit: RateLimitRule | None = None
     commit_then_fail: int = 0
+    commit_then_fail_status: int = 500
+    commit_then_garble: int = 0
+    commit_then_drop: int = 0
     post_hold_ms: int = 0
+    post_delay_ms: int = 0
+    search_delay_ms: int = 0
+    session_refusal: SessionRefusal | None = None
 
 
 @dataclass
@@ -370,12 +394,29 @@ class Ledger:
     def revoke_sessions(self, company: Company) -> int:
         """Expire every session of ``company`` early, as Tripletex may: the next call gets 401."""
         with self.lock:
-            revoked = [
-                s for s in self.sessions.values() if s.company_id == company.id and not s.revoked
-            ]
-            for session in revoked:
-                session.revoked = True
-            return len(revoked)
+            return self._revoke_sessions(company)
+
+    def _revoke_sessions(self, company: Company) -> int:
+        revoked = [
+            s for s in self.sessions.values() if s.company_id == company.id and not s.revoked
+        ]
+        for session in revoked:
+            session.revoked = True
+        return len(revoked)
+
+    def session_refused(self, company: Company) -> int | None:
+        """The status ``PUT /token/session/:create`` answers now, if a refusal window is open."""
+        with self.lock:
+            refusal = company.faults.session_refusal
+            if refusal is not None and refusal.refusing(time.monotonic()):
+                return refusal.status
+            return None
+
+    def _open_session_refusal(self, company: Company) -> None:
+        refusal = company.faults.session_refusal
+        if refusal is not None and refusal.opens_at is None:
+            refusal.opens_at = time.monotonic()
+            self._revoke_sessions(company)
 
     def change_account(self, company: Company, number: int, **changes: Any) -> AccountRec:
         """Apply ``changes`` (ledger_type, vat_code, vat_locked, requires_department,
@@ -402,6 +443,8 @@ class Ledger:
             company.faults = faults
             company.rng = random.Random(faults.seed)
             company.rate_windows.clear()
+            if faults.session_refusal is not None and not faults.session_refusal.after_post:
+                self._open_session_refusal(company)
 
     def take_fail_rule(self, company: Company, method: str, path: str) -> FailRule | None:
         """The first rule that matches this request, with one of its counts consumed."""
@@ -417,12 +460,19 @@ class Ledger:
             rate = company.faults.error_rate
             return rate > 0 and company.rng.random() < rate
 
-    def take_commit_then_fail(self, company: Company) -> bool:
+    def take_after_store(self, company: Company) -> str | None:
+        """How to answer a voucher POST that was just stored: ``"fail"`` (HTTP
+        ``commit_then_fail_status``), ``"garble"`` (2xx with a body nobody can read), ``"drop"``
+        (the connection closes before the answer's body), or None (answer normally). Each
+        consumes one of its knob's count; checked in that order."""
         with self.lock:
-            if company.faults.commit_then_fail > 0:
-                company.faults.commit_then_fail -= 1
-                return True
-            return False
+            faults = company.faults
+            for kind, knob in (("fail", "commit_then_fail"), ("garble", "commit_then_garble"),
+                               ("drop", "commit_then_drop")):
+                if getattr(faults, knob) > 0:
+                    setattr(faults, knob, getattr(faults, knob) - 1)
+                    return kind
+            return None
 
     def count_request(self, company: Company, template: str) -> None:
         with self.lock:
@@ -505,8 +555,11 @@ class Ledger:
                 postings=stored,
                 sent_to_ledger=send_to_ledger,
                 created_at=datetime.now(UTC),
+                searchable_at=time.monotonic() + company.faults.search_delay_ms / 1000,
             )
             company.vouchers[voucher.id] = voucher
+            if company.faults.session_refusal is not None:
+                self._open_session_refusal(company)  # armed with after_post: opens now
             return voucher
 
     def _book_posting(
@@ -564,10 +617,21 @@ class Ledger:
     def vouchers_by_external_number(
         self, company: Company, external_number: str | None
     ) -> list[VoucherRec]:
+        """What the search shows: vouchers stored under ``search_delay_ms`` appear only once it
+        has passed (an index that lags behind the store)."""
+        return [
+            v
+            for v in self.searchable_vouchers(company)
+            if external_number is None or v.external_voucher_number == external_number
+        ]
+
+    @staticmethod
+    def searchable_vouchers(company: Company) -> list[VoucherRec]:
+        now = time.monotonic()
         return [
             v
             for v in sorted(company.vouchers.values(), key=lambda v: v.id)
-            if external_number is None or v.external_voucher_number == external_number
+            if v.searchable_at <= now
         ]
 
     def add_attachment(

@@ -137,6 +137,7 @@ SCENARIOS = {  # module -> the scenario's number and name in docs/RELIABILITY.md
     "test_findity_faults": "5. Findity faults",
     "test_concurrency": "6. concurrency",
     "test_poison_messages": "7. poison messages",
+    "test_ambiguous_answers": "8. ambiguous answers",
 }
 
 

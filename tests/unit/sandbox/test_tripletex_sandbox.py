@@ -575,3 +575,235 @@ def test_control_api_rejects_bad_knobs_and_unknown_companies(
     company = tripletex_sandbox.create_company()
     bad = control.put(f"/_sandbox/companies/{company['company_id']}/faults", json={"error_rate": 2})
     assert bad.status_code == 422
+
+
+# --- ambiguous answers, lagging search, slow commits, refused sessions ----------------------
+
+
+def _search(api: Api, external_number: str) -> list[int]:
+    found = api.http.get(
+        "/ledger/voucher/>externalVoucherNumber",
+        params={"externalVoucherNumber": external_number},
+    )
+    assert found.status_code == 200, found.text
+    return [v["id"] for v in found.json()["values"]]
+
+
+def _listed(api: Api) -> list[int]:
+    found = api.http.get(
+        "/ledger/voucher", params={"dateFrom": "2026-01-01", "dateTo": "2027-01-01"}
+    )
+    assert found.status_code == 200, found.text
+    return [v["id"] for v in found.json()["values"]]
+
+
+def test_search_delay_hides_a_stored_voucher_from_the_searches_only(
+    api: Api, tripletex_sandbox: TripletexSandbox
+) -> None:
+    company_id = api.company["company_id"]
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    early = api.voucher(postings, externalVoucherNumber="exp-early").json()["value"]
+    tripletex_sandbox.set_faults(company_id, search_delay_ms=1200)
+    started = time.monotonic()
+    late = api.voucher(postings, externalVoucherNumber="exp-late").json()["value"]
+    # Stored: the control API and GET by id show it at once...
+    assert [v["externalVoucherNumber"] for v in tripletex_sandbox.vouchers(company_id)] == [
+        "exp-early",
+        "exp-late",
+    ]
+    assert api.http.get(f"/ledger/voucher/{late['id']}").status_code == 200
+    # ...the searches do not, until the delay has passed; earlier vouchers are not affected.
+    assert _search(api, "exp-late") == [] and _listed(api) == [early["id"]]
+    assert _search(api, "exp-early") == [early["id"]]
+    # Clearing the knob does not change when a stored voucher becomes searchable.
+    tripletex_sandbox.clear_faults(company_id)
+    assert _search(api, "exp-late") == []
+    time.sleep(max(0.0, 1.25 - (time.monotonic() - started)))
+    assert _search(api, "exp-late") == [late["id"]]
+    assert _listed(api) == [early["id"], late["id"]]
+
+
+def test_list_search_needs_a_date_range(api: Api) -> None:
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    posted = api.voucher(postings).json()["value"]
+    missing = api.http.get("/ledger/voucher", params={"dateFrom": "2026-01-01"})
+    assert missing.status_code == 422
+    assert [m["field"] for m in missing.json()["validationMessages"]] == ["dateTo"]
+    outside = api.http.get(
+        "/ledger/voucher", params={"dateFrom": "2026-03-19", "dateTo": "2026-04-01"}
+    )
+    assert outside.json()["values"] == []
+    assert _listed(api) == [posted["id"]]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_commit_then_fail_with_a_gateway_page(
+    api: Api, tripletex_sandbox: TripletexSandbox, status: int
+) -> None:
+    company_id = api.company["company_id"]
+    tripletex_sandbox.set_faults(company_id, commit_then_fail=1, commit_then_fail_status=status)
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    answer = api.voucher(postings, externalVoucherNumber="exp-gw")
+    assert answer.status_code == status
+    assert answer.headers["content-type"].startswith("text/html")
+    assert f"<title>{status} " in answer.text
+    assert [v["externalVoucherNumber"] for v in tripletex_sandbox.vouchers(company_id)] == [
+        "exp-gw"
+    ]
+    assert api.voucher(postings).status_code == 201  # the count is used up
+
+
+def test_commit_then_garble_answers_201_with_a_body_nobody_can_read(
+    api: Api, tripletex_sandbox: TripletexSandbox
+) -> None:
+    company_id = api.company["company_id"]
+    tripletex_sandbox.set_faults(company_id, commit_then_garble=1)
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    answer = api.voucher(postings, externalVoucherNumber="exp-garbled")
+    assert answer.status_code == 201
+    assert answer.headers["content-type"].startswith("application/json")
+    with pytest.raises(ValueError):
+        answer.json()
+    assert [v["externalVoucherNumber"] for v in tripletex_sandbox.vouchers(company_id)] == [
+        "exp-garbled"
+    ]
+    assert api.voucher(postings).json()["value"]["id"]
+
+
+def test_commit_then_drop_closes_the_connection_before_the_body(
+    api: Api, tripletex_sandbox: TripletexSandbox
+) -> None:
+    company_id = api.company["company_id"]
+    tripletex_sandbox.set_faults(company_id, commit_then_drop=1)
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.voucher(postings, externalVoucherNumber="exp-dropped")
+    assert [v["externalVoucherNumber"] for v in tripletex_sandbox.vouchers(company_id)] == [
+        "exp-dropped"
+    ]
+    # The server is fine and the knob is used up: the next POST (a new connection) is answered.
+    assert api.voucher(postings).status_code == 201
+
+
+def test_after_store_knobs_are_taken_in_order_and_combine_with_a_hold(
+    api: Api, tripletex_sandbox: TripletexSandbox
+) -> None:
+    company_id = api.company["company_id"]
+    tripletex_sandbox.set_faults(
+        company_id, commit_then_fail=1, commit_then_garble=1, commit_then_drop=1, post_hold_ms=300
+    )
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    assert api.voucher(postings).status_code == 500
+    started = time.monotonic()
+    garbled = api.voucher(postings)
+    assert garbled.status_code == 201 and time.monotonic() - started >= 0.3
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.voucher(postings)
+    assert api.voucher(postings).json()["value"]["id"]
+    assert len(tripletex_sandbox.vouchers(company_id)) == 4
+
+
+def test_post_delay_commits_late_and_not_at_all_for_a_client_that_left(
+    api: Api, tripletex_sandbox: TripletexSandbox
+) -> None:
+    company_id = api.company["company_id"]
+    tripletex_sandbox.set_faults(company_id, post_delay_ms=1000)
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    result: dict[str, Any] = {}
+    poster = threading.Thread(
+        target=lambda: result.update(r=api.voucher(postings, externalVoucherNumber="exp-slow"))
+    )
+    started = time.monotonic()
+    poster.start()
+    time.sleep(0.6)
+    assert tripletex_sandbox.vouchers(company_id) == [], "stored before the delay ended"
+    poster.join(timeout=5)
+    assert result["r"].status_code == 201 and time.monotonic() - started >= 1.0
+    assert len(tripletex_sandbox.vouchers(company_id)) == 1
+    # A client that gives up before the commit: nothing is stored, now or later.
+    with pytest.raises(httpx.ReadTimeout):
+        api.http.post(
+            "/ledger/voucher",
+            json={"date": "2026-03-18", "postings": postings, "externalVoucherNumber": "exp-gone"},
+            timeout=httpx.Timeout(10, read=0.4),
+        )
+    time.sleep(1.0)
+    assert [v["externalVoucherNumber"] for v in tripletex_sandbox.vouchers(company_id)] == [
+        "exp-slow"
+    ]
+
+
+def _new_session(sandbox: TripletexSandbox, company: dict[str, Any]) -> httpx.Response:
+    return httpx.put(
+        f"{sandbox.base_url}/token/session/:create",
+        params={
+            "consumerToken": company["consumer_token"],
+            "employeeToken": company["employee_token"],
+            "expirationDate": TOMORROW,
+        },
+    )
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_session_refusal_expires_sessions_and_refuses_new_ones_for_a_while(
+    api: Api, tripletex_sandbox: TripletexSandbox, status: int
+) -> None:
+    company = api.company
+    tripletex_sandbox.set_faults(
+        company["company_id"], session_refusal={"status": status, "seconds": 1.0}
+    )
+    started = time.monotonic()
+    assert api.http.get("/ledger/vatType").status_code == 401  # the old session is gone
+    refused = _new_session(tripletex_sandbox, company)
+    assert refused.status_code == status and refused.json()["status"] == status
+    # Another company is not affected.
+    other = tripletex_sandbox.create_company("Unaffected AS")
+    assert _new_session(tripletex_sandbox, other).status_code == 200
+    time.sleep(max(0.0, 1.05 - (time.monotonic() - started)))
+    renewed = _new_session(tripletex_sandbox, company)
+    assert renewed.status_code == 200, renewed.text
+    token = renewed.json()["value"]["token"]
+    assert httpx.get(f"{tripletex_sandbox.base_url}/ledger/vatType", auth=("0", token)).status_code == 200
+
+
+def test_session_refusal_after_post_opens_when_the_next_voucher_is_stored(
+    api: Api, tripletex_sandbox: TripletexSandbox
+) -> None:
+    company = api.company
+    tripletex_sandbox.set_faults(
+        company["company_id"],
+        commit_then_drop=1,
+        session_refusal={"status": 401, "seconds": 1.0, "after_post": True},
+    )
+    # Armed, not open: sessions work until a voucher is stored.
+    assert api.http.get("/ledger/vatType").status_code == 200
+    assert _new_session(tripletex_sandbox, company).status_code == 200
+    postings = [api.posting(1, 6800, "1.00"), api.posting(2, 2930, "-1.00")]
+    with pytest.raises(httpx.RemoteProtocolError):
+        api.voucher(postings, externalVoucherNumber="exp-refused")
+    stored_at = time.monotonic()
+    assert len(tripletex_sandbox.vouchers(company["company_id"])) == 1
+    assert api.http.get("/ledger/vatType").status_code == 401
+    assert _new_session(tripletex_sandbox, company).status_code == 401
+    time.sleep(max(0.0, 1.05 - (time.monotonic() - stored_at)))
+    assert _new_session(tripletex_sandbox, company).status_code == 200
+    # The window opens once: later vouchers do not open it again.
+    token = _new_session(tripletex_sandbox, company).json()["value"]["token"]
+    with httpx.Client(base_url=tripletex_sandbox.base_url, auth=("0", token)) as http:
+        body = {"date": "2026-03-18", "postings": postings}
+        assert http.post("/ledger/voucher", json=body).status_code == 201
+        assert http.get("/ledger/vatType").status_code == 200
+
+
+def test_new_knobs_are_validated(tripletex_sandbox: TripletexSandbox) -> None:
+    control = tripletex_sandbox.control
+    company = tripletex_sandbox.create_company()
+    url = f"/_sandbox/companies/{company['company_id']}/faults"
+    for bad in (
+        {"commit_then_fail_status": 404},
+        {"commit_then_garble": -1},
+        {"search_delay_ms": -5},
+        {"session_refusal": {"status": 500}},
+        {"session_refusal": {"seconds": 0}},
+    ):
+        assert control.put(url, json=bad).status_code == 422, bad
