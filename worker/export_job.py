@@ -372,9 +372,12 @@ def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str |
                     voucher_id=posted.id)
         raise _Lost("voucher recorded; the attempt that owns the export finishes it")
     with session_scope() as session:
-        existing = session.scalar(select(AccountingExport.external_id)
-                                  .where(AccountingExport.id == work.export_id))
+        existing, owner = session.execute(
+            select(AccountingExport.external_id, AccountingExport.lease_owner)
+            .where(AccountingExport.id == work.export_id)).one()
         if existing == posted.id:
+            if owner == work.lease:
+                return  # another attempt recorded the same voucher; this one owns the export
             raise _Lost("the voucher was recorded by another attempt")
         log.error("DUPLICATE: the target holds a second voucher for this export",
                   export_id=work.export_id, recorded=existing, duplicate=posted.id)
@@ -517,8 +520,12 @@ def _schedule_retry(work: _Work, message: str, decision: retry_policy.Decision, 
 
 def _fail(work: _Work, error: IntegrationError, *, counted: bool = True) -> Outcome:
     message = error.message
+    fields = {}
     if error.retryable and counted:
         message = f"gave up after {work.attempt} attempts: {error.message}"
+    elif not counted:
+        # This attempt only proved that failing holds no voucher; it does not count.
+        fields["attempts"] = AccountingExport.attempts - 1
     with session_scope() as session:
         export = session.get(AccountingExport, work.export_id)
         try:
@@ -526,7 +533,7 @@ def _fail(work: _Work, error: IntegrationError, *, counted: bool = True) -> Outc
                        celery_task_id=work.celery_task_id, reason=message,
                        guard=AccountingExport.lease_owner == work.lease,
                        error_message=message, error_code=f"{error.system}:{error.code}",
-                       data={"details": error.details} if error.details else None)
+                       data={"details": error.details} if error.details else None, **fields)
         except (ConcurrentTransition, IllegalTransition):
             return Outcome("skipped", "export changed while failing")
     log.warning("export failed", export_id=work.export_id, attempt=work.attempt, error=error.code)

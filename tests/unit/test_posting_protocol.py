@@ -235,3 +235,27 @@ def test_a_retry_longer_than_the_visibility_timeout_is_refused_at_start():
     """Also found: documented, never validated."""
     with pytest.raises(ValueError, match="AIC_RETRY_MAX_SECONDS"):
         Settings(retry_max_seconds=4000, broker_visibility_timeout=3600)
+
+
+def test_the_owner_finishes_when_a_stale_attempt_recorded_the_same_voucher_first(target, new_export):
+    """Found by the database-outage scenario: attempt A's claim committed late (the database was
+    slow), its lease ran out, attempt B claimed. Both found the voucher of the export in doubt; A
+    recorded it first (a voucher is recorded even by an attempt that lost the export) and
+    stopped, and B, the owner, stopped too because the voucher was "already recorded": nobody
+    finished the export until the sweeper. B must finish."""
+    target.post_script = ["store_then_timeout"]
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "retry"  # in doubt, voucher stored
+    with session_scope() as session:
+        session.execute(update(AccountingExport).where(AccountingExport.id == export_id)
+                        .values(next_attempt_at=None))
+    stale = export_job._claim(export_id, "A")
+    with session_scope() as session:
+        session.execute(update(AccountingExport).where(AccountingExport.id == export_id)
+                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    owner = export_job._claim(export_id, "B")
+    with pytest.raises(export_job._Lost):
+        export_job._post_and_finish(stale)
+    assert export_job._post_and_finish(owner).kind == "success"
+    assert row(export_id).status == "success"
+    assert len(target.vouchers_for(export_id)) == 1
