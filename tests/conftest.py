@@ -12,6 +12,7 @@ Fixture modules live in tests/fixtures/ and are registered here.
 pytest_plugins = [
     "tests.fixtures.environment",
     "tests.fixtures.stack",
+    "tests.fixtures.billdiary_sandbox",
     "tests.fixtures.tenants",
     "tests.fixtures.findity_tenants",
     "tests.fixtures.findity_sandbox",
