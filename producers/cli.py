@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.config import get_settings
+from shared.config import get_settings, require_safe_settings
 
 
 def _print_json(data) -> None:
@@ -86,6 +86,9 @@ def cmd_connection_set(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import organizations
 
+    # Credentials stored under the committed development key are readable by anyone who has the
+    # repository: refuse before asking for them (AIC_ENVIRONMENT=development allows it).
+    require_safe_settings("aic connection set", variables=("AIC_SECRET_KEY",))
     credentials = None
     if args.target == "tripletex" and not args.keep_credentials:
         # Prompted rather than taken as flags by default, so tokens stay out of shell history.
@@ -190,6 +193,7 @@ def cmd_source_set(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import sources
 
+    require_safe_settings("aic source set", variables=("AIC_SECRET_KEY",))  # as connection set
     client_secret = None
     if args.client_id and not args.keep_credentials:
         client_secret = args.client_secret or getpass.getpass("Findity client secret: ")

@@ -12,7 +12,7 @@ from producers.api import routes_admin, routes_expenses, routes_exports, routes_
 from producers.webhooks import findity as findity_webhook
 from producers.api.errors import install_error_handlers
 from producers.api.limits import BodySizeLimit
-from shared.config import get_settings
+from shared.config import get_settings, require_safe_settings
 from shared.db.session import get_engine
 from shared.logs import configure_logging
 
@@ -30,6 +30,9 @@ class Health(BaseModel):
 
 
 def create_app() -> FastAPI:
+    # First, before a route exists: `uvicorn producers.api.app:app` then exits with the message
+    # instead of serving the admin API behind a token anyone can read in this repository.
+    require_safe_settings("the API")
     configure_logging()
     app = FastAPI(title="Accounting Integration Client", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
