@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--consumer-token", help="prompted when omitted")
     cs.add_argument("--employee-token", help="prompted when omitted")
     cs.add_argument("--company-id", default="0", help="0 = the token owner's company")
-    cs.add_argument("--keep-credentials", action="store_true", help="keep the stored credentials")
+    cs.add_argument("--keep-credentials", action="store_true",
+                    help="keep the stored credentials (refused when --base-url changes)")
     cs.add_argument("--mapping-file", help="JSON account mapping (see shared/domain/mapping.py)")
     cs.add_argument("--voucher-type", help="Tripletex voucher type name, e.g. 'Reiseregning'")
     cs.add_argument("--draft", action="store_true",
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--findity-org", required=True, help="your organization id in Findity")
     ss.add_argument("--client-id")
     ss.add_argument("--client-secret", help="prompted when omitted")
-    ss.add_argument("--keep-credentials", action="store_true")
+    ss.add_argument("--keep-credentials", action="store_true",
+                    help="keep the stored credentials (refused when a URL changes)")
     ss.add_argument("--webhook-secret", help="require HMAC-signed webhooks ('' to remove)")
     ss.add_argument("--target", default="tripletex", choices=["tripletex"])
     ss.add_argument("--content-file", choices=["sie4", "csv"],

@@ -110,7 +110,11 @@ class PutSource(StrictBody):
     token_url: str = Field(min_length=8, max_length=500, description="OAuth2 token endpoint")
     external_organization_id: str = Field(min_length=1, max_length=100,
                                           description="Your organization's id in Findity")
-    client_id: str | None = Field(default=None, max_length=200)
+    client_id: str | None = Field(
+        default=None, max_length=200,
+        description="With client_secret: required for a new connection and whenever base_url or "
+                    "token_url changes (stored credentials never follow a new URL); omit both "
+                    "to keep the stored ones")
     client_secret: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(
         default=None, max_length=200,

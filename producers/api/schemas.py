@@ -238,7 +238,8 @@ class PutConnection(StrictBody):
     base_url: str = Field(min_length=8, max_length=500, examples=["https://api-test.tripletex.tech/v2"])
     credentials: dict[str, str] | None = Field(
         default=None, description="Tripletex: consumer_token, employee_token, company_id (default 0). "
-                                  "Omit to keep the stored credentials.")
+                                  "Omit to keep the stored credentials; required when base_url "
+                                  "changes, so stored credentials never follow a new URL.")
     account_mapping: dict[str, Any] | None = None
     options: dict[str, Any] | None = Field(
         default=None,

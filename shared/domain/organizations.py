@@ -80,7 +80,9 @@ def upsert_connection(
 ) -> TargetConnection:
     """Create or replace the organization's connection to one target system.
 
-    ``credentials`` may be omitted on update to keep the stored ones.
+    ``credentials`` may be omitted on update to keep the stored ones, but not together with a
+    new ``base_url``: the stored credentials would then go to whatever host the new URL names, so
+    whoever holds the admin token could collect them without ever knowing them.
     """
     get_organization(session, org_id)
     if target_system not in TARGET_SYSTEMS:
@@ -102,6 +104,14 @@ def upsert_connection(
             raise ValidationFailed(
                 f"credentials for {target_system} need: {', '.join(missing)}"
             )
+    elif connection is not None and base_url.rstrip("/") != connection.base_url:
+        message = (
+            f"base_url would change from {connection.base_url} to {base_url.rstrip('/')}, and "
+            "the stored credentials would then be sent to it: send the credentials together "
+            "with the new base_url (`credentials` in the admin API; `aic connection set` "
+            "without --keep-credentials). Nothing was changed."
+        )
+        raise ValidationFailed(message, details=[{"field": "credentials", "message": message}])
     if connection is None:
         if credentials is None:
             raise ValidationFailed(f"credentials are required for a new {target_system} connection")

@@ -13,7 +13,14 @@ import redis
 from sqlalchemy import func, select
 
 from shared.config import get_settings
-from shared.db.models import AccountingExport, Base, Expense, TargetConnection
+from shared.db.models import (
+    AccountingExport,
+    ApiKey,
+    Base,
+    Expense,
+    SourceConnection,
+    TargetConnection,
+)
 from shared.db.session import session_scope
 
 _names = itertools.count(1)
@@ -27,11 +34,12 @@ def table_counts() -> dict[str, int]:
 
 
 def organization_fingerprint(org_id: str) -> str:
-    """A digest of every column of the organization's expenses, exports and connections: an
-    UPDATE (a status flipped, a credential replaced) changes it even when no row count does."""
+    """A digest of every column of the organization's expenses, exports, connections, sources
+    and API keys: an UPDATE (a status flipped, a credential replaced or redirected) changes it
+    even when no row count does."""
     digest = hashlib.sha256()
     with session_scope() as session:
-        for model in (Expense, AccountingExport, TargetConnection):
+        for model in (Expense, AccountingExport, TargetConnection, SourceConnection, ApiKey):
             table = model.__table__
             rows = session.execute(select(table).where(table.c.organization_id == org_id)
                                    .order_by(table.c.id)).all()

@@ -185,3 +185,64 @@ def test_openapi_and_docs_are_served(client):
     spec = client.get("/openapi.json").json()
     assert "/api/v1/accounting-exports" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def _admin():
+    from shared.config import get_settings
+
+    return auth(get_settings().admin_token)
+
+
+def _stored(org_id: str) -> tuple:
+    from shared.db.models import SourceConnection, TargetConnection
+
+    with session_scope() as session:
+        rows = [session.scalar(select(model).where(model.organization_id == org_id))
+                for model in (TargetConnection, SourceConnection)]
+        return tuple((r.base_url, getattr(r, "token_url", None), r.credentials_encrypted,
+                      r.updated_at) if r else None for r in rows)
+
+
+def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
+    """A new base_url (token_url) without credentials is a 422 that says to send them, and
+    changes nothing. Fails on the old code: it answered 200 and the worker would have sent the
+    stored tokens to the new host."""
+    connections = f"/api/v1/admin/organizations/{org.id}/connections/tripletex"
+    source = f"/api/v1/admin/organizations/{org.id}/sources/findity"
+    findity = {"base_url": "http://127.0.0.1:9/api", "token_url": "http://127.0.0.1:9/token",
+               "external_organization_id": "f-1"}
+    created = client.put(source, headers=_admin(), json={**findity, "client_id": "c",
+                                                         "client_secret": "s"})
+    assert created.status_code == 200, created.text
+    before = _stored(org.id)
+
+    refused = [
+        client.put(connections, headers=_admin(), json={"base_url": "https://collector.example/v2"}),
+        client.put(source, headers=_admin(), json={**findity,
+                                                   "base_url": "https://collector.example/api"}),
+        client.put(source, headers=_admin(), json={**findity, "client_id": "c",
+                                                   "token_url": "https://collector.example/t"}),
+    ]
+    for response in refused:
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "validation_failed"
+        assert "together with the new" in error["message"]
+        assert "Nothing was changed" in error["message"]
+    assert "send the credentials" in refused[0].json()["error"]["message"]
+    assert "send client_id and client_secret" in refused[2].json()["error"]["message"]
+    assert _stored(org.id) == before
+
+    # The same URLs without credentials keep the stored ones (a trailing slash is no move)...
+    same = client.put(connections, headers=_admin(), json={"base_url": before[0][0] + "/"})
+    assert same.status_code == 200 and same.json()["has_credentials"], same.text
+    assert client.put(source, headers=_admin(), json=findity).status_code == 200
+    # ...and new URLs with the credentials are accepted.
+    moved = client.put(connections, headers=_admin(), json={
+        "base_url": "https://api-test.tripletex.tech/v2",
+        "credentials": {"consumer_token": "c2", "employee_token": "e2"}})
+    assert moved.status_code == 200 and moved.json()["base_url"].endswith("tech/v2")
+    moved = client.put(source, headers=_admin(), json={
+        **findity, "token_url": "https://auth.findity.example/token", "client_id": "c",
+        "client_secret": "s2"})
+    assert moved.status_code == 200, moved.text
