@@ -2,6 +2,7 @@
 
     aic migrate
     aic org create "Acme AS"                 # prints the organization id and its first API key
+    aic apikey create org_x --name booking --scope callbacks   # a key for the status callback
     aic connection set org_x tripletex --base-url https://api-test.tripletex.tech/v2
     aic connection test org_x tripletex
     aic exports list org_x --status failed
@@ -45,8 +46,9 @@ def cmd_org_create(args) -> int:
 
     with session_scope() as session:
         org = organizations.create_organization(session, args.name)
-        key, plaintext = organizations.create_api_key(session, org.id)
-    print(f"organization: {org.id}\napi key (shown once, store it now): {plaintext}")
+        key, plaintext = organizations.create_api_key(session, org.id, scopes=args.scopes)
+    print(f"organization: {org.id}\napi key {key.id}, scopes {','.join(key.scopes)} "
+          f"(shown once, store it now): {plaintext}")
     return 0
 
 
@@ -67,8 +69,21 @@ def cmd_apikey_create(args) -> int:
     from shared.domain import organizations
 
     with session_scope() as session:
-        key, plaintext = organizations.create_api_key(session, args.org, args.name)
-    print(f"api key {key.id} (shown once, store it now): {plaintext}")
+        key, plaintext = organizations.create_api_key(session, args.org, args.name,
+                                                      scopes=args.scopes)
+    print(f"api key {key.id}, scopes {','.join(key.scopes)} (shown once, store it now): "
+          f"{plaintext}")
+    return 0
+
+
+def cmd_apikey_list(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        for k in organizations.get_organization(session, args.org).api_keys:
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            print(f"{k.id}\t{k.name}\t{k.key_prefix}...\t{','.join(k.scopes)}\t{state}")
     return 0
 
 
@@ -224,6 +239,17 @@ def cmd_source_poll(args) -> int:
     return 1 if result.errors else 0
 
 
+def _scope_option(parser: argparse.ArgumentParser) -> None:
+    from shared.domain.organizations import API_KEY_SCOPES
+
+    # argparse refuses an unknown scope with exit status 2 and the list of valid ones.
+    parser.add_argument(
+        "--scope", dest="scopes", action="append", choices=list(API_KEY_SCOPES),
+        help="what the key may do; repeat for several: "
+             + "; ".join(f"{name}: {what}" for name, what in API_KEY_SCOPES.items())
+             + " (default: exports only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aic", description="Accounting Integration Client")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_cmd", required=True)
     create = org.add_parser("create", help="create an organization and its first API key")
     create.add_argument("name")
+    _scope_option(create)
     create.set_defaults(func=cmd_org_create)
     org.add_parser("list").set_defaults(func=cmd_org_list)
 
@@ -242,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc = key.add_parser("create")
     kc.add_argument("org")
     kc.add_argument("--name", default="default")
+    _scope_option(kc)
     kc.set_defaults(func=cmd_apikey_create)
+    kl = key.add_parser("list", help="an organization's keys with their scopes")
+    kl.add_argument("org")
+    kl.set_defaults(func=cmd_apikey_list)
     kr = key.add_parser("revoke")
     kr.add_argument("org")
     kr.add_argument("key_id")

@@ -89,11 +89,16 @@ class OrgHandle:
 def make_org(admin: httpx.Client, api_server: str, name: str | None = None, *,
              tripletex_url: str | None = "http://127.0.0.1:9/v2",
              consumer_token: str = "sec-consumer-token",
-             employee_token: str = "sec-employee-token") -> OrgHandle:
+             employee_token: str = "sec-employee-token",
+             scopes: tuple[str, ...] | None = ("exports", "callbacks")) -> OrgHandle:
     """An organization made through the admin API, with a Tripletex connection (to a closed port
-    unless told otherwise) and a client that uses its API key. Close ``.api`` when done."""
-    created = admin.post("/api/v1/admin/organizations",
-                         json={"name": name or f"Security {next(_names)} AS"})
+    unless told otherwise) and a client that uses its API key. The key has both scopes, so every
+    operation is reachable; ``scopes=None`` leaves them to the API's default. Close ``.api``
+    when done."""
+    body = {"name": name or f"Security {next(_names)} AS"}
+    if scopes is not None:
+        body["api_key_scopes"] = list(scopes)
+    created = admin.post("/api/v1/admin/organizations", json=body)
     assert created.status_code == 201, created.text
     body = created.json()
     if tripletex_url:

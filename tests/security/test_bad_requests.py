@@ -281,6 +281,13 @@ CORPUS = [
         "validation_failed", auth="admin",
         json={"base_url": "https://collector.example/api", "token_url": "http://127.0.0.1:9/token",
               "external_organization_id": "sec-findity-org"}, mentions="base_url"),
+    Bad("api key with an unknown scope", "POST", ORG + "/api-keys", 422, "validation_failed",
+        auth="admin", json={"scopes": ["exports", "admin"]}, mentions="scopes"),
+    Bad("api key with no scope", "POST", ORG + "/api-keys", 422, "validation_failed",
+        auth="admin", json={"scopes": []}, mentions="scopes"),
+    Bad("organization whose key has an unknown scope", "POST", "/api/v1/admin/organizations",
+        422, "validation_failed", auth="admin",
+        json={"name": "Scoped AS", "api_key_scopes": ["root"]}, mentions="api_key_scopes"),
     Bad("api key for an unknown organization", "POST",
         "/api/v1/admin/organizations/org_000000000000/api-keys", 404, "not_found", auth="admin"),
     # --- the webhook

@@ -107,3 +107,38 @@ def test_source_set_refuses_a_new_url_without_the_credentials(capsys, org, moved
     assert main(["source", "set", org.id, *_flags(values), "--client-id", "c",
                  "--client-secret", "s2"]) == 0
     assert _source(org.id)[:2] == (values["--base-url"], values["--token-url"])
+
+
+def test_apikey_create_takes_scopes_and_list_shows_them(capsys, org):
+    from shared.domain import organizations
+
+    assert main(["apikey", "create", org.id, "--name", "booking", "--scope", "callbacks"]) == 0
+    out = capsys.readouterr().out
+    assert "scopes callbacks" in out and "aic_" in out
+    assert main(["apikey", "create", org.id]) == 0
+    assert "scopes exports " in capsys.readouterr().out
+    with session_scope() as session:
+        keys = {k.name: k.scopes for k in organizations.get_organization(session, org.id).api_keys}
+    assert keys["booking"] == ["callbacks"] and keys["default"] == ["exports"]
+    assert main(["apikey", "list", org.id]) == 0
+    assert "\tbooking\t" in capsys.readouterr().out
+
+
+def test_unknown_scope_is_refused_with_exit_2_and_creates_nothing(capsys, org):
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        before = len(organizations.get_organization(session, org.id).api_keys)
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "create", org.id, "--scope", "admin"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scope: invalid choice: 'admin'" in err and "exports" in err and "callbacks" in err
+    with session_scope() as session:
+        assert len(organizations.get_organization(session, org.id).api_keys) == before
+
+
+def test_org_create_with_both_scopes(capsys):
+    assert main(["org", "create", "Booking AS", "--scope", "exports", "--scope",
+                 "callbacks"]) == 0
+    assert "scopes exports,callbacks" in capsys.readouterr().out

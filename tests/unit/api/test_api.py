@@ -78,7 +78,8 @@ def test_another_organizations_export_is_simply_not_found(client, org, make_expe
         "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
     with session_scope() as session:
         other = organizations.create_organization(session, "Other AS")
-        _, other_key = organizations.create_api_key(session, other.id)
+        _, other_key = organizations.create_api_key(session, other.id,
+                                                    scopes=["exports", "callbacks"])
     for method in ("get", "delete"):
         response = getattr(client, method)(f"/api/v1/accounting-exports/{export_id}",
                                            headers=auth(other_key))
@@ -217,7 +218,8 @@ def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
     before = _stored(org.id)
 
     refused = [
-        client.put(connections, headers=_admin(), json={"base_url": "https://collector.example/v2"}),
+        client.put(connections, headers=_admin(),
+                   json={"base_url": "https://collector.example/v2"}),
         client.put(source, headers=_admin(), json={**findity,
                                                    "base_url": "https://collector.example/api"}),
         client.put(source, headers=_admin(), json={**findity, "client_id": "c",
@@ -246,3 +248,97 @@ def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
         **findity, "token_url": "https://auth.findity.example/token", "client_id": "c",
         "client_secret": "s2"})
     assert moved.status_code == 200, moved.text
+
+
+def _export_state(export_id: str) -> tuple:
+    with session_scope() as session:
+        export = session.get(AccountingExport, export_id)
+        events = session.scalar(select(func.count()).select_from(ExportEvent).where(
+            ExportEvent.export_id == export_id))
+        return export.status, export.external_reference, export.updated_at, events
+
+
+def test_a_key_made_without_scopes_cannot_use_the_status_callback(client, org, make_expense):
+    """The default key (scope `exports`) exports but may not mark an export booked: 403
+    missing_scope naming `callbacks`, nothing changed. Fails on the old code, where any key of
+    the organization turned the unbooked export into `success` with the reference STOLEN."""
+    with session_scope() as session:
+        key, plaintext = organizations.create_api_key(session, org.id, "integration")
+        assert key.scopes == ["exports"]
+    created = client.post("/api/v1/accounting-exports", headers=auth(plaintext),
+                          json={"expense_id": make_expense(), "target_system": "tripletex"})
+    assert created.status_code == 202, created.text
+    export_id = created.json()["export_id"]
+    before = _export_state(export_id)
+
+    put = client.put(f"/api/v1/accounting-exports/{export_id}", headers=auth(plaintext),
+                     json={"status": "success", "external_reference": "STOLEN"})
+
+    assert put.status_code == 403, put.text
+    error = put.json()["error"]
+    assert set(put.json()) == {"error"} and error["code"] == "missing_scope"
+    assert "lacks the 'callbacks' scope" in error["message"]
+    assert "the key has: exports" in error["message"]
+    assert _export_state(export_id) == before
+
+
+def test_a_callbacks_key_may_only_call_back_and_the_event_names_it(client, org, make_expense):
+    export_id = client.post("/api/v1/accounting-exports", headers=auth(org.api_key), json={
+        "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
+    with session_scope() as session:
+        key, plaintext = organizations.create_api_key(session, org.id, "booking",
+                                                      scopes=["callbacks"])
+    state = _export_state(export_id)
+    for method, url, body in [
+            ("GET", "/api/v1/accounting-exports", None),
+            ("GET", f"/api/v1/accounting-exports/{export_id}", None),
+            ("DELETE", f"/api/v1/accounting-exports/{export_id}", None),
+            ("POST", "/api/v1/accounting-exports", {"expense_id": make_expense(),
+                                                    "target_system": "tripletex"}),
+            ("GET", "/api/v1/source-exports", None)]:
+        before = _counts(org.id)
+        response = client.request(method, url, headers=auth(plaintext), json=body)
+        assert response.status_code == 403, (method, url, response.text)
+        assert "lacks the 'exports' scope" in response.json()["error"]["message"]
+        assert _counts(org.id) == before
+    assert _export_state(export_id) == state  # the DELETE cancelled nothing
+
+    put = client.put(f"/api/v1/accounting-exports/{export_id}", headers=auth(plaintext),
+                     json={"status": "success", "external_reference": "TTX-7"})
+    assert put.status_code == 200, put.text
+    with session_scope() as session:
+        changed = session.scalars(select(ExportEvent).where(
+            ExportEvent.export_id == export_id, ExportEvent.kind == "status_changed")).all()
+    assert [(e.to_status, e.actor) for e in changed] == [("success", f"api_key:{key.id}")]
+
+
+def test_admin_api_creates_keys_with_scopes_and_refuses_unknown_ones(client, org):
+    keys = f"/api/v1/admin/organizations/{org.id}/api-keys"
+
+    def key_count() -> int:
+        with session_scope() as session:
+            return len(organizations.get_organization(session, org.id).api_keys)
+
+    plain = client.post(keys, headers=_admin())
+    assert plain.status_code == 201 and plain.json()["scopes"] == ["exports"], plain.text
+    both = client.post(keys, headers=_admin(), json={
+        "name": "booking", "scopes": ["callbacks", "exports", "callbacks"]})
+    assert both.status_code == 201, both.text
+    assert both.json()["scopes"] == ["exports", "callbacks"] and both.json()["name"] == "booking"
+    listed = {k["api_key_id"]: k["scopes"] for k in client.get(keys, headers=_admin()).json()}
+    assert listed[both.json()["api_key_id"]] == ["exports", "callbacks"]
+
+    before = key_count()
+    for body in ({"scopes": ["admin"]}, {"scopes": []}, {"scopes": "exports"}):
+        refused = client.post(keys, headers=_admin(), json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "validation_failed"
+        assert "scopes" in refused.json()["error"]["message"]
+    unknown = client.post(keys, headers=_admin(), json={"scopes": ["admin"]}).json()["error"]
+    assert "'exports' or 'callbacks'" in unknown["message"]
+    assert key_count() == before
+
+    org_created = client.post("/api/v1/admin/organizations", headers=_admin(), json={
+        "name": "Booking AS", "api_key_scopes": ["callbacks"]})
+    assert org_created.status_code == 201 and org_created.json()["api_key_scopes"] == [
+        "callbacks"], org_created.text
