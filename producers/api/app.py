@@ -20,7 +20,18 @@ DESCRIPTION = """
 Moves approved expenses into accounting systems, exactly once.
 
 Authenticate with `Authorization: Bearer <API key>` (an administrator creates keys with
-`aic org create` or the admin endpoints). Errors are JSON: `{"error": {"code", "message"}}`.
+`aic org create`, `aic apikey create` or the admin endpoints). Errors are JSON:
+`{"error": {"code", "message"}}`.
+
+Every API key has scopes, and each operation needs one of them:
+
+- `exports`: create, list, read and cancel exports and batches, ingest and read expenses, read
+  source exports. A key made without naming scopes has only this one.
+- `callbacks`: the status callback `PUT /api/v1/accounting-exports/{id}`. It can mark an export
+  `success` without anything being booked, so give it only to the system that books.
+
+A key without the scope an operation needs gets `403` with the code `missing_scope` and a message
+that names the scope. Keys that existed before scopes were introduced have both.
 """
 
 
