@@ -148,8 +148,8 @@ _DEVELOPMENT_SECRETS = {
 }
 
 
-def development_secrets_in_use(settings: Settings,
-                               variables: tuple[str, ...] = tuple(_DEVELOPMENT_SECRETS)) -> list[str]:
+def development_secrets_in_use(
+        settings: Settings, variables: tuple[str, ...] = tuple(_DEVELOPMENT_SECRETS)) -> list[str]:
     """For each of ``variables`` still at its development default, what to set instead."""
     problems = []
     for name in variables:
