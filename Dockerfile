@@ -44,5 +44,8 @@ RUN useradd --system --create-home --home-dir /home/aic --uid 10001 aic \
 WORKDIR /app
 USER aic
 
+# No secrets in the image: the API, worker and beat refuse to start until AIC_ADMIN_TOKEN and
+# AIC_SECRET_KEY are set to values other than the development defaults (AIC_ENVIRONMENT is
+# production unless set).
 EXPOSE 8000 5555
 CMD ["uvicorn", "producers.api.app:app", "--host", "0.0.0.0", "--port", "8000"]

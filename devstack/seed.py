@@ -5,7 +5,8 @@ Idempotent, and run on every start of the dev stack:
 - a new company is created in the Tripletex sandbox every time (the sandbox keeps its ledger in
   memory, so the previous run's company is gone) and the organization's Tripletex connection is
   pointed at it with the new company's tokens;
-- a new API key is issued every time; its plaintext is printed once and stored nowhere;
+- a new API key, with both scopes (exports, callbacks), is issued every time; its plaintext is
+  printed once and stored nowhere;
 - the demo expenses are ingested by (source "demo", source_ref), so a second run finds them
   instead of adding copies.
 """
@@ -127,7 +128,10 @@ def seed_demo(session, *, tripletex_url: str, company: dict, today: date | None 
             "company_id": "0",
         },
     )
-    _key, api_key = create_api_key(session, DEMO_ORG_ID, name="devstack")
+    # Both scopes: the demo key is the one `make run` prints, for every operation of the API,
+    # the status callback included.
+    _key, api_key = create_api_key(session, DEMO_ORG_ID, name="devstack",
+                                   scopes=["exports", "callbacks"])
     expenses = []
     for demo in DEMO_EXPENSES:
         expense, _created = ingest_expense(session, DEMO_ORG_ID, demo_expense_in(demo, today))

@@ -12,7 +12,8 @@ so the two cannot drift apart::
         stack.stop()              # children in reverse order of start
 
 Every child gets ``AIC_DATABASE_URL`` and ``AIC_REDIS_URL`` explicitly, so a child can never fall
-back to a different default than the one the stack migrated and seeded. Each child writes its
+back to a different default than the one the stack migrated and seeded, and
+``AIC_ENVIRONMENT=development`` (unless set), so the development secrets are accepted. Each child writes its
 output to ``<var_dir>/log/<name>.log``; the previous run's log is kept as ``<name>.log.1``.
 """
 
@@ -208,6 +209,11 @@ class Stack:
         return {
             "AIC_DATABASE_URL": self.database_url,
             "AIC_REDIS_URL": self.redis_url,
+            # A local stack: the API, worker and beat may start with the development admin token
+            # and secret key (outside development they refuse them). An AIC_ENVIRONMENT the user
+            # set is kept, so `AIC_ENVIRONMENT=production make run` checks real secrets.
+            "AIC_ENVIRONMENT": self.settings.environment
+            if "environment" in self.settings.model_fields_set else "development",
             # Log lines reach var/log/ as they happen, not when a buffer fills.
             "PYTHONUNBUFFERED": "1",
         }

@@ -2,6 +2,7 @@
 
     aic migrate
     aic org create "Acme AS"                 # prints the organization id and its first API key
+    aic apikey create org_x --name booking --scope callbacks   # a key for the status callback
     aic connection set org_x tripletex --base-url https://api-test.tripletex.tech/v2
     aic connection test org_x tripletex
     aic exports list org_x --status failed
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.config import get_settings
+from shared.config import get_settings, require_safe_settings
 
 
 def _print_json(data) -> None:
@@ -45,8 +46,9 @@ def cmd_org_create(args) -> int:
 
     with session_scope() as session:
         org = organizations.create_organization(session, args.name)
-        key, plaintext = organizations.create_api_key(session, org.id)
-    print(f"organization: {org.id}\napi key (shown once, store it now): {plaintext}")
+        key, plaintext = organizations.create_api_key(session, org.id, scopes=args.scopes)
+    print(f"organization: {org.id}\napi key {key.id}, scopes {','.join(key.scopes)} "
+          f"(shown once, store it now): {plaintext}")
     return 0
 
 
@@ -67,8 +69,21 @@ def cmd_apikey_create(args) -> int:
     from shared.domain import organizations
 
     with session_scope() as session:
-        key, plaintext = organizations.create_api_key(session, args.org, args.name)
-    print(f"api key {key.id} (shown once, store it now): {plaintext}")
+        key, plaintext = organizations.create_api_key(session, args.org, args.name,
+                                                      scopes=args.scopes)
+    print(f"api key {key.id}, scopes {','.join(key.scopes)} (shown once, store it now): "
+          f"{plaintext}")
+    return 0
+
+
+def cmd_apikey_list(args) -> int:
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        for k in organizations.get_organization(session, args.org).api_keys:
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            print(f"{k.id}\t{k.name}\t{k.key_prefix}...\t{','.join(k.scopes)}\t{state}")
     return 0
 
 
@@ -86,6 +101,9 @@ def cmd_connection_set(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import organizations
 
+    # Credentials stored under the committed development key are readable by anyone who has the
+    # repository: refuse before asking for them (AIC_ENVIRONMENT=development allows it).
+    require_safe_settings("aic connection set", variables=("AIC_SECRET_KEY",))
     credentials = None
     if args.target == "tripletex" and not args.keep_credentials:
         # Prompted rather than taken as flags by default, so tokens stay out of shell history.
@@ -190,6 +208,7 @@ def cmd_source_set(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import sources
 
+    require_safe_settings("aic source set", variables=("AIC_SECRET_KEY",))  # as connection set
     client_secret = None
     if args.client_id and not args.keep_credentials:
         client_secret = args.client_secret or getpass.getpass("Findity client secret: ")
@@ -220,6 +239,17 @@ def cmd_source_poll(args) -> int:
     return 1 if result.errors else 0
 
 
+def _scope_option(parser: argparse.ArgumentParser) -> None:
+    from shared.domain.organizations import API_KEY_SCOPES
+
+    # argparse refuses an unknown scope with exit status 2 and the list of valid ones.
+    parser.add_argument(
+        "--scope", dest="scopes", action="append", choices=list(API_KEY_SCOPES),
+        help="what the key may do; repeat for several: "
+             + "; ".join(f"{name}: {what}" for name, what in API_KEY_SCOPES.items())
+             + " (default: exports only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aic", description="Accounting Integration Client")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_cmd", required=True)
     create = org.add_parser("create", help="create an organization and its first API key")
     create.add_argument("name")
+    _scope_option(create)
     create.set_defaults(func=cmd_org_create)
     org.add_parser("list").set_defaults(func=cmd_org_list)
 
@@ -238,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc = key.add_parser("create")
     kc.add_argument("org")
     kc.add_argument("--name", default="default")
+    _scope_option(kc)
     kc.set_defaults(func=cmd_apikey_create)
+    kl = key.add_parser("list", help="an organization's keys with their scopes")
+    kl.add_argument("org")
+    kl.set_defaults(func=cmd_apikey_list)
     kr = key.add_parser("revoke")
     kr.add_argument("org")
     kr.add_argument("key_id")
@@ -254,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--consumer-token", help="prompted when omitted")
     cs.add_argument("--employee-token", help="prompted when omitted")
     cs.add_argument("--company-id", default="0", help="0 = the token owner's company")
-    cs.add_argument("--keep-credentials", action="store_true", help="keep the stored credentials")
+    cs.add_argument("--keep-credentials", action="store_true",
+                    help="keep the stored credentials (refused when --base-url changes)")
     cs.add_argument("--mapping-file", help="JSON account mapping (see shared/domain/mapping.py)")
     cs.add_argument("--voucher-type", help="Tripletex voucher type name, e.g. 'Reiseregning'")
     cs.add_argument("--draft", action="store_true",
@@ -274,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--findity-org", required=True, help="your organization id in Findity")
     ss.add_argument("--client-id")
     ss.add_argument("--client-secret", help="prompted when omitted")
-    ss.add_argument("--keep-credentials", action="store_true")
+    ss.add_argument("--keep-credentials", action="store_true",
+                    help="keep the stored credentials (refused when a URL changes)")
     ss.add_argument("--webhook-secret", help="require HMAC-signed webhooks ('' to remove)")
     ss.add_argument("--target", default="tripletex", choices=["tripletex"])
     ss.add_argument("--content-file", choices=["sie4", "csv"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,9 +15,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VAR_DIR = PROJECT_ROOT / "var"
 
+# The development defaults of the two secrets. They are in the repository for anyone to read, so
+# a process that serves refuses them unless AIC_ENVIRONMENT=development (require_safe_settings).
+DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
+DEVELOPMENT_SECRET_KEY = "ZGV2LW9ubHktc2VjcmV0LWtleS1jaGFuZ2UtbWUhISE="
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIC_", env_file=None, extra="ignore")
+
+    # "production" unless said otherwise: forgetting to set it must fail safe (the API, worker
+    # and beat then refuse the development secrets below). `make run` and `make demo` set
+    # "development" for the processes of their local stack.
+    environment: Literal["development", "production"] = Field(
+        default="production",
+        description="'development' lets the API, worker and beat start with the development "
+                    "defaults of AIC_ADMIN_TOKEN and AIC_SECRET_KEY; 'production' refuses them.",
+    )
 
     # --- storage -----------------------------------------------------------------------------
     database_url: str = Field(
@@ -27,7 +42,7 @@ class Settings(BaseSettings):
 
     # Fernet key (urlsafe base64, 32 bytes) that encrypts target credentials at rest.
     # The default is for local development only; `aic keygen` prints a fresh one.
-    secret_key: str = "ZGV2LW9ubHktc2VjcmV0LWtleS1jaGFuZ2UtbWUhISE="
+    secret_key: str = DEVELOPMENT_SECRET_KEY
 
     # --- queues and retries ---------------------------------------------------------------------
     export_queue: str = "exports"
@@ -97,7 +112,7 @@ class Settings(BaseSettings):
 
     # --- API ------------------------------------------------------------------------------------
     admin_token: str = Field(
-        default="dev-admin-token",
+        default=DEVELOPMENT_ADMIN_TOKEN,
         description="Bearer token of the admin API (/api/v1/admin). Set a long random value.",
     )
     max_request_bytes: int = 1_000_000
@@ -125,3 +140,55 @@ def get_settings() -> Settings:
 def reset_settings_cache() -> None:
     """Tests change the environment and call this; production never does."""
     get_settings.cache_clear()
+
+
+class RefusedToStart(SystemExit):
+    """A process refuses to start; the message says what to set.
+
+    A ``SystemExit`` on purpose: uncaught, Python prints just the message and exits with status 1
+    (no traceback to dig through), and Celery's signal dispatch, which logs and swallows any
+    ``Exception`` a receiver raises, lets it through, so the worker and beat really stop.
+    """
+
+
+# Variable -> what to do instead, for each secret whose development default is refused.
+_DEVELOPMENT_SECRETS = {
+    "AIC_ADMIN_TOKEN": ("admin_token", DEVELOPMENT_ADMIN_TOKEN,
+                        "AIC_ADMIN_TOKEN is the development default; set a long random value "
+                        "(e.g. `openssl rand -base64 32`)"),
+    "AIC_SECRET_KEY": ("secret_key", DEVELOPMENT_SECRET_KEY,
+                       "AIC_SECRET_KEY is the development key committed to the repository; set "
+                       "your own (`aic keygen` prints one)"),
+}
+
+
+def development_secrets_in_use(
+        settings: Settings, variables: tuple[str, ...] = tuple(_DEVELOPMENT_SECRETS)) -> list[str]:
+    """For each of ``variables`` still at its development default, what to set instead."""
+    problems = []
+    for name in variables:
+        field, default, advice = _DEVELOPMENT_SECRETS[name]
+        if getattr(settings, field) == default:
+            problems.append(advice)
+    return problems
+
+
+def require_safe_settings(process: str, *,
+                          variables: tuple[str, ...] = tuple(_DEVELOPMENT_SECRETS),
+                          settings: Settings | None = None) -> None:
+    """The one start-up check of every process that serves: the API (``create_app``), a Celery
+    worker and beat (signals in ``worker.celery_app``), and the ``aic`` commands that encrypt
+    credentials (those pass ``variables=("AIC_SECRET_KEY",)``).
+
+    Outside ``AIC_ENVIRONMENT=development``, a secret at its development default would let anyone
+    who has read this repository call the admin API or decrypt the stored credentials: refuse
+    with ``RefusedToStart`` before anything is served or stored.
+    """
+    settings = settings or get_settings()
+    if settings.environment == "development":
+        return
+    problems = development_secrets_in_use(settings, variables)
+    if problems:
+        raise RefusedToStart(
+            f"{process} refuses to start: " + ". ".join(problems)
+            + ". (Or set AIC_ENVIRONMENT=development for a local stack.)")

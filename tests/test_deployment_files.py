@@ -4,15 +4,20 @@ No Docker engine is needed: every command those files name is resolved in this v
 ``pip install -e .`` put the same console scripts the image gets from ``pip install .``), the
 module it names is imported, and ``<command> --help`` must exit 0. Each runs in an empty
 directory, so a module that only imports from the source tree, not from the installed package,
-fails here as it would in the image. The compose file is also checked for consistency: what
-depends on what, and that the processes share one database and one broker.
+fails here as it would in the image, and with the environment a deployment gives it
+(``deployment_env``: its own admin token and secret key, no development defaults). The compose
+file is also checked for consistency: what depends on what, that the processes share one database
+and one broker, and that it demands the two secrets. And the serving processes (API, worker,
+beat) are started for real without those secrets: each must refuse, saying what to set.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -22,7 +27,9 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
+from devstack.processes import free_port
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,10 +120,28 @@ def resolve(exe: str) -> str:
     return path
 
 
+def base_env(cwd: Path) -> dict[str, str]:
+    """This environment without any AIC_ variable (the tests' own included), on a database in
+    ``cwd`` and a broker port where nothing listens: whatever starts reaches nothing shared."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIC_")}
+    env["AIC_DATABASE_URL"] = f"sqlite:///{cwd / 'deployment-check.db'}"
+    env["AIC_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    return env
+
+
+@functools.cache
+def deployment_env(cwd: Path) -> tuple[tuple[str, str], ...]:
+    """What a deployment must give every process: production, its own admin token and key."""
+    return tuple({**base_env(cwd), "AIC_ENVIRONMENT": "production",
+                  "AIC_ADMIN_TOKEN": secrets.token_urlsafe(32),
+                  "AIC_SECRET_KEY": Fernet.generate_key().decode()}.items())
+
+
 @functools.cache
 def run_in_empty_dir(argv: tuple[str, ...], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [resolve(argv[0]), *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=120
+        [resolve(argv[0]), *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=120,
+        env=dict(deployment_env(cwd)),
     )
 
 
@@ -151,6 +176,68 @@ def test_process_can_start(origin: str, argv: list[str], empty_dir: Path) -> Non
         assert parsed.returncode == 0, (
             f"{origin}: Flower refuses its options:\n{parsed.stderr[-2000:]}"
         )
+
+
+def serves(argv: list[str]) -> bool:
+    """The API, a Celery worker or beat: the processes that must refuse development secrets."""
+    return argv[0] == "uvicorn" or (argv[0] == "celery" and ("worker" in argv or "beat" in argv))
+
+
+def local_argv(argv: list[str], cwd: Path) -> tuple[str, ...]:
+    """``argv`` with its port and beat schedule moved to a free port and ``cwd``: a process that
+    did start must not take a port or a file someone else on this machine uses."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg in ("--port", "--schedule"):
+            next(rest)
+            out += [arg, str(free_port()) if arg == "--port" else str(cwd / "beat-schedule")]
+        elif arg.startswith("--port="):
+            out.append(f"--port={free_port()}")
+        else:
+            out.append(arg)
+    return tuple(out)
+
+
+SERVING = [(origin, argv) for origin, argv in PROCESSES if serves(argv)]
+
+
+@pytest.mark.parametrize("origin,argv", SERVING, ids=[origin for origin, _ in SERVING])
+def test_serving_process_refuses_the_development_secrets(origin: str, argv: list[str],
+                                                         empty_dir: Path) -> None:
+    """Started for real (not ``--help``) with neither AIC_ADMIN_TOKEN, AIC_SECRET_KEY nor
+    AIC_ENVIRONMENT set, each must exit non-zero at once, naming both variables and the way out.
+
+    Fails on the code before the check: uvicorn serves, the worker retries the (closed) broker
+    port and beat ticks, each until the timeout, which fails the test."""
+    command = local_argv(argv, empty_dir)
+    result = subprocess.run([resolve(command[0]), *command[1:]], cwd=empty_dir,
+                            env=base_env(empty_dir), capture_output=True, text=True, timeout=90)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"{origin} started with the development secrets:\n{output}"
+    assert "refuses to start" in output, output[-3000:]
+    assert "AIC_ADMIN_TOKEN is the development default" in output, output[-3000:]
+    assert "AIC_SECRET_KEY is the development key" in output, output[-3000:]
+    assert "AIC_ENVIRONMENT=development" in output, output[-3000:]
+
+
+def test_development_environment_accepts_the_development_secrets(empty_dir: Path) -> None:
+    """The way out the refusal names works: ``make run``'s children get it (devstack.stack)."""
+    code = "import producers.api.app as m; assert m.app.title"
+    result = subprocess.run([sys.executable, "-c", code], cwd=empty_dir, capture_output=True,
+                            text=True, timeout=120,
+                            env={**base_env(empty_dir), "AIC_ENVIRONMENT": "development"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_compose_demands_both_secrets() -> None:
+    """No fallback to the development defaults: Compose stops with the message when unset."""
+    for name in (*APP_SERVICES, "migrate"):
+        environment = compose()["services"][name]["environment"]
+        for variable in ("AIC_ADMIN_TOKEN", "AIC_SECRET_KEY"):
+            value = str(environment.get(variable))
+            assert re.fullmatch(r"\$\{" + variable + r":\?set " + variable + r" .+\}", value), (
+                f"{name}: {variable} must be ${{{variable}:?set {variable} ...}}, not {value!r}")
 
 
 def test_procfile_names_every_process_type() -> None:

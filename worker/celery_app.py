@@ -6,14 +6,28 @@ one process, shared HTTP clients and token caches. Celery's prefork pool would h
 per process. See docs/ARCHITECTURE.md.
 """
 
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, beat_init, celeryd_init, worker_process_init
 
+from shared.config import require_safe_settings
 from shared.logs import install_redaction_on_existing_handlers
 from shared.queue import celery_app
 
 celery_app.conf.include = ["worker.tasks"]
 # Import so the tasks register when this module is the -A target.
 import worker.tasks  # noqa: E402,F401
+
+
+@celeryd_init.connect
+def _refuse_development_secrets_in_worker(**_kwargs) -> None:
+    # celeryd_init is the worker's first signal, sent before it connects to the broker or takes a
+    # task. Not at import: Flower, `celery inspect` and --help load this module too.
+    require_safe_settings("the Celery worker")
+
+
+@beat_init.connect
+def _refuse_development_secrets_in_beat(**_kwargs) -> None:
+    # Sent before beat's first tick: nothing has been scheduled yet.
+    require_safe_settings("Celery beat")
 
 
 @after_setup_logger.connect

@@ -12,7 +12,7 @@ from producers.api import routes_admin, routes_expenses, routes_exports, routes_
 from producers.webhooks import findity as findity_webhook
 from producers.api.errors import install_error_handlers
 from producers.api.limits import BodySizeLimit
-from shared.config import get_settings
+from shared.config import get_settings, require_safe_settings
 from shared.db.session import get_engine
 from shared.logs import configure_logging
 
@@ -20,7 +20,18 @@ DESCRIPTION = """
 Moves approved expenses into accounting systems, exactly once.
 
 Authenticate with `Authorization: Bearer <API key>` (an administrator creates keys with
-`aic org create` or the admin endpoints). Errors are JSON: `{"error": {"code", "message"}}`.
+`aic org create`, `aic apikey create` or the admin endpoints). Errors are JSON:
+`{"error": {"code", "message"}}`.
+
+Every API key has scopes, and each operation needs one of them:
+
+- `exports`: create, list, read and cancel exports and batches, ingest and read expenses, read
+  source exports. A key made without naming scopes has only this one.
+- `callbacks`: the status callback `PUT /api/v1/accounting-exports/{id}`. It can mark an export
+  `success` without anything being booked, so give it only to the system that books.
+
+A key without the scope an operation needs gets `403` with the code `missing_scope` and a message
+that names the scope. Keys that existed before scopes were introduced have both.
 """
 
 
@@ -30,6 +41,9 @@ class Health(BaseModel):
 
 
 def create_app() -> FastAPI:
+    # First, before a route exists: `uvicorn producers.api.app:app` then exits with the message
+    # instead of serving the admin API behind a token anyone can read in this repository.
+    require_safe_settings("the API")
     configure_logging()
     app = FastAPI(title="Accounting Integration Client", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)

@@ -14,7 +14,7 @@ from fastapi import Request
 
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.domain.organizations import organization_for_api_key
+from shared.domain.organizations import API_KEY_SCOPES, active_api_key
 from producers.api.errors import ApiError
 
 
@@ -35,21 +35,50 @@ def _bearer(request: Request) -> str:
 @dataclass(frozen=True)
 class Caller:
     organization_id: str
+    api_key_id: str
+    scopes: frozenset[str]
 
     @property
     def actor(self) -> str:
-        return f"api:{self.organization_id}"
+        # The key, not just the organization: the event log says which integration did it.
+        return f"api_key:{self.api_key_id}"
 
 
 def current_caller(request: Request) -> Caller:
-    key = _bearer(request)
+    """Whoever holds a valid key, whatever its scopes: use ``require_scope`` on endpoints."""
+    plaintext = _bearer(request)
     with session_scope() as session:
-        org = organization_for_api_key(session, key)
-    if org is None:
-        raise ApiError(401, "invalid_api_key",
-                       "this API key is unknown or revoked; ask an administrator for a new one",
-                       headers={"WWW-Authenticate": "Bearer"})
-    return Caller(organization_id=org.id)
+        key = active_api_key(session, plaintext)
+        if key is None:
+            raise ApiError(401, "invalid_api_key",
+                           "this API key is unknown or revoked; ask an administrator for a new one",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return Caller(organization_id=key.organization_id, api_key_id=key.id,
+                      scopes=frozenset(key.scopes))
+
+
+def require_scope(scope: str):
+    """A dependency that returns the caller if its key has ``scope``, and answers 403 naming the
+    missing scope otherwise (before the request touches anything)."""
+    if scope not in API_KEY_SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def caller_with_scope(request: Request) -> Caller:
+        caller = current_caller(request)
+        if scope not in caller.scopes:
+            raise ApiError(
+                403, "missing_scope",
+                f"this API key lacks the '{scope}' scope, which this operation needs ({scope}: "
+                f"{API_KEY_SCOPES[scope]}); the key has: {', '.join(sorted(caller.scopes))}. "
+                f"Ask an administrator for a key with the '{scope}' scope")
+        return caller
+
+    caller_with_scope.__name__ = f"caller_with_{scope}_scope"
+    return caller_with_scope
+
+
+exports_caller = require_scope("exports")
+callbacks_caller = require_scope("callbacks")
 
 
 def require_admin(request: Request) -> None:

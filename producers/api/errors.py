@@ -46,6 +46,7 @@ class ErrorBody(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON",
     401: "Missing, unknown or revoked credentials",
+    403: "The API key lacks the scope this operation needs (`missing_scope` names it)",
     404: "No such resource in your organization",
     409: "Not allowed in the resource's current state",
     413: "The request body is too large",

@@ -13,6 +13,8 @@ from producers.api.schemas import (
     ID_PATTERN,
     ApiKeyCreated,
     ApiKeyOut,
+    ApiKeyScope,
+    CreateApiKey,
     ConnectionOut,
     CreateOrganization,
     OrganizationCreated,
@@ -21,7 +23,7 @@ from producers.api.schemas import (
     StrictBody,
     TargetSystem,
 )
-from shared.db.models import Organization, SourceConnection, TargetConnection
+from shared.db.models import ApiKey, Organization, SourceConnection, TargetConnection
 from shared.db.session import session_scope
 from shared.domain import organizations as service
 from shared.domain import sources
@@ -44,14 +46,24 @@ def connection_out(connection: TargetConnection) -> ConnectionOut:
                          updated_at=connection.updated_at)
 
 
+def _scope_values(scopes: list[ApiKeyScope] | None) -> list[str] | None:
+    return None if scopes is None else [scope.value for scope in scopes]
+
+
+def api_key_out(k: ApiKey) -> ApiKeyOut:
+    return ApiKeyOut(api_key_id=k.id, name=k.name, prefix=k.key_prefix, scopes=k.scopes,
+                     created_at=k.created_at, revoked_at=k.revoked_at)
+
+
 @router.post("/organizations", response_model=OrganizationCreated, status_code=201,
-             responses=BODY_ERRORS)
+             responses=BODY_ERRORS, summary="Create an organization and its first API key")
 def create_organization(body: CreateOrganization) -> OrganizationCreated:
     with session_scope() as session:
         org = service.create_organization(session, body.name)
-        key, plaintext = service.create_api_key(session, org.id)
+        key, plaintext = service.create_api_key(session, org.id,
+                                                scopes=_scope_values(body.api_key_scopes))
         return OrganizationCreated(organization_id=org.id, name=org.name, api_key=plaintext,
-                                   api_key_id=key.id)
+                                   api_key_id=key.id, api_key_scopes=key.scopes)
 
 
 @router.get("/organizations", response_model=list[OrganizationOut])
@@ -62,27 +74,31 @@ def list_organizations() -> list[OrganizationOut]:
                 for o in orgs]
 
 
-@router.post("/organizations/{org_id}/api-keys", response_model=ApiKeyCreated, status_code=201)
-def create_api_key(org_id: str = OrgId) -> ApiKeyCreated:
+@router.post("/organizations/{org_id}/api-keys", response_model=ApiKeyCreated, status_code=201,
+             responses=BODY_ERRORS, summary="Create an API key",
+             description="The body is optional: without it the key is named `default` and has "
+                         "the `exports` scope only. A system that reports outcomes with the "
+                         "status callback needs a key with `callbacks`.")
+def create_api_key(body: CreateApiKey | None = None, org_id: str = OrgId) -> ApiKeyCreated:
+    body = body or CreateApiKey()
     with session_scope() as session:
-        key, plaintext = service.create_api_key(session, org_id)
-        return ApiKeyCreated(api_key_id=key.id, api_key=plaintext)
+        key, plaintext = service.create_api_key(session, org_id, body.name,
+                                                scopes=_scope_values(body.scopes))
+        return ApiKeyCreated(api_key_id=key.id, api_key=plaintext, name=key.name,
+                             scopes=key.scopes)
 
 
 @router.get("/organizations/{org_id}/api-keys", response_model=list[ApiKeyOut])
 def list_api_keys(org_id: str = OrgId) -> list[ApiKeyOut]:
     with session_scope() as session:
         org = service.get_organization(session, org_id)
-        return [ApiKeyOut(api_key_id=k.id, name=k.name, prefix=k.key_prefix,
-                          created_at=k.created_at, revoked_at=k.revoked_at) for k in org.api_keys]
+        return [api_key_out(k) for k in org.api_keys]
 
 
 @router.delete("/organizations/{org_id}/api-keys/{key_id}", response_model=ApiKeyOut)
 def revoke_api_key(org_id: str = OrgId, key_id: str = Path(pattern=ID_PATTERN)) -> ApiKeyOut:
     with session_scope() as session:
-        k = service.revoke_api_key(session, org_id, key_id)
-        return ApiKeyOut(api_key_id=k.id, name=k.name, prefix=k.key_prefix,
-                         created_at=k.created_at, revoked_at=k.revoked_at)
+        return api_key_out(service.revoke_api_key(session, org_id, key_id))
 
 
 @router.put("/organizations/{org_id}/connections/{target_system}", response_model=ConnectionOut,
@@ -110,7 +126,11 @@ class PutSource(StrictBody):
     token_url: str = Field(min_length=8, max_length=500, description="OAuth2 token endpoint")
     external_organization_id: str = Field(min_length=1, max_length=100,
                                           description="Your organization's id in Findity")
-    client_id: str | None = Field(default=None, max_length=200)
+    client_id: str | None = Field(
+        default=None, max_length=200,
+        description="With client_secret: required for a new connection and whenever base_url or "
+                    "token_url changes (stored credentials never follow a new URL); omit both "
+                    "to keep the stored ones")
     client_secret: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(
         default=None, max_length=200,

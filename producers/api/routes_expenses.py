@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Response
 
-from producers.api.deps import Caller, current_caller
+from producers.api.deps import Caller, exports_caller
 from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import ID_PATTERN, CreateExpense, ExpenseOut
 from shared.db.models import Expense
@@ -17,7 +17,7 @@ from shared.domain import expenses as service
 from shared.domain.errors import NotFound
 
 router = APIRouter(prefix="/api/v1/expenses", tags=["expenses"],
-                   responses=error_responses(401, 422, 503))
+                   responses=error_responses(401, 403, 422, 503))
 API_SOURCE = "api"
 
 
@@ -35,7 +35,7 @@ def _out(expense: Expense, created: bool = False) -> ExpenseOut:
                        "description": "Already ingested: its status was updated, nothing else"},
                  **error_responses(*BODY_ERROR_STATUSES)})
 def ingest_expense(body: CreateExpense, response: Response,
-                   caller: Caller = Depends(current_caller)) -> ExpenseOut:
+                   caller: Caller = Depends(exports_caller)) -> ExpenseOut:
     data = service.require_valid(service.ExpenseIn, {"source": API_SOURCE, **body.model_dump()})
     with session_scope() as session:
         expense, created = service.ingest_expense(session, caller.organization_id, data)
@@ -46,7 +46,7 @@ def ingest_expense(body: CreateExpense, response: Response,
 
 @router.get("/{expense_id}", response_model=ExpenseOut, responses=error_responses(404))
 def get_expense(expense_id: str = Path(pattern=ID_PATTERN),
-                caller: Caller = Depends(current_caller)) -> ExpenseOut:
+                caller: Caller = Depends(exports_caller)) -> ExpenseOut:
     with session_scope() as session:
         expense = service.get_expense(session, caller.organization_id, expense_id)
         if expense is None:

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from producers.api.deps import Caller, current_caller
+from producers.api.deps import Caller, callbacks_caller, exports_caller
 from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import (
     ID_PATTERN,
@@ -32,7 +32,7 @@ from shared.domain import exports as service
 from shared.domain.errors import ValidationFailed
 
 router = APIRouter(prefix="/api/v1/accounting-exports", tags=["accounting-exports"],
-                   responses=error_responses(401, 422, 503))
+                   responses=error_responses(401, 403, 422, 503))
 
 ExportId = Path(pattern=ID_PATTERN, description="Export id, e.g. exp_xp_6a2d9c")
 ERRORS = error_responses(401, 404, 409, 422, descriptions={
@@ -43,7 +43,7 @@ BODY_ERRORS = {**ERRORS, **error_responses(*BODY_ERROR_STATUSES)}
 
 @router.get("", response_model=ExportList, summary="List export records", responses=ERRORS)
 def list_exports(
-    caller: Caller = Depends(current_caller),
+    caller: Caller = Depends(exports_caller),
     page: int = Query(1, ge=1, le=100_000),
     limit: int = Query(20, ge=1, le=100),
     status: ExportStatus | None = None,
@@ -67,7 +67,7 @@ def list_exports(
 
 @router.post("", status_code=202, response_model=CreatedExport, responses=BODY_ERRORS,
              summary="Export a single approved expense to accounting system")
-def create_export(body: CreateExport, caller: Caller = Depends(current_caller)) -> CreatedExport:
+def create_export(body: CreateExport, caller: Caller = Depends(exports_caller)) -> CreatedExport:
     with session_scope() as session:
         export = service.create_export(session, caller.organization_id, body.expense_id,
                                        body.target_system.value, actor=caller.actor,
@@ -81,7 +81,7 @@ def create_export(body: CreateExport, caller: Caller = Depends(current_caller)) 
     **BODY_ERRORS, **error_responses(413, descriptions={
         413: "Too many expenses in one batch, or the body is too large"})},
     summary="Batch export multiple approved expenses")
-def create_batch(body: CreateBatch, caller: Caller = Depends(current_caller)) -> CreatedBatch:
+def create_batch(body: CreateBatch, caller: Caller = Depends(exports_caller)) -> CreatedBatch:
     with session_scope() as session:
         batch, exports = service.create_batch(session, caller.organization_id, body.expense_ids,
                                               body.target_system.value, actor=caller.actor,
@@ -95,7 +95,7 @@ def create_batch(body: CreateBatch, caller: Caller = Depends(current_caller)) ->
 @router.get("/batch/{batch_id}", response_model=BatchProgress, responses=ERRORS,
             summary="Progress of a batch: exports per status")
 def get_batch(batch_id: str = Path(pattern=ID_PATTERN),
-              caller: Caller = Depends(current_caller)) -> BatchProgress:
+              caller: Caller = Depends(exports_caller)) -> BatchProgress:
     with session_scope() as session:
         batch, counts = service.batch_progress(session, caller.organization_id, batch_id)
         return BatchProgress(batch_id=batch.id, target_system=batch.target_system,
@@ -106,28 +106,34 @@ def get_batch(batch_id: str = Path(pattern=ID_PATTERN),
 
 @router.get("/{export_id}", response_model=ExportDetail, responses=ERRORS,
             summary="Get export status and external reference")
-def get_export(export_id: str = ExportId, caller: Caller = Depends(current_caller)) -> ExportDetail:
+def get_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> ExportDetail:
     with session_scope() as session:
         return ExportDetail.of(service.get_export(session, caller.organization_id, export_id))
 
 
 @router.get("/{export_id}/events", response_model=EventList, responses=ERRORS,
             summary="The export's event log, oldest first")
-def get_events(export_id: str = ExportId, caller: Caller = Depends(current_caller)) -> EventList:
+def get_events(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> EventList:
     with session_scope() as session:
         events = service.export_events(session, caller.organization_id, export_id)
         return EventList(export_id=export_id, events=[EventOut.of(e) for e in events])
 
 
 @router.put("/{export_id}", response_model=StatusUpdated, responses=BODY_ERRORS,
-            summary="Update export record status (webhook callback)")
+            summary="Update export record status (webhook callback)",
+            description="Records an outcome the target reported: `success` with an "
+                        "`external_reference`, `failed` with an `error_message`, or `processing` "
+                        "to retry a failed export. Needs an API key with the **`callbacks`** "
+                        "scope (a key without it gets 403 `missing_scope`): marking an export "
+                        "`success` books nothing, so only the system that books should hold it. "
+                        "The event log records the key (`actor`: `api_key:<key id>`).")
 def update_status(body: UpdateStatus, export_id: str = ExportId,
-                  caller: Caller = Depends(current_caller)) -> StatusUpdated:
+                  caller: Caller = Depends(callbacks_caller)) -> StatusUpdated:
     with session_scope() as session:
         export = service.apply_status_callback(
             session, caller.organization_id, export_id, status=body.status,
             external_reference=body.external_reference, error_message=body.error_message,
-            actor=f"callback:{caller.organization_id}")
+            actor=caller.actor)
         return StatusUpdated(export_id=export.id, status=export.status,
                              external_reference=export.external_reference,
                              exported_at=export.exported_at)
@@ -135,7 +141,7 @@ def update_status(body: UpdateStatus, export_id: str = ExportId,
 
 @router.delete("/{export_id}", response_model=Cancelled, responses=ERRORS,
                summary="Cancel a pending export job")
-def cancel_export(export_id: str = ExportId, caller: Caller = Depends(current_caller)) -> Cancelled:
+def cancel_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> Cancelled:
     with session_scope() as session:
         export = service.cancel_export(session, caller.organization_id, export_id,
                                        actor=caller.actor)

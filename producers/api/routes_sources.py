@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from producers.api.deps import Caller, current_caller
+from producers.api.deps import Caller, exports_caller
 from producers.api.errors import error_responses
 from producers.api.schemas import ID_PATTERN, Pagination
 from shared.db.models import SourceExport
@@ -16,7 +16,7 @@ from shared.db.session import session_scope
 from shared.domain import sources
 
 router = APIRouter(prefix="/api/v1/source-exports", tags=["source-exports"],
-                   responses=error_responses(401, 422, 503))
+                   responses=error_responses(401, 403, 422, 503))
 
 
 class SourceVoucherOut(BaseModel):
@@ -59,7 +59,7 @@ def _out(row: SourceExport, with_vouchers: bool = False) -> SourceExportOut:
 
 
 @router.get("", response_model=SourceExportList, summary="Packages received from sources")
-def list_source_exports(caller: Caller = Depends(current_caller),
+def list_source_exports(caller: Caller = Depends(exports_caller),
                         page: int = Query(1, ge=1, le=100_000),
                         limit: int = Query(20, ge=1, le=100),
                         source_export_ref: str | None = Query(None, max_length=100,
@@ -79,7 +79,7 @@ def list_source_exports(caller: Caller = Depends(current_caller),
 @router.get("/{source_export_id}", response_model=SourceExportOut, responses=error_responses(404),
             summary="A package with every voucher's export and report status")
 def get_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
-                      caller: Caller = Depends(current_caller)):
+                      caller: Caller = Depends(exports_caller)):
     with session_scope() as session:
         row = sources.get_source_export(session, caller.organization_id, source_export_id)
         return _out(row, with_vouchers=True)

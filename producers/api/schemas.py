@@ -204,8 +204,27 @@ class ExpenseOut(BaseModel):
 
 # --- admin ------------------------------------------------------------------------------------
 
+class ApiKeyScope(str, Enum):
+    """What an API key may do (shared.domain.organizations.API_KEY_SCOPES)."""
+
+    EXPORTS = "exports"
+    CALLBACKS = "callbacks"
+
+
+SCOPES_DESCRIPTION = (
+    "What the key may do: `exports` (create, list, read and cancel exports and batches; ingest "
+    "and read expenses; read source exports) and/or `callbacks` (the status callback "
+    "`PUT /api/v1/accounting-exports/{id}`). Omitted: `[\"exports\"]`.")
+
+
+def _scopes_field() -> Any:
+    return Field(default=None, min_length=1, description=SCOPES_DESCRIPTION,
+                 examples=[["exports"], ["exports", "callbacks"]])
+
+
 class CreateOrganization(StrictBody):
     name: str = Field(min_length=1, max_length=200)
+    api_key_scopes: list[ApiKeyScope] | None = _scopes_field()
 
 
 class OrganizationCreated(BaseModel):
@@ -213,6 +232,13 @@ class OrganizationCreated(BaseModel):
     name: str
     api_key: str = Field(description="Shown once; store it now. Only its hash is kept.")
     api_key_id: str
+    api_key_scopes: list[str]
+
+
+class CreateApiKey(StrictBody):
+    name: str = Field(default="default", min_length=1, max_length=200,
+                      description="Tells keys apart, e.g. the integration that uses it")
+    scopes: list[ApiKeyScope] | None = _scopes_field()
 
 
 class OrganizationOut(BaseModel):
@@ -223,13 +249,16 @@ class OrganizationOut(BaseModel):
 
 class ApiKeyCreated(BaseModel):
     api_key_id: str
-    api_key: str
+    api_key: str = Field(description="Shown once; store it now. Only its hash is kept.")
+    name: str
+    scopes: list[str]
 
 
 class ApiKeyOut(BaseModel):
     api_key_id: str
     name: str
     prefix: str
+    scopes: list[str]
     created_at: datetime
     revoked_at: datetime | None
 
@@ -238,7 +267,8 @@ class PutConnection(StrictBody):
     base_url: str = Field(min_length=8, max_length=500, examples=["https://api-test.tripletex.tech/v2"])
     credentials: dict[str, str] | None = Field(
         default=None, description="Tripletex: consumer_token, employee_token, company_id (default 0). "
-                                  "Omit to keep the stored credentials.")
+                                  "Omit to keep the stored credentials; required when base_url "
+                                  "changes, so stored credentials never follow a new URL.")
     account_mapping: dict[str, Any] | None = None
     options: dict[str, Any] | None = Field(
         default=None,

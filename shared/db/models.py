@@ -68,6 +68,10 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # First characters of the key, so an operator can tell keys apart without the secret.
     key_prefix: Mapped[str] = mapped_column(String(16))
+    # What the key may do (shared.domain.organizations.API_KEY_SCOPES), e.g. ["exports"]. No
+    # default here: every key is made by create_api_key, which decides; migration 0004 gave the
+    # keys that existed before scopes both of them.
+    scopes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

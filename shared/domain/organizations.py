@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -16,6 +17,17 @@ TARGET_SYSTEMS = ("tripletex",)
 
 # Credentials each target needs; checked before anything is stored.
 REQUIRED_CREDENTIALS = {"tripletex": ("consumer_token", "employee_token")}
+
+# What an API key may do, by scope. The status callback is its own scope because it can mark an
+# export `success` with any reference without anything being booked: only the system that does
+# the booking should hold it, not every integration that merely exports.
+API_KEY_SCOPES = {
+    "exports": "create, list, read and cancel exports and batches; ingest and read expenses; "
+               "read source exports",
+    "callbacks": "the status callback PUT /api/v1/accounting-exports/{id}",
+}
+# A key made without saying what it is for gets the least dangerous scope.
+DEFAULT_API_KEY_SCOPES = ("exports",)
 
 
 def create_organization(session: Session, name: str, org_id: str | None = None) -> Organization:
@@ -34,9 +46,30 @@ def get_organization(session: Session, org_id: str) -> Organization:
     return org
 
 
-def create_api_key(session: Session, org_id: str, name: str = "default") -> tuple[ApiKey, str]:
-    """Returns the stored key row and the plaintext key, which is shown once and never stored."""
+def api_key_scopes(scopes: Iterable[str] | None) -> list[str]:
+    """The scopes a new key gets: ``DEFAULT_API_KEY_SCOPES`` when none are named, otherwise the
+    named ones, each once, in the order of ``API_KEY_SCOPES``."""
+    if scopes is None:
+        return list(DEFAULT_API_KEY_SCOPES)
+    scopes = list(scopes)
+    known = ", ".join(API_KEY_SCOPES)
+    unknown = [s for s in scopes if s not in API_KEY_SCOPES]
+    if unknown:
+        raise ValidationFailed(f"unknown API key scope {', '.join(map(repr, unknown))}; "
+                               f"use one or more of: {known}")
+    if not scopes:
+        raise ValidationFailed(f"an API key needs at least one scope: {known}")
+    return [s for s in API_KEY_SCOPES if s in scopes]
+
+
+def create_api_key(session: Session, org_id: str, name: str = "default",
+                   scopes: Iterable[str] | None = None) -> tuple[ApiKey, str]:
+    """Returns the stored key row and the plaintext key, which is shown once and never stored.
+
+    ``scopes``: see ``API_KEY_SCOPES``; ``["exports"]`` when omitted.
+    """
     get_organization(session, org_id)
+    scopes = api_key_scopes(scopes)
     plaintext = crypto.generate_api_key()
     key = ApiKey(
         id=ids.new_id(ids.API_KEY, 6),
@@ -44,6 +77,7 @@ def create_api_key(session: Session, org_id: str, name: str = "default") -> tupl
         name=name,
         key_hash=crypto.hash_api_key(plaintext),
         key_prefix=plaintext[:10],
+        scopes=scopes,
     )
     session.add(key)
     session.flush()
@@ -59,13 +93,14 @@ def revoke_api_key(session: Session, org_id: str, key_id: str) -> ApiKey:
     return key
 
 
-def organization_for_api_key(session: Session, plaintext: str) -> Organization | None:
+def active_api_key(session: Session, plaintext: str) -> ApiKey | None:
+    """The key (its organization, its scopes) if it exists and is not revoked."""
     key = session.scalar(
         select(ApiKey).where(ApiKey.key_hash == crypto.hash_api_key(plaintext))
     )
     if key is None or key.revoked_at is not None:
         return None
-    return key.organization
+    return key
 
 
 def upsert_connection(
@@ -80,7 +115,9 @@ def upsert_connection(
 ) -> TargetConnection:
     """Create or replace the organization's connection to one target system.
 
-    ``credentials`` may be omitted on update to keep the stored ones.
+    ``credentials`` may be omitted on update to keep the stored ones, but not together with a
+    new ``base_url``: the stored credentials would then go to whatever host the new URL names, so
+    whoever holds the admin token could collect them without ever knowing them.
     """
     get_organization(session, org_id)
     if target_system not in TARGET_SYSTEMS:
@@ -102,6 +139,14 @@ def upsert_connection(
             raise ValidationFailed(
                 f"credentials for {target_system} need: {', '.join(missing)}"
             )
+    elif connection is not None and base_url.rstrip("/") != connection.base_url:
+        message = (
+            f"base_url would change from {connection.base_url} to {base_url.rstrip('/')}, and "
+            "the stored credentials would then be sent to it: send the credentials together "
+            "with the new base_url (`credentials` in the admin API; `aic connection set` "
+            "without --keep-credentials). Nothing was changed."
+        )
+        raise ValidationFailed(message, details=[{"field": "credentials", "message": message}])
     if connection is None:
         if credentials is None:
             raise ValidationFailed(f"credentials are required for a new {target_system} connection")

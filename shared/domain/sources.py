@@ -64,6 +64,21 @@ def upsert_source_connection(
             raise ValidationFailed(f"{name} must start with http:// or https://")
     connection = session.scalar(select(SourceConnection).where(
         SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
+    if connection is not None and not (client_id and client_secret):
+        # The stored client secret goes to token_url and the token to base_url: moving either
+        # without the credentials would hand them to another host (see upsert_connection).
+        moved = [f"{name} from {old} to {new}" for name, old, new in (
+            ("base_url", connection.base_url, base_url.rstrip("/")),
+            ("token_url", connection.token_url, token_url)) if old != new]
+        if moved:
+            message = (
+                f"{' and '.join(moved)} would change, and the stored credentials would then be "
+                "sent there: send client_id and client_secret together with the new URL "
+                "(`aic source set` with --client-id, without --keep-credentials). "
+                "Nothing was changed."
+            )
+            raise ValidationFailed(message, details=[{"field": "client_secret",
+                                                      "message": message}])
     if connection is None:
         if not (client_id and client_secret):
             raise ValidationFailed("client_id and client_secret are required for a new connection")

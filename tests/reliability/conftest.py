@@ -370,7 +370,9 @@ class Stack:
 
     # tenants --------------------------------------------------------------------------------
     def new_tenant(self, tripletex_sandbox, name: str = "Reliability AS") -> Tenant:
-        created = self.admin.post("/api/v1/admin/organizations", json={"name": name})
+        # Both scopes: scenarios race the status callback against the worker too.
+        created = self.admin.post("/api/v1/admin/organizations", json={
+            "name": name, "api_key_scopes": ["exports", "callbacks"]})
         assert created.status_code == 201, created.text
         org = created.json()
         company = tripletex_sandbox.create_company(name)

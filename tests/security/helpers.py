@@ -13,7 +13,14 @@ import redis
 from sqlalchemy import func, select
 
 from shared.config import get_settings
-from shared.db.models import AccountingExport, Base, Expense, TargetConnection
+from shared.db.models import (
+    AccountingExport,
+    ApiKey,
+    Base,
+    Expense,
+    SourceConnection,
+    TargetConnection,
+)
 from shared.db.session import session_scope
 
 _names = itertools.count(1)
@@ -27,11 +34,12 @@ def table_counts() -> dict[str, int]:
 
 
 def organization_fingerprint(org_id: str) -> str:
-    """A digest of every column of the organization's expenses, exports and connections: an
-    UPDATE (a status flipped, a credential replaced) changes it even when no row count does."""
+    """A digest of every column of the organization's expenses, exports, connections, sources
+    and API keys: an UPDATE (a status flipped, a credential replaced or redirected) changes it
+    even when no row count does."""
     digest = hashlib.sha256()
     with session_scope() as session:
-        for model in (Expense, AccountingExport, TargetConnection):
+        for model in (Expense, AccountingExport, TargetConnection, SourceConnection, ApiKey):
             table = model.__table__
             rows = session.execute(select(table).where(table.c.organization_id == org_id)
                                    .order_by(table.c.id)).all()
@@ -81,11 +89,16 @@ class OrgHandle:
 def make_org(admin: httpx.Client, api_server: str, name: str | None = None, *,
              tripletex_url: str | None = "http://127.0.0.1:9/v2",
              consumer_token: str = "sec-consumer-token",
-             employee_token: str = "sec-employee-token") -> OrgHandle:
+             employee_token: str = "sec-employee-token",
+             scopes: tuple[str, ...] | None = ("exports", "callbacks")) -> OrgHandle:
     """An organization made through the admin API, with a Tripletex connection (to a closed port
-    unless told otherwise) and a client that uses its API key. Close ``.api`` when done."""
-    created = admin.post("/api/v1/admin/organizations",
-                         json={"name": name or f"Security {next(_names)} AS"})
+    unless told otherwise) and a client that uses its API key. The key has both scopes, so every
+    operation is reachable; ``scopes=None`` leaves them to the API's default. Close ``.api``
+    when done."""
+    body = {"name": name or f"Security {next(_names)} AS"}
+    if scopes is not None:
+        body["api_key_scopes"] = list(scopes)
+    created = admin.post("/api/v1/admin/organizations", json=body)
     assert created.status_code == 201, created.text
     body = created.json()
     if tripletex_url:

@@ -107,6 +107,37 @@ def test_a_revoked_key_is_refused_like_an_unknown_one(new_org, admin, anonymous)
     assert anonymous.post("/api/v1/expenses", headers=as_second_key, json={}).status_code == 401
 
 
+def test_api_key_scopes_are_enforced_over_http(new_org, admin, anonymous):
+    """An organization's default key (scope `exports`) may not use the status callback: 403
+    missing_scope, and the unbooked export stays as it was. A key with `callbacks` may, and the
+    event names that key. Fails on the old code, where any key got 200 and the export
+    became `success` with the reference STOLEN."""
+    org = new_org(scopes=None)
+    created = admin.get(f"/api/v1/admin/organizations/{org.organization_id}/api-keys")
+    assert [k["scopes"] for k in created.json()] == [["exports"]], created.text
+    export = org.api.post(EXPORTS, json={"expense_id": org.add_expense(),
+                                         "target_system": "tripletex"})
+    assert export.status_code == 202, export.text
+    url = f"{EXPORTS}/{export.json()['export_id']}"
+    counts, fingerprint = table_counts(), organization_fingerprint(org.organization_id)
+
+    refused = org.api.put(url, json={"status": "success", "external_reference": "STOLEN"})
+
+    error = assert_error_body(refused, 403)
+    assert error["code"] == "missing_scope" and "'callbacks' scope" in error["message"]
+    assert table_counts() == counts
+    assert organization_fingerprint(org.organization_id) == fingerprint
+
+    key = admin.post(f"/api/v1/admin/organizations/{org.organization_id}/api-keys",
+                     json={"name": "booking", "scopes": ["callbacks"]}).json()
+    booked = anonymous.put(url, headers={"Authorization": f"Bearer {key['api_key']}"},
+                           json={"status": "success", "external_reference": "TTX-42"})
+    assert booked.status_code == 200 and booked.json()["external_reference"] == "TTX-42"
+    events = org.api.get(f"{url}/events").json()["events"]
+    assert [e["actor"] for e in events if e["to_status"] == "success"] == [
+        f"api_key:{key['api_key_id']}"]
+
+
 @pytest.fixture
 def two_orgs(new_org) -> Iterator[tuple[OrgHandle, OrgHandle, dict[str, str]]]:
     """``owner`` with an export, a batch, an expense and a source export; ``intruder`` with

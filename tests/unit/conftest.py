@@ -24,7 +24,9 @@ class Org:
 def org() -> Org:
     with session_scope() as session:
         organization = organizations.create_organization(session, "Unit AS")
-        _, key = organizations.create_api_key(session, organization.id)
+        # Both scopes: these tests use the status callback too (test_api.py checks the scopes).
+        _, key = organizations.create_api_key(session, organization.id,
+                                              scopes=["exports", "callbacks"])
         organizations.upsert_connection(
             session, organization.id, "tripletex", base_url="http://127.0.0.1:9/v2",
             credentials={"consumer_token": "c", "employee_token": "e"})

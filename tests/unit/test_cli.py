@@ -1,3 +1,5 @@
+import pytest
+
 from shared.db.session import session_scope
 from shared.domain import exports
 from producers.cli import main
@@ -30,11 +32,113 @@ def test_connection_set_keeps_options_it_has_no_flag_for(org):
 
     with session_scope() as session:
         organizations.upsert_connection(session, org.id, "tripletex", base_url="http://x.example/v2",
+                                        credentials={"consumer_token": "c", "employee_token": "e"},
                                         options={"rate_limit": {"requests_per_second": 4}})
-    assert main(["connection", "set", org.id, "tripletex", "--base-url", "http://y.example/v2",
+    assert main(["connection", "set", org.id, "tripletex", "--base-url", "http://x.example/v2/",
                  "--keep-credentials", "--draft"]) == 0
     with session_scope() as session:
         connection = organizations.connection_for(session, org.id, "tripletex")
         assert connection.options == {"rate_limit": {"requests_per_second": 4},
                                       "send_to_ledger": False}
-        assert connection.base_url == "http://y.example/v2"
+        assert connection.base_url == "http://x.example/v2"
+
+
+def _target(org_id: str) -> tuple:
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        c = organizations.connection_for(session, org_id, "tripletex")
+        return c.base_url, c.credentials_encrypted, c.options, c.updated_at
+
+
+def test_connection_set_refuses_a_new_base_url_without_the_credentials(capsys, org):
+    """--keep-credentials with another --base-url would send the stored tokens to that host.
+    Fails on the old code, which moved the connection (exit 0)."""
+    before = _target(org.id)
+    assert main(["connection", "set", org.id, "tripletex", "--base-url",
+                 "https://collector.example/v2", "--keep-credentials"]) == 2
+    err = capsys.readouterr().err
+    assert "send the credentials together with the new base_url" in err
+    assert "without --keep-credentials" in err and "Nothing was changed" in err
+    assert _target(org.id) == before
+    # Given with the new URL, the credentials may go there.
+    assert main(["connection", "set", org.id, "tripletex", "--base-url",
+                 "https://api-test.tripletex.tech/v2", "--consumer-token", "c2",
+                 "--employee-token", "e2"]) == 0
+    assert _target(org.id)[0] == "https://api-test.tripletex.tech/v2"
+
+
+def _source(org_id: str):
+    from sqlalchemy import select
+
+    from shared.db.models import SourceConnection
+
+    with session_scope() as session:
+        c = session.scalar(select(SourceConnection).where(
+            SourceConnection.organization_id == org_id))
+        return c.base_url, c.token_url, c.credentials_encrypted, c.updated_at
+
+
+SOURCE = {"--base-url": "http://127.0.0.1:9/api", "--token-url": "http://127.0.0.1:9/token",
+          "--findity-org": "f-1"}
+
+
+def _flags(values: dict[str, str]) -> list[str]:
+    return [part for flag, value in values.items() for part in (flag, value)]
+
+
+@pytest.mark.parametrize("moved,extra", [
+    ({"--base-url": "https://collector.example/api"}, []),
+    ({"--token-url": "https://collector.example/token"}, []),
+    ({"--token-url": "https://collector.example/token"}, ["--client-id", "c",
+                                                          "--keep-credentials"]),
+], ids=["base_url", "token_url", "token_url with --keep-credentials"])
+def test_source_set_refuses_a_new_url_without_the_credentials(capsys, org, moved, extra):
+    """Fails on the old code, which kept the stored client secret for the new URL (exit 0)."""
+    assert main(["source", "set", org.id, *_flags(SOURCE), "--client-id", "c",
+                 "--client-secret", "s"]) == 0
+    before = _source(org.id)
+    values = {**SOURCE, **moved}
+    assert main(["source", "set", org.id, *_flags(values), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"{next(iter(moved))[2:].replace('-', '_')} from" in err
+    assert "send client_id and client_secret together with the new URL" in err
+    assert _source(org.id) == before
+    assert main(["source", "set", org.id, *_flags(values), "--client-id", "c",
+                 "--client-secret", "s2"]) == 0
+    assert _source(org.id)[:2] == (values["--base-url"], values["--token-url"])
+
+
+def test_apikey_create_takes_scopes_and_list_shows_them(capsys, org):
+    from shared.domain import organizations
+
+    assert main(["apikey", "create", org.id, "--name", "booking", "--scope", "callbacks"]) == 0
+    out = capsys.readouterr().out
+    assert "scopes callbacks" in out and "aic_" in out
+    assert main(["apikey", "create", org.id]) == 0
+    assert "scopes exports " in capsys.readouterr().out
+    with session_scope() as session:
+        keys = {k.name: k.scopes for k in organizations.get_organization(session, org.id).api_keys}
+    assert keys["booking"] == ["callbacks"] and keys["default"] == ["exports"]
+    assert main(["apikey", "list", org.id]) == 0
+    assert "\tbooking\t" in capsys.readouterr().out
+
+
+def test_unknown_scope_is_refused_with_exit_2_and_creates_nothing(capsys, org):
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        before = len(organizations.get_organization(session, org.id).api_keys)
+    with pytest.raises(SystemExit) as exited:
+        main(["apikey", "create", org.id, "--scope", "admin"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scope: invalid choice: 'admin'" in err and "exports" in err and "callbacks" in err
+    with session_scope() as session:
+        assert len(organizations.get_organization(session, org.id).api_keys) == before
+
+
+def test_org_create_with_both_scopes(capsys):
+    assert main(["org", "create", "Booking AS", "--scope", "exports", "--scope",
+                 "callbacks"]) == 0
+    assert "scopes exports,callbacks" in capsys.readouterr().out

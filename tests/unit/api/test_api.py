@@ -78,7 +78,8 @@ def test_another_organizations_export_is_simply_not_found(client, org, make_expe
         "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
     with session_scope() as session:
         other = organizations.create_organization(session, "Other AS")
-        _, other_key = organizations.create_api_key(session, other.id)
+        _, other_key = organizations.create_api_key(session, other.id,
+                                                    scopes=["exports", "callbacks"])
     for method in ("get", "delete"):
         response = getattr(client, method)(f"/api/v1/accounting-exports/{export_id}",
                                            headers=auth(other_key))
@@ -185,3 +186,159 @@ def test_openapi_and_docs_are_served(client):
     spec = client.get("/openapi.json").json()
     assert "/api/v1/accounting-exports" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def _admin():
+    from shared.config import get_settings
+
+    return auth(get_settings().admin_token)
+
+
+def _stored(org_id: str) -> tuple:
+    from shared.db.models import SourceConnection, TargetConnection
+
+    with session_scope() as session:
+        rows = [session.scalar(select(model).where(model.organization_id == org_id))
+                for model in (TargetConnection, SourceConnection)]
+        return tuple((r.base_url, getattr(r, "token_url", None), r.credentials_encrypted,
+                      r.updated_at) if r else None for r in rows)
+
+
+def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
+    """A new base_url (token_url) without credentials is a 422 that says to send them, and
+    changes nothing. Fails on the old code: it answered 200 and the worker would have sent the
+    stored tokens to the new host."""
+    connections = f"/api/v1/admin/organizations/{org.id}/connections/tripletex"
+    source = f"/api/v1/admin/organizations/{org.id}/sources/findity"
+    findity = {"base_url": "http://127.0.0.1:9/api", "token_url": "http://127.0.0.1:9/token",
+               "external_organization_id": "f-1"}
+    created = client.put(source, headers=_admin(), json={**findity, "client_id": "c",
+                                                         "client_secret": "s"})
+    assert created.status_code == 200, created.text
+    before = _stored(org.id)
+
+    refused = [
+        client.put(connections, headers=_admin(),
+                   json={"base_url": "https://collector.example/v2"}),
+        client.put(source, headers=_admin(), json={**findity,
+                                                   "base_url": "https://collector.example/api"}),
+        client.put(source, headers=_admin(), json={**findity, "client_id": "c",
+                                                   "token_url": "https://collector.example/t"}),
+    ]
+    for response in refused:
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["code"] == "validation_failed"
+        assert "together with the new" in error["message"]
+        assert "Nothing was changed" in error["message"]
+    assert "send the credentials" in refused[0].json()["error"]["message"]
+    assert "send client_id and client_secret" in refused[2].json()["error"]["message"]
+    assert _stored(org.id) == before
+
+    # The same URLs without credentials keep the stored ones (a trailing slash is no move)...
+    same = client.put(connections, headers=_admin(), json={"base_url": before[0][0] + "/"})
+    assert same.status_code == 200 and same.json()["has_credentials"], same.text
+    assert client.put(source, headers=_admin(), json=findity).status_code == 200
+    # ...and new URLs with the credentials are accepted.
+    moved = client.put(connections, headers=_admin(), json={
+        "base_url": "https://api-test.tripletex.tech/v2",
+        "credentials": {"consumer_token": "c2", "employee_token": "e2"}})
+    assert moved.status_code == 200 and moved.json()["base_url"].endswith("tech/v2")
+    moved = client.put(source, headers=_admin(), json={
+        **findity, "token_url": "https://auth.findity.example/token", "client_id": "c",
+        "client_secret": "s2"})
+    assert moved.status_code == 200, moved.text
+
+
+def _export_state(export_id: str) -> tuple:
+    with session_scope() as session:
+        export = session.get(AccountingExport, export_id)
+        events = session.scalar(select(func.count()).select_from(ExportEvent).where(
+            ExportEvent.export_id == export_id))
+        return export.status, export.external_reference, export.updated_at, events
+
+
+def test_a_key_made_without_scopes_cannot_use_the_status_callback(client, org, make_expense):
+    """The default key (scope `exports`) exports but may not mark an export booked: 403
+    missing_scope naming `callbacks`, nothing changed. Fails on the old code, where any key of
+    the organization turned the unbooked export into `success` with the reference STOLEN."""
+    with session_scope() as session:
+        key, plaintext = organizations.create_api_key(session, org.id, "integration")
+        assert key.scopes == ["exports"]
+    created = client.post("/api/v1/accounting-exports", headers=auth(plaintext),
+                          json={"expense_id": make_expense(), "target_system": "tripletex"})
+    assert created.status_code == 202, created.text
+    export_id = created.json()["export_id"]
+    before = _export_state(export_id)
+
+    put = client.put(f"/api/v1/accounting-exports/{export_id}", headers=auth(plaintext),
+                     json={"status": "success", "external_reference": "STOLEN"})
+
+    assert put.status_code == 403, put.text
+    error = put.json()["error"]
+    assert set(put.json()) == {"error"} and error["code"] == "missing_scope"
+    assert "lacks the 'callbacks' scope" in error["message"]
+    assert "the key has: exports" in error["message"]
+    assert _export_state(export_id) == before
+
+
+def test_a_callbacks_key_may_only_call_back_and_the_event_names_it(client, org, make_expense):
+    export_id = client.post("/api/v1/accounting-exports", headers=auth(org.api_key), json={
+        "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
+    with session_scope() as session:
+        key, plaintext = organizations.create_api_key(session, org.id, "booking",
+                                                      scopes=["callbacks"])
+    state = _export_state(export_id)
+    for method, url, body in [
+            ("GET", "/api/v1/accounting-exports", None),
+            ("GET", f"/api/v1/accounting-exports/{export_id}", None),
+            ("DELETE", f"/api/v1/accounting-exports/{export_id}", None),
+            ("POST", "/api/v1/accounting-exports", {"expense_id": make_expense(),
+                                                    "target_system": "tripletex"}),
+            ("GET", "/api/v1/source-exports", None)]:
+        before = _counts(org.id)
+        response = client.request(method, url, headers=auth(plaintext), json=body)
+        assert response.status_code == 403, (method, url, response.text)
+        assert "lacks the 'exports' scope" in response.json()["error"]["message"]
+        assert _counts(org.id) == before
+    assert _export_state(export_id) == state  # the DELETE cancelled nothing
+
+    put = client.put(f"/api/v1/accounting-exports/{export_id}", headers=auth(plaintext),
+                     json={"status": "success", "external_reference": "TTX-7"})
+    assert put.status_code == 200, put.text
+    with session_scope() as session:
+        changed = session.scalars(select(ExportEvent).where(
+            ExportEvent.export_id == export_id, ExportEvent.kind == "status_changed")).all()
+    assert [(e.to_status, e.actor) for e in changed] == [("success", f"api_key:{key.id}")]
+
+
+def test_admin_api_creates_keys_with_scopes_and_refuses_unknown_ones(client, org):
+    keys = f"/api/v1/admin/organizations/{org.id}/api-keys"
+
+    def key_count() -> int:
+        with session_scope() as session:
+            return len(organizations.get_organization(session, org.id).api_keys)
+
+    plain = client.post(keys, headers=_admin())
+    assert plain.status_code == 201 and plain.json()["scopes"] == ["exports"], plain.text
+    both = client.post(keys, headers=_admin(), json={
+        "name": "booking", "scopes": ["callbacks", "exports", "callbacks"]})
+    assert both.status_code == 201, both.text
+    assert both.json()["scopes"] == ["exports", "callbacks"] and both.json()["name"] == "booking"
+    listed = {k["api_key_id"]: k["scopes"] for k in client.get(keys, headers=_admin()).json()}
+    assert listed[both.json()["api_key_id"]] == ["exports", "callbacks"]
+
+    before = key_count()
+    for body in ({"scopes": ["admin"]}, {"scopes": []}, {"scopes": "exports"}):
+        refused = client.post(keys, headers=_admin(), json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "validation_failed"
+        assert "scopes" in refused.json()["error"]["message"]
+    unknown = client.post(keys, headers=_admin(), json={"scopes": ["admin"]}).json()["error"]
+    assert "'exports' or 'callbacks'" in unknown["message"]
+    assert key_count() == before
+
+    org_created = client.post("/api/v1/admin/organizations", headers=_admin(), json={
+        "name": "Booking AS", "api_key_scopes": ["callbacks"]})
+    assert org_created.status_code == 201 and org_created.json()["api_key_scopes"] == [
+        "callbacks"], org_created.text
