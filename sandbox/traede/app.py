@@ -294,7 +294,8 @@ def _traede_api(state: TraedeState) -> APIRouter:
             if injected.retry_after is not None:
                 headers["Retry-After"] = retry_after_value(injected.retry_after)
             if injected.status == 429:
-                request.state.rate = {**decision.rate_headers, "remaining": "0"}
+                if decision.rate_headers:
+                    request.state.rate = {**decision.rate_headers, "remaining": "0"}
                 if injected.retry_after is not None:
                     headers["X-RateLimit-Reset"] = str(int(time.time() + injected.retry_after))
             raise ApiError(injected.status, _INJECTED_MESSAGES.get(injected.status, "Server Error"),
