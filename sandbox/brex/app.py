@@ -287,7 +287,8 @@ def _receipt_link(request: Request, account: Account, presigner: Presigner,
     issued = datetime.now(UTC)
     if account.faults.expired_links:
         issued -= timedelta(seconds=ttl + 5)
-    return f"{_root(request)}{path}?{presigner.query('GET', path, issued=issued, expires_seconds=ttl)}"
+    query = presigner.query("GET", path, issued=issued, expires_seconds=ttl)
+    return f"{_root(request)}{path}?{query}"
 
 
 def _parse_time(name: str, raw: str) -> datetime:

@@ -401,9 +401,11 @@ def _validate_marks(body: Any, company: Company) -> list[dict[str, Any]]:
     errors: dict[str, list[str]] = {}
     entries = body.get("accounting_entries") if isinstance(body, dict) else None
     if entries in (None, "", []):
-        raise _validation_error({"accounting_entries": ["The accounting entries field is required."]})
+        raise _validation_error(
+            {"accounting_entries": ["The accounting entries field is required."]})
     if not isinstance(entries, list):
-        raise _validation_error({"accounting_entries": ["The accounting entries must be an array."]})
+        raise _validation_error(
+            {"accounting_entries": ["The accounting entries must be an array."]})
     if len(entries) > MARK_MAX:
         raise _validation_error({"accounting_entries": [
             f"The accounting entries may not have more than {MARK_MAX} items."]})

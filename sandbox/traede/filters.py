@@ -116,7 +116,8 @@ def parse_filter_groups(pairs: list[tuple[str, str]]) -> list[Group]:
             raise FilterError(f"{prefix}.filters", f"The {prefix}.filters field is required.")
         unknown = set(group) - {"filters", "or"}
         if unknown:
-            raise FilterError(prefix, f"Unknown filter group field(s): {', '.join(sorted(unknown))}.")
+            raise FilterError(prefix,
+                              f"Unknown filter group field(s): {', '.join(sorted(unknown))}.")
         filters = []
         for f_index, raw in sorted(group["filters"].items()):
             filters.append(_parse_filter(raw, f"{prefix}.filters.{f_index}"))
@@ -135,7 +136,8 @@ def _parse_filter(raw: Any, prefix: str) -> Filter:
     key = raw.get("key")
     if key not in FILTER_KEYS:
         raise FilterError(f"{prefix}.key",
-                          f"The selected {prefix}.key is invalid (filterable: created_at, updated_at).")
+                          f"The selected {prefix}.key is invalid "
+                          f"(filterable: {', '.join(FILTER_KEYS)}).")
     operator = raw.get("operator", "eq")
     if operator not in OPERATORS:
         raise FilterError(f"{prefix}.operator", f"The selected {prefix}.operator is invalid.")

@@ -43,7 +43,8 @@ def format_datetime(moment: datetime, style: DatetimeFormat) -> str:
 
 @dataclass
 class Entry:
-    """The accounting entry object [doc: core-api/accounting-entries/the-accounting-entry-object]."""
+    """The accounting entry object
+    [doc: core-api/accounting-entries/the-accounting-entry-object]."""
 
     id: int
     currency: str

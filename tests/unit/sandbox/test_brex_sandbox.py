@@ -389,8 +389,8 @@ def test_a_put_applied_then_failed_is_retried_safely_with_its_key(brex_sandbox, 
     assert [w["applied"] for w in writes] == [True, False]
 
 
-@pytest.mark.parametrize("body", [{"memo": "Bilag æøå"}, {"memo": 5}, {}, {"memo": "x", "category": "RENT"},
-                                  ["memo"]])
+@pytest.mark.parametrize("body", [{"memo": "Bilag æøå"}, {"memo": 5}, {},
+                                  {"memo": "x", "category": "RENT"}, ["memo"]])
 def test_memo_put_validation(brex_sandbox, brex_account, api, body):
     (expense_id,) = brex_sandbox.add_expenses(account_id(brex_account), [expense()])
     response = api.put(f"{LIST}/card/{expense_id}", json=body)

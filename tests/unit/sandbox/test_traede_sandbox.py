@@ -206,7 +206,8 @@ def _filter(index: int, key: str, operator: str, value: str, group: int = 0,
 
 def test_filter_groups_on_created_at(traede_sandbox, traede_company, api):
     made = traede_sandbox.add_entries(company_id(traede_company), [
-        {"amount": "1.00", "account": 1, "contra_account": 2, "created_at": f"2026-0{m}-15T12:00:00Z"}
+        {"amount": "1.00", "account": 1, "contra_account": 2,
+         "created_at": f"2026-0{m}-15T12:00:00Z"}
         for m in (1, 2, 3)
     ])
     assert ids(fetch(api, **_filter(0, "created_at", "gte", "2026-02-01"))) == made[1:]
