@@ -17,4 +17,6 @@ pytest_plugins = [
     "tests.fixtures.findity_tenants",
     "tests.fixtures.findity_sandbox",
     "tests.fixtures.tripletex_sandbox",
+    "tests.fixtures.traede_sandbox",
+    "tests.fixtures.brex_sandbox",
 ]
