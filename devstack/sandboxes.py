@@ -26,6 +26,7 @@ SANDBOX_MODULES = {
     "findity": "sandbox.findity",
     "traede": "sandbox.traede",
     "brex": "sandbox.brex",
+    "billdiary": "sandbox.billdiary",
 }
 
 
