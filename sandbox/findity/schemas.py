@@ -23,6 +23,7 @@ from sandbox.findity.generator import (
 )
 
 VatRate = Literal[25, 15, 12, 0]
+RepeatedSuccessAnswer = Literal["409", "200", "400"]
 
 
 class _Body(BaseModel):
@@ -37,11 +38,11 @@ class OrganizationIn(_Body):
     recipient_configured: bool = True
     token_expires_in: int = Field(default=3600, ge=1, description="Access token life, seconds.")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
-    accept_repeated_success: bool = Field(
-        default=False,
-        description="Answer 200 to a SUCCESS for a voucher that already holds a SUCCESS with a "
-                    "voucher number, instead of 409 VOUCHER_ALREADY_PROCESSED. No Findity "
-                    "document says which of the two Findity does; tests run both.")
+    repeated_success_answer: RepeatedSuccessAnswer = Field(
+        default="409",
+        description="What a SUCCESS for a voucher that already holds a SUCCESS with a voucher "
+                    "number gets: 409 VOUCHER_ALREADY_PROCESSED (the default), 200 (taken "
+                    "again), or 400 VALIDATION_ERROR. No Findity document says; tests run all.")
 
 
 class OrganizationPatch(_Body):
@@ -54,7 +55,7 @@ class OrganizationPatch(_Body):
     recipient_configured: bool | None = None
     token_expires_in: int | None = Field(default=None, ge=1)
     webhook_timeout_seconds: float | None = Field(default=None, gt=0)
-    accept_repeated_success: bool | None = None
+    repeated_success_answer: RepeatedSuccessAnswer | None = None
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> OrganizationPatch:

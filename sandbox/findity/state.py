@@ -138,8 +138,8 @@ class Organization:
     recipient_configured: bool = True
     token_expires_in: int = 3600
     webhook_timeout_seconds: float = 10.0
-    # 200 instead of 409 VOUCHER_ALREADY_PROCESSED for a repeated SUCCESS (undocumented either way)
-    accept_repeated_success: bool = False
+    # What a repeated SUCCESS gets: "409" VOUCHER_ALREADY_PROCESSED, "200", or "400" (undocumented)
+    repeated_success_answer: str = "409"
     tokens_issued: int = 0
     faults: Faults = field(default_factory=Faults)
     requests: deque = field(default_factory=lambda: deque(maxlen=2000))
@@ -155,7 +155,7 @@ class Organization:
             "recipient_configured": self.recipient_configured,
             "token_expires_in": self.token_expires_in,
             "webhook_timeout_seconds": self.webhook_timeout_seconds,
-            "accept_repeated_success": self.accept_repeated_success,
+            "repeated_success_answer": self.repeated_success_answer,
             "tokens_issued": self.tokens_issued,
             "faults": self.faults.to_dict(),
             "requests": list(self.requests),
@@ -326,7 +326,7 @@ class SandboxState:
                             webhook_url: str | None, external_organization_id: str | None,
                             recipient_configured: bool = True, token_expires_in: int = 3600,
                             webhook_timeout_seconds: float = 10.0,
-                            accept_repeated_success: bool = False) -> Organization:
+                            repeated_success_answer: str = "409") -> Organization:
         org = Organization(
             id=new_id(),
             name=name,
@@ -340,7 +340,7 @@ class SandboxState:
             recipient_configured=recipient_configured,
             token_expires_in=token_expires_in,
             webhook_timeout_seconds=webhook_timeout_seconds,
-            accept_repeated_success=accept_repeated_success,
+            repeated_success_answer=repeated_success_answer,
         )
         with self._lock:
             self._organizations[org.id] = org
@@ -637,10 +637,15 @@ def _validate_updates(body: Any, export: Export) -> list[dict[str, Any]]:
             raise bad(f"{where}.status must be SUCCESS or FAILED, not {status!r}")
         previous = export.voucher_results.get(voucher_id)
         if (previous and previous.get("status") == SUCCESS
-                and previous.get("voucherNumber") is not None
-                and not (export.organization.accept_repeated_success
-                         and status == SUCCESS
-                         and update.get("voucherNumber") == previous["voucherNumber"])):
+                and previous.get("voucherNumber") is not None):
+            answer = export.organization.repeated_success_answer
+            same = status == SUCCESS and update.get("voucherNumber") == previous["voucherNumber"]
+            if same and answer == "200":
+                continue
+            if same and answer == "400":
+                raise SandboxError(
+                    400, "VALIDATION_ERROR",
+                    f"{where}: voucher {voucher_id} has already been processed")
             raise SandboxError(
                 409, "VOUCHER_ALREADY_PROCESSED",
                 f"voucher {voucher_id} was already reported SUCCESS with voucher number "

@@ -570,12 +570,13 @@ def test_vouchers_can_be_sent_again_under_their_old_ids(findity_sandbox):
     assert wrong.status_code == 400 and "names 1 vouchers" in wrong.json()["message"]
 
 
-def test_a_repeated_success_can_be_accepted_instead_of_409(findity_sandbox):
-    org = findity_sandbox.create_organization(accept_repeated_success=True)
+@pytest.mark.parametrize(("answer", "code"), [("409", 409), ("200", 200), ("400", 400)])
+def test_what_a_repeated_success_gets_can_be_chosen(findity_sandbox, answer, code):
+    org = findity_sandbox.create_organization(repeated_success_answer=answer)
     created = findity_sandbox.create_export(org["organization_id"])
     first = created["voucher_ids"][0]
     numbered = {"voucherUpdates": [{"id": first, "status": "SUCCESS", "voucherNumber": 377}]}
     other = {"voucherUpdates": [{"id": first, "status": "SUCCESS", "voucherNumber": 378}]}
     codes = [_update(org, created["export_id"], body).status_code
              for body in (numbered, numbered, other)]
-    assert codes == [200, 200, 409]  # the same SUCCESS again is fine; another number never
+    assert codes == [200, code, 409]  # another number is never taken
