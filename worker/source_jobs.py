@@ -157,12 +157,16 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
         except IntegrationError as error:
             return _fetch_failed(source_export_id, claimed, error)
         except _NotYet as wait:
+            log.info("source export waits", source_export_id=source_export_id,
+                     reason=wait.message)
             _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
         try:
             with session_scope() as session:
                 vouchers = _ingest_package(session, source_export_id, package, receipts)
         except _NotYet as wait:
+            log.info("source export waits", source_export_id=source_export_id,
+                     reason=wait.message)
             _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
         except Conflict as conflict:
