@@ -268,6 +268,8 @@ def _fetch_receipts(client, package: VoucherPackage, claimed: _Claim,
                                         max_bytes=settings.receipt_max_bytes)
         except IntegrationError as error:
             spool.close()
+            if isinstance(error, AuthError):
+                raise  # our credentials, not this PDF: the package waits like any fetch
             may_pass = error.retryable or error.status_code == 404
             if may_pass and claimed.grace_left() > 0:
                 if error.retryable:
