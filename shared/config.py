@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = 900.0
     # A source package not finished this long after it was received is picked up again.
     source_stuck_after_seconds: int = 900
+    # Findity's webhook can arrive before its export (or a basis PDF) is readable: a 404 is
+    # retried for this long from the package's receipt, and only then believed (the package
+    # rejected, or the voucher booked without that PDF). A forged export id ends rejected then.
+    source_not_found_grace_seconds: int = Field(default=1800, ge=0)
+    # Largest basis PDF (receipt) we download, counted while streaming; a bigger one is not
+    # attached and its voucher is booked without it.
+    receipt_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # A package's report lock lives this long and is renewed every third of it while the report
+    # runs, so a killed worker's lock frees itself within these seconds.
+    report_lock_seconds: int = Field(default=15, ge=3)
 
     @model_validator(mode="after")
     def _retries_fit_the_broker(self) -> Settings:

@@ -1,23 +1,32 @@
 """The Findity package flow: ingest a package, report each voucher's outcome, poll for missed ones.
 
 ingest   - fetch the export and its voucher package with the organization's own credentials (the
-           webhook body is only a hint: a forged export id ends here as EXPORT_NOT_FOUND), turn
-           each accounting voucher into an approved expense with its receipt PDF, and create one
-           accounting export per voucher. Payment-format and unbookable vouchers get an outcome
-           error instead and are reported FAILED.
-report   - when accounting exports end, tell Findity per voucher: SUCCESS with bookingDate and
-           voucherNumber, or FAILED with an errorText that says what to fix. A Findity outage only
-           delays the report (retried on its own); it never causes a re-post.
+           webhook body is only a hint), turn each accounting voucher into an approved expense
+           with its receipt PDF, and create one accounting export per voucher. Payment-format and
+           unbookable vouchers get an outcome error instead and are reported FAILED.
+           A 404 is not believed at once: Findity's webhook can come before the export (or a
+           basis PDF) is readable, so a 404 is retried for AIC_SOURCE_NOT_FOUND_GRACE_SECONDS
+           from the package's receipt; only then is the package rejected (a forged export id
+           ends there). A basis PDF that cannot be had (not a PDF, too large, missing past the
+           grace) costs its voucher the attachment, never the package: see ``_fetch_receipts``.
+report   - tell Findity per voucher what its export became: SUCCESS with bookingDate and
+           voucherNumber, or FAILED with an errorText that says what to fix. What Findity was
+           told is stored per voucher, and a voucher is reported again whenever our outcome
+           differs from it (a FAILED export retried and booked later), so Findity converges on
+           our final outcome. See ``report_to_source`` for why a repeated report is harmless.
 poll     - list unprocessed exports of every Findity connection; queue the ones we do not know
-           (a lost webhook) and the ones stuck before ingestion. Known, moving packages are left
-           alone.
+           (a lost webhook), the ones stuck before ingestion, and the ones we rejected (Findity's
+           own list proves they exist).
 """
 
 from __future__ import annotations
 
+import tempfile
+import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import BinaryIO
 
 import redis
 from sqlalchemy import or_, select, update
@@ -35,87 +44,171 @@ from shared.db.session import session_scope
 from shared.db.types import utcnow
 from shared.domain import exports as export_service
 from shared.domain import sources
-from shared.domain.expenses import ingest_expense
-from shared.integrations.errors import IntegrationError, NotFoundError
+from shared.domain.errors import Conflict
+from shared.domain.expenses import (
+    changed_content,
+    find_expense,
+    ingest_expense,
+    replace_content,
+)
+from shared.domain.state_machine import ConcurrentTransition, record_event, transition
+from shared.integrations.errors import (
+    AuthError,
+    IntegrationError,
+    NotFoundError,
+    TransientError,
+)
 from shared.integrations.findity import (
     AccountingVoucher,
     VoucherFailedUpdate,
     VoucherPackage,
+    VoucherStatusUpdate,
     VoucherSuccessUpdate,
 )
-from shared.integrations.findity.files import package_file
 from shared.integrations.findity.conversion import (
     UnbookableVoucher,
     payment_format_error,
     voucher_to_expense,
 )
+from shared.integrations.findity.files import package_file
 from shared.integrations.sources import source_client_for
 from shared.logs import get_logger
+from worker.retry_policy import backoff_delay
 
 log = get_logger(__name__)
 ACTOR = "findity"
 TARGET_NAMES = {"tripletex": "Tripletex"}
-# Findity's answer to a second SUCCESS for a voucher it already holds as booked (with a number).
-ALREADY_PROCESSED = "VOUCHER_ALREADY_PROCESSED"
 # Norwegian input VAT codes (SAF-T / Tripletex vatType numbers) and their rates. A merged VAT row
 # is only trusted when the target, recomputing VAT from the gross at this rate, lands on exactly
 # Findity's amount; a connection can extend or override them (options.vat_rates).
 DEFAULT_VAT_RATES = {"1": Decimal("25"), "11": Decimal("15"), "13": Decimal("12")}
+# Basis PDFs are spooled to a temporary file beyond this size, so a package of many large PDFs is
+# not held in memory while it is fetched (each is capped by AIC_RECEIPT_MAX_BYTES).
+RECEIPT_SPOOL_BYTES = 1024 * 1024
+INFORMATION_TEXT_MAX = 500
 
 
 @dataclass(frozen=True)
 class StepOutcome:
     kind: str  # "done" | "skipped" | "retry" | "rejected"
     detail: str = ""
+    # Set for a not-found inside the grace: retry after this many seconds, outside the attempt
+    # budget (the grace bounds these retries, not the budget).
+    retry_in: float | None = None
 
 
 # --- ingest -------------------------------------------------------------------------------------
+
+class _NotYet(Exception):
+    """The package cannot be ingested now but may be soon; nothing was written."""
+
+    def __init__(self, message: str, *, retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_in = retry_in
+
+
+@dataclass
+class _Claim:
+    connection: SourceConnection
+    external_export_id: str
+    received_at: datetime
+    attempt: int
+
+    def grace_left(self) -> float:
+        """Seconds of the not-found grace left (<= 0: a 404 is believed now)."""
+        deadline = self.received_at + timedelta(
+            seconds=get_settings().source_not_found_grace_seconds)
+        return (deadline - utcnow()).total_seconds()
+
+    def retry_in(self) -> float:
+        """When to look again inside the grace: the usual backoff, and once right after it."""
+        return max(0.5, min(backoff_delay(min(self.attempt, 12)), self.grace_left() + 0.5))
+
+
+@dataclass
+class _Receipts:
+    files: dict[str, BinaryIO] = field(default_factory=dict)  # voucher id -> the PDF
+    problems: dict[str, str] = field(default_factory=dict)  # voucher id -> why there is none
+
+    def pdf(self, voucher_id: str) -> bytes | None:
+        spool = self.files.get(voucher_id)
+        if spool is None:
+            return None
+        spool.seek(0)
+        return spool.read()
+
+    def close(self) -> None:
+        for spool in self.files.values():
+            spool.close()
+
 
 def ingest_source_export(source_export_id: str) -> StepOutcome:
     claimed = _claim_for_ingest(source_export_id)
     if isinstance(claimed, StepOutcome):
         return claimed
-    connection, external_export_id = claimed
-    client = source_client_for(connection)
+    client = source_client_for(claimed.connection)
+    receipts = _Receipts()
     try:
-        client.get_export(external_export_id)
-        package = client.get_voucher_package(external_export_id)
-        receipts = _download_receipts(client, package)
-    except NotFoundError as error:
+        try:
+            client.get_export(claimed.external_export_id)
+            package = client.get_voucher_package(claimed.external_export_id)
+            _fetch_receipts(client, package, claimed, receipts)
+        except IntegrationError as error:
+            return _fetch_failed(source_export_id, claimed, error)
+        except _NotYet as wait:
+            log.info("source export waits", source_export_id=source_export_id,
+                     reason=wait.message)
+            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
+            return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
+        try:
+            with session_scope() as session:
+                vouchers = _ingest_package(session, source_export_id, package, receipts)
+        except _NotYet as wait:
+            log.info("source export waits", source_export_id=source_export_id,
+                     reason=wait.message)
+            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
+            return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
+        except Conflict as conflict:
+            # A concurrent ingest of the same voucher (another package) took the one live
+            # export slot first; the next attempt links to that export.
+            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, conflict.message)
+            return StepOutcome("retry", conflict.message)
+    finally:
+        receipts.close()
+    log.info("source export ingested", source_export_id=source_export_id, vouchers=vouchers,
+             format=package.verification_lists_type.value,
+             receipts_missing=len(receipts.problems))
+    return StepOutcome("done", f"{vouchers} vouchers")
+
+
+def _fetch_failed(source_export_id: str, claimed: _Claim, error: IntegrationError) -> StepOutcome:
+    if error.status_code == 404:
+        grace_left = claimed.grace_left()
+        if grace_left > 0:
+            # Findity's webhook fires when the reports move to Transfer; its export may not be
+            # readable yet. Believed only once the grace from the package's receipt has passed.
+            detail = (f"{error.code}: {error.message} (looked again until "
+                      f"{int(grace_left)} s from now: the export may not be readable yet)")
+            log.info("source export not found yet", source_export_id=source_export_id,
+                     code=error.code, grace_left=round(grace_left))
+            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, detail)
+            return StepOutcome("retry", detail, retry_in=claimed.retry_in())
         log.warning("source export rejected", source_export_id=source_export_id,
                     code=error.code, error=error.message)
-        _finish_claim(source_export_id, SourceExportStatus.REJECTED, f"{error.code}: {error.message}")
+        _finish_claim(source_export_id, SourceExportStatus.REJECTED,
+                      f"{error.code}: {error.message} (still not found "
+                      f"{get_settings().source_not_found_grace_seconds} s after it was received)")
         return StepOutcome("rejected", error.code)
-    except IntegrationError as error:
-        _finish_claim(source_export_id, SourceExportStatus.RECEIVED, error.message)
-        if error.retryable:
-            return StepOutcome("retry", error.message)
-        log.error("source export cannot be fetched", source_export_id=source_export_id,
-                  error=error.message)
-        return StepOutcome("skipped", error.message)
-
-    with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
-        connection = session.get(SourceConnection, source_export.source_connection_id)
-        known = {v.external_voucher_id for v in source_export.vouchers}
-        for voucher in package.vouchers:
-            if voucher.id not in known:
-                session.add(_ingest_voucher(session, source_export, connection, package, voucher,
-                                            receipts.get(voucher.id)))
-        source_export.status = SourceExportStatus.PROCESSING.value
-        source_export.verification_lists_type = package.verification_lists_type.value
-        source_export.voucher_count = len(package.vouchers)
-        source_export.lease_expires_at = None
-        source_export.last_error = None
-        source_export.updated_at = utcnow()
-        # Vouchers refused at ingest (payment formats, unbalanced) are reportable right away.
-        sources.enqueue_report(session, source_export.id)
-    log.info("source export ingested", source_export_id=source_export_id,
-             vouchers=len(package.vouchers), format=package.verification_lists_type.value)
-    return StepOutcome("done", f"{len(package.vouchers)} vouchers")
+    _finish_claim(source_export_id, SourceExportStatus.RECEIVED, error.message)
+    if error.retryable:
+        return StepOutcome("retry", error.message)
+    log.error("source export cannot be fetched", source_export_id=source_export_id,
+              error=error.message)
+    return StepOutcome("skipped", error.message)
 
 
-def _claim_for_ingest(source_export_id: str):
+def _claim_for_ingest(source_export_id: str) -> _Claim | StepOutcome:
     settings = get_settings()
     now = utcnow()
     with session_scope() as session:
@@ -135,7 +228,9 @@ def _claim_for_ingest(source_export_id: str):
         source_export = session.get(SourceExport, source_export_id)
         connection = session.get(SourceConnection, source_export.source_connection_id)
         session.expunge(connection)
-        return connection, source_export.external_export_id
+        return _Claim(connection, source_export.external_export_id,
+                      source_export.received_at or source_export.created_at,
+                      source_export.attempts)
 
 
 def _finish_claim(source_export_id: str, status: SourceExportStatus, error: str | None) -> None:
@@ -147,46 +242,184 @@ def _finish_claim(source_export_id: str, status: SourceExportStatus, error: str 
         source_export.updated_at = utcnow()
 
 
-def _download_receipts(client, package: VoucherPackage) -> dict[str, bytes]:
-    """Receipt PDFs first, outside any transaction: a slow Findity never holds a database lock."""
-    return {
-        voucher.id: client.get_receipt_pdf(voucher.basis_url)
-        for voucher in package.vouchers
-        if isinstance(voucher, AccountingVoucher) and voucher.basis_url
-    }
+def _fetch_receipts(client, package: VoucherPackage, claimed: _Claim,
+                    receipts: _Receipts) -> None:
+    """Basis PDFs first, outside any transaction: a slow Findity never holds a database lock.
+
+    One voucher's PDF never holds up the package for good. A PDF that may still come (404, or a
+    5xx / timeout) is waited for while the package is inside its not-found grace: the whole
+    package is fetched again. Past the grace, and at once for what no retry can change (not a
+    PDF, larger than AIC_RECEIPT_MAX_BYTES, a basis URL on a foreign host), the voucher is booked
+    without it and the reason is kept for operators and told to Findity.
+
+    Why book without rather than fail the voucher: the rows are what the approver approved, and
+    the receipt is documentation an accountant can attach later; a FAILED voucher goes back to
+    "Ready to send" in Findity, and sending it again cannot repair a PDF Findity cannot serve,
+    so the employee would never be paid. The target's own refusal of a receipt already works
+    this way (``receipt_rejected`` keeps the booking).
+    """
+    settings = get_settings()
+    for voucher in package.vouchers:
+        if not isinstance(voucher, AccountingVoucher) or not voucher.basis_url:
+            continue
+        spool = tempfile.SpooledTemporaryFile(max_size=RECEIPT_SPOOL_BYTES)
+        try:
+            client.download_receipt_pdf(voucher.basis_url, spool,
+                                        max_bytes=settings.receipt_max_bytes)
+        except IntegrationError as error:
+            spool.close()
+            if isinstance(error, AuthError):
+                raise  # our credentials, not this PDF: the package waits like any fetch
+            may_pass = error.retryable or error.status_code == 404
+            if may_pass and claimed.grace_left() > 0:
+                if error.retryable:
+                    raise  # the usual retry of a transient fetch error
+                raise _NotYet(
+                    f"the basis PDF of voucher {voucher.id} is not found yet ({error.code}); "
+                    f"looked again until {int(claimed.grace_left())} s from now",
+                    retry_in=claimed.retry_in()) from error
+            receipts.problems[voucher.id] = (
+                f"the basis PDF from Findity is not attached: {error.message}")
+            log.warning("voucher booked without its basis PDF", voucher=voucher.id,
+                        code=error.code, error=error.message)
+            continue
+        receipts.files[voucher.id] = spool
+
+
+def _ingest_package(session, source_export_id: str, package: VoucherPackage,
+                    receipts: _Receipts) -> int:
+    source_export = session.get(SourceExport, source_export_id)
+    connection = session.get(SourceConnection, source_export.source_connection_id)
+    known = {v.external_voucher_id for v in source_export.vouchers}
+    notes = []
+    for voucher in package.vouchers:
+        if voucher.id in known:
+            continue
+        record = _ingest_voucher(session, source_export, connection, package, voucher, receipts)
+        session.add(record)
+        if record.note:
+            notes.append(f"voucher {voucher.id}: {record.note}")
+    source_export.status = SourceExportStatus.PROCESSING.value
+    source_export.verification_lists_type = package.verification_lists_type.value
+    source_export.voucher_count = len(package.vouchers)
+    source_export.lease_expires_at = None
+    source_export.last_error = "; ".join(notes)[:2000] if notes else None
+    source_export.updated_at = utcnow()
+    # Vouchers refused at ingest (payment formats, unbalanced) are reportable right away.
+    sources.enqueue_report(session, source_export.id)
+    return len(package.vouchers)
 
 
 def _ingest_voucher(session, source_export: SourceExport, connection: SourceConnection,
-                    package: VoucherPackage, voucher, receipt: bytes | None) -> SourceVoucher:
+                    package: VoucherPackage, voucher, receipts: _Receipts) -> SourceVoucher:
     record = SourceVoucher(source_export_id=source_export.id, external_voucher_id=voucher.id)
+    target = TARGET_NAMES.get(connection.target_system, connection.target_system)
     fmt = package.verification_lists_type
     if fmt.is_payment:
-        record.outcome_error = payment_format_error(
-            fmt, TARGET_NAMES.get(connection.target_system, connection.target_system))
+        record.outcome_error = payment_format_error(fmt, target)
         return record
     try:
         vat_rates = {**DEFAULT_VAT_RATES, **{
             code: Decimal(str(rate)) for code, rate in (connection.options or {}).get(
                 "vat_rates", {}).items()}}
         expense_in = voucher_to_expense(
-            voucher, verification_lists_type=fmt, vat_rates=vat_rates,
-            target_system=TARGET_NAMES.get(connection.target_system, connection.target_system))
+            voucher, verification_lists_type=fmt, vat_rates=vat_rates, target_system=target)
     except UnbookableVoucher as error:
         record.outcome_error = str(error)
         return record
-    if receipt is not None:
+    pdf = receipts.pdf(voucher.id)
+    if pdf is not None:
         expense_in = expense_in.model_copy(update={
             "receipt_filename": f"findity-{voucher.id}.pdf",
-            "receipt_content_type": "application/pdf", "receipt_data": receipt})
-    expense, _ = ingest_expense(session, source_export.organization_id, expense_in)
-    record.expense_id = expense.id
-    record.export_id = _export_for(session, source_export, connection, expense.id)
+            "receipt_content_type": "application/pdf", "receipt_data": pdf})
+    del pdf
+    record.note = receipts.problems.get(voucher.id)
+
+    existing = find_expense(session, source_export.organization_id, expense_in.source,
+                            expense_in.source_ref)
+    changed = changed_content(existing, expense_in) if existing is not None else []
+    if changed:
+        export_id, note = _resent_with_changes(session, source_export, connection, existing,
+                                               expense_in, changed)
+        record.expense_id, record.export_id = existing.id, export_id
+        record.note = "; ".join(n for n in (note, record.note) if n)
+    else:
+        expense, created = ingest_expense(session, source_export.organization_id, expense_in)
+        if not created and expense.receipt_filename is None and expense_in.receipt_data:
+            live = export_service.active_export(session, expense.id, connection.target_system)
+            if live is None:  # a PDF missing last time, here now, and nothing booked yet
+                expense.receipt_filename = expense_in.receipt_filename
+                expense.receipt_content_type = expense_in.receipt_content_type
+                expense.receipt_data = expense_in.receipt_data
+        record.expense_id = expense.id
+        record.export_id = _export_for(session, source_export, connection, expense.id)
+        session.flush()
+        # The PDF is in the database now; do not keep every voucher's PDF in the session.
+        session.expire(expense, ["receipt_data"])
+    if record.note and record.export_id:
+        export = session.get(AccountingExport, record.export_id)
+        record_event(session, export, "source_note", actor=ACTOR, reason=record.note,
+                     data={"source_export_id": source_export.id, "voucher_id": voucher.id})
     return record
+
+
+def _resent_with_changes(session, source_export: SourceExport, connection: SourceConnection,
+                         expense, expense_in, changed: list[str]) -> tuple[str, str]:
+    """Findity sent a voucher we know again, under the same id, with other content.
+
+    Returns (the export that answers for it, a note for operators). Nothing is ever booked twice
+    and the old rows are never booked from now on:
+
+    - the old version is booked (a success holds the live slot): it stays; the voucher is linked
+      to that export and reported SUCCESS with its number (that is what the ledger holds), and
+      the difference is surfaced for an accountant to correct by hand;
+    - an export of the old version is running and has not started posting: it is cancelled
+      (compare-and-set on ``posting_started_at IS NULL``, like a DELETE), then as below;
+    - it has started posting: its outcome decides, so the package waits for it (``_NotYet``);
+    - nothing live: the expense takes the new content and a new export books it. The one
+      live export per expense (``active_key``) keeps an operator's retry of an old failed
+      export and the new export from both booking.
+    """
+    what = ", ".join(changed)
+    live = export_service.active_export(session, expense.id, connection.target_system)
+    if live is not None and live.status == ExportStatus.SUCCESS.value:
+        note = (f"Findity sent this voucher again with other content ({what}), but its earlier "
+                f"version is already booked as {live.external_reference} (export {live.id}); "
+                "it was not booked again. Correct that booking by hand if the change matters")
+        log.warning("re-sent voucher conflicts with its booking", export_id=live.id,
+                    source_export_id=source_export.id, changed=what)
+        return live.id, note
+    if live is not None:
+        if live.posting_started_at is not None:
+            raise _NotYet(f"Findity sent voucher {expense.source_ref} again with other content "
+                          f"({what}) while export {live.id} of its earlier version is being "
+                          "posted; ingested once that export ends")
+        try:
+            transition(session, live, ExportStatus.CANCELLED, actor=ACTOR,
+                       reason=f"superseded: Findity sent the voucher again with other content "
+                              f"({what}) in export {source_export.external_export_id}",
+                       guard=AccountingExport.posting_started_at.is_(None),
+                       error_message=f"superseded by a corrected version of the voucher that "
+                                     f"Findity sent in export {source_export.external_export_id}")
+        except ConcurrentTransition:
+            raise _NotYet(f"export {live.id} of voucher {expense.source_ref} started posting "
+                          "while its corrected version arrived; ingested once it ends") from None
+    replace_content(session, expense, expense_in)
+    export = export_service.create_export(
+        session, source_export.organization_id, expense.id, connection.target_system,
+        actor=ACTOR, source_export_id=source_export.id)
+    record_event(session, export, "source_content_changed", actor=ACTOR,
+                 reason=f"Findity sent the voucher again with other content ({what}); the "
+                        "earlier version was never booked",
+                 data={"superseded_export_id": live.id if live is not None else None})
+    session.flush()
+    session.expire(expense, ["receipt_data"])
+    return export.id, None
 
 
 def _export_for(session, source_export: SourceExport, connection: SourceConnection,
                 expense_id: str) -> str:
-    """A new accounting export, or the live one of a voucher Findity sent again.
+    """A new accounting export, or the live one of a voucher Findity sent again unchanged.
 
     Findity may resend a voucher we already booked (our SUCCESS report was lost, say): it is
     linked to the existing export and reported again, never booked twice.
@@ -203,142 +436,355 @@ def _export_for(session, source_export: SourceExport, connection: SourceConnecti
 
 
 # --- report back --------------------------------------------------------------------------------
+#
+# Why a repeated report is harmless, without relying on anything Findity did not document:
+#
+# 1. What we send is derived from the database every time (``_desired_update``), and a voucher is
+#    sent only when that differs from what Findity accepted last (``reported_status`` +
+#    ``reported_number``; the errorText for FAILED). A repeat is therefore always the same
+#    update again: the same SUCCESS with the same voucher number (a booking is never redone) or
+#    the same FAILED.
+# 2. Before an update goes on the wire it is committed as ``report_in_flight``. A report that
+#    finds it set (a worker killed, an answer lost, the database gone before we recorded the
+#    200) knows Findity may already hold exactly that update, and sends it in a request of its
+#    own. Whatever Findity answers to it, only that voucher is affected: a refusal can no longer
+#    hold back the other vouchers of the package, and a 200 is recorded like any acceptance.
+#    Findity documents that a voucher number makes a voucher "only sent once", so the same
+#    SUCCESS with the same number cannot cause a second booking anywhere.
+# 3. A refusal of a repeat is kept on the voucher (``report_error``) and the package stays
+#    ``processing``: the sweeper re-sends it every AIC_SOURCE_STUCK_AFTER_SECONDS and operators
+#    see why. Only recording it as done relies on Findity's answer, in ``_source_already_holds``.
+# 4. One report per package at a time: a Redis lock of AIC_REPORT_LOCK_SECONDS renewed while the
+#    report runs (``_ReportLock``), so a killed worker's lock is gone within seconds, and no
+#    request is sent once the lock is lost.
+
+# ASSUMED (no Findity document describes it; our sandbox answers it): Findity refuses a SUCCESS
+# for a voucher it already holds as SUCCESS with a voucher number with 409 and this code.
+ALREADY_PROCESSED = "VOUCHER_ALREADY_PROCESSED"
+
+
+def _source_already_holds(update: VoucherStatusUpdate, error: IntegrationError) -> bool:
+    """ASSUMED: the one place that reads the undocumented 409 VOUCHER_ALREADY_PROCESSED.
+
+    Asked only for a repeat (an identical SUCCESS of ours may already be there), and only
+    decides whether we record the voucher as told; correctness does not depend on it: if Findity
+    answers otherwise, the repeat is refused, kept visible and sent again later, and Findity
+    holds what it held. (tests/unit/test_source_jobs.py pins both sides.)
+    """
+    return (update.status.value == "SUCCESS" and error.status_code == 409
+            and error.code == ALREADY_PROCESSED)
+
+
+@dataclass
+class _Owed:
+    voucher_row_id: int
+    update: VoucherStatusUpdate
+    maybe_held: bool  # Findity may already hold exactly this update
+
 
 def report_to_source(source_export_id: str) -> StepOutcome:
-    lock = _report_lock(source_export_id)
-    if not lock.acquire(blocking=False):
+    lock = _ReportLock(source_export_id)
+    if not lock.acquire():
         # Another worker is reporting this package right now; come back for what it misses.
         return StepOutcome("retry", "another report of this package is running")
     try:
-        return _report_ready_vouchers(source_export_id)
+        return _report(source_export_id, lock)
     finally:
+        lock.release()
+
+
+class _ReportLock:
+    """One report of a package at a time, held only while a live worker works.
+
+    A short Redis lock (AIC_REPORT_LOCK_SECONDS) that a thread renews every third of its life
+    while the report runs: a SIGKILLed worker stops renewing and its lock is gone within those
+    seconds, instead of holding the package's report back for minutes.
+    """
+
+    def __init__(self, source_export_id: str) -> None:
+        settings = get_settings()
+        self.seconds = settings.report_lock_seconds
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._lock = self._redis.lock(f"aic:report-lock:{source_export_id}", timeout=self.seconds)
+        self._stop = threading.Event()
+        self._lost = False
+        self._renewer: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            self._redis.close()
+            return False
+        self._renewer = threading.Thread(target=self._renew, daemon=True,
+                                         name="report-lock-renewer")
+        self._renewer.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self._lock.reacquire()
+            except redis.exceptions.LockError:
+                self._lost = True  # expired (Redis away too long): ``held`` stops the sends
+                return
+            except redis.exceptions.RedisError:
+                continue  # try again; if Redis stays away the lock expires and ``held`` says so
+
+    @property
+    def held(self) -> bool:
+        if self._lost:
+            return False
         try:
-            lock.release()
-        except redis.exceptions.LockError:
-            pass  # expired while we worked: the next report task takes over, nothing to undo
+            return bool(self._lock.owned())
+        except redis.exceptions.RedisError:
+            return False
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        try:
+            self._lock.release()
+        except redis.exceptions.RedisError:
+            pass  # expired or Redis away: it frees itself within ``seconds``
+        self._redis.close()
 
 
-def _report_lock(source_export_id: str):
-    client = redis.Redis.from_url(get_settings().redis_url)
-    return client.lock(f"aic:report-lock:{source_export_id}", timeout=120)
-
-
-def _report_ready_vouchers(source_export_id: str) -> StepOutcome:
+def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
     with session_scope() as session:
         source_export = session.get(SourceExport, source_export_id)
         if source_export is None:
             return StepOutcome("skipped", "unknown source export")
         connection = session.get(SourceConnection, source_export.source_connection_id)
-        ready = _ready_updates(session, source_export)
+        owed = _owed_updates(session, source_export)
         external_export_id = source_export.external_export_id
+        completed_now = _settle(session, source_export) if not owed else False
         session.expunge(connection)
-    if ready:
-        client = source_client_for(connection)
-        failure: IntegrationError | None = None
-        try:
-            client.update_status(external_export_id, [update for _, update in ready])
-        except IntegrationError as error:
-            failure = error
-            if _already_processed(error):
-                # An earlier report reached Findity but recording it here did not (a worker
-                # killed, the database gone, between the two). Findity refuses the whole request
-                # for that voucher's sake: send the vouchers one at a time instead.
-                ready, failure = _report_one_by_one(client, external_export_id, ready)
-            else:
-                ready = []
-        if failure is not None:
-            with session_scope() as session:
-                session.get(SourceExport, source_export_id).last_error = (
-                    f"reporting to Findity failed: {failure.message}")
-            if ready:  # the vouchers Findity did take before the failure
-                _record_reported(source_export_id, ready)
-            if failure.retryable:
-                return StepOutcome("retry", failure.message)
-            log.error("report refused by source", source_export_id=source_export_id,
-                      error=failure.message)
-            return StepOutcome("skipped", failure.message)
-    completed_now = _record_reported(source_export_id, ready)
-    if completed_now and (connection.options or {}).get("content_file"):
+    if not owed:
+        if completed_now:
+            _attach_package_file(connection, external_export_id, source_export_id)
+        return StepOutcome("done", "0 reported")
+
+    accepted, refused, failure = _send(source_client_for(connection), external_export_id,
+                                       owed, lock)
+    completed_now = _record(source_export_id, accepted, refused, failure)
+    if completed_now:
         _attach_package_file(connection, external_export_id, source_export_id)
-    if ready:
-        log.info("reported to source", source_export_id=source_export_id, vouchers=len(ready))
-    return StepOutcome("done", f"{len(ready)} reported")
+    if accepted:
+        log.info("reported to source", source_export_id=source_export_id,
+                 vouchers=len(accepted))
+    if failure is not None:
+        if failure.retryable:
+            return StepOutcome("retry", failure.message)
+        log.error("report refused by source", source_export_id=source_export_id,
+                  error=failure.message)
+        return StepOutcome("skipped", failure.message)
+    if refused:
+        log.error("source refused reports of some vouchers", source_export_id=source_export_id,
+                  vouchers=len(refused))
+        return StepOutcome("skipped", f"{len(accepted)} reported, {len(refused)} refused")
+    return StepOutcome("done", f"{len(accepted)} reported")
 
 
-def _already_processed(error: IntegrationError) -> bool:
-    return error.status_code == 409 and error.code == ALREADY_PROCESSED
+def _owed_updates(session, source_export: SourceExport) -> list[_Owed]:
+    """The vouchers whose outcome Findity does not hold yet, marked in flight (committed by the
+    caller's transaction before anything is sent)."""
+    owed = []
+    for voucher in source_export.vouchers:
+        desired = _desired_update(session, voucher)
+        if desired is None or _identity(desired) == _told(voucher):
+            continue
+        maybe_held = _maybe_held(session, source_export, voucher, desired)
+        voucher.report_in_flight = _wire(desired)
+        owed.append(_Owed(voucher.id, desired, maybe_held))
+    return owed
 
 
-def _report_one_by_one(client, external_export_id: str, ready: list):
-    """Report each voucher alone. Returns (the ones Findity now holds, the error that stopped us).
+def _send(client, external_export_id: str, owed: list[_Owed], lock: _ReportLock):
+    """Returns (accepted, {voucher row id: refusal}, the error that stopped us or None).
 
-    "Already processed" answers a SUCCESS we sent before: Findity holds it (a voucher is booked
-    once, so with the same number), so the voucher counts as reported.
+    Updates Findity cannot hold yet go out in one request. Any update Findity may hold already
+    goes out alone; so does each update of a batch Findity refused, because a refused batch says
+    nothing about which voucher it objects to (nor, undocumented, whether it took any of them).
     """
-    accepted = []
-    for voucher_row_id, update in ready:
+    accepted: list[_Owed] = []
+    refused: dict[int, str] = {}
+    fresh = [o for o in owed if not o.maybe_held]
+    alone = [o for o in owed if o.maybe_held]
+    if len(fresh) > 1:
+        if not lock.held:
+            return accepted, refused, _lock_lost()
         try:
-            client.update_status(external_export_id, [update])
+            client.update_status(external_export_id, [o.update for o in fresh])
+            accepted += fresh
+            fresh = []
         except IntegrationError as error:
-            if not (_already_processed(error) and update.status.value == "SUCCESS"):
-                return accepted, error
-            log.info("report already held by source", voucher=update.id)
-        accepted.append((voucher_row_id, update))
-    return accepted, None
+            if _stops_the_package(error):
+                return accepted, refused, error
+            for o in fresh:
+                o.maybe_held = True
+    for o in [*fresh, *alone]:
+        if not lock.held:
+            return accepted, refused, _lock_lost()
+        try:
+            client.update_status(external_export_id, [o.update])
+            accepted.append(o)
+        except IntegrationError as error:
+            if o.maybe_held and _source_already_holds(o.update, error):
+                log.info("report already held by source", voucher=o.update.id)
+                accepted.append(o)
+            elif _stops_the_package(error):
+                return accepted, refused, error
+            else:
+                refused[o.voucher_row_id] = (
+                    f"Findity refused the {o.update.status.value} report"
+                    f"{' (sent again: Findity may hold it already)' if o.maybe_held else ''}: "
+                    f"{error.message}")
+    return accepted, refused, None
 
 
-def _record_reported(source_export_id: str, ready: list) -> bool:
-    """Mark the vouchers reported; True if that completed the package."""
+def _stops_the_package(error: IntegrationError) -> bool:
+    """An error about the request as a whole (outage, rate limit, credentials, an export
+    Findity does not know), not about one voucher's update."""
+    return error.retryable or isinstance(error, (AuthError, NotFoundError))
+
+
+def _lock_lost() -> IntegrationError:
+    return TransientError("the package's report lock expired while reporting (Redis away?); "
+                          "the rest is reported by the next report task", system="findity",
+                          code="report_lock_lost")
+
+
+def _record(source_export_id: str, accepted: list[_Owed], refused: dict[int, str],
+            failure: IntegrationError | None) -> bool:
+    """Record what Findity now holds; True if that completed the package."""
     with session_scope() as session:
         now = utcnow()
-        for voucher_row_id, update_model in ready:
-            voucher = session.get(SourceVoucher, voucher_row_id)
-            voucher.reported_status = update_model.status.value
+        for owed in accepted:
+            voucher = session.get(SourceVoucher, owed.voucher_row_id)
+            wire = _wire(owed.update)
+            voucher.reported_status = owed.update.status.value
+            number = wire.get("voucherNumber") if owed.update.status.value == "SUCCESS" else None
+            voucher.reported_number = str(number) if number is not None else None
             voucher.reported_at = now
-            voucher.report_payload = update_model.model_dump(mode="json", by_alias=True,
-                                                             exclude_none=True)
+            voucher.report_payload = wire
+            voucher.report_error = None
+            if _identity_of(voucher.report_in_flight) == _identity(owed.update):
+                voucher.report_in_flight = None
+        for voucher_row_id, message in refused.items():
+            voucher = session.get(SourceVoucher, voucher_row_id)
+            voucher.report_error = message
+            # report_in_flight stays: a refusal does not prove Findity lacks the update.
         source_export = session.get(SourceExport, source_export_id)
-        return _complete_if_all_reported(source_export)
+        problems = [f"reporting to Findity failed: {failure.message}"] if failure else []
+        problems += [f"voucher {session.get(SourceVoucher, row).external_voucher_id}: {message}"
+                     for row, message in refused.items()]
+        if problems:
+            source_export.last_error = "; ".join(problems)[:2000]
+        return _settle(session, source_export)
 
 
-def _ready_updates(session, source_export: SourceExport):
-    ready = []
+def _settle(session, source_export: SourceExport) -> bool:
+    """The package's status follows its vouchers: ``processing`` while any outcome is unknown
+    or not yet held by Findity, else ``completed`` / ``completed_with_failures``. True if this
+    call completed it."""
+    if source_export.status not in (SourceExportStatus.PROCESSING.value,
+                                    SourceExportStatus.COMPLETED.value,
+                                    SourceExportStatus.COMPLETED_WITH_FAILURES.value):
+        return False
+    failed = False
+    done = True
     for voucher in source_export.vouchers:
-        if voucher.reported_at is not None:
-            continue
-        if voucher.outcome_error is not None:
-            ready.append((voucher.id, VoucherFailedUpdate(id=voucher.external_voucher_id,
-                                                          error_text=voucher.outcome_error)))
-            continue
-        export = session.get(AccountingExport, voucher.export_id)
-        if export.status == ExportStatus.SUCCESS.value:
-            ready.append((voucher.id, VoucherSuccessUpdate(
-                id=voucher.external_voucher_id, booking_date=export.exported_at,
-                voucher_number=int(export.external_number)
-                if (export.external_number or "").isdigit() else None,
-                information_text=f"Booked in {TARGET_NAMES.get(export.target_system, export.target_system)}"
-                                 f" as {export.external_reference} (export {export.id})")))
-        elif export.status == ExportStatus.FAILED.value:
-            ready.append((voucher.id, VoucherFailedUpdate(
-                id=voucher.external_voucher_id,
-                error_text=export.error_message or "the export failed")))
-        elif export.status == ExportStatus.CANCELLED.value:
-            ready.append((voucher.id, VoucherFailedUpdate(
-                id=voucher.external_voucher_id,
-                error_text="the export was cancelled by an operator; send it again when ready")))
-    return ready
-
-
-def _complete_if_all_reported(source_export: SourceExport) -> bool:
-    if source_export.status != SourceExportStatus.PROCESSING.value:
+        desired = _desired_update(session, voucher)
+        if desired is None or _identity(desired) != _told(voucher):
+            done = False
+            break
+        failed = failed or desired.status.value != "SUCCESS"
+    status = (SourceExportStatus.PROCESSING if not done
+              else SourceExportStatus.COMPLETED_WITH_FAILURES if failed
+              else SourceExportStatus.COMPLETED).value
+    if status == source_export.status:
         return False
-    if any(v.reported_at is None for v in source_export.vouchers):
-        return False
-    failed = any(v.reported_status != "SUCCESS" for v in source_export.vouchers)
-    source_export.status = (SourceExportStatus.COMPLETED_WITH_FAILURES if failed
-                            else SourceExportStatus.COMPLETED).value
+    source_export.status = status
     source_export.updated_at = utcnow()
-    return True
+    return status != SourceExportStatus.PROCESSING.value
+
+
+def _desired_update(session, voucher: SourceVoucher) -> VoucherStatusUpdate | None:
+    """What Findity should hold for this voucher now; None while its export is still running."""
+    if voucher.outcome_error is not None:
+        return VoucherFailedUpdate(id=voucher.external_voucher_id,
+                                   error_text=voucher.outcome_error)
+    export = session.get(AccountingExport, voucher.export_id) if voucher.export_id else None
+    if export is None:
+        return None
+    target = TARGET_NAMES.get(export.target_system, export.target_system)
+    if export.status == ExportStatus.SUCCESS.value:
+        text = f"Booked in {target} as {export.external_reference} (export {export.id})"
+        if voucher.note:
+            text = f"{text}. Note: {voucher.note}"
+        return VoucherSuccessUpdate(
+            id=voucher.external_voucher_id, booking_date=export.exported_at,
+            voucher_number=int(export.external_number)
+            if (export.external_number or "").isdigit() else None,
+            information_text=text[:INFORMATION_TEXT_MAX])
+    if export.status == ExportStatus.FAILED.value:
+        return VoucherFailedUpdate(id=voucher.external_voucher_id,
+                                   error_text=export.error_message or "the export failed")
+    if export.status == ExportStatus.CANCELLED.value:
+        return VoucherFailedUpdate(
+            id=voucher.external_voucher_id,
+            error_text=export.error_message
+            or "the export was cancelled by an operator; send it again when ready")
+    return None
+
+
+def _wire(update: VoucherStatusUpdate) -> dict:
+    return update.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _identity_of(wire: dict | None) -> tuple | None:
+    """What makes two reports of a voucher the same outcome: SUCCESS and its voucher number, or
+    FAILED and its errorText (what the administrator must fix). Texts and dates are not."""
+    if not wire:
+        return None
+    if wire.get("status") == "SUCCESS":
+        number = wire.get("voucherNumber")
+        return ("SUCCESS", str(number) if number is not None else None)
+    return (wire.get("status"), wire.get("errorText"))
+
+
+def _identity(update: VoucherStatusUpdate) -> tuple:
+    return _identity_of(_wire(update))
+
+
+def _told(voucher: SourceVoucher) -> tuple | None:
+    """What Findity accepted last for this voucher, as an identity."""
+    if voucher.reported_status is None:
+        return None
+    if voucher.reported_status == "SUCCESS":
+        return ("SUCCESS", voucher.reported_number)
+    return (voucher.reported_status, (voucher.report_payload or {}).get("errorText"))
+
+
+def _maybe_held(session, source_export: SourceExport, voucher: SourceVoucher,
+                desired: VoucherStatusUpdate) -> bool:
+    """Could Findity already hold exactly ``desired`` for this voucher? Yes if we put it on the
+    wire before without recording an answer, or (a SUCCESS) if another package of this
+    connection reported or sent the same SUCCESS for the same voucher id (Findity sent the
+    voucher again and we had booked it)."""
+    identity = _identity(desired)
+    if _identity_of(voucher.report_in_flight) == identity:
+        return True
+    if desired.status.value != "SUCCESS":
+        return False
+    others = session.scalars(
+        select(SourceVoucher).join(SourceExport,
+                                   SourceVoucher.source_export_id == SourceExport.id)
+        .where(SourceExport.source_connection_id == source_export.source_connection_id,
+               SourceVoucher.external_voucher_id == voucher.external_voucher_id,
+               SourceVoucher.id != voucher.id)).all()
+    return any(_told(o) == identity or _identity_of(o.report_in_flight) == identity
+               for o in others)
 
 
 def _attach_package_file(connection: SourceConnection, external_export_id: str,
@@ -348,7 +794,9 @@ def _attach_package_file(connection: SourceConnection, external_export_id: str,
     Best effort after the bookings and reports are done: a failure is logged and recorded on the
     package, never turned into a failed booking.
     """
-    fmt = connection.options["content_file"]
+    fmt = (connection.options or {}).get("content_file")
+    if not fmt:
+        return
     client = source_client_for(connection)
     try:
         package = client.get_voucher_package(external_export_id)
@@ -374,6 +822,7 @@ class PollResult:
     listed: int = 0
     recovered: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
+    reannounced: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped_locked: bool = False
 
@@ -400,9 +849,9 @@ def poll_sources() -> PollResult:
             lock.release()
         except redis.exceptions.LockError:
             pass  # the lock expired during a long poll; the next poll simply runs
-    if result.recovered or result.requeued:
+    if result.recovered or result.requeued or result.reannounced:
         log.warning("poll recovered exports", recovered=len(result.recovered),
-                    requeued=len(result.requeued))
+                    requeued=len(result.requeued), reannounced=len(result.reannounced))
     return result
 
 
@@ -421,6 +870,10 @@ def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
             source_export, new = sources.announce_export(session, connection, item.id, via="poll")
             if new:
                 result.recovered.append(item.id)
+            elif source_export.status == SourceExportStatus.REJECTED.value:
+                # We believed a 404 (past the grace), yet Findity lists the export: take it again.
+                if sources.reannounce_rejected(session, source_export):
+                    result.reannounced.append(item.id)
             elif (source_export.status in (SourceExportStatus.RECEIVED.value,
                                            SourceExportStatus.INGESTING.value)
                   and source_export.updated_at < stuck_before

@@ -59,6 +59,10 @@ def process_source_export(self, source_export_id: str) -> str:
                     source_export_id=source_export_id)
         raise self.retry(exc=exc, countdown=get_settings().export_lease_seconds)
     if outcome.kind == "retry":
+        if outcome.retry_in is not None:
+            # Not found yet (the webhook came before the export was readable): retried for as
+            # long as the not-found grace lasts, whatever the attempt budget says.
+            raise self.retry(countdown=outcome.retry_in)
         if self.request.retries + 1 >= get_settings().max_attempts:
             # Left in "received": the poller picks it up again after source_stuck_after_seconds.
             return f"gave up for now: {outcome.detail}"
@@ -88,4 +92,5 @@ def poll_sources() -> dict:
     result = source_jobs.poll_sources()
     return {"connections": result.connections, "listed": result.listed,
             "recovered": len(result.recovered), "requeued": len(result.requeued),
+            "reannounced": len(result.reannounced),
             "errors": len(result.errors), "skipped_locked": result.skipped_locked}

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from sandbox.findity.pdf import render_pdf
 from sandbox.findity.schemas import (
@@ -217,12 +217,15 @@ def _add_connect_api(app: FastAPI, state: SandboxState) -> None:
     @app.get(export_path)
     async def get_export(org_id: str, export_id: str, request: Request) -> Response:
         await _connect_call(state, request, org_id)
-        return respond(state.export(org_id, export_id).to_wire())
+        export = state.export(org_id, export_id)
+        export.check_readable()
+        return respond(export.to_wire())
 
     @app.get(export_path + "/export")
     async def get_voucher_package(org_id: str, export_id: str, request: Request) -> Response:
         await _connect_call(state, request, org_id)
         export = state.export(org_id, export_id)
+        export.check_readable()
         return respond(export.package(lambda voucher_id: _basis_url(request, voucher_id)))
 
     @app.put(export_path + "/updatestatus")
@@ -275,6 +278,15 @@ def _add_connect_api(app: FastAPI, state: SandboxState) -> None:
             raise SandboxError(404, "VOUCHER_NOT_FOUND", f"Voucher {voucher_id} not found")
         if request.query_params.get("format") != "pdf":
             raise SandboxError(400, "INVALID_PARAMETER", "append ?format=pdf to the basis URL")
+        fault = export.basis_fault(voucher_id)
+        if fault == "missing":
+            raise SandboxError(404, "VOUCHER_NOT_FOUND", f"Voucher {voucher_id} not found")
+        if fault == "not_pdf":
+            return Response(b"<html><body>Sign in to Findity</body></html>",
+                            media_type="text/html")
+        if fault == "oversized":
+            return StreamingResponse(_oversized_pdf(export, voucher_id),
+                                     media_type="application/pdf")
         return Response(_basis_pdf(export, voucher_id), media_type="application/pdf")
 
 
@@ -288,6 +300,19 @@ def _filename(disposition: str) -> str | None:
     if plain:
         return (plain.group(1) or plain.group(2) or "").strip() or None
     return None
+
+
+async def _oversized_pdf(export: Any, voucher_id: str):
+    """The basis PDF padded to ``oversized_basis_bytes``, chunked: nothing announces its size,
+    and nothing but the chunk in flight is held in memory."""
+    head = _basis_pdf(export, voucher_id)
+    yield head
+    left = max(0, export.oversized_basis_bytes - len(head))
+    chunk = b"%" + b"0" * (64 * 1024 - 2) + b"\n"
+    while left > 0:
+        piece = chunk[:left]
+        left -= len(piece)
+        yield piece
 
 
 def _basis_pdf(export: Any, voucher_id: str) -> bytes:
@@ -349,7 +374,12 @@ def _add_control_api(app: FastAPI, state: SandboxState) -> None:
         reports = body.build_reports(utc_now().date())
         export = state.create_export(org_id, reports, webhook_copies=body.webhook_copies,
                                      send_webhook=body.send_webhook,
-                                     lose_webhook=body.lose_webhook)
+                                     lose_webhook=body.lose_webhook,
+                                     not_found_for_seconds=body.not_found_for_seconds,
+                                     basis_not_found_for_seconds=body.basis_not_found_for_seconds,
+                                     bad_basis=body.bad_basis,
+                                     oversized_basis_bytes=body.oversized_basis_bytes,
+                                     voucher_ids=body.voucher_ids)
         if not export.webhook.done:
             _start_webhooks(app, state, export)
         return respond({

@@ -5,6 +5,7 @@ These are not Findity shapes; those are written out by hand in ``state`` and ``g
 
 from __future__ import annotations
 
+import re
 from datetime import date as Date
 from decimal import Decimal
 from typing import Literal
@@ -22,6 +23,7 @@ from sandbox.findity.generator import (
 )
 
 VatRate = Literal[25, 15, 12, 0]
+RepeatedSuccessAnswer = Literal["409", "200", "400"]
 
 
 class _Body(BaseModel):
@@ -36,6 +38,11 @@ class OrganizationIn(_Body):
     recipient_configured: bool = True
     token_expires_in: int = Field(default=3600, ge=1, description="Access token life, seconds.")
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    repeated_success_answer: RepeatedSuccessAnswer = Field(
+        default="409",
+        description="What a SUCCESS for a voucher that already holds a SUCCESS with a voucher "
+                    "number gets: 409 VOUCHER_ALREADY_PROCESSED (the default), 200 (taken "
+                    "again), or 400 VALIDATION_ERROR. No Findity document says; tests run all.")
 
 
 class OrganizationPatch(_Body):
@@ -48,6 +55,7 @@ class OrganizationPatch(_Body):
     recipient_configured: bool | None = None
     token_expires_in: int | None = Field(default=None, ge=1)
     webhook_timeout_seconds: float | None = Field(default=None, gt=0)
+    repeated_success_answer: RepeatedSuccessAnswer | None = None
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> OrganizationPatch:
@@ -116,12 +124,28 @@ class GenerateIn(_Body):
     users: int | None = Field(default=None, ge=1)
 
 
+BasisFault = Literal["not_pdf", "missing", "oversized"]
+
+
 class ExportIn(_Body):
     reports: list[ReportIn] | None = None
     generate: GenerateIn | None = None
     send_webhook: bool = True
     webhook_copies: int = Field(default=1, ge=1, le=20)
     lose_webhook: bool = False
+    # Findity not yet consistent when its webhook fires: the export and its voucher package
+    # answer 404 EXPORT_NOT_FOUND for this long after the export was sent (the list shows it).
+    not_found_for_seconds: float = Field(default=0.0, ge=0, le=3600)
+    # The same for every basis PDF of the export (404 VOUCHER_NOT_FOUND).
+    basis_not_found_for_seconds: float = Field(default=0.0, ge=0, le=3600)
+    # A broken basis PDF, for good, per voucher position (0-based, in the package's order):
+    # "not_pdf" answers an HTML page, "missing" 404 VOUCHER_NOT_FOUND, "oversized" a PDF of
+    # ``oversized_basis_bytes`` sent chunked (no Content-Length, so only counting catches it).
+    bad_basis: dict[int, BasisFault] = Field(default_factory=dict)
+    oversized_basis_bytes: int = Field(default=64 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+    # Give the vouchers these ids, in order: Findity sending a (corrected) voucher again under
+    # the id it had in an earlier export. Must name exactly as many vouchers as are built.
+    voucher_ids: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportIn:
@@ -129,6 +153,13 @@ class ExportIn(_Body):
             raise ValueError('give exactly one of "reports" and "generate"')
         if self.reports is not None and not self.reports:
             raise ValueError("reports must not be empty")
+        if any(index < 0 for index in self.bad_basis):
+            raise ValueError("bad_basis keys are voucher positions: 0 or more")
+        if self.voucher_ids is not None:
+            if len(set(self.voucher_ids)) != len(self.voucher_ids):
+                raise ValueError("voucher_ids must not repeat an id")
+            if not all(re.fullmatch(r"[0-9a-zA-Z_-]{1,64}", v) for v in self.voucher_ids):
+                raise ValueError("voucher_ids must be 1-64 letters, digits, '-' or '_'")
         return self
 
     def build_reports(self, today: Date) -> list[Report]:

@@ -138,6 +138,8 @@ class Organization:
     recipient_configured: bool = True
     token_expires_in: int = 3600
     webhook_timeout_seconds: float = 10.0
+    # What a repeated SUCCESS gets: "409" VOUCHER_ALREADY_PROCESSED, "200", or "400" (undocumented)
+    repeated_success_answer: str = "409"
     tokens_issued: int = 0
     faults: Faults = field(default_factory=Faults)
     requests: deque = field(default_factory=lambda: deque(maxlen=2000))
@@ -153,6 +155,7 @@ class Organization:
             "recipient_configured": self.recipient_configured,
             "token_expires_in": self.token_expires_in,
             "webhook_timeout_seconds": self.webhook_timeout_seconds,
+            "repeated_success_answer": self.repeated_success_answer,
             "tokens_issued": self.tokens_issued,
             "faults": self.faults.to_dict(),
             "requests": list(self.requests),
@@ -216,9 +219,27 @@ class Export:
     content: StoredContent | None = None
     # Set when the webhook failed: Findity then moves the reports back to "Ready to send".
     reports_returned_to_ready: bool = False
+    # Fault knobs of this export (time.monotonic() deadlines; see schemas.ExportIn).
+    readable_from: float = 0.0
+    basis_readable_from: float = 0.0
+    bad_basis: dict[str, str] = field(default_factory=dict)  # voucher id -> fault
+    oversized_basis_bytes: int = 0
 
     def voucher(self, voucher_id: str) -> BuiltVoucher | None:
         return next((v for v in self.vouchers if v.id == voucher_id), None)
+
+    def check_readable(self) -> None:
+        """404 while the export is "not yet readable" (the not_found_for_seconds knob)."""
+        if time.monotonic() < self.readable_from:
+            raise SandboxError(404, "EXPORT_NOT_FOUND",
+                               f"Export {self.id} not found in organization "
+                               f"{self.organization.id}")
+
+    def basis_fault(self, voucher_id: str) -> str | None:
+        """What the voucher's basis PDF answers: None (the PDF) or a fault name."""
+        if time.monotonic() < self.basis_readable_from:
+            return "missing"
+        return self.bad_basis.get(voucher_id)
 
     def to_wire(self) -> dict[str, Any]:
         """The export object [assumed beyond ``id``]."""
@@ -279,6 +300,10 @@ class Export:
                 "size": len(self.content.data),
             },
             "status_update_count": len(self.status_updates),
+            "not_found_for_seconds_left": round(max(0.0, self.readable_from - time.monotonic()), 1),
+            "basis_not_found_for_seconds_left": round(
+                max(0.0, self.basis_readable_from - time.monotonic()), 1),
+            "bad_basis": dict(self.bad_basis),
         }
 
 
@@ -300,7 +325,8 @@ class SandboxState:
     def create_organization(self, *, name: str, verification_lists_type: Format,
                             webhook_url: str | None, external_organization_id: str | None,
                             recipient_configured: bool = True, token_expires_in: int = 3600,
-                            webhook_timeout_seconds: float = 10.0) -> Organization:
+                            webhook_timeout_seconds: float = 10.0,
+                            repeated_success_answer: str = "409") -> Organization:
         org = Organization(
             id=new_id(),
             name=name,
@@ -314,6 +340,7 @@ class SandboxState:
             recipient_configured=recipient_configured,
             token_expires_in=token_expires_in,
             webhook_timeout_seconds=webhook_timeout_seconds,
+            repeated_success_answer=repeated_success_answer,
         )
         with self._lock:
             self._organizations[org.id] = org
@@ -431,7 +458,11 @@ class SandboxState:
     # --- exports ------------------------------------------------------------------------------
 
     def create_export(self, org_id: str, reports: list[Report], *, webhook_copies: int,
-                      send_webhook: bool, lose_webhook: bool) -> Export:
+                      send_webhook: bool, lose_webhook: bool, not_found_for_seconds: float = 0.0,
+                      basis_not_found_for_seconds: float = 0.0,
+                      bad_basis: dict[int, str] | None = None,
+                      oversized_basis_bytes: int = 0,
+                      voucher_ids: list[str] | None = None) -> Export:
         with self._lock:
             org = self.organization(org_id)
             if not org.recipient_configured:
@@ -447,6 +478,22 @@ class SandboxState:
                 # Lost on the way (e.g. a proxy that answered 200 and dropped it): Findity
                 # believes it delivered, the reports stay in TRANSFER and only polling finds it.
                 webhook.lost, webhook.done = True, True
+            vouchers = build_vouchers(org.verification_lists_type, reports)
+            if voucher_ids is not None:
+                if len(voucher_ids) != len(vouchers):
+                    raise SandboxError(400, "VALIDATION_ERROR",
+                                       f"voucher_ids names {len(voucher_ids)} vouchers; this "
+                                       f"export has {len(vouchers)}")
+                for voucher, voucher_id in zip(vouchers, voucher_ids):
+                    voucher.id = voucher_id
+            bad = {}
+            for index, fault in (bad_basis or {}).items():
+                if index >= len(vouchers):
+                    raise SandboxError(400, "VALIDATION_ERROR",
+                                       f"bad_basis names voucher {index}; this export has "
+                                       f"{len(vouchers)} (positions from 0)")
+                bad[vouchers[index].id] = fault
+            now = time.monotonic()
             export = Export(
                 id=new_id(),
                 organization=org,
@@ -454,9 +501,13 @@ class SandboxState:
                 created_at=utc_now(),
                 verification_lists_type=org.verification_lists_type,
                 reports=list(reports),
-                vouchers=build_vouchers(org.verification_lists_type, reports),
+                vouchers=vouchers,
                 webhook=webhook,
                 report_states={r.id: TRANSFER for r in reports},
+                readable_from=now + not_found_for_seconds,
+                basis_readable_from=now + basis_not_found_for_seconds,
+                bad_basis=bad,
+                oversized_basis_bytes=oversized_basis_bytes,
             )
             self._exports[export.id] = export
             for voucher in export.vouchers:
@@ -587,6 +638,14 @@ def _validate_updates(body: Any, export: Export) -> list[dict[str, Any]]:
         previous = export.voucher_results.get(voucher_id)
         if (previous and previous.get("status") == SUCCESS
                 and previous.get("voucherNumber") is not None):
+            answer = export.organization.repeated_success_answer
+            same = status == SUCCESS and update.get("voucherNumber") == previous["voucherNumber"]
+            if same and answer == "200":
+                continue
+            if same and answer == "400":
+                raise SandboxError(
+                    400, "VALIDATION_ERROR",
+                    f"{where}: voucher {voucher_id} has already been processed")
             raise SandboxError(
                 409, "VOUCHER_ALREADY_PROCESSED",
                 f"voucher {voucher_id} was already reported SUCCESS with voucher number "

@@ -278,6 +278,9 @@ class SourceExport(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the source last vouched for the package (webhook, or the poll listing it again after
+    # we had rejected it). The not-found grace is counted from here; NULL means ``created_at``.
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -303,9 +306,21 @@ class SourceVoucher(Base):
     export_id: Mapped[str | None] = mapped_column(ForeignKey("accounting_exports.id"),
                                                   nullable=True)
     outcome_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the source was last told and accepted: status, and the voucher number of a SUCCESS.
+    # The report task re-reports whenever our outcome differs from this.
     reported_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    reported_number: Mapped[str | None] = mapped_column(String(40), nullable=True)
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     report_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The update put on the wire and not yet answered, committed before it is sent: a report
+    # that finds it set knows the source may already hold that update (worker killed, answer
+    # lost) and sends it again on its own, never inside another voucher's request.
+    report_in_flight: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The source's refusal of our last report of this voucher, for operators.
+    report_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What operators should know about a booked voucher: its basis PDF was not attached, or
+    # the source sent it again with other content after it was booked.
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     source_export: Mapped[SourceExport] = relationship(back_populates="vouchers")
 

@@ -110,6 +110,51 @@ def ingest_expense(session: Session, org_id: str, data: ExpenseIn) -> tuple[Expe
     return expense, True
 
 
+def find_expense(session: Session, org_id: str, source: str, source_ref: str) -> Expense | None:
+    return session.scalar(select(Expense).where(
+        Expense.organization_id == org_id, Expense.source == source,
+        Expense.source_ref == source_ref))
+
+
+def _bookable(expense_date: date, currency: str, description: str, employee_name: str | None,
+              rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"rows": rows, "expense_date": expense_date.isoformat(), "currency": currency,
+            "description": description, "employee_name": employee_name}
+
+
+def changed_content(expense: Expense, data: ExpenseIn) -> list[str]:
+    """The fields whose bookable content differs between the stored expense and ``data``.
+
+    What is booked: the rows, the date, the currency, the texts. The approval status and the
+    receipt are not content (a receipt is fetched again on every ingest and may differ by a byte).
+    """
+    stored = _bookable(expense.expense_date, expense.currency, expense.description,
+                       expense.employee_name, expense.rows)
+    incoming = _bookable(data.expense_date, data.currency, data.description, data.employee_name,
+                         [row.model_dump(mode="json") for row in data.rows])
+    return [name for name in stored if stored[name] != incoming[name]]
+
+
+def replace_content(session: Session, expense: Expense, data: ExpenseIn) -> None:
+    """Rewrite an expense with the source's corrected version (rows, texts, receipt).
+
+    Only for an expense no live export holds (``active_key``): the caller checks that, in the
+    same transaction, and an export that is processing or booked keeps the rows it was created
+    with. ``ingest_expense`` never does this.
+    """
+    expense.status = data.status.value
+    expense.description = data.description
+    expense.employee_name = data.employee_name
+    expense.expense_date = data.expense_date
+    expense.currency = data.currency
+    expense.amount = data.amount
+    expense.rows = [row.model_dump(mode="json") for row in data.rows]
+    expense.receipt_filename = data.receipt_filename
+    expense.receipt_content_type = data.receipt_content_type
+    expense.receipt_data = data.receipt_data
+    session.flush()
+
+
 def get_expense(session: Session, org_id: str, expense_id: str) -> Expense | None:
     expense = session.get(Expense, expense_id)
     if expense is None or expense.organization_id != org_id:

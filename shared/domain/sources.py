@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -152,7 +152,8 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
     export = SourceExport(
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
-        status=SourceExportStatus.RECEIVED.value, received_via=via, attempts=0)
+        status=SourceExportStatus.RECEIVED.value, received_via=via, attempts=0,
+        received_at=utcnow())
     try:
         with session.begin_nested():
             session.add(export)
@@ -164,6 +165,45 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
     enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
                          queue=get_settings().export_queue)
     return export, True
+
+
+def reannounce_rejected(session: Session, export: SourceExport) -> bool:
+    """The source lists a package we rejected (it answered 404 past the grace): take it again.
+
+    Only the poll calls this: the list is read with the organization's own credentials, so the
+    package exists, unlike a webhook's export id, which anyone who knows the URL can send. The
+    grace starts again from now. Compare-and-set, so two polls queue it once. True if it did.
+    """
+    now = utcnow()
+    moved = session.execute(
+        update(SourceExport)
+        .where(SourceExport.id == export.id,
+               SourceExport.status == SourceExportStatus.REJECTED.value)
+        .values(status=SourceExportStatus.RECEIVED.value, received_at=now, attempts=0,
+                lease_expires_at=None, updated_at=now,
+                last_error=f"the source lists this export as unprocessed again; it had been "
+                           f"rejected: {export.last_error or 'no reason recorded'}")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        return False
+    requeue_export(session, export)
+    return True
+
+
+def reopen_package(session: Session, source_export_id: str) -> None:
+    """A package's export is running again (an operator's retry): the package is not done.
+
+    Called in the transaction of that status change, so the stuck-work sweeper, which re-sends
+    the reports of packages in ``processing``, covers a report task lost on the way.
+    """
+    session.execute(
+        update(SourceExport)
+        .where(SourceExport.id == source_export_id,
+               SourceExport.status.in_([SourceExportStatus.COMPLETED.value,
+                                        SourceExportStatus.COMPLETED_WITH_FAILURES.value]))
+        .values(status=SourceExportStatus.PROCESSING.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False))
 
 
 def requeue_export(session: Session, export: SourceExport) -> None:

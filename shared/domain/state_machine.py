@@ -130,11 +130,16 @@ def transition(
     )
     session.flush()
     session.refresh(export)
-    if to_status is not P and export.source_export_id is not None:
-        # Every way an export ends (worker, DELETE, PUT callback) owes its source a report.
-        from shared.domain.sources import enqueue_report
+    if export.source_export_id is not None:
+        from shared.domain.sources import enqueue_report, reopen_package
 
-        enqueue_report(session, export.source_export_id)
+        if to_status is P:
+            # failed -> processing (an operator's retry): the package is not done until this
+            # export ends again, and the source must then be told the new outcome.
+            reopen_package(session, export.source_export_id)
+        else:
+            # Every way an export ends (worker, DELETE, PUT callback) owes its source a report.
+            enqueue_report(session, export.source_export_id)
     return export
 
 

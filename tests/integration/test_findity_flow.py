@@ -188,3 +188,107 @@ def test_sie4_file_of_the_package_is_attached_when_configured(findity_tenant, wo
             break
         time.sleep(0.2)
     assert content is not None and content["filename"].endswith(".se") and content["size"] > 100
+
+
+def _package_row(ft, external_export_id: str, status: str | None = None,
+                 timeout: float = 30) -> dict:
+    """Our package of a Findity export with its vouchers, once it has ``status``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [s for s in ft.source_exports() if s["source_export_ref"] == external_export_id]
+        if rows:
+            detail = ft.tenant.api.get(
+                f"/api/v1/source-exports/{rows[0]['source_export_id']}").json()
+            if status is None or detail["status"] == status:
+                return detail
+        if time.monotonic() > deadline:
+            raise AssertionError(f"package of {external_export_id} not {status}: {rows}")
+        time.sleep(0.2)
+
+
+def _wait_held(ft, export_id: str, voucher_id: str, status: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        held = ft.reported(export_id).get(voucher_id)
+        if held and held["status"] == status:
+            return held
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Findity holds {held} for {voucher_id}, not {status}")
+        time.sleep(0.2)
+
+
+MYSTERY = {"owner_name": "Per Berg", "expenses": [
+    {"text": "Mystery", "account": "9999", "amount": "100.00", "vat_rate": 0}]}
+FIXED = {"owner_name": "Per Berg", "expenses": [
+    {"text": "Mystery", "account": "7140", "amount": "100.00", "vat_rate": 0}]}
+
+
+def test_a_voucher_reported_failed_then_retried_and_booked_ends_success(findity_tenant, worker,
+                                                                       admin):
+    """The operator maps the unknown account and retries the failed export (PUT
+    status=processing): Findity must end with SUCCESS and the voucher number, and the package
+    completed. Failed on the code before this change: Findity kept FAILED for good."""
+    ft = findity_tenant
+    created = ft.create_export([REPORTS[0], MYSTERY])
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"])
+    [failed_id] = [v for v, u in reported.items() if u["status"] == "FAILED"]
+    package = _package_row(ft, created["export_id"], "completed_with_failures")
+    [failed] = [v for v in package["vouchers"] if v["voucher_id"] == failed_id]
+
+    mapped = admin.put(
+        f"/api/v1/admin/organizations/{ft.tenant.organization_id}/connections/tripletex",
+        json={"base_url": ft.tenant.sandbox.base_url, "account_mapping": {
+            "accounts": {"9999": "7140"}}})
+    assert mapped.status_code == 200, mapped.text
+    retried = ft.tenant.api.put(f"/api/v1/accounting-exports/{failed['export_id']}",
+                                json={"status": "processing"})
+    assert retried.status_code == 200, retried.text
+
+    held = _wait_held(ft, created["export_id"], failed_id, "SUCCESS")
+    booked = ft.tenant.wait_for(failed["export_id"])
+    assert booked["status"] == "success"
+    [voucher] = ft.tenant.vouchers_for(failed["export_id"])
+    assert held["voucherNumber"] == voucher["number"]
+    assert _package_row(ft, created["export_id"], "completed")["status"] == "completed"
+    assert len(ft.tenant.vouchers()) == 2
+    state = ft.findity.export_state(ft.org["organization_id"], created["export_id"])
+    assert state["status"] == "PROCESSED"
+
+
+def test_a_corrected_voucher_sent_again_is_booked_with_its_new_rows(findity_tenant, worker):
+    """Findity re-sends a voucher under its old id after the administrator corrected it.
+    Failed on the code before this change: the old rows (account 9999) were exported again."""
+    ft = findity_tenant
+    first = ft.create_export([MYSTERY])
+    [voucher_id] = first["voucher_ids"]
+    assert _wait_held(ft, first["export_id"], voucher_id, "FAILED")
+    again = ft.create_export([FIXED], voucher_ids=[voucher_id])
+    held = _wait_held(ft, again["export_id"], voucher_id, "SUCCESS")
+    [voucher] = ft.tenant.vouchers()
+    assert voucher["number"] == held["voucherNumber"]
+    assert {p["accountNumber"] for p in voucher["postings"]
+            if Decimal(str(p["amount"])) > 0} == {"7140"}
+    assert _package_row(ft, again["export_id"], "completed")["status"] == "completed"
+
+
+def test_bad_basis_pdfs_cost_only_their_vouchers_the_attachment(findity_tenant, worker):
+    """One basis PDF is an HTML page, one stays 404: their vouchers are booked without, the
+    others with theirs, and Findity is told. Failed on the code before this change: the package
+    was never ingested (retried and refused every 15 minutes)."""
+    ft = findity_tenant
+    ft.set_format("EXPENSE")
+    created = ft.create_export(REPORTS[:1] + [{"owner_name": "Ola Hansen", "expenses": [
+        REPORTS[1]["expenses"][0]]}], bad_basis={"0": "not_pdf", "2": "missing"})
+    # The missing one is waited for during the not-found grace (5 s in the tests).
+    reported = ft.wait_reported(created["export_id"], created["voucher_ids"], timeout=90)
+    assert {u["status"] for u in reported.values()} == {"SUCCESS"}
+    vouchers = ft.tenant.vouchers()
+    assert len(vouchers) == 3
+    export_ids = _export_ids(ft, created["export_id"])
+    by_export = {v["externalVoucherNumber"]: v for v in vouchers}
+    attached = [bool(by_export[e]["attachments"]) for e in export_ids]
+    assert attached == [False, True, False]
+    html_id, good_id, missing_id = created["voucher_ids"]
+    assert "not a PDF" in reported[html_id]["informationText"]
+    assert "VOUCHER_NOT_FOUND" in reported[missing_id]["informationText"]
+    assert "Note" not in reported[good_id]["informationText"]

@@ -144,3 +144,64 @@ def _update_codes(findity_sandbox, org, created) -> dict:
                 key = str(record.get("response_status"))
                 codes[key] = codes.get(key, 0) + 1
     return codes
+
+
+def _packages(ft) -> dict[str, dict]:
+    listed = ft.tenant.api.get("/api/v1/source-exports?limit=100").json()["data"]
+    return {s["source_export_ref"]: s for s in listed}
+
+
+def test_webhook_arrives_while_the_export_still_answers_404(stacks, tripletex_sandbox,
+                                                            findity_sandbox, figures):
+    """The webhook comes before Findity serves the export or its basis PDFs (issue 7, hole 4).
+
+    Findity's webhook fires as the reports move to Transfer; nothing says the export is readable
+    by then. Packages whose export answers 404 for 3 s, whose basis PDFs answer 404 for 3 s, and
+    one whose export answers 404 for 10 s, longer than the 6 s grace here: that one is rejected,
+    and beat's poll (every 2 s), which finds it in Findity's list, takes it back. Real workers,
+    beat, both sandboxes. Failed on the code before this change: the first 404 rejected each
+    package for good (nothing booked, nothing reported), and a basis 404 left its package in
+    "received" for the sweeper.
+    """
+    stack = stacks("notfound", env={"AIC_SOURCE_NOT_FOUND_GRACE_SECONDS": "6",
+                                    "AIC_POLL_INTERVAL_SECONDS": "2",
+                                    "AIC_SOURCE_STUCK_AFTER_SECONDS": "30",
+                                    "AIC_SWEEP_INTERVAL_SECONDS": "2"})
+    stack.start_api()
+    stack.workers.start()
+    stack.workers.start()
+    stack.start_beat()
+    ft = stack.new_findity_tenant(tripletex_sandbox, findity_sandbox, "Not Found Yet AS")
+    created = []
+    for i in range(scaled(2)):
+        created.append(ft.create_export(_reports(60 + i, 2), not_found_for_seconds=3,
+                                        webhook_copies=2))
+        figures.fault("export 404 for its first 3 s, webhook delivered twice")
+        created.append(ft.create_export(_reports(70 + i, 2), basis_not_found_for_seconds=3))
+        figures.fault("basis PDFs 404 for their first 3 s")
+    created.append(ft.create_export(_reports(80, 2), not_found_for_seconds=10))
+    figures.fault("export 404 for 10 s, longer than the 6 s grace")
+    ids = [c["export_id"] for c in created]
+
+    # "rejected" counts as done for the shared check; this scenario wants every package back.
+    deadline = time.monotonic() + 120
+    while {_packages(ft).get(e, {}).get("status") for e in ids} != {"completed"}:
+        assert time.monotonic() < deadline, {e: _packages(ft).get(e) for e in ids}
+        time.sleep(0.5)
+    report = check_invariants([ft.tenant], figures, settle_timeout=30, findity=[(ft, ids)],
+                              require_terminal=True)
+    assert report.statuses == {"success": 2 * len(created)}, report.statuses
+    for c in created:
+        held = ft.reported(c["export_id"])
+        assert {u["status"] for u in held.values()} == {"SUCCESS"}
+    requests = findity_sandbox.organization_state(ft.org["organization_id"])["requests"]
+    export_404s = sum(1 for r in requests if r["status"] == 404 and r["method"] == "GET")
+    assert export_404s >= scaled(2) + 1, "the exports were never asked for while they 404ed"
+    figures.note("GETs Findity answered 404 (export not readable yet)", export_404s)
+    figures.note("ingest attempts that waited for a basis PDF",
+                 stack.count_in_logs("source export waits"))
+    assert stack.count_in_logs("source export waits") >= scaled(2)
+    assert stack.count_in_logs("reannounced=1") >= 1, "the poll never took a package back"
+    figures.note("packages the poll took back after a rejection",
+                 stack.count_in_logs("reannounced=1"))
+    figures.note("vouchers booked", report.exports)

@@ -10,6 +10,7 @@ by a lock (``httpx.Client`` itself is thread safe).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -187,19 +188,69 @@ class FindityClient:
         )
         return response.content
 
-    def get_receipt_pdf(self, basis_url: str) -> bytes:
+    def get_receipt_pdf(self, basis_url: str, *, max_bytes: int | None = None) -> bytes:
         """The voucher's booking data and receipts as PDF: ``basisUrl`` with ``format=pdf`` [doc].
+
+        Same rules as ``download_receipt_pdf``; the PDF is returned as bytes.
+        """
+        sink = io.BytesIO()
+        self.download_receipt_pdf(basis_url, sink, max_bytes=max_bytes)
+        return sink.getvalue()
+
+    def download_receipt_pdf(self, basis_url: str, sink: BinaryIO, *,
+                             max_bytes: int | None = None) -> int:
+        """Stream the voucher's basis PDF into ``sink``; returns its size.
+
+        Findity publishes no size limit and a basis PDF holds every receipt image of its
+        voucher, so it is streamed and counted: more than ``max_bytes`` (default
+        ``AIC_RECEIPT_MAX_BYTES``) stops the download with a ``PermanentError``
+        ``receipt_too_large``, whatever Content-Length says or omits. A body that does not start
+        like a PDF stops it at the first bytes (``unexpected_response``). ``sink`` may then hold
+        a part: the caller throws it away.
 
         The Bearer token is only sent to the Connect API's or token endpoint's host: a basis URL
         pointing elsewhere is refused rather than handed our token.
         """
+        limit = max_bytes if max_bytes is not None else get_settings().receipt_max_bytes
         url = httpx.URL(basis_url)
         if not url.is_absolute_url:
             url = httpx.URL(self.base_url + "/").join(basis_url)
         self._check_token_host(url)
         url = url.copy_merge_params({"format": "pdf"})
-        response = self._request("GET", url, headers={"Accept": "application/pdf"})
-        if not response.content.startswith(b"%PDF-"):
+        response = self._request("GET", url, headers={"Accept": "application/pdf"}, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise self._too_large(url, limit, f"it announces {int(declared)} bytes")
+            size, head = 0, b""
+            for chunk in self._stream_chunks(response, url):
+                if len(head) < 5:
+                    head += chunk[: 5 - len(head)]
+                    if len(head) == 5 or not b"%PDF-".startswith(head):
+                        self._check_pdf_head(head, url, response)
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(url, limit, "it is larger")
+                sink.write(chunk)
+            self._check_pdf_head(head, url, response)
+            return size
+        finally:
+            response.close()
+
+    def _stream_chunks(self, response: httpx.Response, url: httpx.URL):
+        try:
+            yield from response.iter_bytes(64 * 1024)
+        except httpx.TimeoutException as exc:
+            raise TransientError(
+                f"Findity stopped sending the basis document {url.path} ({type(exc).__name__})",
+                system=self.system, code="timeout") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(
+                f"the download of Findity's basis document {url.path} broke off "
+                f"({type(exc).__name__})", system=self.system, code="connection_error") from exc
+
+    def _check_pdf_head(self, head: bytes, url: httpx.URL, response: httpx.Response) -> None:
+        if not head.startswith(b"%PDF-"):
             raise PermanentError(
                 f"Findity's basis document {url.path} is not a PDF "
                 f"(Content-Type {response.headers.get('content-type', 'missing')})",
@@ -207,7 +258,14 @@ class FindityClient:
                 code="unexpected_response",
                 status_code=response.status_code,
             )
-        return response.content
+
+    def _too_large(self, url: httpx.URL, limit: int, why: str) -> PermanentError:
+        return PermanentError(
+            f"Findity's basis document {url.path} is larger than the {limit} bytes we accept "
+            f"({why}); raise AIC_RECEIPT_MAX_BYTES to accept it",
+            system=self.system,
+            code="receipt_too_large",
+        )
 
     # --- token --------------------------------------------------------------------------------
 
@@ -275,20 +333,27 @@ class FindityClient:
         *,
         export_id: str | None = None,
         headers: dict[str, str] | None = None,
+        stream: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send an authenticated request and map every failure to the error taxonomy.
 
         A 401 renews the token once and repeats the request; a second 401 is an ``AuthError``.
+        ``stream``: a successful response's body is left unread (the caller reads and closes
+        it); an error's body is read, at most ``_ERROR_BODY_LIMIT`` bytes of it.
         """
         token = self._token()
-        response = self._send(method, url, headers=_bearer(headers, token), **kwargs)
+        response = self._send(method, url, headers=_bearer(headers, token), stream=stream,
+                              **kwargs)
         if response.status_code == 401:
             log.info("findity.token_rejected", extra={"organization_id": self.organization_id})
+            response.close()
             self._forget_token(token)
             token = self._token(renew=True)
-            response = self._send(method, url, headers=_bearer(headers, token), **kwargs)
+            response = self._send(method, url, headers=_bearer(headers, token), stream=stream,
+                                  **kwargs)
             if response.status_code == 401:
+                response.close()
                 raise AuthError(
                     f"Findity rejected a freshly issued access token for organization "
                     f"{self.organization_id} on {method} {_path(url)} (HTTP 401): check that the "
@@ -298,14 +363,18 @@ class FindityClient:
                     status_code=401,
                     request_id=_request_id(response),
                 )
+        if stream and not 200 <= response.status_code < 300:
+            response = _read_error(response)
         self._raise_for_status(response, method, _path(url), export_id=export_id)
         return response
 
-    def _send(self, method: str, url: str | httpx.URL, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, url: str | httpx.URL, *, stream: bool = False,
+              **kwargs: Any) -> httpx.Response:
         """One HTTP exchange; transport failures become ``TransientError``."""
         started = time.monotonic()
         try:
-            response = self._http.request(method, url, **kwargs)
+            request = self._http.build_request(method, url, **kwargs)
+            response = self._http.send(request, stream=stream)
         except httpx.TimeoutException as exc:
             raise TransientError(
                 f"Findity did not answer {method} {_path(url)} in time ({type(exc).__name__})",
@@ -433,6 +502,28 @@ class FindityClient:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+def _read_error(response: httpx.Response) -> httpx.Response:
+    """A streamed error response with (the start of) its body read, for the error mapping."""
+    body = b""
+    try:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= _ERROR_BODY_LIMIT:
+                break
+    except httpx.HTTPError:
+        pass  # the status says enough
+    finally:
+        response.close()
+    # iter_bytes() has decoded the body already: drop the headers that describe the wire form.
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers,
+                          content=body[:_ERROR_BODY_LIMIT], request=response.request)
 
 
 def _bearer(headers: dict[str, str] | None, token: str) -> dict[str, str]:

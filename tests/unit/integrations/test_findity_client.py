@@ -3,6 +3,7 @@ stubs for answers the sandbox never gives (a malformed body, an HTTP-date Retry-
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -279,6 +280,50 @@ def test_receipt_pdf_is_fetched_with_format_pdf(findity_sandbox, org, client):
     assert voucher.id.encode() in pdf
     # An existing query string is kept, and format=pdf added to it.
     assert client.get_receipt_pdf(voucher.basis_url + "?lang=nb").startswith(b"%PDF-")
+
+
+def _voucher_urls(findity_sandbox, org, client, **knobs) -> list[str]:
+    findity_sandbox.update_organization(org["organization_id"], verification_lists_type="EXPENSE")
+    expenses = [{"text": f"Taxi {i}", "account": "7140", "amount": "112.00", "vat_rate": 12}
+                for i in range(3)]
+    created = findity_sandbox.create_export(org["organization_id"], reports=[
+        {"owner_name": "Kari", "expenses": expenses}], **knobs)
+    return [v.basis_url for v in client.get_voucher_package(created["export_id"]).vouchers]
+
+
+def test_an_oversized_basis_pdf_is_cut_off_while_streaming(findity_sandbox, org, client):
+    """Sent chunked without Content-Length: only counting what arrives can catch it. Before the
+    cap, the whole body was read into memory whatever its size."""
+    _, huge, _ = _voucher_urls(findity_sandbox, org, client, bad_basis={"1": "oversized"},
+                               oversized_basis_bytes=5 * 1024 * 1024)
+    sink = io.BytesIO()
+    with pytest.raises(PermanentError) as caught:
+        client.download_receipt_pdf(huge, sink, max_bytes=256 * 1024)
+    assert caught.value.code == "receipt_too_large"
+    assert "larger than the 262144 bytes" in caught.value.message
+    assert "AIC_RECEIPT_MAX_BYTES" in caught.value.message
+    assert len(sink.getvalue()) <= 256 * 1024  # stopped at the cap, not after the download
+
+
+def test_a_basis_pdf_over_the_cap_is_refused_by_its_content_length(findity_sandbox, org, client):
+    good, _, _ = _voucher_urls(findity_sandbox, org, client)
+    size = len(client.get_receipt_pdf(good))
+    assert len(client.get_receipt_pdf(good, max_bytes=size)) == size
+    with pytest.raises(PermanentError) as caught:
+        client.get_receipt_pdf(good, max_bytes=size - 1)
+    assert caught.value.code == "receipt_too_large" and f"announces {size} bytes" in caught.value.message
+
+
+def test_a_basis_that_is_not_a_pdf_or_missing_says_so(findity_sandbox, org, client):
+    _, html, missing = _voucher_urls(findity_sandbox, org, client,
+                                     bad_basis={"1": "not_pdf", "2": "missing"})
+    with pytest.raises(PermanentError) as not_pdf:
+        client.get_receipt_pdf(html)
+    assert not_pdf.value.code == "unexpected_response"
+    assert "is not a PDF (Content-Type text/html" in not_pdf.value.message
+    with pytest.raises(PermanentError) as gone:
+        client.get_receipt_pdf(missing)
+    assert gone.value.status_code == 404 and gone.value.code == "VOUCHER_NOT_FOUND"
 
 
 def test_the_token_is_never_sent_to_another_host(client):

@@ -511,3 +511,72 @@ def test_patch_changes_the_format_of_later_exports(findity_sandbox):
     second = findity_sandbox.create_export(org["organization_id"])
     assert _package(org, first["export_id"])["verificationListsType"] == "REPORT_PER_EXPENSE"
     assert _package(org, second["export_id"])["verificationListsType"] == "EXPENSE"
+
+
+# --- fault knobs of one export ---------------------------------------------------------------------
+
+
+def _basis(org: dict[str, Any], url: str) -> httpx.Response:
+    with _api(org) as api:
+        return api.get(url, params={"format": "pdf"})
+
+
+def test_an_export_can_answer_404_for_its_first_seconds(findity_sandbox):
+    org = findity_sandbox.create_organization()
+    created = findity_sandbox.create_export(org["organization_id"], not_found_for_seconds=1.0)
+    with _api(org) as api:
+        listed = api.get("/exports", params={"status": "UNPROCESSED"}).json()["data"]
+        early = [api.get(f"/exports/{created['export_id']}"),
+                 api.get(f"/exports/{created['export_id']}/export")]
+        time.sleep(1.1)
+        late = [api.get(f"/exports/{created['export_id']}"),
+                api.get(f"/exports/{created['export_id']}/export")]
+    assert [e["id"] for e in listed] == [created["export_id"]]  # the list already shows it
+    assert [r.status_code for r in early] == [404, 404]
+    assert {r.json()["code"] for r in early} == {"EXPORT_NOT_FOUND"}
+    assert [r.status_code for r in late] == [200, 200]
+
+
+def test_basis_pdfs_can_be_missing_for_a_while_or_broken_for_good(findity_sandbox):
+    org = findity_sandbox.create_organization(verification_lists_type="EXPENSE")
+    created = findity_sandbox.create_export(
+        org["organization_id"], basis_not_found_for_seconds=1.0,
+        bad_basis={"1": "not_pdf", "2": "missing", "3": "oversized"},
+        oversized_basis_bytes=300_000, reports=[_report("Kari", FLIGHT, OFFICE, PAPER, TONER)])
+    urls = [v["basisUrl"] for v in _package(org, created["export_id"])["vouchers"]]
+    assert {_basis(org, url).status_code for url in urls} == {404}
+    time.sleep(1.1)
+    good, html, missing, huge = (_basis(org, url) for url in urls)
+    assert good.status_code == 200 and good.content.startswith(b"%PDF-")
+    assert html.status_code == 200 and not html.content.startswith(b"%PDF-")
+    assert missing.status_code == 404 and missing.json()["code"] == "VOUCHER_NOT_FOUND"
+    assert huge.status_code == 200 and "content-length" not in huge.headers
+    assert huge.content.startswith(b"%PDF-") and len(huge.content) == 300_000
+
+
+def test_vouchers_can_be_sent_again_under_their_old_ids(findity_sandbox):
+    org = findity_sandbox.create_organization()
+    first = findity_sandbox.create_export(org["organization_id"])
+    again = findity_sandbox.create_export(org["organization_id"], voucher_ids=first["voucher_ids"],
+                                          reports=[_report("Kari", FLIGHT), _report("Ola", TAXI)])
+    assert again["voucher_ids"] == first["voucher_ids"]
+    assert again["export_id"] != first["export_id"]
+    package = _package(org, again["export_id"])
+    assert [v["id"] for v in package["vouchers"]] == first["voucher_ids"]
+    assert _basis(org, package["vouchers"][0]["basisUrl"]).status_code == 200
+    wrong = findity_sandbox.control.post(
+        f"/_sandbox/organizations/{org['organization_id']}/exports",
+        json={"voucher_ids": ["a"], "reports": [_report("Kari", FLIGHT), _report("Ola", TAXI)]})
+    assert wrong.status_code == 400 and "names 1 vouchers" in wrong.json()["message"]
+
+
+@pytest.mark.parametrize(("answer", "code"), [("409", 409), ("200", 200), ("400", 400)])
+def test_what_a_repeated_success_gets_can_be_chosen(findity_sandbox, answer, code):
+    org = findity_sandbox.create_organization(repeated_success_answer=answer)
+    created = findity_sandbox.create_export(org["organization_id"])
+    first = created["voucher_ids"][0]
+    numbered = {"voucherUpdates": [{"id": first, "status": "SUCCESS", "voucherNumber": 377}]}
+    other = {"voucherUpdates": [{"id": first, "status": "SUCCESS", "voucherNumber": 378}]}
+    codes = [_update(org, created["export_id"], body).status_code
+             for body in (numbered, numbered, other)]
+    assert codes == [200, code, 409]  # another number is never taken
