@@ -1,7 +1,7 @@
 """source report state: what the source was told, the report on the wire, notes, receipt time
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-30 10:00:00
 
 ``down_revision`` is '0003' on this branch; another branch adds 0004 in parallel, and this
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
