@@ -132,7 +132,12 @@ def _age(source_export_id: str, seconds: float) -> None:
 def _book(export_id: str, number: int) -> None:
     """Finish the export as the worker does once Tripletex booked voucher ``number``."""
     with session_scope() as session:
-        transition(session, session.get(AccountingExport, export_id), "success", actor="worker",
+        export = session.get(AccountingExport, export_id)
+        # The worker records the voucher first (posted_to_target), then finishes: a success
+        # needs a booked export once posting started (the posting protocol's invariant).
+        export.external_id = str(9000 + number)
+        session.flush()
+        transition(session, export, "success", actor="worker",
                    external_reference=f"voucher {number}", external_id=str(9000 + number),
                    external_number=str(number))
 
