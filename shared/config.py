@@ -89,6 +89,14 @@ class Settings(BaseSettings):
             )
         return self
 
+    # --- systems (shared/integrations/registry.py) ----------------------------------------------
+    # Comma-separated modules with a ``SYSTEM`` to register next to the built-in ones (a plug-in
+    # system outside the repository's list). Every process (API, worker, beat, aic) needs it.
+    extra_systems: str = ""
+
+    def extra_system_modules(self) -> list[str]:
+        return [m.strip() for m in self.extra_systems.split(",") if m.strip()]
+
     # --- HTTP clients -------------------------------------------------------------------------
     # ASSUMED (Tripletex documents nothing): a voucher its POST stored is findable by
     # externalVoucherNumber within this many seconds. Until then the posting protocol does not
