@@ -8,6 +8,8 @@
     aic exports list org_x --status failed
     aic exports show exp_xp_123              # the export and its whole event log
     aic exports retry exp_xp_123             # failed -> processing, queued again
+
+Which systems, and which credential flags, come from ``shared.integrations.registry``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ import sys
 from pathlib import Path
 
 from shared.config import get_settings, require_safe_settings
+from shared.integrations import registry
+
+
+def _credential_options(parser: argparse.ArgumentParser, systems) -> None:
+    """One ``--<field>`` flag per credential field of any of ``systems`` (registry)."""
+    seen: set[str] = set()
+    for system in systems:
+        for field in system.credentials:
+            if field.name in seen:
+                continue
+            seen.add(field.name)
+            hint = "prompted when omitted" if field.secret else "optional" if not field.required \
+                else "required"
+            parser.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name,
+                                help=f"{system.name}: {field.description} ({hint})")
 
 
 def _print_json(data) -> None:
@@ -105,13 +122,16 @@ def cmd_connection_set(args) -> int:
     # repository: refuse before asking for them (AIC_ENVIRONMENT=development allows it).
     require_safe_settings("aic connection set", variables=("AIC_SECRET_KEY",))
     credentials = None
-    if args.target == "tripletex" and not args.keep_credentials:
-        # Prompted rather than taken as flags by default, so tokens stay out of shell history.
-        credentials = {
-            "consumer_token": args.consumer_token or getpass.getpass("consumer token: "),
-            "employee_token": args.employee_token or getpass.getpass("employee token: "),
-            "company_id": args.company_id,
-        }
+    if not args.keep_credentials:
+        # Secrets are prompted for rather than taken as flags by default, so tokens stay out of
+        # shell history; optional fields left out are left to the system's default.
+        credentials = {}
+        for field in registry.target(args.target).credentials:
+            value = getattr(args, field.name, None)
+            if value is None and field.secret:
+                value = getpass.getpass(f"{field.name.replace('_', ' ')}: ")
+            if value is not None:
+                credentials[field.name] = value
     mapping = json.loads(Path(args.mapping_file).read_text()) if args.mapping_file else None
     with session_scope() as session:
         existing = organizations.connection_for(session, args.org, args.target)
@@ -211,17 +231,20 @@ def cmd_source_set(args) -> int:
     require_safe_settings("aic source set", variables=("AIC_SECRET_KEY",))  # as connection set
     client_secret = None
     if args.client_id and not args.keep_credentials:
-        client_secret = args.client_secret or getpass.getpass("Findity client secret: ")
+        client_secret = args.client_secret or getpass.getpass(
+            f"{registry.display_name(args.system)} client secret: ")
     options = {"content_file": args.content_file} if args.content_file else None
     with session_scope() as session:
         connection = sources.upsert_source_connection(
-            session, args.org, "findity", base_url=args.base_url, token_url=args.token_url,
-            external_organization_id=args.findity_org, client_id=args.client_id,
+            session, args.org, args.system, base_url=args.base_url, token_url=args.token_url,
+            external_organization_id=args.external_org, client_id=args.client_id,
             client_secret=client_secret, webhook_secret=args.webhook_secret,
             target_system=args.target, options=options)
-        path = f"/webhooks/findity/{connection.webhook_token}"
-    print(f"source {connection.id}: findity organization {args.findity_org} -> {args.target}\n"
-          f"webhook URL for Findity: <your public base URL>{path}")
+        path = f"/webhooks/{args.system}/{connection.webhook_token}"
+        target = connection.target_system
+    print(f"source {connection.id}: {args.system} organization {args.external_org} -> {target}\n"
+          f"webhook URL for {registry.display_name(args.system)}: "
+          f"<your public base URL>{path}")
     return 0
 
 
@@ -283,39 +306,45 @@ def build_parser() -> argparse.ArgumentParser:
         dest="conn_cmd", required=True)
     cs = conn.add_parser("set", help="create or update an organization's target connection")
     cs.add_argument("org")
-    cs.add_argument("target", choices=["tripletex"])
-    cs.add_argument("--base-url", required=True,
-                    help="production https://tripletex.no/v2, test https://api-test.tripletex.tech/v2")
-    cs.add_argument("--consumer-token", help="prompted when omitted")
-    cs.add_argument("--employee-token", help="prompted when omitted")
-    cs.add_argument("--company-id", default="0", help="0 = the token owner's company")
+    cs.add_argument("target", choices=list(registry.targets()))
+    cs.add_argument("--base-url", required=True, help="e.g. " + ", ".join(
+        f"{name}: {system.base_url_example}" for name, system in registry.targets().items()))
+    _credential_options(cs, registry.targets().values())
     cs.add_argument("--keep-credentials", action="store_true",
                     help="keep the stored credentials (refused when --base-url changes)")
     cs.add_argument("--mapping-file", help="JSON account mapping (see shared/domain/mapping.py)")
-    cs.add_argument("--voucher-type", help="Tripletex voucher type name, e.g. 'Reiseregning'")
+    cs.add_argument("--voucher-type", help="voucher type name, e.g. 'Reiseregning'")
     cs.add_argument("--draft", action="store_true",
                     help="post vouchers as drafts (sendToLedger=false) for an accountant to approve")
     cs.set_defaults(func=cmd_connection_set)
     ct = conn.add_parser("test", help="check that the stored credentials work")
     ct.add_argument("org")
-    ct.add_argument("target", choices=["tripletex"])
+    ct.add_argument("target", choices=list(registry.targets()))
     ct.set_defaults(func=cmd_connection_test)
 
-    src = sub.add_parser("source", help="expense sources (Findity)").add_subparsers(
+    source_names = list(registry.sources())
+    src = sub.add_parser("source", help="expense sources (" + ", ".join(
+        s.display_name for s in registry.sources().values()) + ")").add_subparsers(
         dest="src_cmd", required=True)
-    ss = src.add_parser("set", help="create or update an organization's Findity connection")
+    ss = src.add_parser("set", help="create or update an organization's source connection")
     ss.add_argument("org")
-    ss.add_argument("--base-url", required=True, help="Findity Connect API base URL")
-    ss.add_argument("--token-url", required=True, help="Findity OAuth2 token endpoint")
-    ss.add_argument("--findity-org", required=True, help="your organization id in Findity")
+    ss.add_argument("--system", choices=source_names, default=source_names[0],
+                    help=f"the source system (default {source_names[0]})")
+    ss.add_argument("--base-url", required=True, help="the source's API base URL")
+    ss.add_argument("--token-url", required=True, help="the source's OAuth2 token endpoint")
+    # --<system>-org (e.g. the first source's) is kept as an alias of --external-org.
+    ss.add_argument("--external-org", *[f"--{name}-org" for name in source_names],
+                    dest="external_org", required=True,
+                    help="your organization id in the source system")
     ss.add_argument("--client-id")
     ss.add_argument("--client-secret", help="prompted when omitted")
     ss.add_argument("--keep-credentials", action="store_true",
                     help="keep the stored credentials (refused when a URL changes)")
     ss.add_argument("--webhook-secret", help="require HMAC-signed webhooks ('' to remove)")
-    ss.add_argument("--target", default="tripletex", choices=["tripletex"])
+    ss.add_argument("--target", choices=list(registry.targets()),
+                    help="where the expenses are booked (default: the only target system)")
     ss.add_argument("--content-file", choices=["sie4", "csv"],
-                    help="also attach an SIE 4 or CSV file of each package to the Findity export")
+                    help="also attach an SIE 4 or CSV file of each package to the source's export")
     ss.set_defaults(func=cmd_source_set)
     src.add_parser("poll", help="poll every source once now").set_defaults(func=cmd_source_poll)
 

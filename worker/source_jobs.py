@@ -71,13 +71,12 @@ from shared.integrations.findity.conversion import (
     voucher_to_expense,
 )
 from shared.integrations.findity.files import package_file
+from shared.integrations import registry
 from shared.integrations.sources import source_client_for
 from shared.logs import get_logger
 from worker.retry_policy import backoff_delay
 
 log = get_logger(__name__)
-ACTOR = "findity"
-TARGET_NAMES = {"tripletex": "Tripletex"}
 # Norwegian input VAT codes (SAF-T / Tripletex vatType numbers) and their rates. A merged VAT row
 # is only trusted when the target, recomputing VAT from the gross at this rate, lands on exactly
 # Findity's amount; a connection can extend or override them (options.vat_rates).
@@ -313,7 +312,7 @@ def _ingest_package(session, source_export_id: str, package: VoucherPackage,
 def _ingest_voucher(session, source_export: SourceExport, connection: SourceConnection,
                     package: VoucherPackage, voucher, receipts: _Receipts) -> SourceVoucher:
     record = SourceVoucher(source_export_id=source_export.id, external_voucher_id=voucher.id)
-    target = TARGET_NAMES.get(connection.target_system, connection.target_system)
+    target = registry.display_name(connection.target_system)
     fmt = package.verification_lists_type
     if fmt.is_payment:
         record.outcome_error = payment_format_error(fmt, target)
@@ -358,7 +357,7 @@ def _ingest_voucher(session, source_export: SourceExport, connection: SourceConn
         session.expire(expense, ["receipt_data"])
     if record.note and record.export_id:
         export = session.get(AccountingExport, record.export_id)
-        record_event(session, export, "source_note", actor=ACTOR, reason=record.note,
+        record_event(session, export, "source_note", actor=connection.source_system, reason=record.note,
                      data={"source_export_id": source_export.id, "voucher_id": voucher.id})
     return record
 
@@ -395,7 +394,7 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
                           f"({what}) while export {live.id} of its earlier version is being "
                           "posted; ingested once that export ends")
         try:
-            transition(session, live, ExportStatus.CANCELLED, actor=ACTOR,
+            transition(session, live, ExportStatus.CANCELLED, actor=connection.source_system,
                        reason=f"superseded: Findity sent the voucher again with other content "
                               f"({what}) in export {source_export.external_export_id}",
                        guard=AccountingExport.posting_started_at.is_(None),
@@ -407,8 +406,8 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
     replace_content(session, expense, expense_in)
     export = export_service.create_export(
         session, source_export.organization_id, expense.id, connection.target_system,
-        actor=ACTOR, source_export_id=source_export.id)
-    record_event(session, export, "source_content_changed", actor=ACTOR,
+        actor=connection.source_system, source_export_id=source_export.id)
+    record_event(session, export, "source_content_changed", actor=connection.source_system,
                  reason=f"Findity sent the voucher again with other content ({what}); the "
                         "earlier version was never booked",
                  data={"superseded_export_id": live.id if live is not None else None})
@@ -431,7 +430,7 @@ def _export_for(session, source_export: SourceExport, connection: SourceConnecti
         return live.id
     export = export_service.create_export(
         session, source_export.organization_id, expense_id, connection.target_system,
-        actor=ACTOR, source_export_id=source_export.id)
+        actor=connection.source_system, source_export_id=source_export.id)
     return export.id
 
 
@@ -717,7 +716,7 @@ def _desired_update(session, voucher: SourceVoucher) -> VoucherStatusUpdate | No
     export = session.get(AccountingExport, voucher.export_id) if voucher.export_id else None
     if export is None:
         return None
-    target = TARGET_NAMES.get(export.target_system, export.target_system)
+    target = registry.display_name(export.target_system)
     if export.status == ExportStatus.SUCCESS.value:
         text = f"Booked in {target} as {export.external_reference} (export {export.id})"
         if voucher.note:

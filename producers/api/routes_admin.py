@@ -1,4 +1,7 @@
-"""/api/v1/admin: organizations, API keys and target connections. Bearer AIC_ADMIN_TOKEN."""
+"""/api/v1/admin: organizations, API keys, target and source connections. Bearer AIC_ADMIN_TOKEN.
+
+Which systems exist comes from ``shared.integrations.registry`` (the path enums of
+``producers.api.schemas``)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from producers.api.schemas import (
     OrganizationCreated,
     OrganizationOut,
     PutConnection,
+    SourceSystem,
     StrictBody,
     TargetSystem,
 )
@@ -27,6 +31,7 @@ from shared.db.models import ApiKey, Organization, SourceConnection, TargetConne
 from shared.db.session import session_scope
 from shared.domain import organizations as service
 from shared.domain import sources
+from shared.integrations import registry
 from sqlalchemy import select
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
@@ -121,11 +126,12 @@ def list_connections(org_id: str = OrgId) -> list[ConnectionOut]:
 
 
 class PutSource(StrictBody):
-    base_url: str = Field(min_length=8, max_length=500,
-                          description="Findity Connect API base, e.g. https://api.findity.com/api")
+    base_url: str = Field(min_length=8, max_length=500, description="The source's API base, e.g. "
+                          + "; ".join(f"{n}: {s.base_url_example}"
+                                      for n, s in registry.sources().items()))
     token_url: str = Field(min_length=8, max_length=500, description="OAuth2 token endpoint")
     external_organization_id: str = Field(min_length=1, max_length=100,
-                                          description="Your organization's id in Findity")
+                                          description="Your organization's id in the source")
     client_id: str | None = Field(
         default=None, max_length=200,
         description="With client_secret: required for a new connection and whenever base_url or "
@@ -135,7 +141,9 @@ class PutSource(StrictBody):
     webhook_secret: str | None = Field(
         default=None, max_length=200,
         description="When set, deliveries must carry X-AIC-Signature (HMAC-SHA256); '' removes it")
-    target_system: TargetSystem = TargetSystem.TRIPLETEX
+    target_system: TargetSystem | None = Field(
+        default=None, description="Where the expenses are booked; may be omitted while only one "
+                                  "target system is supported")
     options: dict[str, Any] | None = Field(
         default=None, description='e.g. {"content_file": "sie4"} to attach an SIE 4 file')
 
@@ -147,7 +155,7 @@ class SourceOut(BaseModel):
     base_url: str
     external_organization_id: str
     target_system: str
-    webhook_path: str = Field(description="Give Findity this path on your public base URL")
+    webhook_path: str = Field(description="Give the source this path on your public base URL")
     signed_webhooks: bool
     options: dict[str, Any]
 
@@ -161,15 +169,17 @@ def source_out(c: SourceConnection) -> SourceOut:
                      signed_webhooks=bool(c.webhook_secret_encrypted), options=c.options or {})
 
 
-@router.put("/organizations/{org_id}/sources/findity", response_model=SourceOut,
+@router.put("/organizations/{org_id}/sources/{source_system}", response_model=SourceOut,
             responses=BODY_ERRORS)
-def put_findity_source(body: PutSource, org_id: str = OrgId) -> SourceOut:
+def put_source(body: PutSource, source_system: SourceSystem, org_id: str = OrgId) -> SourceOut:
     with session_scope() as session:
         connection = sources.upsert_source_connection(
-            session, org_id, "findity", base_url=body.base_url, token_url=body.token_url,
+            session, org_id, source_system.value, base_url=body.base_url,
+            token_url=body.token_url,
             external_organization_id=body.external_organization_id, client_id=body.client_id,
             client_secret=body.client_secret, webhook_secret=body.webhook_secret,
-            target_system=body.target_system.value, options=body.options)
+            target_system=body.target_system.value if body.target_system else None,
+            options=body.options)
         return source_out(connection)
 
 

@@ -10,14 +10,29 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.db.models import AccountingExport, ExportEvent, ExportStatus
+from shared.integrations import registry
 
 ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 # The MONEY column is NUMERIC(14, 2): amounts and expense totals must stay below this.
 MONEY_LIMIT = Decimal("1000000000000")
 
 
-class TargetSystem(str, Enum):
-    TRIPLETEX = "tripletex"
+
+
+def _system_enum(enum_name: str, names) -> type[Enum]:
+    """The systems the registry holds when the API starts, as an enum for validation and the
+    OpenAPI document (member ``TRIPLETEX`` = ``"tripletex"``)."""
+    return Enum(enum_name, {name.upper(): name for name in names}, type=str)
+
+
+TargetSystem = _system_enum("TargetSystem", registry.targets())
+SourceSystem = _system_enum("SourceSystem", registry.sources())
+# A real value for the OpenAPI examples.
+TARGET_EXAMPLE = next(iter(registry.targets()))
+
+
+def _per_target(describe) -> str:
+    return "; ".join(f"{name}: {describe(system)}" for name, system in registry.targets().items())
 
 
 class StrictBody(BaseModel):
@@ -36,7 +51,7 @@ class StrictBody(BaseModel):
 
 class CreateExport(StrictBody):
     expense_id: str = Field(pattern=ID_PATTERN, examples=["exp_9c2d7e"])
-    target_system: TargetSystem = Field(examples=["tripletex"])
+    target_system: TargetSystem = Field(examples=[TARGET_EXAMPLE])
     reexport: bool = Field(default=False, description="Book again although a successful export exists.")
 
 
@@ -264,23 +279,24 @@ class ApiKeyOut(BaseModel):
 
 
 class PutConnection(StrictBody):
-    base_url: str = Field(min_length=8, max_length=500, examples=["https://api-test.tripletex.tech/v2"])
+    base_url: str = Field(min_length=8, max_length=500, examples=[
+        s.base_url_example for s in registry.targets().values()][:1])
     credentials: dict[str, str] | None = Field(
-        default=None, description="Tripletex: consumer_token, employee_token, company_id (default 0). "
+        default=None, description=_per_target(lambda s: s.describe_credentials()) + ". "
                                   "Omit to keep the stored credentials; required when base_url "
                                   "changes, so stored credentials never follow a new URL.")
     account_mapping: dict[str, Any] | None = None
     options: dict[str, Any] | None = Field(
         default=None,
-        description="Tripletex: send_to_ledger (default true), voucher_type_name, and rate_limit: "
+        description=_per_target(lambda s: ", ".join(s.options_model.model_fields)) + "; and "
+                    "for every target rate_limit: "
                     "the connection's request budget shared by all workers, e.g. "
                     '{"requests_per_second": 8, "burst": 2, "max_concurrent": 4} (at most burst '
                     "requests per burst/requests_per_second seconds; burst defaults to 1 when "
                     "a rate is given; 0 turns rate or concurrency cap off; omitted keys keep "
-                    "the default of AIC_TRIPLETEX_RATE_LIMIT_*). false or "
+                    "the target system's default policy). false or "
                     '{"enabled": false} turns limiting off. Omit to keep the stored options.',
-        examples=[{"send_to_ledger": True,
-                   "rate_limit": {"requests_per_second": 8, "burst": 2}}])
+        examples=[{"rate_limit": {"requests_per_second": 8, "burst": 2}}])
 
 
 class ConnectionOut(BaseModel):

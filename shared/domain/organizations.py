@@ -12,11 +12,7 @@ from shared import crypto, ids
 from shared.db.models import ApiKey, Organization, TargetConnection
 from shared.db.types import utcnow
 from shared.domain.errors import NotFound, ValidationFailed
-
-TARGET_SYSTEMS = ("tripletex",)
-
-# Credentials each target needs; checked before anything is stored.
-REQUIRED_CREDENTIALS = {"tripletex": ("consumer_token", "employee_token")}
+from shared.integrations import registry
 
 # What an API key may do, by scope. The status callback is its own scope because it can mark an
 # export `success` with any reference without anything being booked: only the system that does
@@ -120,11 +116,10 @@ def upsert_connection(
     whoever holds the admin token could collect them without ever knowing them.
     """
     get_organization(session, org_id)
-    if target_system not in TARGET_SYSTEMS:
-        raise ValidationFailed(
-            f"target_system '{target_system}' is not supported; use one of: "
-            + ", ".join(TARGET_SYSTEMS)
-        )
+    try:
+        system = registry.target(target_system)
+    except registry.UnknownSystem as unknown:
+        raise ValidationFailed(str(unknown)) from None
     if not base_url.startswith(("http://", "https://")):
         raise ValidationFailed("base_url must start with http:// or https://")
     connection = session.scalar(
@@ -134,7 +129,8 @@ def upsert_connection(
         )
     )
     if credentials is not None:
-        missing = [k for k in REQUIRED_CREDENTIALS[target_system] if not credentials.get(k)]
+        # The registry entry says which credentials the target needs; checked before storing.
+        missing = [k for k in system.required_credentials if not credentials.get(k)]
         if missing:
             raise ValidationFailed(
                 f"credentials for {target_system} need: {', '.join(missing)}"

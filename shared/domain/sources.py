@@ -1,4 +1,4 @@
-"""Expense sources (Findity): connections, announced export packages, webhook deliveries.
+"""Expense sources: connections, announced export packages, webhook deliveries.
 
 A package is known once per (connection, external export id): the unique constraint makes a
 webhook redelivered five times at once, or a webhook racing the poller, create one
@@ -28,10 +28,10 @@ from shared.db.models import (
 from shared.db.types import utcnow
 from shared.domain.errors import DomainError, NotFound, ValidationFailed
 from shared.domain.organizations import get_organization
+from shared.integrations import registry
 from shared.jobs import enqueue_after_commit
 from shared.queue import TASK_PROCESS_SOURCE_EXPORT, TASK_REPORT_TO_SOURCE
 
-SOURCE_SYSTEMS = ("findity",)
 SIGNATURE_HEADER = "X-AIC-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
 
@@ -52,13 +52,17 @@ def upsert_source_connection(
     client_id: str | None = None,
     client_secret: str | None = None,
     webhook_secret: str | None = None,
-    target_system: str = "tripletex",
+    target_system: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> SourceConnection:
+    """``target_system``: where the source's expenses are booked; may be omitted while exactly
+    one target system is registered."""
     get_organization(session, org_id)
-    if source_system not in SOURCE_SYSTEMS:
-        raise ValidationFailed(f"source_system '{source_system}' is not supported; use one of: "
-                               + ", ".join(SOURCE_SYSTEMS))
+    try:
+        registry.source(source_system)
+        target_system = registry.target(target_system or _only_target()).name
+    except registry.UnknownSystem as unknown:
+        raise ValidationFailed(str(unknown)) from None
     for name, url in (("base_url", base_url), ("token_url", token_url)):
         if not url.startswith(("http://", "https://")):
             raise ValidationFailed(f"{name} must start with http:// or https://")
@@ -101,6 +105,14 @@ def upsert_source_connection(
     connection.updated_at = utcnow()
     session.flush()
     return connection
+
+
+def _only_target() -> str:
+    names = list(registry.targets())
+    if len(names) != 1:
+        raise ValidationFailed("name the target_system the expenses go to: one of "
+                               + ", ".join(names))
+    return names[0]
 
 
 def source_credentials(connection: SourceConnection) -> dict[str, str]:

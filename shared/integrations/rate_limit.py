@@ -211,15 +211,15 @@ class RateLimitOptions(BaseModel):
 
 
 def default_policy(target_system: str) -> RateLimitPolicy:
-    """The policy of a connection that sets no ``rate_limit`` option."""
-    settings = get_settings()
-    if target_system == "tripletex":
-        return RateLimitPolicy(
-            requests_per_second=settings.tripletex_rate_limit_per_second,
-            burst=settings.tripletex_rate_limit_burst,
-            max_concurrent=settings.tripletex_rate_limit_max_concurrent,
-        )
-    return RateLimitPolicy()
+    """The policy of a connection that sets no ``rate_limit`` option: its system's
+    ``default_rate_policy`` (registry entry), or no limit."""
+    # Imported here: the registry loads the vendor clients, which import this module.
+    from shared.integrations import registry
+
+    system = registry.targets().get(target_system)
+    if system is None or system.default_rate_policy is None:
+        return RateLimitPolicy()
+    return system.default_rate_policy()
 
 
 def policy_from_options(

@@ -1,22 +1,25 @@
-"""Which client talks to which expense source; one cached client per source connection."""
+"""Which client talks to which expense source; one cached client per source connection.
+
+Which client a system gets is its registry entry's ``build_client``
+(``shared.integrations.registry``).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.db.models import SourceConnection
 from shared.domain.sources import source_credentials
+from shared.integrations import registry
 from shared.integrations.client_cache import ClientCache
-from shared.integrations.findity import FindityClient
 
 
-def _build(connection: SourceConnection) -> FindityClient:
-    if connection.source_system != "findity":
-        raise ValueError(f"no client for source system {connection.source_system!r}")
-    credentials = source_credentials(connection)
-    return FindityClient(connection.base_url, token_url=connection.token_url,
-                         client_id=credentials["client_id"],
-                         client_secret=credentials["client_secret"],
-                         organization_id=connection.external_organization_id)
+def _build(connection: SourceConnection) -> Any:
+    # UnknownSystem (a ValueError) for a row whose system is no longer registered.
+    system = registry.source(connection.source_system)
+    return system.build_client(connection, source_credentials(connection))
 
 
-_cache: ClientCache[FindityClient] = ClientCache(_build)
+_cache: ClientCache[Any] = ClientCache(_build)
 source_client_for = _cache.get
+

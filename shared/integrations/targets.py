@@ -3,7 +3,8 @@
 Each client gets its connection's rate limiter (``shared.integrations.rate_limit``): the budget
 lives in Redis under the connection id, so every worker process's client of the same connection
 shares it. ``connection.options["rate_limit"]`` tunes it; without it the target's default from
-settings applies.
+settings applies. Which client a system gets is its registry entry's ``build_client``
+(``shared.integrations.registry``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 from shared.db.models import TargetConnection
 from shared.domain.organizations import connection_credentials
 from shared.domain.vouchers import PostedVoucher, VoucherDraft
+from shared.integrations import registry
 from shared.integrations.client_cache import ClientCache
 from shared.integrations.rate_limit import limiter_for
 
@@ -74,20 +76,10 @@ class TargetClient(Protocol):
 
 
 def _build(connection: TargetConnection) -> TargetClient:
-    credentials = connection_credentials(connection)
+    # UnknownSystem (a ValueError) for a row whose system is no longer registered.
+    system = registry.target(connection.target_system)
     limiter = limiter_for(connection.id, connection.target_system, connection.options)
-    if connection.target_system == "tripletex":
-        from shared.integrations.tripletex import TripletexClient, TripletexOptions
-
-        return TripletexClient(
-            connection.base_url,
-            consumer_token=credentials["consumer_token"],
-            employee_token=credentials["employee_token"],
-            company_id=str(credentials.get("company_id", "0")),
-            options=TripletexOptions.model_validate(connection.options or {}),
-            limiter=limiter,
-        )
-    raise ValueError(f"no client for target system {connection.target_system!r}")
+    return system.build_client(connection, connection_credentials(connection), limiter)
 
 
 _cache: ClientCache[TargetClient] = ClientCache(_build)
