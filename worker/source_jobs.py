@@ -841,6 +841,9 @@ def poll_sources() -> PollResult:
             for connection in connections:
                 session.expunge(connection)
         for connection in connections:
+            if not registry.source(connection.source_system).capabilities.discovery & {
+                    registry.Discovery.POLL_FEED, registry.Discovery.POLL_CURSOR}:
+                continue  # announces by webhook only: nothing to list
             result.connections += 1
             _poll_connection(connection, result)
     finally:
@@ -857,7 +860,7 @@ def poll_sources() -> PollResult:
 def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
     settings = get_settings()
     try:
-        listed = source_client_for(connection).list_unprocessed_exports()
+        listed = source_client_for(connection).list_pending(None).announcements
     except IntegrationError as error:
         result.errors.append(f"{connection.id}: {error.message}")
         log.warning("poll failed", connection_id=connection.id, error=error.message)
@@ -866,17 +869,18 @@ def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
     with session_scope() as session:
         for item in listed:
             result.listed += 1
-            source_export, new = sources.announce_export(session, connection, item.id, via="poll")
+            source_export, new = sources.announce_export(session, connection, item.external_id,
+                                                         via="poll")
             if new:
-                result.recovered.append(item.id)
+                result.recovered.append(item.external_id)
             elif source_export.status == SourceExportStatus.REJECTED.value:
                 # We believed a 404 (past the grace), yet Findity lists the export: take it again.
                 if sources.reannounce_rejected(session, source_export):
-                    result.reannounced.append(item.id)
+                    result.reannounced.append(item.external_id)
             elif (source_export.status in (SourceExportStatus.RECEIVED.value,
                                            SourceExportStatus.INGESTING.value)
                   and source_export.updated_at < stuck_before
                   and (source_export.lease_expires_at is None
                        or source_export.lease_expires_at < utcnow())):
                 sources.requeue_export(session, source_export)
-                result.requeued.append(item.id)
+                result.requeued.append(item.external_id)

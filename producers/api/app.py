@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from producers.api import routes_admin, routes_expenses, routes_exports, routes_sources
-from producers.webhooks import findity as findity_webhook
+from producers.webhooks import receiver as webhook_receiver
 from producers.api.errors import install_error_handlers
 from producers.api.limits import BodySizeLimit
 from shared.config import get_settings, require_safe_settings
@@ -52,7 +52,7 @@ def create_app() -> FastAPI:
     app.include_router(routes_expenses.router)
     app.include_router(routes_sources.router)
     app.include_router(routes_admin.router)
-    app.include_router(findity_webhook.router)
+    app.include_router(webhook_receiver.router)
 
     @app.get("/healthz", tags=["health"], summary="Database and broker reachability",
              response_model=Health,

@@ -130,6 +130,10 @@ class SourceSystem(_System):
     # (``shared.integrations.sources.SourceAdapter``)
     build_client: Callable[[Any, dict[str, Any]], Any]
     capabilities: SourceCapabilities
+    # Discovery.WEBHOOK: a delivery's raw body -> ``shared.integrations.sources.Announcement``
+    # (raises ``MalformedAnnouncement``). Needs no credentials: it runs before the delivery's
+    # connection is known. None: the source sends no webhooks (no route is mounted).
+    parse_webhook: Callable[[bytes], Any] | None = None
 
 
 System = Union[TargetSystem, SourceSystem]

@@ -32,15 +32,12 @@ UPCOMING = ("traede", "brex", "billdiary")
 # vendor-specific part moves into the vendor's folder.
 ALLOWED = {
     "worker/source_jobs.py":
-        "the Findity package flow (ingest of a voucher package, basis PDFs, updatestatus "
-        "reports, the SIE/CSV content file, the poll of unprocessed exports) still lives here; "
-        "it moves behind shared.integrations.sources.SourceAdapter into "
-        "shared/integrations/findity/ (issue 8, step 3 remainder)",
-    "producers/webhooks/findity.py":
-        "the Findity webhook receiver (body model, organizationId check); becomes one generic "
-        "/webhooks/{source_system}/{token} route over SourceAdapter.parse_announcement",
-    "producers/api/app.py":
-        "mounts the Findity webhook router by name; goes with producers/webhooks/findity.py",
+        "Findity's package ingest (get_export / get_voucher_package, basis PDF download, "
+        "voucher_to_expense, payment formats, VAT rates) and its updatestatus reports "
+        "(VoucherSuccessUpdate/VoucherFailedUpdate wire and identity, the assumed 409 "
+        "VOUCHER_ALREADY_PROCESSED, the SIE/CSV content file) still live here; they move behind "
+        "SourceAdapter.fetch_items / report / completed into shared/integrations/findity/ "
+        "(issue 8, step 3 remainder)",
 }
 
 

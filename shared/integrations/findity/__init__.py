@@ -20,6 +20,7 @@ from shared.integrations.registry import (
     SourceSystem,
 )
 
+from shared.integrations.findity.adapter import FinditySource, parse_webhook
 from shared.integrations.findity.client import FindityClient
 from shared.integrations.findity.models import (
     OWED_TO_EMPLOYEE_ACCOUNT,
@@ -62,8 +63,8 @@ class FindityOptions(BaseModel):
     vat_rates: dict[str, Decimal] = {}
 
 
-def _build_client(connection, credentials) -> FindityClient:
-    return FindityClient(connection.base_url, token_url=connection.token_url,
+def _build_client(connection, credentials) -> FinditySource:
+    return FinditySource(connection.base_url, token_url=connection.token_url,
                          client_id=credentials["client_id"],
                          client_secret=credentials["client_secret"],
                          organization_id=connection.external_organization_id)
@@ -79,6 +80,7 @@ SYSTEM = SourceSystem(
     options_model=FindityOptions,
     base_url_example="https://api.findity.com/api",
     build_client=_build_client,
+    parse_webhook=parse_webhook,
     capabilities=SourceCapabilities(
         # The export-ready webhook, and the unprocessed-exports list polled as its backstop.
         discovery=frozenset({Discovery.WEBHOOK, Discovery.POLL_FEED}),

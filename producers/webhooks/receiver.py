@@ -1,0 +1,89 @@
+"""POST /webhooks/<source system>/{token}: a source says work is ready (Findity: an export
+package), one route per registered source that announces by webhook.
+
+Sources treat any answer but 200 as a failure (Findity puts the reports back to "ready to
+send"), so the receiver does the minimum: check the URL token (and the signature when one is
+configured), have the source's registry entry read the body (``parse_webhook``), store the
+delivery, queue the work once, answer 200. A redelivered or concurrent duplicate gets 200 too and
+changes nothing. The body is only a hint: the worker fetches the work with the organization's
+credentials, so a forged id leads nowhere.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+
+from producers.api.errors import ApiError, error_responses
+from shared.db.session import session_scope
+from shared.domain import sources
+from shared.domain.errors import NotFound
+from shared.integrations import registry
+from shared.integrations.sources import Announcement, MalformedAnnouncement
+from shared.logs import get_logger
+
+router = APIRouter(tags=["webhooks"])
+log = get_logger(__name__)
+# SourceExport.external_export_id is VARCHAR(100): a longer id must be refused here, not by the
+# database with a 5xx (the source would redeliver it forever).
+EXPORT_ID_MAX_LENGTH = 100
+TOKEN = Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+
+
+def _mount(system: registry.SourceSystem) -> None:
+    async def receive_webhook(request: Request, token: str = TOKEN):
+        raw = await request.body()
+        try:
+            announcement = system.parse_webhook(raw)
+        except MalformedAnnouncement as malformed:
+            raise ApiError(400, "malformed_webhook", malformed.message) from None
+        export_id = announcement.external_id
+        if len(export_id) > EXPORT_ID_MAX_LENGTH or not export_id.isprintable():
+            raise ApiError(400, "malformed_webhook",
+                           f"{announcement.id_field} must be at most {EXPORT_ID_MAX_LENGTH} "
+                           "printable characters")
+        signature = request.headers.get(sources.SIGNATURE_HEADER)
+        if signature is not None and not signature.isascii():
+            # Header bytes arrive decoded as Latin-1, and hmac.compare_digest raises TypeError on
+            # a non-ASCII str: such a header cannot be a valid signature; let it fail as one.
+            signature = signature.encode("ascii", "replace").decode("ascii")
+        # The database work runs in the thread pool so one slow commit never stalls the loop.
+        source_export_id, new = await run_in_threadpool(
+            _store_delivery, system, token, signature, raw, announcement)
+        log.info("source webhook", source_system=system.name,
+                 source_export_id=source_export_id, export=export_id, duplicate=not new)
+        return {"received": True, "duplicate": not new}
+
+    receive_webhook.__name__ = f"{system.name}_webhook"
+    router.post(f"/webhooks/{system.name}/{{token}}",
+                summary=f"{system.display_name} work-ready webhook",
+                responses=error_responses(400, 401, 404, 413, 422, 503, descriptions={
+                    400: "Malformed body", 401: "Signature missing, wrong or outside its window",
+                    404: "Unknown webhook URL", 422: "The URL's token is malformed"}),
+                )(receive_webhook)
+
+
+def _store_delivery(system: registry.SourceSystem, token: str, signature: str | None,
+                    raw: bytes, announcement: Announcement) -> tuple[str, bool]:
+    with session_scope() as session:
+        connection = sources.connection_for_webhook(session, token)
+        # A token is unguessable per connection; a token of another system's connection is as
+        # unknown here as no token at all.
+        if connection.source_system != system.name:
+            raise NotFound("no webhook is registered at this URL; copy the URL from "
+                                   "`aic source show`")
+        sources.verify_signature(connection, signature, raw)
+        if (announcement.organization_id is not None
+                and announcement.organization_id != connection.external_organization_id):
+            raise ApiError(400, "organization_mismatch",
+                           f"{announcement.organization_field} does not belong to this webhook "
+                           f"URL; check the recipient configured in {system.display_name}")
+        source_export, new = sources.record_webhook(session, connection,
+                                                    announcement.external_id,
+                                                    announcement.payload)
+        return source_export.id, new
+
+
+for _system in registry.sources().values():
+    if _system.parse_webhook is not None:
+        _mount(_system)
