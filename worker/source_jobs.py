@@ -58,21 +58,20 @@ from shared.integrations.errors import (
     NotFoundError,
     TransientError,
 )
-from shared.integrations.findity import (
-    AccountingVoucher,
-    VoucherFailedUpdate,
-    VoucherPackage,
-    VoucherStatusUpdate,
-    VoucherSuccessUpdate,
-)
+from shared.integrations.findity import AccountingVoucher, VoucherPackage
 from shared.integrations.findity.conversion import (
     UnbookableVoucher,
     payment_format_error,
     voucher_to_expense,
 )
-from shared.integrations.findity.files import package_file
 from shared.integrations import registry
-from shared.integrations.sources import source_client_for
+from shared.integrations.sources import (
+    SUCCEEDED,
+    CompletionFailed,
+    ItemOutcome,
+    ItemReport,
+    source_client_for,
+)
 from shared.logs import get_logger
 from worker.retry_policy import backoff_delay
 
@@ -84,7 +83,6 @@ DEFAULT_VAT_RATES = {"1": Decimal("25"), "11": Decimal("15"), "13": Decimal("12"
 # Basis PDFs are spooled to a temporary file beyond this size, so a package of many large PDFs is
 # not held in memory while it is fetched (each is capped by AIC_RECEIPT_MAX_BYTES).
 RECEIPT_SPOOL_BYTES = 1024 * 1024
-INFORMATION_TEXT_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -438,7 +436,7 @@ def _export_for(session, source_export: SourceExport, connection: SourceConnecti
 #
 # Why a repeated report is harmless, without relying on anything Findity did not document:
 #
-# 1. What we send is derived from the database every time (``_desired_update``), and a voucher is
+# 1. What we send is derived from the database every time (``_desired_report``), and a voucher is
 #    sent only when that differs from what Findity accepted last (``reported_status`` +
 #    ``reported_number``; the errorText for FAILED). A repeat is therefore always the same
 #    update again: the same SUCCESS with the same voucher number (a booking is never redone) or
@@ -452,33 +450,21 @@ def _export_for(session, source_export: SourceExport, connection: SourceConnecti
 #    SUCCESS with the same number cannot cause a second booking anywhere.
 # 3. A refusal of a repeat is kept on the voucher (``report_error``) and the package stays
 #    ``processing``: the sweeper re-sends it every AIC_SOURCE_STUCK_AFTER_SECONDS and operators
-#    see why. Only recording it as done relies on Findity's answer, in ``_source_already_holds``.
+#    see why. Only recording it as done relies on Findity's answer, in its adapter's ``already_holds``.
 # 4. One report per package at a time: a Redis lock of AIC_REPORT_LOCK_SECONDS renewed while the
 #    report runs (``_ReportLock``), so a killed worker's lock is gone within seconds, and no
 #    request is sent once the lock is lost.
 
-# ASSUMED (no Findity document describes it; our sandbox answers it): Findity refuses a SUCCESS
-# for a voucher it already holds as SUCCESS with a voucher number with 409 and this code.
-ALREADY_PROCESSED = "VOUCHER_ALREADY_PROCESSED"
-
-
-def _source_already_holds(update: VoucherStatusUpdate, error: IntegrationError) -> bool:
-    """ASSUMED: the one place that reads the undocumented 409 VOUCHER_ALREADY_PROCESSED.
-
-    Asked only for a repeat (an identical SUCCESS of ours may already be there), and only
-    decides whether we record the voucher as told; correctness does not depend on it: if Findity
-    answers otherwise, the repeat is refused, kept visible and sent again later, and Findity
-    holds what it held. (tests/unit/test_source_jobs.py pins both sides.)
-    """
-    return (update.status.value == "SUCCESS" and error.status_code == 409
-            and error.code == ALREADY_PROCESSED)
+# The source's words (the wire of a report, how it says "already held") are its adapter's
+# (``SourceAdapter.report_for`` / ``read_report`` / ``already_holds``); what to report, when,
+# and in which requests is decided here, the same for every source.
 
 
 @dataclass
 class _Owed:
     voucher_row_id: int
-    update: VoucherStatusUpdate
-    maybe_held: bool  # Findity may already hold exactly this update
+    report: ItemReport
+    maybe_held: bool  # the source may already hold exactly this report
 
 
 def report_to_source(source_export_id: str) -> StepOutcome:
@@ -554,20 +540,22 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
         if source_export is None:
             return StepOutcome("skipped", "unknown source export")
         connection = session.get(SourceConnection, source_export.source_connection_id)
-        owed = _owed_updates(session, source_export)
+        adapter = source_client_for(connection)
+        owed = _owed_updates(session, adapter, source_export)
         external_export_id = source_export.external_export_id
-        completed_now = _settle(session, source_export) if not owed else False
+        completed_now = _settle(session, adapter, source_export) if not owed else False
         session.expunge(connection)
     if not owed:
         if completed_now:
-            _attach_package_file(connection, external_export_id, source_export_id)
+            _completed(adapter, connection, external_export_id, source_export_id)
         return StepOutcome("done", "0 reported")
 
-    accepted, refused, failure = _send(source_client_for(connection), external_export_id,
+    accepted, refused, failure = _send(adapter, connection.source_system, external_export_id,
                                        owed, lock)
-    completed_now = _record(source_export_id, accepted, refused, failure)
+    completed_now = _record(adapter, connection.source_system, source_export_id, accepted,
+                            refused, failure)
     if completed_now:
-        _attach_package_file(connection, external_export_id, source_export_id)
+        _completed(adapter, connection, external_export_id, source_export_id)
     if accepted:
         log.info("reported to source", source_export_id=source_export_id,
                  vouchers=len(accepted))
@@ -584,26 +572,27 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
     return StepOutcome("done", f"{len(accepted)} reported")
 
 
-def _owed_updates(session, source_export: SourceExport) -> list[_Owed]:
-    """The vouchers whose outcome Findity does not hold yet, marked in flight (committed by the
-    caller's transaction before anything is sent)."""
+def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
+    """The vouchers whose outcome the source does not hold yet, marked in flight (committed by
+    the caller's transaction before anything is sent)."""
     owed = []
     for voucher in source_export.vouchers:
-        desired = _desired_update(session, voucher)
-        if desired is None or _identity(desired) == _told(voucher):
+        desired = _desired_report(session, adapter, voucher)
+        if desired is None or desired.identity == _told(adapter, voucher):
             continue
-        maybe_held = _maybe_held(session, source_export, voucher, desired)
-        voucher.report_in_flight = _wire(desired)
+        maybe_held = _maybe_held(session, adapter, source_export, voucher, desired)
+        voucher.report_in_flight = desired.wire
         owed.append(_Owed(voucher.id, desired, maybe_held))
     return owed
 
 
-def _send(client, external_export_id: str, owed: list[_Owed], lock: _ReportLock):
+def _send(adapter, system: str, external_export_id: str, owed: list[_Owed], lock: _ReportLock):
     """Returns (accepted, {voucher row id: refusal}, the error that stopped us or None).
 
-    Updates Findity cannot hold yet go out in one request. Any update Findity may hold already
-    goes out alone; so does each update of a batch Findity refused, because a refused batch says
-    nothing about which voucher it objects to (nor, undocumented, whether it took any of them).
+    Reports the source cannot hold yet go out in one request. Any report the source may hold
+    already goes out alone; so does each report of a batch the source refused, because a refused
+    batch says nothing about which voucher it objects to (nor, undocumented, whether it took any
+    of them).
     """
     accepted: list[_Owed] = []
     refused: dict[int, str] = {}
@@ -611,9 +600,9 @@ def _send(client, external_export_id: str, owed: list[_Owed], lock: _ReportLock)
     alone = [o for o in owed if o.maybe_held]
     if len(fresh) > 1:
         if not lock.held:
-            return accepted, refused, _lock_lost()
+            return accepted, refused, _lock_lost(system)
         try:
-            client.update_status(external_export_id, [o.update for o in fresh])
+            adapter.send_reports(external_export_id, [o.report for o in fresh])
             accepted += fresh
             fresh = []
         except IntegrationError as error:
@@ -623,20 +612,21 @@ def _send(client, external_export_id: str, owed: list[_Owed], lock: _ReportLock)
                 o.maybe_held = True
     for o in [*fresh, *alone]:
         if not lock.held:
-            return accepted, refused, _lock_lost()
+            return accepted, refused, _lock_lost(system)
         try:
-            client.update_status(external_export_id, [o.update])
+            adapter.send_reports(external_export_id, [o.report])
             accepted.append(o)
         except IntegrationError as error:
-            if o.maybe_held and _source_already_holds(o.update, error):
-                log.info("report already held by source", voucher=o.update.id)
+            if o.maybe_held and adapter.already_holds(o.report, error):
+                log.info("report already held by source", voucher=o.report.external_id)
                 accepted.append(o)
             elif _stops_the_package(error):
                 return accepted, refused, error
             else:
+                source = registry.display_name(system)
                 refused[o.voucher_row_id] = (
-                    f"Findity refused the {o.update.status.value} report"
-                    f"{' (sent again: Findity may hold it already)' if o.maybe_held else ''}: "
+                    f"{source} refused the {o.report.status} report"
+                    f"{f' (sent again: {source} may hold it already)' if o.maybe_held else ''}: "
                     f"{error.message}")
     return accepted, refused, None
 
@@ -647,42 +637,41 @@ def _stops_the_package(error: IntegrationError) -> bool:
     return error.retryable or isinstance(error, (AuthError, NotFoundError))
 
 
-def _lock_lost() -> IntegrationError:
+def _lock_lost(system: str) -> IntegrationError:
     return TransientError("the package's report lock expired while reporting (Redis away?); "
-                          "the rest is reported by the next report task", system="findity",
+                          "the rest is reported by the next report task", system=system,
                           code="report_lock_lost")
 
 
-def _record(source_export_id: str, accepted: list[_Owed], refused: dict[int, str],
-            failure: IntegrationError | None) -> bool:
-    """Record what Findity now holds; True if that completed the package."""
+def _record(adapter, system: str, source_export_id: str, accepted: list[_Owed],
+            refused: dict[int, str], failure: IntegrationError | None) -> bool:
+    """Record what the source now holds; True if that completed the package."""
     with session_scope() as session:
         now = utcnow()
         for owed in accepted:
             voucher = session.get(SourceVoucher, owed.voucher_row_id)
-            wire = _wire(owed.update)
-            voucher.reported_status = owed.update.status.value
-            number = wire.get("voucherNumber") if owed.update.status.value == "SUCCESS" else None
-            voucher.reported_number = str(number) if number is not None else None
+            voucher.reported_status = owed.report.status
+            voucher.reported_number = owed.report.number if owed.report.booked else None
             voucher.reported_at = now
-            voucher.report_payload = wire
+            voucher.report_payload = owed.report.wire
             voucher.report_error = None
-            if _identity_of(voucher.report_in_flight) == _identity(owed.update):
+            if _identity_of(adapter, voucher.report_in_flight) == owed.report.identity:
                 voucher.report_in_flight = None
         for voucher_row_id, message in refused.items():
             voucher = session.get(SourceVoucher, voucher_row_id)
             voucher.report_error = message
-            # report_in_flight stays: a refusal does not prove Findity lacks the update.
+            # report_in_flight stays: a refusal does not prove the source lacks the report.
         source_export = session.get(SourceExport, source_export_id)
-        problems = [f"reporting to Findity failed: {failure.message}"] if failure else []
+        problems = ([f"reporting to {registry.display_name(system)} failed: {failure.message}"]
+                    if failure else [])
         problems += [f"voucher {session.get(SourceVoucher, row).external_voucher_id}: {message}"
                      for row, message in refused.items()]
         if problems:
             source_export.last_error = "; ".join(problems)[:2000]
-        return _settle(session, source_export)
+        return _settle(session, adapter, source_export)
 
 
-def _settle(session, source_export: SourceExport) -> bool:
+def _settle(session, adapter, source_export: SourceExport) -> bool:
     """The package's status follows its vouchers: ``processing`` while any outcome is unknown
     or not yet held by Findity, else ``completed`` / ``completed_with_failures``. True if this
     call completed it."""
@@ -693,11 +682,11 @@ def _settle(session, source_export: SourceExport) -> bool:
     failed = False
     done = True
     for voucher in source_export.vouchers:
-        desired = _desired_update(session, voucher)
-        if desired is None or _identity(desired) != _told(voucher):
+        desired = _desired_report(session, adapter, voucher)
+        if desired is None or desired.identity != _told(adapter, voucher):
             done = False
             break
-        failed = failed or desired.status.value != "SUCCESS"
+        failed = failed or not desired.booked
     status = (SourceExportStatus.PROCESSING if not done
               else SourceExportStatus.COMPLETED_WITH_FAILURES if failed
               else SourceExportStatus.COMPLETED).value
@@ -708,11 +697,11 @@ def _settle(session, source_export: SourceExport) -> bool:
     return status != SourceExportStatus.PROCESSING.value
 
 
-def _desired_update(session, voucher: SourceVoucher) -> VoucherStatusUpdate | None:
-    """What Findity should hold for this voucher now; None while its export is still running."""
+def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | None:
+    """What the source should hold for this voucher now; None while its export is running."""
     if voucher.outcome_error is not None:
-        return VoucherFailedUpdate(id=voucher.external_voucher_id,
-                                   error_text=voucher.outcome_error)
+        return adapter.report_for(ItemOutcome(voucher.external_voucher_id, booked=False,
+                                              text=voucher.outcome_error))
     export = session.get(AccountingExport, voucher.export_id) if voucher.export_id else None
     if export is None:
         return None
@@ -721,60 +710,46 @@ def _desired_update(session, voucher: SourceVoucher) -> VoucherStatusUpdate | No
         text = f"Booked in {target} as {export.external_reference} (export {export.id})"
         if voucher.note:
             text = f"{text}. Note: {voucher.note}"
-        return VoucherSuccessUpdate(
-            id=voucher.external_voucher_id, booking_date=export.exported_at,
-            voucher_number=int(export.external_number)
-            if (export.external_number or "").isdigit() else None,
-            information_text=text[:INFORMATION_TEXT_MAX])
+        return adapter.report_for(ItemOutcome(
+            voucher.external_voucher_id, booked=True, text=text,
+            external_number=export.external_number, booked_on=export.exported_at))
     if export.status == ExportStatus.FAILED.value:
-        return VoucherFailedUpdate(id=voucher.external_voucher_id,
-                                   error_text=export.error_message or "the export failed")
+        return adapter.report_for(ItemOutcome(
+            voucher.external_voucher_id, booked=False,
+            text=export.error_message or "the export failed"))
     if export.status == ExportStatus.CANCELLED.value:
-        return VoucherFailedUpdate(
-            id=voucher.external_voucher_id,
-            error_text=export.error_message
-            or "the export was cancelled by an operator; send it again when ready")
+        return adapter.report_for(ItemOutcome(
+            voucher.external_voucher_id, booked=False,
+            text=export.error_message
+            or "the export was cancelled by an operator; send it again when ready"))
     return None
 
 
-def _wire(update: VoucherStatusUpdate) -> dict:
-    return update.model_dump(mode="json", by_alias=True, exclude_none=True)
+def _identity_of(adapter, wire: dict | None) -> tuple | None:
+    """The identity (``ItemReport.identity``) of a stored report; None for none."""
+    return adapter.read_report(wire).identity if wire else None
 
 
-def _identity_of(wire: dict | None) -> tuple | None:
-    """What makes two reports of a voucher the same outcome: SUCCESS and its voucher number, or
-    FAILED and its errorText (what the administrator must fix). Texts and dates are not."""
-    if not wire:
-        return None
-    if wire.get("status") == "SUCCESS":
-        number = wire.get("voucherNumber")
-        return ("SUCCESS", str(number) if number is not None else None)
-    return (wire.get("status"), wire.get("errorText"))
-
-
-def _identity(update: VoucherStatusUpdate) -> tuple:
-    return _identity_of(_wire(update))
-
-
-def _told(voucher: SourceVoucher) -> tuple | None:
-    """What Findity accepted last for this voucher, as an identity."""
+def _told(adapter, voucher: SourceVoucher) -> tuple | None:
+    """What the source accepted last for this voucher, as an identity."""
     if voucher.reported_status is None:
         return None
-    if voucher.reported_status == "SUCCESS":
-        return ("SUCCESS", voucher.reported_number)
-    return (voucher.reported_status, (voucher.report_payload or {}).get("errorText"))
+    if voucher.reported_status == SUCCEEDED:
+        return (SUCCEEDED, voucher.reported_number)
+    payload = voucher.report_payload
+    return (voucher.reported_status, adapter.read_report(payload).error_text if payload else None)
 
 
-def _maybe_held(session, source_export: SourceExport, voucher: SourceVoucher,
-                desired: VoucherStatusUpdate) -> bool:
-    """Could Findity already hold exactly ``desired`` for this voucher? Yes if we put it on the
-    wire before without recording an answer, or (a SUCCESS) if another package of this
-    connection reported or sent the same SUCCESS for the same voucher id (Findity sent the
+def _maybe_held(session, adapter, source_export: SourceExport, voucher: SourceVoucher,
+                desired: ItemReport) -> bool:
+    """Could the source already hold exactly ``desired`` for this voucher? Yes if we put it on
+    the wire before without recording an answer, or (booked) if another package of this
+    connection reported or sent the same success for the same voucher id (the source sent the
     voucher again and we had booked it)."""
-    identity = _identity(desired)
-    if _identity_of(voucher.report_in_flight) == identity:
+    identity = desired.identity
+    if _identity_of(adapter, voucher.report_in_flight) == identity:
         return True
-    if desired.status.value != "SUCCESS":
+    if not desired.booked:
         return False
     others = session.scalars(
         select(SourceVoucher).join(SourceExport,
@@ -782,35 +757,28 @@ def _maybe_held(session, source_export: SourceExport, voucher: SourceVoucher,
         .where(SourceExport.source_connection_id == source_export.source_connection_id,
                SourceVoucher.external_voucher_id == voucher.external_voucher_id,
                SourceVoucher.id != voucher.id)).all()
-    return any(_told(o) == identity or _identity_of(o.report_in_flight) == identity
+    return any(_told(adapter, o) == identity or _identity_of(adapter, o.report_in_flight) == identity
                for o in others)
 
 
-def _attach_package_file(connection: SourceConnection, external_export_id: str,
-                         source_export_id: str) -> None:
-    """The optional SIE 4 / CSV file of the package, for administrators in Findity.
+def _completed(adapter, connection: SourceConnection, external_export_id: str,
+               source_export_id: str) -> None:
+    """The unit's completion step (Findity: the optional SIE 4 / CSV file, for administrators).
 
     Best effort after the bookings and reports are done: a failure is logged and recorded on the
     package, never turned into a failed booking.
     """
-    fmt = (connection.options or {}).get("content_file")
-    if not fmt:
-        return
-    client = source_client_for(connection)
     try:
-        package = client.get_voucher_package(external_export_id)
-        filename, content, content_type = package_file(
-            package, fmt, company_name=connection.external_organization_id,
-            generated_at=utcnow())
-        client.put_content(external_export_id, filename, content, content_type)
-    except (IntegrationError, ValueError) as error:
+        done = adapter.completed(external_export_id, connection.options or {},
+                                 connection.external_organization_id)
+    except CompletionFailed as error:
         log.warning("package file not attached", source_export_id=source_export_id,
                     error=str(error))
         with session_scope() as session:
-            session.get(SourceExport, source_export_id).last_error = (
-                f"the {fmt} file could not be attached: {error}")
+            session.get(SourceExport, source_export_id).last_error = str(error)
         return
-    log.info("package file attached", source_export_id=source_export_id, file=filename)
+    if done is not None:
+        log.info("package file attached", source_export_id=source_export_id, file=done)
 
 
 # --- poll ---------------------------------------------------------------------------------------

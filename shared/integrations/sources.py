@@ -33,10 +33,9 @@ source_client_for = _cache.get
 # and ``report_granularity`` (per item, chunks of ``report_chunk_size``, or none).
 #
 # Status: Findity's adapter (``shared/integrations/findity/adapter.py``) provides the webhook
-# parsing and ``list_pending``; its ingest (fetch, basis PDFs, conversion) and report
-# (updatestatus, content file) still live in ``worker/source_jobs.py``: moving them behind
-# ``fetch_items`` / ``report`` / ``completed`` is the rest of issue 8 (see the allowlist of
-# ``tests/unit/test_engine_names_no_vendor.py``).
+# parsing, ``list_pending``, the reports and ``completed``; its ingest (fetch, basis PDFs,
+# conversion) still lives in ``worker/source_jobs.py``: moving it behind ``fetch_items`` is the
+# rest of issue 8 (see the allowlist of ``tests/unit/test_engine_names_no_vendor.py``).
 
 
 @dataclass(frozen=True)
@@ -81,11 +80,42 @@ class ItemOutcome:
 
     external_id: str
     booked: bool
-    target_display_name: str
-    external_reference: str | None = None
-    external_number: str | None = None
-    booked_on: Any | None = None
-    error: str | None = None
+    # Booked: what we tell about the booking ("Booked in Tripletex as ..."); not booked: what to
+    # fix, in plain words.
+    text: str
+    external_number: str | None = None  # the target's voucher number
+    booked_on: Any | None = None  # datetime of the booking
+
+
+SUCCEEDED, FAILED = "SUCCESS", "FAILED"
+
+
+@dataclass(frozen=True)
+class ItemReport:
+    """One item's outcome in the source's own words: ``wire`` is exactly what is sent, and what
+    the engine stores as in flight / accepted. Two reports are the same outcome when their
+    ``identity`` is: booked with the same number, or failed with the same text (what an
+    administrator must fix); other texts and dates do not count."""
+
+    external_id: str
+    booked: bool
+    number: str | None  # booked: the number the source keeps
+    error_text: str | None  # failed: what the source shows
+    wire: dict[str, Any]
+    payload: Any = None  # the source's own object for sending (set when built, not when read)
+
+    @property
+    def status(self) -> str:
+        return SUCCEEDED if self.booked else FAILED
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        return (SUCCEEDED, self.number) if self.booked else (FAILED, self.error_text)
+
+
+class CompletionFailed(Exception):
+    """A unit's best-effort completion step (e.g. a content file) failed; recorded, never
+    turned into a failed booking."""
 
 
 class MalformedAnnouncement(ValueError):
@@ -118,13 +148,20 @@ class SourceAdapter(Protocol):
     def fetch_items(self, external_id: str, *, target_display_name: str,
                     options: dict[str, Any]) -> list[SourceItem]: ...
 
-    # Report outcomes (ReportGranularity.PER_ITEM: any number per call; CHUNKED: at most
-    # ``report_chunk_size``; NONE: never called). Returns the ids the source now holds; an item
-    # the source refused is absent and is sent again alone. Must be harmless to repeat with the
-    # same outcome (the engine sends an outcome again when it cannot know it was received).
-    def report(self, external_id: str, outcomes: list[ItemOutcome]) -> set[str]: ...
+    # Reporting (ReportGranularity.PER_ITEM: any number per call; CHUNKED: at most
+    # ``report_chunk_size``; NONE: never called). ``report_for`` words an outcome,
+    # ``read_report`` reads back a stored wire. ``send_reports`` sends them in one request (the
+    # engine sends a batch once, and each report alone when the batch is refused or the source
+    # may already hold it); it must be harmless to repeat with the same outcome.
+    # ``already_holds``: whether the refusal of a repeat says the source holds it already.
+    def report_for(self, outcome: ItemOutcome) -> ItemReport: ...
+    def read_report(self, wire: dict[str, Any]) -> ItemReport: ...
+    def send_reports(self, external_id: str, reports: list[ItemReport]) -> None: ...
+    def already_holds(self, report: ItemReport, error: Exception) -> bool: ...
 
-    # Called once every outcome of the unit is held by the source (e.g. Findity's content file).
-    def completed(self, external_id: str, options: dict[str, Any]) -> None: ...
+    # Called once every outcome of the unit is held by the source (Findity: the optional SIE 4 /
+    # CSV file). Returns what it did (None: nothing to do); raises CompletionFailed.
+    def completed(self, external_id: str, options: dict[str, Any],
+                  organization_name: str) -> str | None: ...
 
     def close(self) -> None: ...

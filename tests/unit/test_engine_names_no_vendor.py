@@ -32,12 +32,10 @@ UPCOMING = ("traede", "brex", "billdiary")
 # vendor-specific part moves into the vendor's folder.
 ALLOWED = {
     "worker/source_jobs.py":
-        "Findity's package ingest (get_export / get_voucher_package, basis PDF download, "
-        "voucher_to_expense, payment formats, VAT rates) and its updatestatus reports "
-        "(VoucherSuccessUpdate/VoucherFailedUpdate wire and identity, the assumed 409 "
-        "VOUCHER_ALREADY_PROCESSED, the SIE/CSV content file) still live here; they move behind "
-        "SourceAdapter.fetch_items / report / completed into shared/integrations/findity/ "
-        "(issue 8, step 3 remainder)",
+        "Findity's package ingest still lives here: get_export / get_voucher_package, the basis "
+        "PDF download and its grace, voucher_to_expense with payment formats and VAT rates, the "
+        "findity-<id>.pdf receipt name. It moves behind SourceAdapter.fetch_items into "
+        "shared/integrations/findity/adapter.py (issue 8, step 3 remainder)",
 }
 
 

@@ -42,6 +42,7 @@ from shared.domain import organizations, sources
 from shared.domain.state_machine import transition
 from shared.integrations.errors import PermanentError
 from shared.integrations.findity import VoucherSuccessUpdate
+from shared.integrations.findity.adapter import read_report, source_already_holds
 from shared.queue import TASK_PROCESS_SOURCE_EXPORT, TASK_REPORT_TO_SOURCE
 from worker import source_jobs
 
@@ -357,12 +358,12 @@ def test_already_processed_counts_only_for_a_success_we_may_have_sent(source):
     assert "VOUCHER_ALREADY_PROCESSED" in state["report_error"]
     assert "may hold it already" not in state["report_error"]
 
-    update = VoucherSuccessUpdate(id="v", voucher_number=5)
+    update = read_report({"id": "v", "status": "SUCCESS", "voucherNumber": 5})
     conflict = PermanentError("x", system="findity", code="VOUCHER_ALREADY_PROCESSED",
                               status_code=409)
     other = PermanentError("x", system="findity", code="VALIDATION_ERROR", status_code=400)
-    assert source_jobs._source_already_holds(update, conflict)
-    assert not source_jobs._source_already_holds(update, other)
+    assert source_already_holds(update, conflict)
+    assert not source_already_holds(update, other)
 
 
 def test_a_killed_reporters_lock_frees_itself_within_seconds(source, findity_sandbox):

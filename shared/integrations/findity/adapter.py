@@ -12,9 +12,30 @@ import json
 
 from pydantic import ValidationError
 
+from shared.db.types import utcnow
+from shared.integrations.errors import IntegrationError
 from shared.integrations.findity.client import FindityClient
-from shared.integrations.findity.models import WebhookBody
-from shared.integrations.sources import Announcement, MalformedAnnouncement, PendingPage
+from shared.integrations.findity.files import package_file
+from shared.integrations.findity.models import (
+    VoucherFailedUpdate,
+    VoucherStatusUpdate,
+    VoucherSuccessUpdate,
+    WebhookBody,
+)
+from shared.integrations.sources import (
+    SUCCEEDED,
+    Announcement,
+    CompletionFailed,
+    ItemOutcome,
+    ItemReport,
+    MalformedAnnouncement,
+    PendingPage,
+)
+
+INFORMATION_TEXT_MAX = 500
+# ASSUMED (no Findity document describes it; our sandbox answers it): Findity refuses a SUCCESS
+# for a voucher it already holds as SUCCESS with a voucher number with 409 and this code.
+ALREADY_PROCESSED = "VOUCHER_ALREADY_PROCESSED"
 
 
 def parse_webhook(raw: bytes) -> Announcement:
@@ -38,6 +59,27 @@ def _short(exc: Exception) -> str:
     return str(exc)[:200]
 
 
+def read_report(wire: dict) -> ItemReport:
+    """A stored updatestatus wire (SUCCESS with voucherNumber, or FAILED with errorText)."""
+    booked = wire.get("status") == SUCCEEDED
+    number = wire.get("voucherNumber") if booked else None
+    return ItemReport(external_id=wire.get("id"), booked=booked,
+                      number=str(number) if number is not None else None,
+                      error_text=None if booked else wire.get("errorText"), wire=wire)
+
+
+def source_already_holds(report: ItemReport, error: Exception) -> bool:
+    """ASSUMED: the one place that reads the undocumented 409 VOUCHER_ALREADY_PROCESSED.
+
+    Asked only for a repeat (an identical SUCCESS of ours may already be there), and only
+    decides whether we record the voucher as told; correctness does not depend on it: if Findity
+    answers otherwise, the repeat is refused, kept visible and sent again later, and Findity
+    holds what it held. (tests/unit/test_source_jobs.py pins both sides.)
+    """
+    return (report.booked and isinstance(error, IntegrationError) and error.status_code == 409
+            and error.code == ALREADY_PROCESSED)
+
+
 class FinditySource(FindityClient):
     """One Findity organization as a source."""
 
@@ -45,3 +87,39 @@ class FinditySource(FindityClient):
         # Findity's list of unprocessed exports is a "not exported yet" feed: no cursor.
         return PendingPage([Announcement(external_id=export.id, payload={})
                             for export in self.list_unprocessed_exports()], next_cursor=None)
+
+    def report_for(self, outcome: ItemOutcome) -> ItemReport:
+        update: VoucherStatusUpdate
+        if outcome.booked:
+            number = outcome.external_number or ""
+            update = VoucherSuccessUpdate(
+                id=outcome.external_id, booking_date=outcome.booked_on,
+                voucher_number=int(number) if number.isdigit() else None,
+                information_text=outcome.text[:INFORMATION_TEXT_MAX])
+        else:
+            update = VoucherFailedUpdate(id=outcome.external_id, error_text=outcome.text)
+        wire = update.model_dump(mode="json", by_alias=True, exclude_none=True)
+        report = read_report(wire)
+        return ItemReport(external_id=report.external_id, booked=report.booked,
+                          number=report.number, error_text=report.error_text, wire=wire,
+                          payload=update)
+
+    read_report = staticmethod(read_report)
+    already_holds = staticmethod(source_already_holds)
+
+    def send_reports(self, external_id: str, reports: list[ItemReport]) -> None:
+        self.update_status(external_id, [r.payload for r in reports])
+
+    def completed(self, external_id: str, options: dict, organization_name: str) -> str | None:
+        """The optional SIE 4 / CSV file of the package, for administrators in Findity."""
+        fmt = (options or {}).get("content_file")
+        if not fmt:
+            return None
+        try:
+            package = self.get_voucher_package(external_id)
+            filename, content, content_type = package_file(
+                package, fmt, company_name=organization_name, generated_at=utcnow())
+            self.put_content(external_id, filename, content, content_type)
+        except (IntegrationError, ValueError) as error:
+            raise CompletionFailed(f"the {fmt} file could not be attached: {error}") from error
+        return filename
