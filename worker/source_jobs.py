@@ -1,4 +1,6 @@
-"""The Findity package flow: ingest a package, report each voucher's outcome, poll for missed ones.
+"""The source package flow, the same for every source (its words are its adapter's,
+``shared.integrations.sources.SourceAdapter``; Findity is the one today): ingest a package,
+report each voucher's outcome, poll for missed ones.
 
 ingest   - fetch the export and its voucher package with the organization's own credentials (the
            webhook body is only a hint), turn each accounting voucher into an approved expense
@@ -25,7 +27,6 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import BinaryIO
 
 import redis
@@ -58,28 +59,20 @@ from shared.integrations.errors import (
     NotFoundError,
     TransientError,
 )
-from shared.integrations.findity import AccountingVoucher, VoucherPackage
-from shared.integrations.findity.conversion import (
-    UnbookableVoucher,
-    payment_format_error,
-    voucher_to_expense,
-)
 from shared.integrations import registry
 from shared.integrations.sources import (
     SUCCEEDED,
     CompletionFailed,
+    FetchedUnit,
     ItemOutcome,
     ItemReport,
+    SourceItem,
     source_client_for,
 )
 from shared.logs import get_logger
 from worker.retry_policy import backoff_delay
 
 log = get_logger(__name__)
-# Norwegian input VAT codes (SAF-T / Tripletex vatType numbers) and their rates. A merged VAT row
-# is only trusted when the target, recomputing VAT from the gross at this rate, lands on exactly
-# Findity's amount; a connection can extend or override them (options.vat_rates).
-DEFAULT_VAT_RATES = {"1": Decimal("25"), "11": Decimal("15"), "13": Decimal("12")}
 # Basis PDFs are spooled to a temporary file beyond this size, so a package of many large PDFs is
 # not held in memory while it is fetched (each is capped by AIC_RECEIPT_MAX_BYTES).
 RECEIPT_SPOOL_BYTES = 1024 * 1024
@@ -148,9 +141,8 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
     receipts = _Receipts()
     try:
         try:
-            client.get_export(claimed.external_export_id)
-            package = client.get_voucher_package(claimed.external_export_id)
-            _fetch_receipts(client, package, claimed, receipts)
+            unit = client.fetch_unit(claimed.external_export_id)
+            _fetch_receipts(client, unit, claimed, receipts)
         except IntegrationError as error:
             return _fetch_failed(source_export_id, claimed, error)
         except _NotYet as wait:
@@ -160,7 +152,7 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
         try:
             with session_scope() as session:
-                vouchers = _ingest_package(session, source_export_id, package, receipts)
+                vouchers = _ingest_package(session, client, source_export_id, unit, receipts)
         except _NotYet as wait:
             log.info("source export waits", source_export_id=source_export_id,
                      reason=wait.message)
@@ -174,7 +166,7 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
     finally:
         receipts.close()
     log.info("source export ingested", source_export_id=source_export_id, vouchers=vouchers,
-             format=package.verification_lists_type.value,
+             format=unit.format,
              receipts_missing=len(receipts.problems))
     return StepOutcome("done", f"{vouchers} vouchers")
 
@@ -239,9 +231,9 @@ def _finish_claim(source_export_id: str, status: SourceExportStatus, error: str 
         source_export.updated_at = utcnow()
 
 
-def _fetch_receipts(client, package: VoucherPackage, claimed: _Claim,
-                    receipts: _Receipts) -> None:
-    """Basis PDFs first, outside any transaction: a slow Findity never holds a database lock.
+def _fetch_receipts(client, unit: FetchedUnit, claimed: _Claim, receipts: _Receipts) -> None:
+    """Receipts (Findity: basis PDFs) first, outside any transaction: a slow source never holds
+    a database lock.
 
     One voucher's PDF never holds up the package for good. A PDF that may still come (404, or a
     5xx / timeout) is waited for while the package is inside its not-found grace: the whole
@@ -256,13 +248,15 @@ def _fetch_receipts(client, package: VoucherPackage, claimed: _Claim,
     this way (``receipt_rejected`` keeps the booking).
     """
     settings = get_settings()
-    for voucher in package.vouchers:
-        if not isinstance(voucher, AccountingVoucher) or not voucher.basis_url:
+    noun = client.attachment_noun
+    source = registry.display_name(claimed.connection.source_system)
+    for item in unit.items:
+        if not item.attachment_url:
             continue
         spool = tempfile.SpooledTemporaryFile(max_size=RECEIPT_SPOOL_BYTES)
         try:
-            client.download_receipt_pdf(voucher.basis_url, spool,
-                                        max_bytes=settings.receipt_max_bytes)
+            client.download_attachment(item.attachment_url, spool,
+                                       max_bytes=settings.receipt_max_bytes)
         except IntegrationError as error:
             spool.close()
             if isinstance(error, AuthError):
@@ -272,65 +266,58 @@ def _fetch_receipts(client, package: VoucherPackage, claimed: _Claim,
                 if error.retryable:
                     raise  # the usual retry of a transient fetch error
                 raise _NotYet(
-                    f"the basis PDF of voucher {voucher.id} is not found yet ({error.code}); "
+                    f"the {noun} of voucher {item.external_id} is not found yet ({error.code}); "
                     f"looked again until {int(claimed.grace_left())} s from now",
                     retry_in=claimed.retry_in()) from error
-            receipts.problems[voucher.id] = (
-                f"the basis PDF from Findity is not attached: {error.message}")
-            log.warning("voucher booked without its basis PDF", voucher=voucher.id,
+            receipts.problems[item.external_id] = (
+                f"the {noun} from {source} is not attached: {error.message}")
+            log.warning("voucher booked without its receipt", voucher=item.external_id,
                         code=error.code, error=error.message)
             continue
-        receipts.files[voucher.id] = spool
+        receipts.files[item.external_id] = spool
 
 
-def _ingest_package(session, source_export_id: str, package: VoucherPackage,
+def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
                     receipts: _Receipts) -> int:
     source_export = session.get(SourceExport, source_export_id)
     connection = session.get(SourceConnection, source_export.source_connection_id)
     known = {v.external_voucher_id for v in source_export.vouchers}
     notes = []
-    for voucher in package.vouchers:
-        if voucher.id in known:
+    for fetched in unit.items:
+        if fetched.external_id in known:
             continue
-        record = _ingest_voucher(session, source_export, connection, package, voucher, receipts)
+        item = client.to_source_item(
+            unit, fetched, target_display_name=registry.display_name(connection.target_system),
+            options=connection.options or {})
+        record = _ingest_voucher(session, source_export, connection, item, receipts)
         session.add(record)
         if record.note:
-            notes.append(f"voucher {voucher.id}: {record.note}")
+            notes.append(f"voucher {fetched.external_id}: {record.note}")
     source_export.status = SourceExportStatus.PROCESSING.value
-    source_export.verification_lists_type = package.verification_lists_type.value
-    source_export.voucher_count = len(package.vouchers)
+    source_export.verification_lists_type = unit.format
+    source_export.voucher_count = len(unit.items)
     source_export.lease_expires_at = None
     source_export.last_error = "; ".join(notes)[:2000] if notes else None
     source_export.updated_at = utcnow()
     # Vouchers refused at ingest (payment formats, unbalanced) are reportable right away.
     sources.enqueue_report(session, source_export.id)
-    return len(package.vouchers)
+    return len(unit.items)
 
 
 def _ingest_voucher(session, source_export: SourceExport, connection: SourceConnection,
-                    package: VoucherPackage, voucher, receipts: _Receipts) -> SourceVoucher:
-    record = SourceVoucher(source_export_id=source_export.id, external_voucher_id=voucher.id)
-    target = registry.display_name(connection.target_system)
-    fmt = package.verification_lists_type
-    if fmt.is_payment:
-        record.outcome_error = payment_format_error(fmt, target)
+                    item: SourceItem, receipts: _Receipts) -> SourceVoucher:
+    record = SourceVoucher(source_export_id=source_export.id, external_voucher_id=item.external_id)
+    if item.refusal is not None:  # a payment format, an unbalanced voucher: reported, not booked
+        record.outcome_error = item.refusal
         return record
-    try:
-        vat_rates = {**DEFAULT_VAT_RATES, **{
-            code: Decimal(str(rate)) for code, rate in (connection.options or {}).get(
-                "vat_rates", {}).items()}}
-        expense_in = voucher_to_expense(
-            voucher, verification_lists_type=fmt, vat_rates=vat_rates, target_system=target)
-    except UnbookableVoucher as error:
-        record.outcome_error = str(error)
-        return record
-    pdf = receipts.pdf(voucher.id)
+    expense_in = item.expense
+    pdf = receipts.pdf(item.external_id)
     if pdf is not None:
         expense_in = expense_in.model_copy(update={
-            "receipt_filename": f"findity-{voucher.id}.pdf",
-            "receipt_content_type": "application/pdf", "receipt_data": pdf})
+            "receipt_filename": item.receipt_filename,
+            "receipt_content_type": item.receipt_content_type, "receipt_data": pdf})
     del pdf
-    record.note = receipts.problems.get(voucher.id)
+    record.note = receipts.problems.get(item.external_id)
 
     existing = find_expense(session, source_export.organization_id, expense_in.source,
                             expense_in.source_ref)
@@ -355,8 +342,9 @@ def _ingest_voucher(session, source_export: SourceExport, connection: SourceConn
         session.expire(expense, ["receipt_data"])
     if record.note and record.export_id:
         export = session.get(AccountingExport, record.export_id)
-        record_event(session, export, "source_note", actor=connection.source_system, reason=record.note,
-                     data={"source_export_id": source_export.id, "voucher_id": voucher.id})
+        record_event(session, export, "source_note", actor=connection.source_system,
+                     reason=record.note,
+                     data={"source_export_id": source_export.id, "voucher_id": item.external_id})
     return record
 
 
@@ -378,9 +366,10 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
       export and the new export from both booking.
     """
     what = ", ".join(changed)
+    source = registry.display_name(connection.source_system)
     live = export_service.active_export(session, expense.id, connection.target_system)
     if live is not None and live.status == ExportStatus.SUCCESS.value:
-        note = (f"Findity sent this voucher again with other content ({what}), but its earlier "
+        note = (f"{source} sent this voucher again with other content ({what}), but its earlier "
                 f"version is already booked as {live.external_reference} (export {live.id}); "
                 "it was not booked again. Correct that booking by hand if the change matters")
         log.warning("re-sent voucher conflicts with its booking", export_id=live.id,
@@ -388,16 +377,16 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
         return live.id, note
     if live is not None:
         if live.posting_started_at is not None:
-            raise _NotYet(f"Findity sent voucher {expense.source_ref} again with other content "
+            raise _NotYet(f"{source} sent voucher {expense.source_ref} again with other content "
                           f"({what}) while export {live.id} of its earlier version is being "
                           "posted; ingested once that export ends")
         try:
             transition(session, live, ExportStatus.CANCELLED, actor=connection.source_system,
-                       reason=f"superseded: Findity sent the voucher again with other content "
+                       reason=f"superseded: {source} sent the voucher again with other content "
                               f"({what}) in export {source_export.external_export_id}",
                        guard=AccountingExport.posting_started_at.is_(None),
                        error_message=f"superseded by a corrected version of the voucher that "
-                                     f"Findity sent in export {source_export.external_export_id}")
+                                     f"{source} sent in export {source_export.external_export_id}")
         except ConcurrentTransition:
             raise _NotYet(f"export {live.id} of voucher {expense.source_ref} started posting "
                           "while its corrected version arrived; ingested once it ends") from None
@@ -406,7 +395,7 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
         session, source_export.organization_id, expense.id, connection.target_system,
         actor=connection.source_system, source_export_id=source_export.id)
     record_event(session, export, "source_content_changed", actor=connection.source_system,
-                 reason=f"Findity sent the voucher again with other content ({what}); the "
+                 reason=f"{source} sent the voucher again with other content ({what}); the "
                         "earlier version was never booked",
                  data={"superseded_export_id": live.id if live is not None else None})
     session.flush()

@@ -32,10 +32,7 @@ source_client_for = _cache.get
 # ``capabilities`` say which parts apply: ``discovery`` (webhook and/or a polled feed or cursor)
 # and ``report_granularity`` (per item, chunks of ``report_chunk_size``, or none).
 #
-# Status: Findity's adapter (``shared/integrations/findity/adapter.py``) provides the webhook
-# parsing, ``list_pending``, the reports and ``completed``; its ingest (fetch, basis PDFs,
-# conversion) still lives in ``worker/source_jobs.py``: moving it behind ``fetch_items`` is the
-# rest of issue 8 (see the allowlist of ``tests/unit/test_engine_names_no_vendor.py``).
+# Findity's adapter is ``shared/integrations/findity/adapter.py``.
 
 
 @dataclass(frozen=True)
@@ -64,14 +61,31 @@ class PendingPage:
 
 
 @dataclass(frozen=True)
-class SourceItem:
-    """One item of a fetched unit, already target-neutral: an approved expense to book, or why
-    it cannot be booked (reported back as a failure, never posted)."""
+class FetchedItem:
+    """One item of a fetched unit, as the source delivered it (converted only when the engine
+    does not know it yet: ``SourceAdapter.to_source_item``)."""
 
     external_id: str
-    expense: Any | None  # shared.domain.expenses.ExpenseIn, with its receipt when there is one
+    attachment_url: str | None  # its receipt, downloaded by the engine before any transaction
+    raw: Any  # the source's own object
+
+
+@dataclass(frozen=True)
+class FetchedUnit:
+    items: list[FetchedItem]
+    format: str | None = None  # the unit's format as the source names it (kept for operators)
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One item, target-neutral: an approved expense to book, or why it cannot be booked
+    (reported back as a failure, never posted)."""
+
+    external_id: str
+    expense: Any | None  # shared.domain.expenses.ExpenseIn, without its receipt
     refusal: str | None = None
-    note: str | None = None  # e.g. "booked without its receipt: ..." for operators and the source
+    receipt_filename: str | None = None  # the name and type its receipt is stored under
+    receipt_content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,11 +156,18 @@ class SourceAdapter(Protocol):
     # Discovery: POLL_FEED / POLL_CURSOR. What is pending from ``cursor`` on (None: the start).
     def list_pending(self, cursor: str | None) -> PendingPage: ...
 
-    # Fetch one unit with our own credentials (the announcement is only a hint) and turn it into
-    # target-neutral items; receipts are downloaded here, outside any transaction. ``options``:
-    # the connection's options (validated by the entry's ``options_model``).
-    def fetch_items(self, external_id: str, *, target_display_name: str,
-                    options: dict[str, Any]) -> list[SourceItem]: ...
+    # Fetch one unit with our own credentials (the announcement is only a hint); a 404 is
+    # retried within the not-found grace by the engine. ``download_attachment`` streams one
+    # item's receipt into ``sink`` (at most ``max_bytes``), outside any transaction; what it
+    # is called in messages: ``attachment_noun``. ``to_source_item`` turns an item the engine
+    # does not know yet into a target-neutral expense or a refusal; ``options``: the
+    # connection's options (the entry's ``options_model``).
+    attachment_noun: str
+
+    def fetch_unit(self, external_id: str) -> FetchedUnit: ...
+    def download_attachment(self, url: str, sink: Any, *, max_bytes: int) -> None: ...
+    def to_source_item(self, unit: FetchedUnit, item: FetchedItem, *,
+                       target_display_name: str, options: dict[str, Any]) -> SourceItem: ...
 
     # Reporting (ReportGranularity.PER_ITEM: any number per call; CHUNKED: at most
     # ``report_chunk_size``; NONE: never called). ``report_for`` words an outcome,

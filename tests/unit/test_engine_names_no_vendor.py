@@ -31,11 +31,6 @@ UPCOMING = ("traede", "brex", "billdiary")
 # path (from the repository root) -> why it still names a vendor. Remove an entry when its
 # vendor-specific part moves into the vendor's folder.
 ALLOWED = {
-    "worker/source_jobs.py":
-        "Findity's package ingest still lives here: get_export / get_voucher_package, the basis "
-        "PDF download and its grace, voucher_to_expense with payment formats and VAT rates, the "
-        "findity-<id>.pdf receipt name. It moves behind SourceAdapter.fetch_items into "
-        "shared/integrations/findity/adapter.py (issue 8, step 3 remainder)",
 }
 
 

@@ -1,22 +1,27 @@
-"""Findity behind the engine's source protocol (``shared.integrations.sources.SourceAdapter``).
-
-Moved here from the engine: reading the export-ready webhook and listing the unprocessed
-exports (the poll). Still in ``worker/source_jobs.py``, to move behind ``fetch_items`` /
-``report`` / ``completed``: the package ingest and the updatestatus reports. Until then
-``FinditySource`` is also the plain ``FindityClient`` those parts call.
+"""Findity behind the engine's source protocol (``shared.integrations.sources.SourceAdapter``):
+the export-ready webhook, the unprocessed-exports poll, the voucher package and its basis PDFs,
+the conversion of vouchers into expenses, updatestatus reports and the package's content file.
 """
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 from pydantic import ValidationError
 
 from shared.db.types import utcnow
 from shared.integrations.errors import IntegrationError
 from shared.integrations.findity.client import FindityClient
+from shared.integrations.findity.conversion import (
+    UnbookableVoucher,
+    payment_format_error,
+    voucher_to_expense,
+)
 from shared.integrations.findity.files import package_file
 from shared.integrations.findity.models import (
+    AccountingVoucher,
+    VerificationListsType,
     VoucherFailedUpdate,
     VoucherStatusUpdate,
     VoucherSuccessUpdate,
@@ -26,13 +31,20 @@ from shared.integrations.sources import (
     SUCCEEDED,
     Announcement,
     CompletionFailed,
+    FetchedItem,
+    FetchedUnit,
     ItemOutcome,
     ItemReport,
     MalformedAnnouncement,
     PendingPage,
+    SourceItem,
 )
 
 INFORMATION_TEXT_MAX = 500
+# Norwegian input VAT codes (SAF-T / Tripletex vatType numbers) and their rates. A merged VAT row
+# is only trusted when the target, recomputing VAT from the gross at this rate, lands on exactly
+# Findity's amount; a connection can extend or override them (options.vat_rates).
+DEFAULT_VAT_RATES = {"1": Decimal("25"), "11": Decimal("15"), "13": Decimal("12")}
 # ASSUMED (no Findity document describes it; our sandbox answers it): Findity refuses a SUCCESS
 # for a voucher it already holds as SUCCESS with a voucher number with 409 and this code.
 ALREADY_PROCESSED = "VOUCHER_ALREADY_PROCESSED"
@@ -82,6 +94,39 @@ def source_already_holds(report: ItemReport, error: Exception) -> bool:
 
 class FinditySource(FindityClient):
     """One Findity organization as a source."""
+
+    attachment_noun = "basis PDF"
+
+    def fetch_unit(self, external_id: str) -> FetchedUnit:
+        self.get_export(external_id)
+        package = self.get_voucher_package(external_id)
+        return FetchedUnit(
+            items=[FetchedItem(
+                external_id=voucher.id, raw=voucher,
+                attachment_url=voucher.basis_url if isinstance(voucher, AccountingVoucher)
+                and voucher.basis_url else None) for voucher in package.vouchers],
+            format=package.verification_lists_type.value)
+
+    def download_attachment(self, url: str, sink, *, max_bytes: int) -> None:
+        self.download_receipt_pdf(url, sink, max_bytes=max_bytes)
+
+    def to_source_item(self, unit: FetchedUnit, item: FetchedItem, *,
+                       target_display_name: str, options: dict) -> SourceItem:
+        voucher = item.raw
+        fmt = VerificationListsType(unit.format)
+        if fmt.is_payment:
+            return SourceItem(voucher.id, None,
+                              refusal=payment_format_error(fmt, target_display_name))
+        try:
+            vat_rates = {**DEFAULT_VAT_RATES, **{
+                code: Decimal(str(rate)) for code, rate in (options or {}).get(
+                    "vat_rates", {}).items()}}
+            expense = voucher_to_expense(voucher, verification_lists_type=fmt,
+                                         vat_rates=vat_rates, target_system=target_display_name)
+        except UnbookableVoucher as error:
+            return SourceItem(voucher.id, None, refusal=str(error))
+        return SourceItem(voucher.id, expense, receipt_filename=f"findity-{voucher.id}.pdf",
+                          receipt_content_type="application/pdf")
 
     def list_pending(self, cursor: str | None = None) -> PendingPage:
         # Findity's list of unprocessed exports is a "not exported yet" feed: no cursor.
