@@ -539,8 +539,12 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
             _completed(adapter, connection, external_export_id, source_export_id)
         return StepOutcome("done", "0 reported")
 
+    capabilities = registry.source(connection.source_system).capabilities
+    chunk_size = (capabilities.report_chunk_size
+                  if capabilities.report_granularity == registry.ReportGranularity.CHUNKED
+                  else None)
     accepted, refused, failure = _send(adapter, connection.source_system, external_export_id,
-                                       owed, lock)
+                                       owed, lock, chunk_size)
     completed_now = _record(adapter, connection.source_system, source_export_id, accepted,
                             refused, failure)
     if completed_now:
@@ -575,30 +579,38 @@ def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
     return owed
 
 
-def _send(adapter, system: str, external_export_id: str, owed: list[_Owed], lock: _ReportLock):
+def _send(adapter, system: str, external_export_id: str, owed: list[_Owed], lock: _ReportLock,
+          chunk_size: int | None = None):
     """Returns (accepted, {voucher row id: refusal}, the error that stopped us or None).
 
-    Reports the source cannot hold yet go out in one request. Any report the source may hold
-    already goes out alone; so does each report of a batch the source refused, because a refused
-    batch says nothing about which voucher it objects to (nor, undocumented, whether it took any
-    of them).
+    Reports the source cannot hold yet go out together: in one request, or in requests of
+    ``chunk_size`` (a source that takes at most that many per call). Any report the source may
+    hold already goes out alone; so does each report of a batch the source refused, because a
+    refused batch says nothing about which voucher it objects to (nor, undocumented, whether it
+    took any of them).
     """
     accepted: list[_Owed] = []
     refused: dict[int, str] = {}
     fresh = [o for o in owed if not o.maybe_held]
     alone = [o for o in owed if o.maybe_held]
-    if len(fresh) > 1:
+    size = chunk_size or max(len(fresh), 1)
+    batches = [fresh[i:i + size] for i in range(0, len(fresh), size)]
+    fresh = []  # what a batch did not settle: sent alone below, before the repeats
+    for batch in batches:
+        if len(batch) == 1:
+            fresh += batch
+            continue
         if not lock.held:
             return accepted, refused, _lock_lost(system)
         try:
-            adapter.send_reports(external_export_id, [o.report for o in fresh])
-            accepted += fresh
-            fresh = []
+            adapter.send_reports(external_export_id, [o.report for o in batch])
+            accepted += batch
         except IntegrationError as error:
             if _stops_the_package(error):
                 return accepted, refused, error
-            for o in fresh:
+            for o in batch:
                 o.maybe_held = True
+            fresh += batch
     for o in [*fresh, *alone]:
         if not lock.held:
             return accepted, refused, _lock_lost(system)

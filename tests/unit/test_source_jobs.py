@@ -527,3 +527,49 @@ def test_a_bad_basis_pdf_costs_only_its_voucher_the_attachment(source, findity_s
     assert "is not a PDF" in notes[1]
     assert "VOUCHER_NOT_FOUND" in notes[2]
     assert "larger than the 1048576 bytes" in notes[3]
+
+
+# --- reports in chunks (a source that takes at most N per call, e.g. TRAEDE's 10) ------------
+
+class _HeldLock:
+    held = True
+
+
+class _ChunkedSource:
+    """Records each report request; refuses the batches listed in ``refuse``."""
+
+    def __init__(self, refuse: tuple[int, ...] = ()) -> None:
+        self.requests: list[list[str]] = []
+        self.refuse = refuse
+
+    def send_reports(self, external_id, reports):
+        self.requests.append([r.external_id for r in reports])
+        if len(self.requests) in self.refuse:
+            raise PermanentError("refused", system="test", code="refused", status_code=400)
+
+    def already_holds(self, report, error):
+        return False
+
+
+def _owed(n: int) -> list:
+    return [source_jobs._Owed(i, read_report({"id": f"v{i}", "status": "SUCCESS",
+                                              "voucherNumber": i}), maybe_held=False)
+            for i in range(n)]
+
+
+def test_reports_go_out_in_chunks_and_a_refused_chunk_goes_alone():
+    source = _ChunkedSource()
+    accepted, refused, failure = source_jobs._send(source, "findity", "x", _owed(5),
+                                                   _HeldLock(), chunk_size=2)
+    assert source.requests == [["v0", "v1"], ["v2", "v3"], ["v4"]]
+    assert len(accepted) == 5 and not refused and failure is None
+
+    source = _ChunkedSource(refuse=(1,))
+    accepted, refused, failure = source_jobs._send(source, "findity", "x", _owed(3),
+                                                   _HeldLock(), chunk_size=2)
+    assert source.requests == [["v0", "v1"], ["v0"], ["v1"], ["v2"]]
+    assert len(accepted) == 3 and failure is None
+    # Without a chunk size every fresh report goes in one request, as before.
+    source = _ChunkedSource()
+    source_jobs._send(source, "findity", "x", _owed(3), _HeldLock())
+    assert source.requests == [["v0", "v1", "v2"]]
