@@ -132,12 +132,21 @@ def cmd_connection_set(args) -> int:
                 value = getpass.getpass(f"{field.name.replace('_', ' ')}: ")
             if value is not None:
                 credentials[field.name] = value
+    # --draft and --voucher-type are options of targets whose options schema has them; for any
+    # other target they are refused here instead of being stored as options it does not know.
+    option_fields = registry.target(args.target).options_model.model_fields
+    for flag, given, field in (("--draft", args.draft, "send_to_ledger"),
+                               ("--voucher-type", args.voucher_type, "voucher_type_name")):
+        if given and field not in option_fields:
+            print(f"{flag} does not apply to {args.target}", file=sys.stderr)
+            return 2
     mapping = json.loads(Path(args.mapping_file).read_text()) if args.mapping_file else None
     with session_scope() as session:
         existing = organizations.connection_for(session, args.org, args.target)
         # Keep options this command has no flag for (rate_limit, ...); change only what it sets.
         options = dict(existing.options or {}) if existing is not None else {}
-        options["send_to_ledger"] = not args.draft
+        if "send_to_ledger" in option_fields:
+            options["send_to_ledger"] = not args.draft
         if args.voucher_type:
             options["voucher_type_name"] = args.voucher_type
         connection = organizations.upsert_connection(
