@@ -4,8 +4,8 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-30 10:00:00
 
-``down_revision`` is '0003' on this branch; another branch adds 0004 in parallel, and this
-migration is re-chained onto it at merge (it touches only source_vouchers and source_exports).
+Written next to 0004 (API key scopes) and chained after it at merge; it touches only
+source_vouchers and source_exports.
 """
 from alembic import op
 import sqlalchemy as sa
