@@ -188,11 +188,3 @@ class CommonFaultsIn(_Body):
             "seed": self.seed,
             "rate_limit": self.rate_limit.build() if self.rate_limit else None,
         }
-
-
-def gateway_page(status: int) -> str:
-    """What a load balancer in front of the vendor answers when the app behind it failed or
-    timed out: HTML, not the vendor's JSON (``502``/``504`` knobs)."""
-    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}.get(status, "Error")
-    return (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-            f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n")

@@ -52,7 +52,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from sandbox.brex.generator import (
     EXPENSE_STATUSES,
@@ -84,7 +84,8 @@ from sandbox.brex.state import (
 )
 from sandbox.brex.wire import EXPANDABLE, control_expense, expandable_expense, plain_expense
 from sandbox.findity.pdf import render_pdf
-from sandbox.knobs import CommonFaultsIn, RateLimitIn, gateway_page, retry_after_value
+from sandbox.knobs import CommonFaultsIn, RateLimitIn, retry_after_value
+from sandbox.wire import gateway_page
 
 API_PREFIX = "/v1"
 DOWNLOADS = "/_s3/brex-receipts"
@@ -250,7 +251,7 @@ def create_app(state: BrexState | None = None, presigner: Presigner | None = Non
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> Response:
         if exc.status in (502, 504):
-            return HTMLResponse(gateway_page(exc.status), exc.status, headers=exc.headers)
+            return gateway_page(exc.status, exc.headers)
         return JSONResponse({"type": exc.type, "message": exc.message}, exc.status,
                             headers=exc.headers)
 

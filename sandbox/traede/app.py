@@ -40,9 +40,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
-from sandbox.knobs import CommonFaultsIn, gateway_page, retry_after_value
+from sandbox.knobs import CommonFaultsIn, retry_after_value
 from sandbox.traede.filters import FilterError, parse_datetime, parse_filter_groups
 from sandbox.traede.state import (
     MARK_MAX,
@@ -55,6 +55,7 @@ from sandbox.traede.state import (
     generate_entries,
     utc_now,
 )
+from sandbox.wire import gateway_page
 
 API_PREFIX = "/v10"
 APP_KEY_HEADER = "X-Traede-App-Key"
@@ -228,7 +229,7 @@ def create_app(state: TraedeState | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
         if exc.status in (502, 504):
-            return HTMLResponse(gateway_page(exc.status), exc.status, headers=exc.headers)
+            return gateway_page(exc.status, exc.headers)
         body: dict[str, Any] = {"message": exc.message}
         if exc.errors is not None:
             body["errors"] = exc.errors

@@ -69,6 +69,7 @@ from sandbox.tripletex.ledger import (
     VatTypeRec,
     VoucherRec,
 )
+from sandbox.wire import gateway_page
 
 API_PREFIX = "/v2"
 
@@ -253,16 +254,6 @@ class _CutOffAnswer(Response):
             {"type": "http.response.start", "status": self.status_code,
              "headers": self.raw_headers}
         )
-
-
-def _gateway_page(status: int) -> Response:
-    """What a load balancer answers when it gave up waiting for Tripletex: HTML, not JSON."""
-    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}[status]
-    html = (
-        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
-    )
-    return Response(html, status_code=status, media_type="text/html")
 
 
 def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
@@ -695,7 +686,7 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
         if after_store == "fail":
             status = faults.commit_then_fail_status
             if status in (502, 504):
-                return _gateway_page(status)
+                return gateway_page(status)
             raise ApiError(status, message="Uventet feil etter lagring.")
         if faults.post_hold_ms:
             await asyncio.sleep(faults.post_hold_ms / 1000)
