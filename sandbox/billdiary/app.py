@@ -439,12 +439,6 @@ async def read_input(request: Request) -> tuple[dict[str, Any], dict[str, Upload
     return laravel_input(query, body), files
 
 
-def _template(request: Request, method: str | None = None) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
-    return f"{method or request.method} {path.removeprefix(API_PREFIX)}"
-
-
 def _spoofed_method(request: Request, data: dict[str, Any]) -> str:
     """Symfony's method override: ``_method`` from a form body or the query string of a POST
     (never from a JSON body)."""
@@ -624,7 +618,7 @@ def _integration_api(state: SandboxState) -> APIRouter:
         the random error rate on writes."""
         business, user = authenticate(request)
         method = method or request.method
-        state.count_request(business, _template(request, method))
+        state.count_request(business, request, API_PREFIX, method)
         faults = business.faults
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -1234,13 +1228,13 @@ def _control_api(state: SandboxState) -> APIRouter:
     async def request_counts(business_id: int) -> dict[str, int]:
         business = business_or_404(business_id)
         with state.lock:
-            return dict(sorted(business.request_counts.items()))
+            return business.requests.view()
 
     @router.delete("/businesses/{business_id}/requests")
     async def reset_request_counts(business_id: int) -> dict[str, int]:
         business = business_or_404(business_id)
         with state.lock:
-            business.request_counts.clear()
+            business.requests.counts.clear()
         return {}
 
     return router

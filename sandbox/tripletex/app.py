@@ -287,12 +287,6 @@ def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
 # --- helpers shared by the API endpoints -----------------------------------------------------
 
 
-def _template(request: Request) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
-    return f"{request.method} {path.removeprefix(API_PREFIX)}"
-
-
 def _list_param(request: Request, name: str) -> list[str] | None:
     value = request.query_params.get(name)
     if value is None or value == "":
@@ -490,7 +484,7 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
     async def enter(request: Request, company: Company, employee_token: str) -> None:
         """What happens to every identified request before its endpoint's work: counting,
         latency, the rate limit and queued failures (``fail_next``)."""
-        ledger.count_request(company, _template(request))
+        ledger.count_request(company, request, API_PREFIX)
         faults = company.faults
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -513,10 +507,10 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
             raise ApiError(401, message="Ugyldig sesjonstoken.")
         company = ledger.company(session.company_id)
         if session.revoked or datetime.now(UTC).date() >= session.expires_on:
-            ledger.count_request(company, _template(request))
+            ledger.count_request(company, request, API_PREFIX)
             raise ApiError(401, message="Sesjonstokenet er utløpt.")
         if username not in ("0", company.id):
-            ledger.count_request(company, _template(request))
+            ledger.count_request(company, request, API_PREFIX)
             raise ApiError(403, message=f"Ingen tilgang til selskap {username}.")
         return company, session.employee_token
 
@@ -854,13 +848,13 @@ def _control_api(ledger: Ledger) -> APIRouter:
     async def request_counts(company_id: str) -> dict[str, int]:
         company = company_or_404(company_id)
         with ledger.lock:
-            return dict(sorted(company.request_counts.items()))
+            return company.requests.view()
 
     @router.delete("/companies/{company_id}/requests")
     async def reset_request_counts(company_id: str) -> dict[str, int]:
         company = company_or_404(company_id)
         with ledger.lock:
-            company.request_counts.clear()
+            company.requests.counts.clear()
         return {}
 
     @router.patch("/companies/{company_id}/accounts/{number}")
