@@ -74,6 +74,7 @@ from sandbox.billdiary.state import (
     Settings,
     User,
 )
+from sandbox.control import add_knob_routes
 
 API_PREFIX = "/api/v1/integration"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -1214,28 +1215,12 @@ def _control_api(state: SandboxState) -> APIRouter:
             for r in business.imports
         ]
 
-    @router.put("/businesses/{business_id}/faults")
-    async def set_faults(business_id: int, body: FaultsIn) -> dict[str, Any]:
-        state.set_faults(business_or_404(business_id), body.to_faults())
-        return body.model_dump()
+    def put_faults(business: Business, body: FaultsIn | None) -> dict[str, Any]:
+        state.set_faults(business, body.to_faults() if body else Faults())
+        return (body or FaultsIn()).model_dump()
 
-    @router.delete("/businesses/{business_id}/faults")
-    async def clear_faults(business_id: int) -> dict[str, Any]:
-        state.set_faults(business_or_404(business_id), Faults())
-        return FaultsIn().model_dump()
-
-    @router.get("/businesses/{business_id}/requests")
-    async def request_counts(business_id: int) -> dict[str, int]:
-        business = business_or_404(business_id)
-        with state.lock:
-            return business.requests.view()
-
-    @router.delete("/businesses/{business_id}/requests")
-    async def reset_request_counts(business_id: int) -> dict[str, int]:
-        business = business_or_404(business_id)
-        with state.lock:
-            business.requests.counts.clear()
-        return {}
+    add_knob_routes(router, "/businesses/{business_id}", int, business_or_404, state.lock,
+                    FaultsIn, put_faults)
 
     return router
 

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from sandbox.control import add_knob_routes
 from sandbox.knobs import CommonFaultsIn, retry_after_value
 from sandbox.traede.filters import FilterError, parse_datetime, parse_filter_groups
 from sandbox.traede.state import (
@@ -522,31 +523,12 @@ def _control_api(state: TraedeState) -> APIRouter:
         with state.lock:
             return list(company.fetches)
 
-    @router.put("/companies/{company_id}/faults")
-    async def set_faults(company_id: str, body: FaultsIn) -> dict[str, Any]:
-        company = company_or_404(company_id)
+    def put_faults(company: Company, body: FaultsIn | None) -> dict[str, Any]:
         with state.lock:
-            company.faults = body.to_faults()
+            company.faults = body.to_faults() if body else TraedeFaults()
             return company.faults.view()
 
-    @router.delete("/companies/{company_id}/faults")
-    async def clear_faults(company_id: str) -> dict[str, Any]:
-        company = company_or_404(company_id)
-        with state.lock:
-            company.faults = TraedeFaults()
-            return company.faults.view()
-
-    @router.get("/companies/{company_id}/requests")
-    async def request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with state.lock:
-            return company.requests.view()
-
-    @router.delete("/companies/{company_id}/requests")
-    async def reset_request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with state.lock:
-            company.requests.counts.clear()
-        return {}
+    add_knob_routes(router, "/companies/{company_id}", str, company_or_404, state.lock,
+                    FaultsIn, put_faults)
 
     return router

@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandbox.control import add_knob_routes
 from sandbox.tripletex import wire
 from sandbox.tripletex.ledger import (
     ATTACHMENT_TYPES,
@@ -834,28 +835,12 @@ def _control_api(ledger: Ledger) -> APIRouter:
             ]
         return wire.respond(body)
 
-    @router.put("/companies/{company_id}/faults")
-    async def set_faults(company_id: str, body: FaultsIn) -> dict[str, Any]:
-        ledger.set_faults(company_or_404(company_id), body.to_faults())
-        return body.model_dump()
+    def put_faults(company: Company, body: FaultsIn | None) -> dict[str, Any]:
+        ledger.set_faults(company, body.to_faults() if body else Faults())
+        return (body or FaultsIn()).model_dump()
 
-    @router.delete("/companies/{company_id}/faults")
-    async def clear_faults(company_id: str) -> dict[str, Any]:
-        ledger.set_faults(company_or_404(company_id), Faults())
-        return FaultsIn().model_dump()
-
-    @router.get("/companies/{company_id}/requests")
-    async def request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with ledger.lock:
-            return company.requests.view()
-
-    @router.delete("/companies/{company_id}/requests")
-    async def reset_request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with ledger.lock:
-            company.requests.counts.clear()
-        return {}
+    add_knob_routes(router, "/companies/{company_id}", str, company_or_404, ledger.lock,
+                    FaultsIn, put_faults)
 
     @router.patch("/companies/{company_id}/accounts/{number}")
     async def change_account(company_id: str, number: int, body: AccountChangeIn) -> dict[str, Any]:
