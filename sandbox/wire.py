@@ -3,18 +3,22 @@
 Vendors send amounts as JSON numbers. ``json.dumps`` cannot write a ``Decimal`` as a number and
 FastAPI's encoder would go through ``float``; ``dumps`` writes the decimal text verbatim (or as
 the vendor's ``number`` function writes it), so a client's ``Decimal`` parsing is tested on
-exact values. Each sandbox's own ``wire`` module keeps what is the vendor's: its number format,
+exact values. ``CutOffAnswer`` and ``Stamp`` are the plumbing of answers cut off on purpose
+and of headers stamped on every answer. Each sandbox's own ``wire`` module keeps what is the vendor's: its number format,
 error bodies, envelopes and pages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def exact_decimal(value: Decimal) -> str:
@@ -68,3 +72,57 @@ def gateway_page(status: int, headers: dict[str, str] | None = None) -> Response
     """``gateway_html`` as the answer."""
     return Response(gateway_html(status), status_code=status, media_type="text/html",
                     headers=headers)
+
+
+class CutOffAnswer(Response):
+    """The status line and headers of a JSON answer, then nothing: the endpoint returns without
+    the body and uvicorn closes the connection. The client sees the connection lost mid-answer
+    (httpx: RemoteProtocolError), which says nothing about what the server did."""
+
+    def __init__(self, promised_bytes: int, status_code: int) -> None:
+        super().__init__(status_code=status_code, media_type="application/json")
+        self.headers["content-length"] = str(promised_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+
+
+class Stamp:
+    """The server-wide latency of API requests (paths starting ``api_prefix``) and the headers
+    stamped on every answer (``stamp``). A plain ASGI middleware (not ``@app.middleware``): it
+    passes the endpoint's messages through as they are, so an answer cut off on purpose
+    (``CutOffAnswer``) reaches the server cut off, and uvicorn closes the connection.
+
+    ``scope["state"]["rate_headers"]`` starts as None; an endpoint sets the rate-limit headers
+    of its answer there."""
+
+    api_prefix: str
+
+    def __init__(self, app: ASGIApp, latency_ms: int) -> None:
+        self.app = app
+        self.latency_ms = latency_ms
+
+    def begin(self, state: dict[str, Any]) -> None:
+        """Per-request state, before the endpoint runs."""
+
+    def stamp(self, state: dict[str, Any], headers: MutableHeaders, is_api: bool) -> None:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        self.begin(state)
+        state["rate_headers"] = None
+        is_api = scope["path"].startswith(self.api_prefix)
+        if is_api and self.latency_ms:
+            await asyncio.sleep(self.latency_ms / 1000)
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.stamp(state, MutableHeaders(scope=message), is_api)
+            await send(message)
+
+        await self.app(scope, receive, stamped)

@@ -45,7 +45,6 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.billdiary import pipeline, wire
 from sandbox.billdiary.php import (
@@ -75,6 +74,7 @@ from sandbox.billdiary.state import (
     User,
 )
 from sandbox.control import add_knob_routes
+from sandbox.wire import CutOffAnswer, Stamp
 
 API_PREFIX = "/api/v1/integration"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -299,47 +299,17 @@ class FaultsIn(BaseModel):
 # --- plumbing --------------------------------------------------------------------------------
 
 
-class _Stamp:
-    """Every API answer's ``X-RateLimit-*`` headers and the server-wide latency. A plain ASGI
-    middleware: it passes the endpoint's messages through as they are, so an answer cut off on
-    purpose (``save_then_drop``) reaches the server cut off, and uvicorn closes the connection."""
+class _Stamp(Stamp):
+    """Every API answer's ``X-RateLimit-*`` headers (the endpoint's own win) and the
+    server-wide latency; an answer cut off by ``save_then_drop`` stays cut off."""
 
-    def __init__(self, app: ASGIApp, latency_ms: int) -> None:
-        self.app = app
-        self.latency_ms = latency_ms
+    api_prefix = "/api/"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        state["rate_headers"] = None
-        is_api = scope["path"].startswith("/api/")
-        if is_api and self.latency_ms:
-            await asyncio.sleep(self.latency_ms / 1000)
-
-        async def stamped(message: Message) -> None:
-            if message["type"] == "http.response.start" and is_api and state.get("rate_headers"):
-                headers = MutableHeaders(scope=message)
-                for name, value in state["rate_headers"].items():
-                    if name not in headers:
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, stamped)
-
-
-class _CutOffAnswer(Response):
-    """The status line and headers of a JSON answer, then nothing: uvicorn closes the
-    connection and the client sees it lost mid-answer (httpx: RemoteProtocolError)."""
-
-    def __init__(self, promised_bytes: int, status_code: int) -> None:
-        super().__init__(status_code=status_code, media_type="application/json")
-        self.headers["content-length"] = str(promised_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
+    def stamp(self, state: dict[str, Any], headers: MutableHeaders, is_api: bool) -> None:
+        if is_api and state.get("rate_headers"):
+            for name, value in state["rate_headers"].items():
+                if name not in headers:
+                    headers[name] = value
 
 
 def expects_json(request: Request) -> bool:
@@ -646,7 +616,7 @@ def _integration_api(state: SandboxState) -> APIRouter:
         if fail_knob and state.take(business, fail_knob):
             return wire.respond({"message": fail_message}, 500)
         if state.take(business, "save_then_drop"):
-            return _CutOffAnswer(len(answer), status)
+            return CutOffAnswer(len(answer), status)
         return Response(answer, status, media_type="application/json")
 
     async def delayed(request: Request, business: Business) -> bool:

@@ -46,7 +46,6 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.control import add_knob_routes
 from sandbox.tripletex import wire
@@ -70,7 +69,7 @@ from sandbox.tripletex.ledger import (
     VatTypeRec,
     VoucherRec,
 )
-from sandbox.wire import gateway_page
+from sandbox.wire import CutOffAnswer, Stamp, gateway_page
 
 API_PREFIX = "/v2"
 
@@ -203,58 +202,26 @@ class FaultsIn(BaseModel):
 # --- the app ---------------------------------------------------------------------------------
 
 
-class _Stamp:
-    """Every answer's ``x-tlx-request-id`` and ``X-Rate-Limit-*`` headers, and the server-wide
-    latency. A plain ASGI middleware (not ``@app.middleware``): it passes the endpoint's messages
-    through as they are, so an answer cut off on purpose (``commit_then_drop``) reaches the
-    server cut off, and uvicorn closes the connection."""
+class _Stamp(Stamp):
+    """Every answer's ``x-tlx-request-id`` and every API answer's ``X-Rate-Limit-*`` headers
+    (the defaults when the endpoint set none), and the server-wide latency; an answer cut off by
+    ``commit_then_drop`` stays cut off."""
 
-    def __init__(self, app: ASGIApp, latency_ms: int) -> None:
-        self.app = app
-        self.latency_ms = latency_ms
+    api_prefix = API_PREFIX + "/"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
+    def begin(self, state: dict[str, Any]) -> None:
         state["request_id"] = str(uuid.uuid4())
-        state["rate_headers"] = None
-        is_api = scope["path"].startswith(API_PREFIX + "/")
-        if is_api and self.latency_ms:
-            await asyncio.sleep(self.latency_ms / 1000)
 
-        async def stamped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["x-tlx-request-id"] = state["request_id"]
-                if is_api:
-                    rate_headers = state.get("rate_headers") or {
-                        "X-Rate-Limit-Limit": str(DEFAULT_RATE_LIMIT),
-                        "X-Rate-Limit-Remaining": str(DEFAULT_RATE_LIMIT),
-                        "X-Rate-Limit-Reset": str(int(DEFAULT_RATE_WINDOW)),
-                    }
-                    for name, value in rate_headers.items():
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, stamped)
-
-
-class _CutOffAnswer(Response):
-    """The status line and headers of a JSON answer, then nothing: the endpoint returns without
-    the body and uvicorn closes the connection. The client sees the connection lost mid-answer
-    (httpx: RemoteProtocolError), which says nothing about what the server did."""
-
-    def __init__(self, promised_bytes: int, status_code: int = 201) -> None:
-        super().__init__(status_code=status_code, media_type="application/json")
-        self.headers["content-length"] = str(promised_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code,
-             "headers": self.raw_headers}
-        )
+    def stamp(self, state: dict[str, Any], headers: MutableHeaders, is_api: bool) -> None:
+        headers["x-tlx-request-id"] = state["request_id"]
+        if is_api:
+            rate_headers = state.get("rate_headers") or {
+                "X-Rate-Limit-Limit": str(DEFAULT_RATE_LIMIT),
+                "X-Rate-Limit-Remaining": str(DEFAULT_RATE_LIMIT),
+                "X-Rate-Limit-Reset": str(int(DEFAULT_RATE_WINDOW)),
+            }
+            for name, value in rate_headers.items():
+                headers[name] = value
 
 
 def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
@@ -688,7 +655,7 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
         if after_store == "garble":
             return Response(answer[: len(answer) // 2], 201, media_type="application/json")
         if after_store == "drop":
-            return _CutOffAnswer(len(answer), 201)
+            return CutOffAnswer(len(answer), 201)
         return Response(answer, 201, media_type="application/json")
 
     @router.get("/ledger/voucher")
