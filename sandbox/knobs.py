@@ -1,18 +1,24 @@
-"""Fault knobs and request counts shared by the source sandboxes (``sandbox.traede``,
-``sandbox.brex``).
+"""Fault knobs and request counts shared by the sandboxes.
 
 This module only decides *what happens* to an API request before its handler runs: wait
 (``latency_ms``), fail with a status (``fail_next`` rules, ``error_rate``), or be refused by a
-sliding-window rate limit. Each sandbox turns the decision into its vendor's error body and
-headers, and adds knobs of its own (redelivery, expiring links, looping cursors...).
+rate limit (a sliding window, ``RateLimit``, or a fixed window per caller, ``fixed_window_hit``).
+Each sandbox turns the decision into its vendor's error body and headers, and adds knobs of its
+own (redelivery, expiring links, looping cursors...). ``sandbox.traede`` and ``sandbox.brex``
+use ``CommonFaults`` whole; ``sandbox.billdiary`` and ``sandbox.tripletex`` keep their faults
+per tenant with ``FaultStore``; ``sandbox.findity`` layers organization and global faults. All
+match and consume ``fail_next`` rules with ``take_fail_rule``.
 
 State is mutated under the owning sandbox's lock; nothing here awaits.
 """
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +44,21 @@ class FailRule:
         return not self.path_contains or self.path_contains in path
 
 
+def take_fail_rule(rules: Iterable[FailRule], method: str, path: str) -> FailRule | None:
+    """The first rule that matches this request, with one of its counts consumed; a copy, so the
+    caller may read it outside the lock. None when no rule matches."""
+    rule = next((r for r in rules if r.matches(method, path)), None)
+    if rule is None:
+        return None
+    rule.count -= 1
+    return copy.copy(rule)
+
+
+def rolls(rng: random.Random, rate: float) -> bool:
+    """Whether a request falls in the random ``error_rate`` share."""
+    return bool(rate) and rng.random() < rate
+
+
 @dataclass
 class RateLimit:
     """At most ``limit`` requests in any ``window_seconds`` (a sliding-window log)."""
@@ -56,6 +77,25 @@ class RateLimit:
         self.hits.append(now)
         reset = self.hits[0] + self.window_seconds - now
         return True, self.limit - len(self.hits), reset
+
+
+@dataclass
+class RateWindow:
+    started: float  # time.monotonic() of the window's first request
+    count: int = 0
+
+
+def fixed_window_hit(windows: dict[Any, RateWindow], key: Any, limit: int,
+                     window_seconds: float, now: float) -> tuple[bool, int, int]:
+    """Count one request in ``key``'s fixed window, which its first request opens: (allowed,
+    remaining, whole seconds until the window ends, at least 1). Once the limit is hit, every
+    request is refused for the rest of the window."""
+    window = windows.get(key)
+    if window is None or now - window.started >= window_seconds:
+        window = windows[key] = RateWindow(started=now)
+    window.count += 1
+    reset = max(1, int(round(window_seconds - (now - window.started))))
+    return window.count <= limit, max(0, limit - window.count), reset
 
 
 @dataclass
@@ -95,9 +135,8 @@ class CommonFaults:
         """Consume the first matching ``fail_next`` rule, else count the request against the
         rate limit, else roll ``error_rate`` (503). Latency applies to every request."""
         decision = Decision(latency_seconds=self.latency_ms / 1000)
-        rule = next((r for r in self.fail_next if r.matches(method, path)), None)
+        rule = take_fail_rule(self.fail_next, method, path)
         if rule is not None:
-            rule.count -= 1
             decision.injected = Injected(rule.status, "fail_next", rule.retry_after)
             return decision
         if self.rate_limit is not None:
@@ -108,7 +147,7 @@ class CommonFaults:
                 wait = float(max(1, round(reset + 0.5))) if self.rate_limit.retry_after else None
                 decision.injected = Injected(429, "rate_limit", wait)
                 return decision
-        if self.error_rate and self._rng.random() < self.error_rate:
+        if rolls(self._rng, self.error_rate):
             decision.injected = Injected(503, "error_rate")
         return decision
 
@@ -128,6 +167,14 @@ class CommonFaults:
         }
 
 
+def route_template(request: Request, prefix: str = "", method: str | None = None) -> str:
+    """``"METHOD /path-template"`` of a request (the matched route's path, ``prefix`` removed;
+    ``method`` where the sandbox honours a method override)."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    return f"{method or request.method} {path.removeprefix(prefix)}"
+
+
 class RequestCounter:
     """``{"METHOD /path-template": count}`` of one tenant's API requests, faulted ones included
     (a test counts a client's retries with it)."""
@@ -135,13 +182,39 @@ class RequestCounter:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def add(self, request: Request, prefix: str = "") -> None:
-        route = request.scope.get("route")
-        path = getattr(route, "path", request.url.path)
-        self.counts[f"{request.method} {path.removeprefix(prefix)}"] += 1
+    def add(self, request: Request, prefix: str = "", method: str | None = None) -> None:
+        self.counts[route_template(request, prefix, method)] += 1
 
     def view(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
+
+
+class FaultStore:
+    """For a sandbox state whose tenants each carry ``faults`` (with ``fail_next``,
+    ``error_rate`` and ``seed``), ``rng``, ``requests`` (a ``RequestCounter``) and
+    ``rate_windows`` (for ``fixed_window_hit``); everything under ``self.lock``."""
+
+    lock: threading.Lock
+
+    @staticmethod
+    def _replace_faults(tenant: Any, faults: Any) -> None:
+        """New faults, a fresh ``error_rate`` RNG and rate windows (the caller holds the lock)."""
+        tenant.faults = faults
+        tenant.rng = random.Random(faults.seed)
+        tenant.rate_windows.clear()
+
+    def take_fail_rule(self, tenant: Any, method: str, path: str) -> FailRule | None:
+        with self.lock:
+            return take_fail_rule(tenant.faults.fail_next, method, path)
+
+    def roll_error(self, tenant: Any) -> bool:
+        with self.lock:
+            return rolls(tenant.rng, tenant.faults.error_rate)
+
+    def count_request(self, tenant: Any, request: Request, prefix: str,
+                      method: str | None = None) -> None:
+        with self.lock:
+            tenant.requests.add(request, prefix, method)
 
 
 # --- control API bodies ----------------------------------------------------------------------
@@ -188,11 +261,3 @@ class CommonFaultsIn(_Body):
             "seed": self.seed,
             "rate_limit": self.rate_limit.build() if self.rate_limit else None,
         }
-
-
-def gateway_page(status: int) -> str:
-    """What a load balancer in front of the vendor answers when the app behind it failed or
-    timed out: HTML, not the vendor's JSON (``502``/``504`` knobs)."""
-    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}.get(status, "Error")
-    return (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-            f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n")

@@ -305,7 +305,7 @@ def _settle_doubt(work: _Work, client: TargetClient) -> PostedVoucher | None:
               posting_started_at=None, post_deadline_at=None):
         work.posting_started_at = work.post_deadline_at = None
         return None
-    raise SendWithdrawn()  # lost the export while looking
+    raise _Lost("while settling its doubt")
 
 
 def _deadline(work: _Work) -> datetime:
@@ -466,8 +466,8 @@ def _look_before_failing(work: _Work, error: IntegrationError) -> Outcome:
     # doubt is settled as "not booked", fails instead of posting again.
     except posting.NotYetKnowable as wait:
         return _wait_for_lookup(work, wait.trusted_at, refund=False)
-    except SendWithdrawn:
-        return Outcome("skipped", "export changed while settling its doubt")
+    except _Lost as lost:
+        return Outcome("skipped", f"the export changed under this attempt ({lost})")
     except IntegrationError as lookup_error:
         return _wait_in_doubt(work, lookup_error, refund=False)
     if posted is not None:

@@ -45,7 +45,6 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.billdiary import pipeline, wire
 from sandbox.billdiary.php import (
@@ -74,6 +73,8 @@ from sandbox.billdiary.state import (
     Settings,
     User,
 )
+from sandbox.control import add_knob_routes
+from sandbox.wire import CutOffAnswer, Stamp
 
 API_PREFIX = "/api/v1/integration"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -298,47 +299,17 @@ class FaultsIn(BaseModel):
 # --- plumbing --------------------------------------------------------------------------------
 
 
-class _Stamp:
-    """Every API answer's ``X-RateLimit-*`` headers and the server-wide latency. A plain ASGI
-    middleware: it passes the endpoint's messages through as they are, so an answer cut off on
-    purpose (``save_then_drop``) reaches the server cut off, and uvicorn closes the connection."""
+class _Stamp(Stamp):
+    """Every API answer's ``X-RateLimit-*`` headers (the endpoint's own win) and the
+    server-wide latency; an answer cut off by ``save_then_drop`` stays cut off."""
 
-    def __init__(self, app: ASGIApp, latency_ms: int) -> None:
-        self.app = app
-        self.latency_ms = latency_ms
+    api_prefix = "/api/"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        state["rate_headers"] = None
-        is_api = scope["path"].startswith("/api/")
-        if is_api and self.latency_ms:
-            await asyncio.sleep(self.latency_ms / 1000)
-
-        async def stamped(message: Message) -> None:
-            if message["type"] == "http.response.start" and is_api and state.get("rate_headers"):
-                headers = MutableHeaders(scope=message)
-                for name, value in state["rate_headers"].items():
-                    if name not in headers:
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, stamped)
-
-
-class _CutOffAnswer(Response):
-    """The status line and headers of a JSON answer, then nothing: uvicorn closes the
-    connection and the client sees it lost mid-answer (httpx: RemoteProtocolError)."""
-
-    def __init__(self, promised_bytes: int, status_code: int) -> None:
-        super().__init__(status_code=status_code, media_type="application/json")
-        self.headers["content-length"] = str(promised_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
+    def stamp(self, state: dict[str, Any], headers: MutableHeaders, is_api: bool) -> None:
+        if is_api and state.get("rate_headers"):
+            for name, value in state["rate_headers"].items():
+                if name not in headers:
+                    headers[name] = value
 
 
 def expects_json(request: Request) -> bool:
@@ -437,12 +408,6 @@ async def read_input(request: Request) -> tuple[dict[str, Any], dict[str, Upload
         form = await request.form()
         body = php_form_keys(list(form.multi_items()))
     return laravel_input(query, body), files
-
-
-def _template(request: Request, method: str | None = None) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
-    return f"{method or request.method} {path.removeprefix(API_PREFIX)}"
 
 
 def _spoofed_method(request: Request, data: dict[str, Any]) -> str:
@@ -624,7 +589,7 @@ def _integration_api(state: SandboxState) -> APIRouter:
         the random error rate on writes."""
         business, user = authenticate(request)
         method = method or request.method
-        state.count_request(business, _template(request, method))
+        state.count_request(business, request, API_PREFIX, method)
         faults = business.faults
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -651,7 +616,7 @@ def _integration_api(state: SandboxState) -> APIRouter:
         if fail_knob and state.take(business, fail_knob):
             return wire.respond({"message": fail_message}, 500)
         if state.take(business, "save_then_drop"):
-            return _CutOffAnswer(len(answer), status)
+            return CutOffAnswer(len(answer), status)
         return Response(answer, status, media_type="application/json")
 
     async def delayed(request: Request, business: Business) -> bool:
@@ -1220,28 +1185,12 @@ def _control_api(state: SandboxState) -> APIRouter:
             for r in business.imports
         ]
 
-    @router.put("/businesses/{business_id}/faults")
-    async def set_faults(business_id: int, body: FaultsIn) -> dict[str, Any]:
-        state.set_faults(business_or_404(business_id), body.to_faults())
-        return body.model_dump()
+    def put_faults(business: Business, body: FaultsIn | None) -> dict[str, Any]:
+        state.set_faults(business, body.to_faults() if body else Faults())
+        return (body or FaultsIn()).model_dump()
 
-    @router.delete("/businesses/{business_id}/faults")
-    async def clear_faults(business_id: int) -> dict[str, Any]:
-        state.set_faults(business_or_404(business_id), Faults())
-        return FaultsIn().model_dump()
-
-    @router.get("/businesses/{business_id}/requests")
-    async def request_counts(business_id: int) -> dict[str, int]:
-        business = business_or_404(business_id)
-        with state.lock:
-            return dict(sorted(business.request_counts.items()))
-
-    @router.delete("/businesses/{business_id}/requests")
-    async def reset_request_counts(business_id: int) -> dict[str, int]:
-        business = business_or_404(business_id)
-        with state.lock:
-            business.request_counts.clear()
-        return {}
+    add_knob_routes(router, "/businesses/{business_id}", int, business_or_404, state.lock,
+                    FaultsIn, put_faults)
 
     return router
 

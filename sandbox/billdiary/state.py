@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from sandbox import knobs
+from sandbox.knobs import FaultStore, RateWindow, RequestCounter, fixed_window_hit
+
 # --- seed data -------------------------------------------------------------------------------
 
 # UltimatePOS's payment method keys and the labels its forms (and the CSV import) use.
@@ -249,20 +252,11 @@ class ImportRecord:
 
 
 @dataclass
-class FailRule:
+class FailRule(knobs.FailRule):
     """Answer ``status`` before doing anything (nothing stored), ``count`` times."""
 
-    status: int
-    count: int = 1
-    method: str | None = None
-    path_contains: str | None = None
     retry_after: int | None = None
     message: str | None = None
-
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method.upper() == method) and (
-            self.path_contains is None or self.path_contains in path
-        )
 
 
 @dataclass
@@ -284,12 +278,6 @@ class Faults:
     save_then_hold_ms: int = 0
     save_delay_ms: int = 0
     drop_documents: int = 0
-
-
-@dataclass
-class RateWindow:
-    started: float
-    count: int = 0
 
 
 # --- the business ----------------------------------------------------------------------------
@@ -329,7 +317,7 @@ class Business:
     ref_counts: Counter = field(default_factory=Counter)
     faults: Faults = field(default_factory=Faults)
     rng: random.Random = field(default_factory=lambda: random.Random(1234))
-    request_counts: Counter = field(default_factory=Counter)
+    requests: RequestCounter = field(default_factory=RequestCounter)
     rate_windows: dict[int, RateWindow] = field(default_factory=dict)
 
     def live_categories(self) -> list[Category]:
@@ -352,7 +340,7 @@ class NotFound(Exception):
     pass
 
 
-class SandboxState:
+class SandboxState(FaultStore):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.businesses: dict[int, Business] = {}
@@ -501,26 +489,7 @@ class SandboxState:
 
     def set_faults(self, business: Business, faults: Faults) -> None:
         with self.lock:
-            business.faults = faults
-            business.rng = random.Random(faults.seed)
-            business.rate_windows.clear()
-
-    def count_request(self, business: Business, template: str) -> None:
-        with self.lock:
-            business.request_counts[template] += 1
-
-    def take_fail_rule(self, business: Business, method: str, path: str) -> FailRule | None:
-        with self.lock:
-            for rule in business.faults.fail_next:
-                if rule.count > 0 and rule.matches(method, path):
-                    rule.count -= 1
-                    return FailRule(**{**rule.__dict__})
-            return None
-
-    def roll_error(self, business: Business) -> bool:
-        with self.lock:
-            rate = business.faults.error_rate
-            return rate > 0 and business.rng.random() < rate
+            self._replace_faults(business, faults)
 
     def take(self, business: Business, knob: str) -> bool:
         """Consume one count of an integer knob; True if there was one."""
@@ -536,17 +505,13 @@ class SandboxState:
         rule = business.faults.rate_limit
         now = time.monotonic()
         with self.lock:
-            window = business.rate_windows.get(user.id)
-            if window is None or now - window.started >= rule.window_seconds:
-                window = business.rate_windows[user.id] = RateWindow(started=now)
-            window.count += 1
-            allowed = window.count <= rule.limit
+            allowed, remaining, retry = fixed_window_hit(
+                business.rate_windows, user.id, rule.limit, rule.window_seconds, now)
             headers = {
                 "X-RateLimit-Limit": str(rule.limit),
-                "X-RateLimit-Remaining": str(max(0, rule.limit - window.count)),
+                "X-RateLimit-Remaining": str(remaining),
             }
             if not allowed:
-                retry = max(1, int(round(rule.window_seconds - (now - window.started))))
                 headers["Retry-After"] = str(retry)
                 headers["X-RateLimit-Reset"] = str(int(time.time()) + retry)
             return allowed, headers

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from decimal import Decimal
 from typing import Any
 
 from starlette.responses import Response
+
+from sandbox import wire
+from sandbox.wire import gateway_page
+
+__all__ = ["php_number", "dumps", "respond", "csv_response", "error_page", "redirect",
+           "gateway_page"]
 
 
 def php_number(value: Decimal) -> str:
@@ -29,26 +34,12 @@ def php_number(value: Decimal) -> str:
 
 def dumps(value: Any) -> str:
     """Serialise dicts, lists, str, int, bool, None and Decimal (as PHP writes a float)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Decimal):
-        return php_number(value)
-    if isinstance(value, dict):
-        items = (f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in value.items())
-        return "{" + ",".join(items) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    return wire.dumps(value, number=php_number)
 
 
 def respond(payload: Any, status_code: int = 200,
             headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        content=dumps(payload).encode("utf-8"),
-        status_code=status_code,
-        media_type="application/json",
-        headers=headers,
-    )
+    return wire.json_response(dumps(payload), status_code, headers)
 
 
 def _plain(value: Any) -> Any:
@@ -107,13 +98,3 @@ def redirect(location: str) -> Response:
     )
     return Response(html, status_code=302, media_type="text/html",
                     headers={"Location": location})
-
-
-def gateway_page(status: int) -> Response:
-    """A load balancer in front of BillDiary that gave up waiting: HTML, not JSON."""
-    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}[status]
-    html = (
-        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
-    )
-    return Response(html, status_code=status, media_type="text/html")

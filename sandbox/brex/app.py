@@ -52,7 +52,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from sandbox.brex.generator import (
     EXPENSE_STATUSES,
@@ -83,8 +83,10 @@ from sandbox.brex.state import (
     iso_ms,
 )
 from sandbox.brex.wire import EXPANDABLE, control_expense, expandable_expense, plain_expense
+from sandbox.control import add_knob_routes
 from sandbox.findity.pdf import render_pdf
-from sandbox.knobs import CommonFaultsIn, RateLimitIn, gateway_page, retry_after_value
+from sandbox.knobs import CommonFaultsIn, RateLimitIn, retry_after_value
+from sandbox.wire import gateway_page
 
 API_PREFIX = "/v1"
 DOWNLOADS = "/_s3/brex-receipts"
@@ -250,7 +252,7 @@ def create_app(state: BrexState | None = None, presigner: Presigner | None = Non
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> Response:
         if exc.status in (502, 504):
-            return HTMLResponse(gateway_page(exc.status), exc.status, headers=exc.headers)
+            return gateway_page(exc.status, exc.headers)
         return JSONResponse({"type": exc.type, "message": exc.message}, exc.status,
                             headers=exc.headers)
 
@@ -691,32 +693,12 @@ def _control_api(state: BrexState) -> APIRouter:
         with state.lock:
             return list(account.receipt_events)
 
-    @router.put("/accounts/{account_id}/faults")
-    async def set_faults(account_id: str, body: FaultsIn) -> dict[str, Any]:
-        account = account_or_404(account_id)
+    def put_faults(account: Account, body: FaultsIn | None) -> dict[str, Any]:
         with state.lock:
-            account.faults = body.to_faults()
+            account.faults = body.to_faults() if body else default_faults()
             return account.faults.view()
 
-    @router.delete("/accounts/{account_id}/faults")
-    async def clear_faults(account_id: str) -> dict[str, Any]:
-        account = account_or_404(account_id)
-        with state.lock:
-            account.faults = default_faults()
-            return account.faults.view()
-
-    @router.get("/accounts/{account_id}/requests")
-    async def request_counts(account_id: str) -> dict[str, int]:
-        account = account_or_404(account_id)
-        with state.lock:
-            return account.requests.view()
-
-    @router.delete("/accounts/{account_id}/requests")
-    async def reset_request_counts(account_id: str) -> dict[str, int]:
-        account = account_or_404(account_id)
-        with state.lock:
-            account.requests.counts.clear()
-            account.ignored_params.clear()
-        return {}
+    add_knob_routes(router, "/accounts/{account_id}", str, account_or_404, state.lock, FaultsIn,
+                    put_faults, on_reset_requests=lambda account: account.ignored_params.clear())
 
     return router

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
-import uvicorn
-
+from sandbox import serve
 from sandbox.findity.app import create_app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sandbox.findity", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8091)
-    parser.add_argument("--log-level", default="warning",
-                        choices=["critical", "error", "warning", "info", "debug"])
-    args = parser.parse_args(argv)
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level)
+    serve.main("python -m sandbox.findity", __doc__, create_app,
+               port=8091, argv=argv, access_log_flag=False, graceful_shutdown=False)
 
 
 if __name__ == "__main__":

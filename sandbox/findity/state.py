@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from sandbox import knobs
 from sandbox.findity.generator import (
     BuiltVoucher,
     Format,
@@ -23,6 +24,7 @@ from sandbox.findity.generator import (
     build_vouchers,
     new_id,
 )
+from sandbox.knobs import rolls, take_fail_rule
 
 # Export statuses [assumed] and report states [doc].
 UNPROCESSED, PROCESSED, FAILED = "UNPROCESSED", "PROCESSED", "FAILED"
@@ -68,23 +70,12 @@ def iso_z(moment: datetime) -> str:
 
 
 @dataclass
-class FailRule:
-    """Answer the next ``count`` matching requests with ``status`` instead of handling them."""
+class FailRule(knobs.FailRule):
+    """``sandbox.knobs.FailRule`` with Findity's error ``code`` and ``message``."""
 
-    status: int
-    count: int = 1
-    path_contains: str | None = None
-    method: str | None = None
     retry_after: str | None = None
     code: str | None = None
     message: str | None = None
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.count <= 0:
-            return False
-        if self.method and self.method.upper() != method.upper():
-            return False
-        return not self.path_contains or self.path_contains in path
 
 
 @dataclass
@@ -439,17 +430,16 @@ class SandboxState:
             layers = [f for f in (org.faults if org else None, self.global_faults) if f]
             decision = FaultDecision(sum(f.latency_ms for f in layers) / 1000)
             for faults in layers:
-                for rule in faults.fail_next:
-                    if rule.matches(method, path):
-                        rule.count -= 1
-                        decision.error = _rule_error(rule)
-                        return decision
+                rule = take_fail_rule(faults.fail_next, method, path)
+                if rule is not None:
+                    decision.error = _rule_error(rule)
+                    return decision
             for faults in layers:
                 if faults.updatestatus_down and path.endswith("/updatestatus"):
                     decision.error = SandboxError(
                         503, "SERVICE_UNAVAILABLE", "updatestatus is down (sandbox fault)")
                     return decision
-                if faults.error_rate and self._random.random() < faults.error_rate:
+                if rolls(self._random, faults.error_rate):
                     decision.error = SandboxError(
                         503, "SERVICE_UNAVAILABLE", "random failure (sandbox error_rate)")
                     return decision

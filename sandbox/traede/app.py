@@ -40,9 +40,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
-from sandbox.knobs import CommonFaultsIn, gateway_page, retry_after_value
+from sandbox.control import add_knob_routes
+from sandbox.knobs import CommonFaultsIn, retry_after_value
 from sandbox.traede.filters import FilterError, parse_datetime, parse_filter_groups
 from sandbox.traede.state import (
     MARK_MAX,
@@ -55,6 +56,7 @@ from sandbox.traede.state import (
     generate_entries,
     utc_now,
 )
+from sandbox.wire import gateway_page
 
 API_PREFIX = "/v10"
 APP_KEY_HEADER = "X-Traede-App-Key"
@@ -228,7 +230,7 @@ def create_app(state: TraedeState | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
         if exc.status in (502, 504):
-            return HTMLResponse(gateway_page(exc.status), exc.status, headers=exc.headers)
+            return gateway_page(exc.status, exc.headers)
         body: dict[str, Any] = {"message": exc.message}
         if exc.errors is not None:
             body["errors"] = exc.errors
@@ -521,31 +523,12 @@ def _control_api(state: TraedeState) -> APIRouter:
         with state.lock:
             return list(company.fetches)
 
-    @router.put("/companies/{company_id}/faults")
-    async def set_faults(company_id: str, body: FaultsIn) -> dict[str, Any]:
-        company = company_or_404(company_id)
+    def put_faults(company: Company, body: FaultsIn | None) -> dict[str, Any]:
         with state.lock:
-            company.faults = body.to_faults()
+            company.faults = body.to_faults() if body else TraedeFaults()
             return company.faults.view()
 
-    @router.delete("/companies/{company_id}/faults")
-    async def clear_faults(company_id: str) -> dict[str, Any]:
-        company = company_or_404(company_id)
-        with state.lock:
-            company.faults = TraedeFaults()
-            return company.faults.view()
-
-    @router.get("/companies/{company_id}/requests")
-    async def request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with state.lock:
-            return company.requests.view()
-
-    @router.delete("/companies/{company_id}/requests")
-    async def reset_request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with state.lock:
-            company.requests.counts.clear()
-        return {}
+    add_knob_routes(router, "/companies/{company_id}", str, company_or_404, state.lock,
+                    FaultsIn, put_faults)
 
     return router

@@ -46,8 +46,8 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandbox.control import add_knob_routes
 from sandbox.tripletex import wire
 from sandbox.tripletex.ledger import (
     ATTACHMENT_TYPES,
@@ -69,6 +69,7 @@ from sandbox.tripletex.ledger import (
     VatTypeRec,
     VoucherRec,
 )
+from sandbox.wire import CutOffAnswer, Stamp, gateway_page
 
 API_PREFIX = "/v2"
 
@@ -201,68 +202,26 @@ class FaultsIn(BaseModel):
 # --- the app ---------------------------------------------------------------------------------
 
 
-class _Stamp:
-    """Every answer's ``x-tlx-request-id`` and ``X-Rate-Limit-*`` headers, and the server-wide
-    latency. A plain ASGI middleware (not ``@app.middleware``): it passes the endpoint's messages
-    through as they are, so an answer cut off on purpose (``commit_then_drop``) reaches the
-    server cut off, and uvicorn closes the connection."""
+class _Stamp(Stamp):
+    """Every answer's ``x-tlx-request-id`` and every API answer's ``X-Rate-Limit-*`` headers
+    (the defaults when the endpoint set none), and the server-wide latency; an answer cut off by
+    ``commit_then_drop`` stays cut off."""
 
-    def __init__(self, app: ASGIApp, latency_ms: int) -> None:
-        self.app = app
-        self.latency_ms = latency_ms
+    api_prefix = API_PREFIX + "/"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
+    def begin(self, state: dict[str, Any]) -> None:
         state["request_id"] = str(uuid.uuid4())
-        state["rate_headers"] = None
-        is_api = scope["path"].startswith(API_PREFIX + "/")
-        if is_api and self.latency_ms:
-            await asyncio.sleep(self.latency_ms / 1000)
 
-        async def stamped(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["x-tlx-request-id"] = state["request_id"]
-                if is_api:
-                    rate_headers = state.get("rate_headers") or {
-                        "X-Rate-Limit-Limit": str(DEFAULT_RATE_LIMIT),
-                        "X-Rate-Limit-Remaining": str(DEFAULT_RATE_LIMIT),
-                        "X-Rate-Limit-Reset": str(int(DEFAULT_RATE_WINDOW)),
-                    }
-                    for name, value in rate_headers.items():
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, stamped)
-
-
-class _CutOffAnswer(Response):
-    """The status line and headers of a JSON answer, then nothing: the endpoint returns without
-    the body and uvicorn closes the connection. The client sees the connection lost mid-answer
-    (httpx: RemoteProtocolError), which says nothing about what the server did."""
-
-    def __init__(self, promised_bytes: int, status_code: int = 201) -> None:
-        super().__init__(status_code=status_code, media_type="application/json")
-        self.headers["content-length"] = str(promised_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code,
-             "headers": self.raw_headers}
-        )
-
-
-def _gateway_page(status: int) -> Response:
-    """What a load balancer answers when it gave up waiting for Tripletex: HTML, not JSON."""
-    reason = {502: "Bad Gateway", 504: "Gateway Time-out"}[status]
-    html = (
-        f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{status} {reason}</h1></center>\r\n</body>\r\n</html>\r\n"
-    )
-    return Response(html, status_code=status, media_type="text/html")
+    def stamp(self, state: dict[str, Any], headers: MutableHeaders, is_api: bool) -> None:
+        headers["x-tlx-request-id"] = state["request_id"]
+        if is_api:
+            rate_headers = state.get("rate_headers") or {
+                "X-Rate-Limit-Limit": str(DEFAULT_RATE_LIMIT),
+                "X-Rate-Limit-Remaining": str(DEFAULT_RATE_LIMIT),
+                "X-Rate-Limit-Reset": str(int(DEFAULT_RATE_WINDOW)),
+            }
+            for name, value in rate_headers.items():
+                headers[name] = value
 
 
 def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
@@ -294,12 +253,6 @@ def create_app(*, latency_ms: int = 0, ledger: Ledger | None = None) -> FastAPI:
 
 
 # --- helpers shared by the API endpoints -----------------------------------------------------
-
-
-def _template(request: Request) -> str:
-    route = request.scope.get("route")
-    path = getattr(route, "path", request.url.path)
-    return f"{request.method} {path.removeprefix(API_PREFIX)}"
 
 
 def _list_param(request: Request, name: str) -> list[str] | None:
@@ -499,7 +452,7 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
     async def enter(request: Request, company: Company, employee_token: str) -> None:
         """What happens to every identified request before its endpoint's work: counting,
         latency, the rate limit and queued failures (``fail_next``)."""
-        ledger.count_request(company, _template(request))
+        ledger.count_request(company, request, API_PREFIX)
         faults = company.faults
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
@@ -522,10 +475,10 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
             raise ApiError(401, message="Ugyldig sesjonstoken.")
         company = ledger.company(session.company_id)
         if session.revoked or datetime.now(UTC).date() >= session.expires_on:
-            ledger.count_request(company, _template(request))
+            ledger.count_request(company, request, API_PREFIX)
             raise ApiError(401, message="Sesjonstokenet er utløpt.")
         if username not in ("0", company.id):
-            ledger.count_request(company, _template(request))
+            ledger.count_request(company, request, API_PREFIX)
             raise ApiError(403, message=f"Ingen tilgang til selskap {username}.")
         return company, session.employee_token
 
@@ -695,14 +648,14 @@ def _tripletex_api(ledger: Ledger) -> APIRouter:
         if after_store == "fail":
             status = faults.commit_then_fail_status
             if status in (502, 504):
-                return _gateway_page(status)
+                return gateway_page(status)
             raise ApiError(status, message="Uventet feil etter lagring.")
         if faults.post_hold_ms:
             await asyncio.sleep(faults.post_hold_ms / 1000)
         if after_store == "garble":
             return Response(answer[: len(answer) // 2], 201, media_type="application/json")
         if after_store == "drop":
-            return _CutOffAnswer(len(answer), 201)
+            return CutOffAnswer(len(answer), 201)
         return Response(answer, 201, media_type="application/json")
 
     @router.get("/ledger/voucher")
@@ -849,28 +802,12 @@ def _control_api(ledger: Ledger) -> APIRouter:
             ]
         return wire.respond(body)
 
-    @router.put("/companies/{company_id}/faults")
-    async def set_faults(company_id: str, body: FaultsIn) -> dict[str, Any]:
-        ledger.set_faults(company_or_404(company_id), body.to_faults())
-        return body.model_dump()
+    def put_faults(company: Company, body: FaultsIn | None) -> dict[str, Any]:
+        ledger.set_faults(company, body.to_faults() if body else Faults())
+        return (body or FaultsIn()).model_dump()
 
-    @router.delete("/companies/{company_id}/faults")
-    async def clear_faults(company_id: str) -> dict[str, Any]:
-        ledger.set_faults(company_or_404(company_id), Faults())
-        return FaultsIn().model_dump()
-
-    @router.get("/companies/{company_id}/requests")
-    async def request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with ledger.lock:
-            return dict(sorted(company.request_counts.items()))
-
-    @router.delete("/companies/{company_id}/requests")
-    async def reset_request_counts(company_id: str) -> dict[str, int]:
-        company = company_or_404(company_id)
-        with ledger.lock:
-            company.request_counts.clear()
-        return {}
+    add_knob_routes(router, "/companies/{company_id}", str, company_or_404, ledger.lock,
+                    FaultsIn, put_faults)
 
     @router.patch("/companies/{company_id}/accounts/{number}")
     async def change_account(company_id: str, number: int, body: AccountChangeIn) -> dict[str, Any]:

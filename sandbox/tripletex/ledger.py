@@ -23,6 +23,9 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from sandbox import knobs
+from sandbox.knobs import FaultStore, RateWindow, RequestCounter, fixed_window_hit
+
 CENT = Decimal("0.01")
 BASE_CURRENCY = "NOK"
 MAX_EXTERNAL_NUMBER = 70
@@ -180,19 +183,11 @@ class Session:
 
 
 @dataclass
-class FailRule:
-    status: int
-    count: int = 1
-    method: str | None = None
-    path_contains: str | None = None
-    retry_after: float | None = None
+class FailRule(knobs.FailRule):
+    """``sandbox.knobs.FailRule``; a 429 can also say when the window resets."""
+
     reset_header: bool = False
     reset_seconds: int = 5
-
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method.upper() == method) and (
-            self.path_contains is None or self.path_contains in path
-        )
 
 
 @dataclass
@@ -235,12 +230,6 @@ class Faults:
     session_refusal: SessionRefusal | None = None
 
 
-@dataclass
-class RateWindow:
-    started: float
-    count: int = 0
-
-
 # --- the company -----------------------------------------------------------------------------
 
 
@@ -264,7 +253,7 @@ class Company:
     temp_numbers: itertools.count = field(default_factory=lambda: itertools.count(1))
     faults: Faults = field(default_factory=Faults)
     rng: random.Random = field(default_factory=lambda: random.Random(1234))
-    request_counts: Counter = field(default_factory=Counter)
+    requests: RequestCounter = field(default_factory=RequestCounter)
     rate_windows: dict[str, RateWindow] = field(default_factory=dict)
 
     def account_by_number(self, number: int) -> AccountRec | None:
@@ -289,7 +278,7 @@ class NotFound(Exception):
 # --- the ledger ------------------------------------------------------------------------------
 
 
-class Ledger:
+class Ledger(FaultStore):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.companies: dict[str, Company] = {}
@@ -440,25 +429,9 @@ class Ledger:
 
     def set_faults(self, company: Company, faults: Faults) -> None:
         with self.lock:
-            company.faults = faults
-            company.rng = random.Random(faults.seed)
-            company.rate_windows.clear()
+            self._replace_faults(company, faults)
             if faults.session_refusal is not None and not faults.session_refusal.after_post:
                 self._open_session_refusal(company)
-
-    def take_fail_rule(self, company: Company, method: str, path: str) -> FailRule | None:
-        """The first rule that matches this request, with one of its counts consumed."""
-        with self.lock:
-            for rule in company.faults.fail_next:
-                if rule.count > 0 and rule.matches(method, path):
-                    rule.count -= 1
-                    return FailRule(**{**rule.__dict__})
-            return None
-
-    def roll_error(self, company: Company) -> bool:
-        with self.lock:
-            rate = company.faults.error_rate
-            return rate > 0 and company.rng.random() < rate
 
     def take_after_store(self, company: Company) -> str | None:
         """How to answer a voucher POST that was just stored: ``"fail"`` (HTTP
@@ -474,10 +447,6 @@ class Ledger:
                     return kind
             return None
 
-    def count_request(self, company: Company, template: str) -> None:
-        with self.lock:
-            company.request_counts[template] += 1
-
     def rate_check(self, company: Company, employee_token: str) -> tuple[bool, dict[str, str]]:
         """Count one request in the employee's fixed window: (allowed, X-Rate-Limit-* headers).
 
@@ -487,15 +456,11 @@ class Ledger:
         rule = company.faults.rate_limit or RateLimitRule(DEFAULT_RATE_LIMIT, DEFAULT_RATE_WINDOW)
         now = time.monotonic()
         with self.lock:
-            window = company.rate_windows.get(employee_token)
-            if window is None or now - window.started >= rule.window_seconds:
-                window = company.rate_windows[employee_token] = RateWindow(started=now)
-            window.count += 1
-            allowed = window.count <= rule.limit
-            reset = max(1, int(round(rule.window_seconds - (now - window.started))))
+            allowed, remaining, reset = fixed_window_hit(
+                company.rate_windows, employee_token, rule.limit, rule.window_seconds, now)
             headers = {
                 "X-Rate-Limit-Limit": str(rule.limit),
-                "X-Rate-Limit-Remaining": str(max(0, rule.limit - window.count)),
+                "X-Rate-Limit-Remaining": str(remaining),
             }
             if rule.send_reset_header:
                 headers["X-Rate-Limit-Reset"] = str(reset)

@@ -1,17 +1,13 @@
-"""How the Tripletex sandbox writes its answers: exact decimal JSON, envelopes, error bodies.
-
-Tripletex sends amounts as JSON numbers. ``json.dumps`` cannot write a ``Decimal`` as a number
-and FastAPI's encoder would go through ``float``; this encoder writes the decimal text verbatim,
-so the client's ``Decimal`` parsing is tested on exact values.
-"""
+"""How the Tripletex sandbox writes its answers: exact decimal JSON (``sandbox.wire``: amounts
+as JSON numbers, their decimal text verbatim), envelopes, error bodies."""
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any
 
-from starlette.responses import Response
+from sandbox.wire import dumps, respond
+
+__all__ = ["dumps", "respond", "list_envelope", "error_body"]
 
 # Tripletex's internal error codes per HTTP status (from the API description).
 ERROR_CODES = {400: 4000, 401: 3000, 403: 9000, 404: 6000, 409: 7000, 422: 18000, 500: 1000}
@@ -37,33 +33,6 @@ DEVELOPER_MESSAGES = {
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE",
 }
-
-
-def dumps(value: Any) -> str:
-    """Serialise dicts, lists, str, int, bool, None and Decimal (as a JSON number)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"cannot write {value} as a JSON number")
-        return format(value, "f")
-    if isinstance(value, dict):
-        items = (f"{json.dumps(str(k), ensure_ascii=False)}:{dumps(v)}" for k, v in value.items())
-        return "{" + ",".join(items) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(dumps(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
-
-
-def respond(
-    payload: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        content=dumps(payload).encode("utf-8"),
-        status_code=status_code,
-        media_type="application/json",
-        headers=headers,
-    )
 
 
 def list_envelope(

@@ -50,6 +50,18 @@ def make_expense(org):
 
 
 @pytest.fixture(autouse=True)
+def sent_jobs(monkeypatch) -> list:
+    """Jobs the code under test enqueued, recorded instead of sent. A unit test drives the code
+    itself; a job on the shared test broker would be taken by a worker process that an
+    integration test of the same session left running, and change the rows under the test."""
+    import shared.jobs
+
+    sent: list = []
+    monkeypatch.setattr(shared.jobs, "send_now", sent.append)
+    return sent
+
+
+@pytest.fixture(autouse=True)
 def _no_stale_jobs():
     """Unit tests enqueue real jobs on the test broker; drop them so no worker runs them later."""
     yield

@@ -131,16 +131,15 @@ def _age(source_export_id: str, seconds: float) -> None:
 
 
 def _book(export_id: str, number: int) -> None:
-    """Finish the export as the worker does once Tripletex booked voucher ``number``."""
+    """Finish the export as the worker does once Tripletex booked voucher ``number``: the
+    voucher is recorded first (posted_to_target), then the export succeeds."""
     with session_scope() as session:
         export = session.get(AccountingExport, export_id)
-        # The worker records the voucher first (posted_to_target), then finishes: a success
-        # needs a booked export once posting started (the posting protocol's invariant).
         export.external_id = str(9000 + number)
-        session.flush()
-        transition(session, export, "success", actor="worker",
-                   external_reference=f"voucher {number}", external_id=str(9000 + number),
-                   external_number=str(number))
+        export.external_reference = f"voucher {number}"
+        export.external_number = str(number)
+    with session_scope() as session:
+        transition(session, session.get(AccountingExport, export_id), "success", actor="worker")
 
 
 def _fail(export_id: str, message: str) -> None:

@@ -3,6 +3,9 @@
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-30 10:00:00
+
+Written next to 0004 (API key scopes) and chained after it at merge; it touches only
+source_vouchers and source_exports.
 """
 from alembic import op
 import sqlalchemy as sa
