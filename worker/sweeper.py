@@ -19,7 +19,6 @@ from shared.config import get_settings
 from shared.db.clock import database_now
 from shared.db.models import AccountingExport, ExportStatus, SourceExport, SourceExportStatus
 from shared.db.session import session_scope
-from shared.db.types import utcnow
 from shared.domain import sources
 from shared.domain.state_machine import record_event
 from shared.jobs import enqueue_after_commit
@@ -32,25 +31,10 @@ SWEEP_LIMIT = 500
 
 def requeue_stuck_exports(now=None) -> int:
     settings = get_settings()
-    with session_scope() as session:
-        now = now or database_now(session)
-    overdue = now - timedelta(seconds=settings.stuck_after_seconds)
-    stuck_conditions = (
-        AccountingExport.status == ExportStatus.PROCESSING.value,
-        or_(
-            # An attempt claimed the export and its lease ran out without a retry being
-            # scheduled: its worker died (with the threads pool Celery does not requeue the
-            # message of a killed process; Redis would after the visibility timeout, an hour).
-            # Its next attempt may start now.
-            AccountingExport.lease_expires_at < now,
-            # Nobody holds it and it was due long ago: its message was lost.
-            and_(AccountingExport.lease_expires_at.is_(None),
-                 or_(AccountingExport.next_attempt_at.is_(None),
-                     AccountingExport.next_attempt_at < overdue)),
-        ),
-    )
     requeued = 0
     with session_scope() as session:
+        now = now or database_now(session)
+        stuck_conditions = _stuck_export_conditions(now, settings.stuck_after_seconds)
         candidates = session.scalars(
             select(AccountingExport).where(*stuck_conditions).limit(SWEEP_LIMIT)
         ).all()
@@ -77,6 +61,24 @@ def requeue_stuck_exports(now=None) -> int:
     if requeued:
         log.warning("stuck work re-queued", count=requeued)
     return requeued
+
+
+def _stuck_export_conditions(now, stuck_after_seconds: int) -> tuple:
+    overdue = now - timedelta(seconds=stuck_after_seconds)
+    return (
+        AccountingExport.status == ExportStatus.PROCESSING.value,
+        or_(
+            # An attempt claimed the export and its lease ran out without a retry being
+            # scheduled: its worker died (with the threads pool Celery does not requeue the
+            # message of a killed process; Redis would after the visibility timeout, an hour).
+            # Its next attempt may start now.
+            AccountingExport.lease_expires_at < now,
+            # Nobody holds it and it was due long ago: its message was lost.
+            and_(AccountingExport.lease_expires_at.is_(None),
+                 or_(AccountingExport.next_attempt_at.is_(None),
+                     AccountingExport.next_attempt_at < overdue)),
+        ),
+    )
 
 
 def _sweep_source_exports(now) -> int:

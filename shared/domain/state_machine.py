@@ -7,8 +7,8 @@ Allowed moves (the statuses are exactly the API contract's):
     success, cancelled: terminal
 
 ``transition()`` is a compare-and-set: the UPDATE only matches while the row still has the status
-the caller saw (and, for the end states, the posting state the posting protocol requires), so two racing actors (a worker finishing, a DELETE cancelling, a PUT callback)
-cannot both win. The status change and its event row are written in the caller's transaction.
+the caller saw (and, for the end states, the posting state the posting protocol requires), so two
+racing actors (a worker finishing, a DELETE cancelling, a PUT callback) cannot both win. The status change and its event row are written in the caller's transaction.
 Finer steps (queued, started, posted to target, receipt attached, retry scheduled) are events
 written with ``record_event()``; they never change the status.
 """
