@@ -84,6 +84,16 @@ def _after_first_post(sandbox, tenant, faults: dict, stop: threading.Event,
         time.sleep(0.05)
 
 
+def _note_outcomes(figures, variants, tenants) -> list:
+    """The figures every scenario of this file notes; returns the exports' rows."""
+    rows = load_exports([t.organization_id for t in tenants])
+    figures.note("outcome per variant", _outcomes(variants))
+    figures.note("exports by number of vouchers in the ledger, per variant",
+                 _vouchers_per_export(variants))
+    figures.note("how the exports got their voucher", dict(_found_by(rows)))
+    return rows
+
+
 def _outcomes(variants: list[Variant]) -> dict[str, dict[str, int]]:
     result = {}
     for variant in variants:
@@ -279,12 +289,8 @@ def test_post_slower_than_the_lease(stacks, tripletex_sandbox, figures):
     try:
         check_invariants(tenants, figures, settle_timeout=90, require_terminal=True)
     finally:
-        rows = load_exports([t.organization_id for t in tenants])
-        figures.note("outcome per variant", _outcomes(variants))
-        figures.note("exports by number of vouchers in the ledger, per variant",
-                     _vouchers_per_export(variants))
+        rows = _note_outcomes(figures, variants, tenants)
         figures.note("attempts per export", sorted(r.attempts for r in rows))
-        figures.note("how the exports got their voucher", dict(_found_by(rows)))
     problems = {name: outcome for name, outcome in _outcomes(variants).items()
                 if outcome != {"success": per_variant}}
     assert not problems, problems
@@ -341,11 +347,7 @@ def test_session_refused_after_a_stored_unanswered_post(stacks, tripletex_sandbo
     try:
         check_invariants(tenants, figures, settle_timeout=90, require_terminal=True)
     finally:
-        rows = load_exports([t.organization_id for t in tenants])
-        figures.note("outcome per variant", _outcomes(variants))
-        figures.note("exports by number of vouchers in the ledger, per variant",
-                     _vouchers_per_export(variants))
-        figures.note("how the exports got their voucher", dict(_found_by(rows)))
+        rows = _note_outcomes(figures, variants, tenants)
         figures.note("last error of failed exports", sorted(
             {(r.events[-1]["reason"] or "")[:160] for r in rows if r.status == "failed"}))
     assert not failed_while_booked, (
