@@ -34,7 +34,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from devstack.processes import ManagedProcess, free_port, python_argv, wait_for_http
 from devstack.redis_server import EmbeddedRedis
-from shared.config import DEFAULT_VAR_DIR, PROJECT_ROOT, get_settings
+from shared.config import (
+    DEFAULT_VAR_DIR,
+    DEVSTACK_ENV_FILE,
+    DEVSTACK_PID_KEY,
+    PROJECT_ROOT,
+    get_settings,
+)
 from shared.db.migrate import upgrade
 
 CELERY_APP = "worker.celery_app:celery_app"
@@ -242,6 +248,22 @@ class Stack:
                 log = f"; log: {process.log_path}\n{process.tail()}" if process else ""
                 raise StackError(f"redis-server did not start: {exc}{log}") from exc
         self._start_children()
+        self._write_env_file()
+
+    @property
+    def env_file(self) -> Path:
+        return self.var_dir / DEVSTACK_ENV_FILE.name
+
+    def _write_env_file(self) -> None:
+        """Tell ``aic`` (shared.config.adopt_running_devstack) which database and broker this stack
+        uses, for as long as it runs; ``source`` it to point any other process there."""
+        self.env_file.write_text(
+            "# Written by `make run` while it runs (removed when it stops): the settings of its\n"
+            "# processes. `aic` uses them; other shells: set -a; . var/devstack.env; set +a\n"
+            f"AIC_DATABASE_URL={self.database_url}\n"
+            f"AIC_REDIS_URL={self.redis_url}\n"
+            f"{DEVSTACK_PID_KEY}={os.getpid()}\n"
+        )
 
     def __enter__(self) -> "Stack":
         try:
@@ -354,6 +376,7 @@ class Stack:
                     self.say(f"stopping {process.name} (pid {process.pid})")
                 process.stop(grace=10)
             self.processes = []
+            self.env_file.unlink(missing_ok=True)
             if self.redis is not None:
                 self.say("stopping redis-server")
                 self.redis.stop()

@@ -20,7 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from shared.config import get_settings, require_safe_settings
+from shared.config import (
+    DEVSTACK_ENV_FILE,
+    PROJECT_ROOT,
+    adopt_running_devstack,
+    get_settings,
+    require_safe_settings,
+)
 from shared.integrations import registry
 
 
@@ -219,11 +225,28 @@ def cmd_exports_retry(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import exports
 
+    from shared.jobs import unsent_jobs
+
     with session_scope() as session:
         org_id = _org_of(session, args.export_id)
         exports.retry_export(session, org_id, args.export_id, actor="cli")
+    unsent = unsent_jobs(session)
+    if unsent:
+        _, error = unsent[0]
+        print(f"error: {args.export_id} is back in processing, but the broker at "
+              f"{_redacted_broker()} could not be reached ({type(error).__name__}: {error}), so "
+              "nothing is queued yet; the sweeper sends it once a worker's broker answers. Is "
+              "the stack running, and does AIC_REDIS_URL point at its Redis?", file=sys.stderr)
+        return 1
     print(f"{args.export_id} queued again")
     return 0
+
+
+def _redacted_broker() -> str:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(get_settings().redis_url)
+    return f"{url.scheme}://{url.hostname}:{url.port or 6379}{url.path}"
 
 
 def cmd_sweep(args) -> int:
@@ -379,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()
     args = build_parser().parse_args(argv)
+    adopted = adopt_running_devstack()
+    if adopted:
+        # The operator's `make run` (its database and its own Redis), not the defaults.
+        print(f"aic: using the running local stack's {', '.join(sorted(adopted))} "
+              f"({DEVSTACK_ENV_FILE.relative_to(PROJECT_ROOT)})", file=sys.stderr)
     try:
         return args.func(args)
     except DomainError as error:

@@ -5,6 +5,7 @@ Every variable carries the ``AIC_`` prefix, e.g. ``AIC_DATABASE_URL``.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -153,6 +154,49 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# Written by ``make run`` (devstack.stack) while it runs: the database and broker its processes
+# use. ``aic`` adopts them, so the CLI reaches the stack the operator is looking at instead of the
+# defaults (Redis on 6379), which ``make run`` does not use when it starts its own Redis.
+DEVSTACK_ENV_FILE = DEFAULT_VAR_DIR / "devstack.env"
+DEVSTACK_PID_KEY = "AIC_DEVSTACK_PID"
+
+
+def running_devstack_env(path: Path = DEVSTACK_ENV_FILE) -> dict[str, str] | None:
+    """The settings of the local stack written to ``path``, or None when there is no file or the
+    stack that wrote it is gone (a file left behind by a killed ``make run`` is ignored)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            values[name.strip()] = value.strip()
+    try:
+        os.kill(int(values.pop(DEVSTACK_PID_KEY, "")), 0)
+    except (ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass  # alive, owned by another user
+    return values
+
+
+def adopt_running_devstack(path: Path = DEVSTACK_ENV_FILE) -> dict[str, str]:
+    """Use the running local stack's settings for what the environment does not set itself.
+
+    Returns the variables adopted (empty: no stack runs, or the environment sets them all). Only
+    ``aic`` calls this: the stack's own processes get their settings explicitly, and tests must
+    never wander into a developer's running stack.
+    """
+    adopted = {name: value for name, value in (running_devstack_env(path) or {}).items()
+               if name.startswith("AIC_") and name not in os.environ}
+    if adopted:
+        os.environ.update(adopted)
+        reset_settings_cache()
+    return adopted
 
 
 def reset_settings_cache() -> None:

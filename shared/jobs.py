@@ -21,6 +21,7 @@ from shared.queue import celery_app
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "aic_jobs_after_commit"
+_UNSENT_KEY = "aic_jobs_unsent"
 
 
 @dataclass
@@ -63,10 +64,18 @@ def _send_pending_jobs(session: Session) -> None:
     for job in jobs:
         try:
             send_now(job)
-        except Exception:  # broker unreachable: the sweeper re-sends from the database
+        except Exception as error:  # broker unreachable: the sweeper re-sends from the database
+            session.info.setdefault(_UNSENT_KEY, []).append((job, error))
             # Not "args": that is a LogRecord attribute, and logging refuses to overwrite it.
             log.exception("enqueue failed after commit; the sweeper will re-send", extra={
                 "task": job.task_name, "task_args": job.args})
+
+
+def unsent_jobs(session: Session) -> list[tuple[Job, Exception]]:
+    """The jobs this session committed but could not hand to the broker (and why): a command
+    that promised "queued" must say it was not. The rows are committed; the sweeper sends them
+    once the broker answers."""
+    return list(session.info.get(_UNSENT_KEY, []))
 
 
 @event.listens_for(Session, "after_rollback")

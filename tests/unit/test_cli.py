@@ -142,3 +142,74 @@ def test_org_create_with_both_scopes(capsys):
     assert main(["org", "create", "Booking AS", "--scope", "exports", "--scope",
                  "callbacks"]) == 0
     assert "scopes exports,callbacks" in capsys.readouterr().out
+
+
+def _failed_export(org, make_expense):
+    from shared.db.models import ExportStatus
+    from shared.domain.state_machine import transition
+
+    with session_scope() as session:
+        export = exports.create_export(session, org.id, make_expense(), "tripletex", actor="t")
+        transition(session, export, ExportStatus.FAILED, actor="t", reason="mapping",
+                   error_code="mapping", error_message="no account")
+        return export.id
+
+
+def test_retry_that_cannot_reach_the_broker_says_so_and_exits_non_zero(
+        capsys, monkeypatch, org, make_expense):
+    """Never "queued again" when nothing was queued (an operator's CLI on the wrong Redis)."""
+    import kombu.exceptions
+
+    import shared.jobs
+
+    export_id = _failed_export(org, make_expense)
+
+    def broker_down(job):
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6399. "
+                                                "Connection refused.")
+
+    monkeypatch.setattr(shared.jobs, "send_now", broker_down)
+    assert main(["exports", "retry", export_id]) == 1
+    captured = capsys.readouterr()
+    assert "queued again" not in captured.out
+    assert "could not be reached" in captured.err and "Connection refused" in captured.err
+    with session_scope() as session:  # the retry itself is committed: the sweeper sends it
+        assert exports.get_export(session, org.id, export_id).status == "processing"
+
+
+def test_retry_that_reached_the_broker_says_queued(capsys, org, make_expense, sent_jobs):
+    export_id = _failed_export(org, make_expense)
+    assert main(["exports", "retry", export_id]) == 0
+    assert f"{export_id} queued again" in capsys.readouterr().out
+    assert sent_jobs[-1].args == [export_id]  # created, then queued again
+
+
+def test_the_cli_adopts_the_running_local_stack_only_while_it_runs(tmp_path, monkeypatch):
+    import os
+
+    from shared.config import adopt_running_devstack, running_devstack_env
+
+    env_file = tmp_path / "devstack.env"
+    env_file.write_text("# comment\nAIC_DATABASE_URL=sqlite:///stack.db\n"
+                        "AIC_REDIS_URL=redis://127.0.0.1:41234/0\n"
+                        f"AIC_DEVSTACK_PID={os.getpid()}\n")
+    assert running_devstack_env(env_file) == {"AIC_DATABASE_URL": "sqlite:///stack.db",
+                                              "AIC_REDIS_URL": "redis://127.0.0.1:41234/0"}
+    # What the environment sets itself wins; only the rest is adopted.
+    monkeypatch.setenv("AIC_DATABASE_URL", os.environ.get("AIC_DATABASE_URL", "sqlite:///x.db"))
+    monkeypatch.delenv("AIC_REDIS_URL", raising=False)
+    try:
+        assert adopt_running_devstack(env_file) == {"AIC_REDIS_URL": "redis://127.0.0.1:41234/0"}
+        assert os.environ["AIC_REDIS_URL"] == "redis://127.0.0.1:41234/0"
+    finally:
+        monkeypatch.undo()
+        from shared.config import reset_settings_cache
+        reset_settings_cache()
+    # A file left behind by a stack that was killed (its pid is gone) is ignored.
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    env_file.write_text(f"AIC_REDIS_URL=redis://127.0.0.1:41234/0\nAIC_DEVSTACK_PID={dead}\n")
+    assert running_devstack_env(env_file) is None
+    assert running_devstack_env(tmp_path / "missing.env") is None
