@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import redis
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import text
+from swagger_ui_bundle import swagger_ui_path
 
 from producers.api import routes_admin, routes_expenses, routes_exports, routes_sources
 from producers.webhooks import receiver as webhook_receiver
@@ -35,6 +38,9 @@ that names the scope. Keys that existed before scopes were introduced have both.
 """
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str]
@@ -45,7 +51,21 @@ def create_app() -> FastAPI:
     # instead of serving the admin API behind a token anyone can read in this repository.
     require_safe_settings("the API")
     configure_logging()
-    app = FastAPI(title="Accounting Integration Client", version="0.1.0", description=DESCRIPTION)
+    # /docs is served from the swagger-ui-bundle package, not a CDN: it works offline and
+    # behind egress filters (the default page is blank without internet).
+    app = FastAPI(title="Accounting Integration Client", version="0.1.0", description=DESCRIPTION,
+                  docs_url=None, redoc_url=None)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True})
+
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
     app.include_router(routes_exports.router)

@@ -10,12 +10,25 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.config import get_settings
 from shared.db.session import session_scope
 from shared.domain.organizations import API_KEY_SCOPES, active_api_key
 from producers.api.errors import ApiError
+
+
+# Declared so that /docs shows "Authorize" and the OpenAPI document says how to authenticate.
+# They read nothing themselves (auto_error=False): ``_bearer`` below does, with our own error
+# messages instead of FastAPI's bare 403 "Not authenticated".
+api_key_scheme = HTTPBearer(
+    scheme_name="ApiKey", auto_error=False,
+    description="An organization's API key (`aic org create`, `aic apikey create`).")
+admin_token_scheme = HTTPBearer(
+    scheme_name="AdminToken", auto_error=False,
+    description="The administrator token (AIC_ADMIN_TOKEN) for /api/v1/admin.")
+Declared = HTTPAuthorizationCredentials | None
 
 
 def _bearer(request: Request) -> str:
@@ -63,7 +76,8 @@ def require_scope(scope: str):
     if scope not in API_KEY_SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    def caller_with_scope(request: Request) -> Caller:
+    def caller_with_scope(request: Request,
+                          _declared: Declared = Security(api_key_scheme)) -> Caller:
         caller = current_caller(request)
         if scope not in caller.scopes:
             raise ApiError(
@@ -81,7 +95,7 @@ exports_caller = require_scope("exports")
 callbacks_caller = require_scope("callbacks")
 
 
-def require_admin(request: Request) -> None:
+def require_admin(request: Request, _declared: Declared = Security(admin_token_scheme)) -> None:
     token = _bearer(request)
     if not hmac.compare_digest(token.encode(), get_settings().admin_token.encode()):
         raise ApiError(401, "invalid_admin_token", "this admin token is not valid",

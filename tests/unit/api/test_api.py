@@ -188,6 +188,26 @@ def test_openapi_and_docs_are_served(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_docs_work_offline_and_know_how_to_authenticate(client):
+    page = client.get("/docs").text
+    # Every asset from this server, none from a CDN (a blank page without internet).
+    assert "cdn." not in page and "https://" not in page.split("<body")[0]
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs-assets/{asset}" in page
+        assert client.get(f"/docs-assets/{asset}").status_code == 200
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {"type": "http", "scheme": "bearer",
+                                 "description": schemes["ApiKey"]["description"]}
+    assert "AdminToken" in schemes
+    # "Authorize" then sends the key with every operation that needs one.
+    assert spec["paths"]["/api/v1/accounting-exports"]["post"]["security"] == [{"ApiKey": []}]
+    admin = next(op for path, item in spec["paths"].items() if path.startswith("/api/v1/admin")
+                 for op in item.values())
+    assert admin["security"] == [{"AdminToken": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
 def _admin():
     from shared.config import get_settings
 
