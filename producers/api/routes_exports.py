@@ -140,12 +140,17 @@ def update_status(body: UpdateStatus, export_id: str = ExportId,
 
 
 @router.delete("/{export_id}", response_model=Cancelled, responses=ERRORS,
-               summary="Cancel a pending export job")
+               summary="Cancel a pending export job",
+               description="Cancels an export that is `processing` and has not started posting "
+                           "(also while it waits for a retry). The export is kept, with status "
+                           "`cancelled`, and returned; `deleted: true` is the contract's word "
+                           "for it. Repeating it is harmless; an export that may already be "
+                           "in the target cannot be cancelled (409 `not_cancellable`).")
 def cancel_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> Cancelled:
     with session_scope() as session:
         export = service.cancel_export(session, caller.organization_id, export_id,
                                        actor=caller.actor)
-        return Cancelled(deleted=True, export_id=export.id)
+        return Cancelled.of(export)
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:

@@ -77,26 +77,28 @@ class ExportSummary(BaseModel):
     exported_at: datetime | None
     batch_id: str | None = None
     initiated_at: datetime
+    # Why it failed, or why it is waiting (a retry, a target in doubt): what an operator scanning
+    # a list needs without opening each export.
+    error_message: str | None = None
 
     @classmethod
     def of(cls, export: AccountingExport) -> "ExportSummary":
         return cls(export_id=export.id, expense_id=export.expense_id,
                    target_system=export.target_system, status=export.status,
                    external_reference=export.external_reference, exported_at=export.exported_at,
-                   batch_id=export.batch_id, initiated_at=export.created_at)
+                   batch_id=export.batch_id, initiated_at=export.created_at,
+                   error_message=export.error_message)
 
 
 class ExportDetail(ExportSummary):
     organization_id: str
-    error_message: str | None
     attempts: int
     updated_at: datetime
 
     @classmethod
     def of(cls, export: AccountingExport) -> "ExportDetail":
         return cls(**ExportSummary.of(export).model_dump(), organization_id=export.organization_id,
-                   error_message=export.error_message, attempts=export.attempts,
-                   updated_at=export.updated_at)
+                   attempts=export.attempts, updated_at=export.updated_at)
 
 
 class Pagination(BaseModel):
@@ -143,9 +145,16 @@ class StatusUpdated(BaseModel):
     exported_at: datetime | None
 
 
-class Cancelled(BaseModel):
-    deleted: bool
-    export_id: str
+class Cancelled(ExportDetail):
+    """The contract's ``{"deleted": true, "export_id"}`` plus the export itself: nothing is
+    deleted, the export is kept as ``cancelled`` with its event log."""
+
+    deleted: bool = Field(description="Always true: the export is cancelled (kept, with status "
+                                      "`cancelled`), never removed.")
+
+    @classmethod
+    def of(cls, export: AccountingExport) -> "Cancelled":
+        return cls(**ExportDetail.of(export).model_dump(), deleted=True)
 
 
 class EventOut(BaseModel):

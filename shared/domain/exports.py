@@ -262,6 +262,8 @@ def cancel_export(session: Session, org_id: str, export_id: str, *, actor: str) 
         return transition(
             session, export, ExportStatus.CANCELLED, actor=actor, reason="cancelled on request",
             guard=AccountingExport.posting_started_at.is_(None),
+            # A waiting retry's "retrying in 40 s: ..." no longer describes it.
+            error_code=None, error_message=None, next_attempt_at=None,
         )
     except ConcurrentTransition:
         session.refresh(export)

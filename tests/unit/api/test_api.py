@@ -147,6 +147,27 @@ def test_put_only_allows_legal_transitions(client, org, make_expense):
     assert client.delete(url, headers=auth(org.api_key)).status_code == 409
 
 
+def test_delete_answers_with_the_cancelled_export_and_drops_its_retry_message(
+        client, org, make_expense):
+    from shared.db.models import AccountingExport
+
+    export_id = client.post("/api/v1/accounting-exports", headers=auth(org.api_key), json={
+        "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
+    with session_scope() as session:  # as a worker leaves an export waiting for its retry
+        export = session.get(AccountingExport, export_id)
+        export.error_code, export.error_message = "transient", "retrying in 40 s: HTTP 503"
+    url = f"/api/v1/accounting-exports/{export_id}"
+    cancelled = client.delete(url, headers=auth(org.api_key))
+    assert cancelled.status_code == 200
+    body = cancelled.json()
+    assert body["deleted"] is True and body["export_id"] == export_id  # the contract's fields
+    assert body["status"] == "cancelled" and body["error_message"] is None
+    listed = client.get("/api/v1/accounting-exports", headers=auth(org.api_key)).json()["data"]
+    assert {"export_id": export_id, "status": "cancelled", "error_message": None}.items() <= next(
+        e for e in listed if e["export_id"] == export_id).items()
+    assert client.delete(url, headers=auth(org.api_key)).json()["status"] == "cancelled"
+
+
 def test_batch_and_its_progress(client, org, make_expense):
     ids = [make_expense() for _ in range(3)]
     created = client.post("/api/v1/accounting-exports/batch", headers=auth(org.api_key),
