@@ -322,3 +322,17 @@ def test_readme_documents_every_setting() -> None:
     variables = [f"AIC_{name.upper()}" for name in Settings.model_fields]
     missing = [variable for variable in variables if f"`{variable}`" not in readme]
     assert not missing, f"README.md's configuration table lacks {missing}"
+
+
+def test_compose_starts_the_sandboxes_only_when_asked() -> None:
+    """A production `docker compose up` runs no simulator of a vendor (they accept any token)."""
+    services = compose()["services"]
+    sandboxes = {name for name, service in services.items()
+                 if "command" in service
+                 and any("sandbox." in arg for arg in compose_argv(service))}
+    assert sandboxes, "the compose file should still offer the sandboxes"
+    for name in sandboxes:
+        assert services[name].get("profiles") == ["sandboxes"], name
+    for name, service in services.items():
+        if name not in sandboxes:
+            assert "profiles" not in service, f"{name} would not start by default"
