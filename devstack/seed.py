@@ -26,12 +26,18 @@ from sandbox.findity.pdf import render_pdf
 
 from sqlalchemy import select
 
-from shared.db.models import AccountingExport, ExpenseStatus, Organization
+from shared.db.models import AccountingExport, ApiKey, ExpenseStatus, Organization
 from shared.db.session import session_scope
 from shared.domain.expenses import ExpenseIn, ingest_expense, simple_expense_rows
-from shared.domain.organizations import create_api_key, create_organization, upsert_connection
+from shared.domain.organizations import (
+    create_api_key,
+    create_organization,
+    revoke_api_key,
+    upsert_connection,
+)
 
 DEMO_ORG_ID = "org_demo"
+DEMO_KEY_NAME = "devstack"  # the key each `make run` prints; the previous one is revoked
 DEMO_ORG_NAME = "Fjordreiser Demo AS"
 DEMO_SOURCE = "demo"
 # 2930 Skyldig lønn: what the company owes the employee who paid out of pocket.
@@ -129,8 +135,13 @@ def seed_demo(session, *, tripletex_url: str, company: dict, today: date | None 
         },
     )
     # Both scopes: the demo key is the one `make run` prints, for every operation of the API,
-    # the status callback included.
-    _key, api_key = create_api_key(session, DEMO_ORG_ID, name="devstack",
+    # the status callback included. The previous runs' keys are revoked: only the key this run
+    # printed works, instead of one more valid key per start.
+    for old in session.scalars(select(ApiKey).where(
+            ApiKey.organization_id == DEMO_ORG_ID, ApiKey.name == DEMO_KEY_NAME,
+            ApiKey.revoked_at.is_(None))):
+        revoke_api_key(session, DEMO_ORG_ID, old.id)
+    _key, api_key = create_api_key(session, DEMO_ORG_ID, name=DEMO_KEY_NAME,
                                    scopes=["exports", "callbacks"])
     expenses = []
     for demo in DEMO_EXPENSES:
