@@ -8,6 +8,7 @@
     aic exports list org_x --status failed
     aic exports show exp_xp_123              # the export and its whole event log
     aic exports retry exp_xp_123             # failed -> processing, queued again
+    aic status [--watch]                     # the whole system at a glance
 
 Which systems, and which credential flags, come from ``shared.integrations.registry``.
 """
@@ -256,6 +257,73 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    import time
+
+    from shared.db.session import session_scope
+    from shared.domain.status import export_status
+    from shared.queue import broker_overview
+
+    while True:
+        with session_scope() as session:
+            exports = export_status(session).as_dict()
+        broker = broker_overview()
+        if args.json:
+            print(json.dumps({"exports": exports, "broker": broker}, indent=2, default=str))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")  # clear the terminal between refreshes
+            print(_render_status(exports, broker))
+        if not args.watch:
+            # Non-zero when an operator should look: scripts and monitors can use it.
+            healthy = broker["reachable"] and broker["workers"] and not exports["stuck"]
+            return 0 if healthy else 1
+        sys.stdout.flush()
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _render_status(exports: dict, broker: dict) -> str:
+    lines = [f"at {exports['at']:%Y-%m-%d %H:%M:%S} UTC (database clock)", "",
+             "exports   " + "  ".join(f"{status} {count}"
+                                      for status, count in exports["by_status"].items())]
+    oldest = exports["oldest_processing"]
+    if oldest:
+        lines.append(f"          oldest processing: {oldest['export_id']} "
+                     f"({oldest['organization_id']}), {_age(oldest['age_seconds'])} old"
+                     + (f": {oldest['error_message']}" if oldest["error_message"] else ""))
+    lines.append(f"          in doubt (looked up before any new POST): {exports['in_doubt']}")
+    stuck = exports["stuck"]
+    lines.append(f"          stuck (no message will run them): {stuck}"
+                 + (f" - `aic sweep` re-queues them; e.g. {', '.join(exports['stuck_sample'])}"
+                    if stuck else ""))
+    lines += ["", "failures in the last hour"]
+    lines += [f"  {group['count']:>5}  {group['error_code']}: {group['example'] or ''}"
+              for group in exports["failures_last_hour"]] or ["  none"]
+    lines += ["", "connections in trouble (last hour)"]
+    lines += [f"  {c['connection_id']} {c['target_system']} ({c['organization_id']}): "
+              f"{c['failed_last_hour']} failed, {c['waiting']} waiting - {c['last_error'] or ''}"
+              for c in exports["connections_in_trouble"]] or ["  none"]
+    lines += [""]
+    if not broker["reachable"]:
+        lines.append(f"broker    UNREACHABLE at {_redacted_broker()}: {broker['error']}")
+    else:
+        lines.append("queues    " + "  ".join(f"{name} {depth}"
+                                             for name, depth in broker["queues"].items())
+                     + f"  (held by workers: {broker['unacked']})")
+        lines.append("workers   " + (", ".join(broker["workers"]) or
+                                     "NONE answered: nothing is being processed"))
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def cmd_source_set(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import sources
@@ -312,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("keygen", help="print a new AIC_SECRET_KEY").set_defaults(func=cmd_keygen)
     sub.add_parser("sweep", help="re-queue stuck exports once").set_defaults(func=cmd_sweep)
+    st = sub.add_parser("status", help="the whole system at a glance: exports, stuck and in "
+                                       "doubt, failures of the last hour, queues, workers")
+    st.add_argument("--json", action="store_true", help="the same as GET /api/v1/admin/status")
+    st.add_argument("--watch", type=float, metavar="SECONDS", nargs="?", const=5.0,
+                    help="refresh every SECONDS (default 5) until Ctrl-C")
+    st.set_defaults(func=cmd_status)
 
     org = sub.add_parser("org", help="organizations").add_subparsers(dest="org_cmd", required=True)
     create = org.add_parser("create", help="create an organization and its first API key")
@@ -412,6 +486,13 @@ def main(argv: list[str] | None = None) -> int:
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `aic ... | head`: the reader left; not an error worth a traceback. stdout is
+        # pointed at /dev/null so the interpreter's final flush does not fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

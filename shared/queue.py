@@ -67,3 +67,49 @@ def create_celery_app() -> Celery:
 
 
 celery_app = create_celery_app()
+
+
+# kombu's Redis transport keeps each queue as a list per priority step: the queue's own name for
+# the default priority and "<name>\x06\x16<step>" for the others (kombu.transport.redis).
+_PRIORITY_SEPARATOR = "\x06\x16"
+# Messages handed to a worker and not yet acknowledged (incl. retries waiting for their
+# countdown in a worker's memory): a hash of kombu's Redis transport.
+_UNACKED_KEY = "unacked"
+
+
+def broker_overview(timeout: float = 1.0) -> dict:
+    """What the broker holds and who consumes it, for operators (``aic status``,
+    ``GET /api/v1/admin/status``). Never raises: an unreachable broker is part of the answer.
+
+    ``queues``: messages ready per queue; ``unacked``: messages a worker holds (running, or a
+    retry waiting for its countdown); ``workers``: the workers that answered a ping within
+    ``timeout``.
+    """
+    import redis as redis_lib
+
+    settings = get_settings()
+    queues = [settings.export_queue, settings.report_queue, settings.maintenance_queue]
+    try:
+        client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=timeout,
+                                          socket_connect_timeout=timeout)
+        try:
+            depths = {}
+            for queue in queues:
+                names = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in range(1, 10))]
+                with client.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.llen(name)
+                    depths[queue] = sum(pipe.execute())
+            unacked = client.hlen(_UNACKED_KEY)
+        finally:
+            client.close()
+    except Exception as exc:  # reported, not raised: this is a status page
+        return {"reachable": False, "error": f"{type(exc).__name__}: {exc}", "queues": {},
+                "unacked": None, "workers": []}
+    try:
+        replies = celery_app.control.ping(timeout=timeout) or []
+        workers = sorted(name for reply in replies for name in reply)
+    except Exception:  # noqa: BLE001 - the queues above are still worth showing
+        workers = []
+    return {"reachable": True, "error": None, "queues": depths, "unacked": unacked,
+            "workers": workers}

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 
 from shared.config import get_settings
 from shared.db.clock import database_now
 from shared.db.models import AccountingExport, ExportStatus, SourceExport, SourceExportStatus
 from shared.db.session import session_scope
 from shared.domain import sources
+from shared.domain.exports import stuck_export_conditions
 from shared.domain.state_machine import record_event
 from shared.jobs import enqueue_after_commit
 from shared.logs import get_logger
@@ -34,7 +35,7 @@ def requeue_stuck_exports(now=None) -> int:
     requeued = 0
     with session_scope() as session:
         now = now or database_now(session)
-        stuck_conditions = _stuck_export_conditions(now, settings.stuck_after_seconds)
+        stuck_conditions = stuck_export_conditions(now, settings.stuck_after_seconds)
         candidates = session.scalars(
             select(AccountingExport).where(*stuck_conditions).limit(SWEEP_LIMIT)
         ).all()
@@ -61,24 +62,6 @@ def requeue_stuck_exports(now=None) -> int:
     if requeued:
         log.warning("stuck work re-queued", count=requeued)
     return requeued
-
-
-def _stuck_export_conditions(now, stuck_after_seconds: int) -> tuple:
-    overdue = now - timedelta(seconds=stuck_after_seconds)
-    return (
-        AccountingExport.status == ExportStatus.PROCESSING.value,
-        or_(
-            # An attempt claimed the export and its lease ran out without a retry being
-            # scheduled: its worker died (with the threads pool Celery does not requeue the
-            # message of a killed process; Redis would after the visibility timeout, an hour).
-            # Its next attempt may start now.
-            AccountingExport.lease_expires_at < now,
-            # Nobody holds it and it was due long ago: its message was lost.
-            and_(AccountingExport.lease_expires_at.is_(None),
-                 or_(AccountingExport.next_attempt_at.is_(None),
-                     AccountingExport.next_attempt_at < overdue)),
-        ),
-    )
 
 
 def _sweep_source_exports(now) -> int:

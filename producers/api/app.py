@@ -11,7 +11,13 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from swagger_ui_bundle import swagger_ui_path
 
-from producers.api import routes_admin, routes_expenses, routes_exports, routes_sources
+from producers.api import (
+    routes_admin,
+    routes_expenses,
+    routes_exports,
+    routes_sources,
+    routes_status,
+)
 from producers.webhooks import receiver as webhook_receiver
 from producers.api.errors import install_error_handlers
 from producers.api.limits import BodySizeLimit
@@ -72,6 +78,7 @@ def create_app() -> FastAPI:
     app.include_router(routes_expenses.router)
     app.include_router(routes_sources.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_status.router)
     app.include_router(webhook_receiver.router)
 
     @app.get("/healthz", tags=["health"], summary="Database and broker reachability",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -410,3 +410,23 @@ def retry_export(session: Session, org_id: str, export_id: str, *, actor: str) -
             f"export {export_id} is {export.status}; only a failed export can be retried")
     return apply_status_callback(session, org_id, export_id, status=ExportStatus.PROCESSING,
                                  external_reference=None, error_message=None, actor=actor)
+
+
+def stuck_export_conditions(now, stuck_after_seconds: int) -> tuple:
+    """Exports in ``processing`` that no message will ever run again (the sweeper re-queues
+    them; the status page counts them). ``now``: the database's clock."""
+    overdue = now - timedelta(seconds=stuck_after_seconds)
+    return (
+        AccountingExport.status == ExportStatus.PROCESSING.value,
+        or_(
+            # An attempt claimed the export and its lease ran out without a retry being
+            # scheduled: its worker died (with the threads pool Celery does not requeue the
+            # message of a killed process; Redis would after the visibility timeout, an hour).
+            # Its next attempt may start now.
+            AccountingExport.lease_expires_at < now,
+            # Nobody holds it and it was due long ago: its message was lost.
+            and_(AccountingExport.lease_expires_at.is_(None),
+                 or_(AccountingExport.next_attempt_at.is_(None),
+                     AccountingExport.next_attempt_at < overdue)),
+        ),
+    )
