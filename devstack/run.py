@@ -34,6 +34,8 @@ def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
         f" API docs           {stack.docs_url}",
         f" Health             {stack.api_url}/healthz",
         f" Flower (Celery)    {stack.flower_url}",
+        f" Metrics            {stack.api_url}/metrics  and the worker's "
+        f"http://127.0.0.1:{stack.worker_metrics_port}/metrics",
         f" Tripletex sandbox  {stack.tripletex_url}/v2   (company {seed.sandbox_company_id})",
         f" Findity sandbox    {stack.findity_url}",
         f" Redis              {redis}",

@@ -48,7 +48,8 @@ API_APP = "producers.api.app:app"
 
 # Ports ``make run`` tries first, so the URLs stay the same from one run to the next. A port that
 # is taken falls back to a free one (the banner prints whatever was chosen).
-PREFERRED_PORTS = {"api": 8000, "flower": 5555, "tripletex": 8100, "findity": 8200}
+PREFERRED_PORTS = {"api": 8000, "flower": 5555, "tripletex": 8100, "findity": 8200,
+                   "worker_metrics": 9540}
 
 STARTUP_TIMEOUT = 60.0
 
@@ -173,6 +174,7 @@ class Stack:
 
         self.api_port = port("api")
         self.flower_port = port("flower")
+        self.worker_metrics_port = port("worker_metrics")
         self.tripletex_port = port("tripletex")
         self.findity_port = port("findity")
         self.processes: list[ManagedProcess] = []
@@ -215,6 +217,8 @@ class Stack:
         return {
             "AIC_DATABASE_URL": self.database_url,
             "AIC_REDIS_URL": self.redis_url,
+            # Only the worker reads it (its Prometheus /metrics); the API serves its own.
+            "AIC_WORKER_METRICS_PORT": str(self.worker_metrics_port),
             # A local stack: the API, worker and beat may start with the development admin token
             # and secret key (outside development they refuse them). An AIC_ENVIRONMENT the user
             # set is kept, so `AIC_ENVIRONMENT=production make run` checks real secrets.

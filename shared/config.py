@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # The default is for local development only; `aic keygen` prints a fresh one.
     secret_key: str = DEVELOPMENT_SECRET_KEY
 
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Port on which a worker serves its Prometheus metrics (/metrics); unset: "
+                    "none. The API serves its own at /metrics.")
+
     # --- queues and retries ---------------------------------------------------------------------
     export_queue: str = "exports"
     report_queue: str = "reports"

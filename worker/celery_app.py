@@ -6,7 +6,13 @@ one process, shared HTTP clients and token caches. Celery's prefork pool would h
 per process. See docs/ARCHITECTURE.md.
 """
 
-from celery.signals import after_setup_logger, beat_init, celeryd_init, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    beat_init,
+    celeryd_init,
+    worker_process_init,
+    worker_ready,
+)
 
 from shared.config import require_safe_settings
 from shared.logs import install_redaction_on_existing_handlers
@@ -15,6 +21,8 @@ from shared.queue import celery_app
 celery_app.conf.include = ["worker.tasks"]
 # Import so the tasks register when this module is the -A target.
 import worker.tasks  # noqa: E402,F401
+# Counts every export step this process commits (shared/metrics.py).
+import shared.metrics  # noqa: E402,F401
 
 
 @celeryd_init.connect
@@ -22,6 +30,23 @@ def _refuse_development_secrets_in_worker(**_kwargs) -> None:
     # celeryd_init is the worker's first signal, sent before it connects to the broker or takes a
     # task. Not at import: Flower, `celery inspect` and --help load this module too.
     require_safe_settings("the Celery worker")
+
+
+@worker_ready.connect
+def _serve_metrics(**_kwargs) -> None:
+    from shared.config import get_settings
+    from shared.logs import get_logger
+    from shared.metrics import start_worker_metrics_server
+
+    port = get_settings().worker_metrics_port
+    if port is None:
+        return
+    try:
+        start_worker_metrics_server(port)
+    except OSError as exc:
+        # Metrics are for watching, not for working: a taken port must not stop the worker.
+        get_logger(__name__).warning("worker metrics not served", port=port, error=str(exc),
+                                     hint="set AIC_WORKER_METRICS_PORT to a free port")
 
 
 @beat_init.connect

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -21,6 +21,7 @@ from producers.api import (
 from producers.webhooks import receiver as webhook_receiver
 from producers.api.errors import install_error_handlers
 from producers.api.limits import BodySizeLimit
+from shared import metrics
 from shared.config import get_settings, require_safe_settings
 from shared.db.session import get_engine
 from shared.logs import configure_logging
@@ -80,6 +81,14 @@ def create_app() -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(routes_status.router)
     app.include_router(webhook_receiver.router)
+
+    metrics.register_queue_depths()
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        # No key: it holds counts, no organization ids or secrets; keep it on the internal
+        # network like Flower (README, "Metrics").
+        return Response(metrics.latest(), media_type=metrics.CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"], summary="Database and broker reachability",
              response_model=Health,

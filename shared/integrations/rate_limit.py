@@ -369,6 +369,14 @@ class RateLimiter:
         Raises RateLimitedError when the wait would exceed ``timeout`` seconds (default
         ``max_wait_seconds``). Sends nothing to the target. Fails open when Redis is down.
         """
+        started = time.monotonic()
+        permit = self._acquire(timeout)
+        from shared.metrics import RATE_LIMIT_WAIT_SECONDS
+
+        RATE_LIMIT_WAIT_SECONDS.labels(self.system).observe(time.monotonic() - started)
+        return permit
+
+    def _acquire(self, timeout: float | None) -> Permit:
         budget = self.max_wait_seconds if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + budget
         backend = _backend(self._redis_url)

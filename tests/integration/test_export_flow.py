@@ -191,3 +191,35 @@ def test_worker_killed_after_tripletex_accepted_books_exactly_once(tenant, worke
     assert len(tenant.vouchers_for(export_id)) == 1
     kinds = _kinds(tenant.events(export_id))
     assert "found_existing_voucher" in kinds and kinds.count("posting_started") == 1
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """Prometheus exposition lines of one metric: {label text: value}."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            found[labels[len(name):]] = float(value)
+    return found
+
+
+def test_metrics_of_the_worker_and_the_api_after_an_export(tenant, worker, workers, api_server):
+    import httpx
+
+    export_id = tenant.export(tenant.add_expense("80.00", account="7140", vat_code=None))
+    assert tenant.wait_for(export_id)["status"] == "success"
+
+    finished = posting = 0.0
+    for process in workers.running:
+        text = httpx.get(f"http://127.0.0.1:{workers.metrics_ports[process.name]}/metrics",
+                         timeout=10).text
+        finished += sum(v for labels, v in _samples(text, "aic_exports_finished_total").items()
+                        if 'outcome="success"' in labels and 'target="tripletex"' in labels)
+        posting += sum(_samples(text, "aic_posting_seconds_count").values())
+    assert finished >= 1 and posting >= 1
+
+    api = httpx.get(f"{api_server}/metrics", timeout=10).text
+    assert sum(v for labels, v in _samples(api, "aic_exports_created_total").items()
+               if 'target="tripletex"' in labels) >= 1
+    assert _samples(api, "aic_broker_up") == {"": 1.0}
+    assert '{queue="exports"}' in _samples(api, "aic_queue_depth")
