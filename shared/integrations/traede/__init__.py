@@ -9,6 +9,9 @@ for the engine; ``models`` holds every TRAEDE shape, ``options`` the connection'
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
+from shared.integrations.errors import PermanentError
 from shared.integrations.registry import (
     CredentialField,
     Discovery,
@@ -23,9 +26,24 @@ from shared.integrations.traede.options import TraedeOptions
 
 
 def _build_client(connection, credentials) -> TraedeSource:
+    """A connection stored without what TRAEDE needs is a ``PermanentError`` naming it, so the
+    poll records it for this connection and goes on with the others (a KeyError would not)."""
+    missing = [name for name in ("access_token", "app_key") if not credentials.get(name)]
+    if missing:
+        raise PermanentError(
+            f"the TRAEDE connection {connection.id} has no {' and '.join(missing)} among its "
+            "credentials: set the connection's credentials (access_token, app_key)",
+            system="traede", code="missing_credentials")
+    try:
+        options = TraedeOptions.model_validate(connection.options or {})
+    except ValidationError as invalid:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
+                             for e in invalid.errors())
+        raise PermanentError(f"the TRAEDE connection {connection.id} has invalid options "
+                             f"({problems}): fix them on the connection", system="traede",
+                             code="invalid_options") from None
     return TraedeSource(connection.base_url, access_token=credentials["access_token"],
-                        app_key=credentials["app_key"],
-                        options=TraedeOptions.model_validate(connection.options or {}))
+                        app_key=credentials["app_key"], options=options)
 
 
 SYSTEM = SourceSystem(

@@ -9,9 +9,11 @@ what TRAEDE then holds (marks, notes, fetches) is read back from it.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -125,6 +127,30 @@ def test_options_need_a_system_id_and_a_go_live_date():
     assert {e["loc"][0] for e in refused.value.errors()} == {"system_id", "go_live_date"}
 
 
+def test_the_registry_builds_the_adapter_from_a_connection(traede_sandbox, traede_company):
+    connection = SimpleNamespace(id="src_t1", base_url=traede_company["base_url"],
+                                 options=options().model_dump(mode="json"))
+    credentials = {"access_token": traede_company["access_token"],
+                   "app_key": traede_company["app_key"]}
+    with SYSTEM.build_client(connection, credentials) as source:
+        assert source.system_id == SYSTEM_ID and source.list_pending(None).announcements == []
+
+
+@pytest.mark.parametrize("credentials, stored_options, says", [
+    # A connection stored with another source's credential fields.
+    ({"client_id": "x", "client_secret": "y"}, {"system_id": "s", "go_live_date": "2026-01-01"},
+     "no access_token and app_key"),
+    ({"access_token": "t", "app_key": "k"}, {"system_id": "s"}, "invalid options (go_live_date"),
+])
+def test_a_connection_stored_without_what_traede_needs_is_a_permanent_error_naming_it(
+        credentials, stored_options, says):
+    connection = SimpleNamespace(id="src_t1", base_url="https://traede.test/v10",
+                                 options=stored_options)
+    with pytest.raises(PermanentError, match=re.escape(says)) as refused:
+        SYSTEM.build_client(connection, credentials)
+    assert "src_t1" in refused.value.message
+
+
 # --- the feed -----------------------------------------------------------------------------------
 
 
@@ -213,6 +239,21 @@ def test_each_system_id_has_its_own_feed(traede_sandbox, company_id, make_source
     ours.send_reports("", [ours.report_for(booked(ids[0]))])
     assert listed_ids(ours) == ids[1:]
     assert listed_ids(other) == ids
+
+
+def test_the_operators_resend_listing_brings_back_entries_marked_before_the_date(
+        traede_sandbox, company_id, source):
+    ids = traede_sandbox.generate_entries(company_id, 3)
+    source.send_reports("", [source.report_for(booked(i)) for i in ids[:2]])
+    assert listed_ids(source) == ids[2:]
+    long_ago = datetime(2000, 1, 1, tzinfo=UTC)
+    assert [int(a.external_id) for a in source.list_not_exported_since(long_ago)
+            .announcements] == ids[2:]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    again = source.list_not_exported_since(later)
+    assert [int(a.external_id) for a in again.announcements] == ids and again.next_cursor is None
+    # The automatic poll never sends it: the marked ones stay out.
+    assert listed_ids(source) == ids[2:]
 
 
 def _stub(handler) -> TraedeSource:
