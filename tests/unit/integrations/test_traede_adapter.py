@@ -568,6 +568,37 @@ def test_server_errors_are_transient(traede_sandbox, company_id, source, status)
     assert failed.value.status_code == status and failed.value.sent
 
 
+def test_the_rate_limit_knob_answers_429_with_its_retry_after(traede_sandbox, company_id,
+                                                               source):
+    traede_sandbox.set_faults(company_id, rate_limit={"limit": 1, "window_seconds": 60})
+    source.list_pending(None)  # an empty feed: one request
+    with pytest.raises(RateLimitedError) as limited:
+        source.list_pending(None)
+    assert limited.value.status_code == 429 and 0 < limited.value.retry_after <= 60
+
+
+def test_a_slow_answer_is_a_transient_timeout_that_may_have_reached_traede(
+        traede_sandbox, traede_company, company_id):
+    traede_sandbox.set_faults(company_id, latency_ms=1500)
+    source = TraedeSource(traede_company["base_url"], access_token=traede_company["access_token"],
+                          app_key=traede_company["app_key"], options=options(),
+                          timeout=httpx.Timeout(0.3))
+    with source, pytest.raises(TransientError) as failed:
+        source.list_pending(None)
+    assert failed.value.code == "timeout" and failed.value.sent
+
+
+def test_iso8601_datetimes_read_the_same_as_laravels(traede_sandbox, make_source):
+    company = traede_sandbox.create_company(datetime_format="iso8601")
+    entry_id, = traede_sandbox.add_entries(company["company_id"],
+                                           [entry(day="2025-12-31T23:30:00Z")])
+    source = make_source(company)
+    announcement, = source.list_pending(None).announcements
+    assert announcement.payload["date"] == "2025-12-31T23:30:00+00:00"
+    item = _convert(source, str(entry_id), announcement.payload)
+    assert item.expense.expense_date == date(2026, 1, 1)
+
+
 def test_a_refused_mark_is_permanent_with_traedes_reasons(traede_sandbox, company_id, source):
     with pytest.raises(PermanentError) as refused:
         source.send_reports("", [source.report_for(booked(999_999_999))])
