@@ -18,6 +18,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared.integrations.errors import (
     IntegrationError,
     NotFoundError,
@@ -124,7 +126,11 @@ class TraedeSource(TraedeClient):
                        target_display_name: str, options: dict[str, Any]) -> SourceItem:
         """One entry as one balanced expense, or the reason it cannot be booked. ``options``
         are read again here, so a fixed mapping or go-live date applies to a retry."""
-        current = TraedeOptions.model_validate(options) if options else self.options
+        try:
+            current = TraedeOptions.model_validate(options) if options else self.options
+        except ValidationError as invalid:
+            raise PermanentError(f"the TRAEDE connection's options are invalid: {invalid}",
+                                 system=self.system, code="invalid_options") from None
         try:
             expense = entry_to_expense(parse_entry(item.raw), current,
                                        target_system=target_display_name)
