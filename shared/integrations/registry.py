@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 BUILTIN_SYSTEMS = (
     "shared.integrations.tripletex",
     "shared.integrations.findity",
+    "shared.integrations.traede",
 )
 
 
