@@ -35,7 +35,7 @@ Authenticate with `Authorization: Bearer <API key>` (an administrator creates ke
 
 Every API key has scopes, and each operation needs one of them:
 
-- `exports`: create, list, read and cancel exports and batches, ingest and read expenses, read
+- `exports`: create, list, read, retry and cancel exports and batches, ingest and read expenses, read
   source exports. A key made without naming scopes has only this one.
 - `callbacks`: the status callback `PUT /api/v1/accounting-exports/{id}`. It can mark an export
   `success` without anything being booked, so give it only to the system that books.

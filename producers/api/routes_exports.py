@@ -139,6 +139,21 @@ def update_status(body: UpdateStatus, export_id: str = ExportId,
                              exported_at=export.exported_at)
 
 
+@router.post("/{export_id}/retry", response_model=ExportDetail, responses=ERRORS,
+             summary="Retry a failed export",
+             description="Moves a `failed` export back to `processing` with a fresh attempt "
+                         "budget and queues it (e.g. after fixing the account mapping or the "
+                         "connection's credentials). Only a failed export can be retried (409 "
+                         "otherwise). The event log records who asked. `aic exports retry` "
+                         "does the same.")
+def retry_export(export_id: str = ExportId,
+                 caller: Caller = Depends(exports_caller)) -> ExportDetail:
+    with session_scope() as session:
+        export = service.retry_export(session, caller.organization_id, export_id,
+                                      actor=caller.actor)
+        return ExportDetail.of(export)
+
+
 @router.delete("/{export_id}", response_model=Cancelled, responses=ERRORS,
                summary="Cancel a pending export job",
                description="Cancels an export that is `processing` and has not started posting "

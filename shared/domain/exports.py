@@ -282,8 +282,10 @@ def apply_status_callback(
     external_reference: str | None,
     error_message: str | None,
     actor: str,
+    reason: str = "status callback",
 ) -> AccountingExport:
-    """The PUT webhook callback: only legal moves; repeating the same update is harmless."""
+    """The PUT webhook callback: only legal moves; repeating the same update is harmless.
+    ``reason``: what the event log says moved it (an operator's retry uses this path too)."""
     export = get_export(session, org_id, export_id)
     status = ExportStatus(status)
     if status is ExportStatus.SUCCESS and not external_reference:
@@ -314,8 +316,7 @@ def apply_status_callback(
             raise _being_posted(export, status)
         guard = AccountingExport.posting_started_at.is_(None)
     try:
-        transition(session, export, status, actor=actor, reason="status callback", guard=guard,
-                   **fields)
+        transition(session, export, status, actor=actor, reason=reason, guard=guard, **fields)
     except IllegalTransition as exc:
         raise IllegalStatusChange(str(exc)) from None
     except ConcurrentTransition:
@@ -409,7 +410,8 @@ def retry_export(session: Session, org_id: str, export_id: str, *, actor: str) -
         raise IllegalStatusChange(
             f"export {export_id} is {export.status}; only a failed export can be retried")
     return apply_status_callback(session, org_id, export_id, status=ExportStatus.PROCESSING,
-                                 external_reference=None, error_message=None, actor=actor)
+                                 external_reference=None, error_message=None, actor=actor,
+                                 reason="retried on request: a fresh attempt budget")
 
 
 def stuck_export_conditions(now, stuck_after_seconds: int) -> tuple:

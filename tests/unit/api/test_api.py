@@ -383,3 +383,30 @@ def test_admin_api_creates_keys_with_scopes_and_refuses_unknown_ones(client, org
         "name": "Booking AS", "api_key_scopes": ["callbacks"]})
     assert org_created.status_code == 201 and org_created.json()["api_key_scopes"] == [
         "callbacks"], org_created.text
+
+
+def test_retry_endpoint_requeues_a_failed_export_and_says_who_asked(client, org, make_expense,
+                                                                   sent_jobs):
+    from shared.db.models import ExportStatus
+    from shared.domain.state_machine import transition
+
+    export_id = client.post("/api/v1/accounting-exports", headers=auth(org.api_key), json={
+        "expense_id": make_expense(), "target_system": "tripletex"}).json()["export_id"]
+    url = f"/api/v1/accounting-exports/{export_id}/retry"
+    refused = client.post(url, headers=auth(org.api_key))
+    assert refused.status_code == 409 and "only a failed export" in refused.json()["error"]["message"]
+    with session_scope() as session:
+        transition(session, session.get(AccountingExport, export_id), ExportStatus.FAILED,
+                   actor="t", error_code="mapping", error_message="no account 7140", attempts=6)
+    retried = client.post(url, headers=auth(org.api_key))
+    assert retried.status_code == 200, retried.text
+    body = retried.json()
+    assert (body["status"], body["attempts"], body["error_message"]) == ("processing", 0, None)
+    assert sent_jobs[-1].args == [export_id]
+    last = client.get(f"/api/v1/accounting-exports/{export_id}/events",
+                      headers=auth(org.api_key)).json()["events"][-1]
+    assert last["to_status"] == "processing" and last["reason"].startswith("retried on request")
+    assert last["actor"].startswith("api_key:")
+    other = client.post("/api/v1/accounting-exports/exp_xp_000000000000/retry",
+                        headers=auth(org.api_key))
+    assert other.status_code == 404
