@@ -5,7 +5,9 @@
     aic apikey create org_x --name booking --scope callbacks   # a key for the status callback
     aic connection set org_x tripletex --base-url https://api-test.tripletex.tech/v2
     aic connection test org_x tripletex
-    aic exports list org_x --status failed
+    aic exports list org_x --status failed    # a table; --all for every organization, --json
+    aic exports wait bat_123                 # a progress bar until the batch ended
+    aic exports cancel exp_xp_123
     aic exports show exp_xp_123              # the export and its whole event log
     aic exports retry exp_xp_123             # failed -> processing, queued again
     aic status [--watch]                     # the whole system at a glance
@@ -131,12 +133,16 @@ def cmd_connection_set(args) -> int:
     credentials = None
     if not args.keep_credentials:
         # Secrets are prompted for rather than taken as flags by default, so tokens stay out of
-        # shell history; optional fields left out are left to the system's default.
+        # shell history (or read from --credentials-file, for scripts); optional fields left out
+        # are left to the system's default.
         credentials = {}
+        from_file = _credentials_file(args.credentials_file, registry.target(args.target))
         for field in registry.target(args.target).credentials:
             value = getattr(args, field.name, None)
+            if value is None:
+                value = from_file.get(field.name)
             if value is None and field.secret:
-                value = getpass.getpass(f"{field.name.replace('_', ' ')}: ")
+                value = _prompt_secret(field.name, "--credentials-file")
             if value is not None:
                 credentials[field.name] = value
     # --draft and --voucher-type are options of targets whose options schema has them; for any
@@ -163,6 +169,67 @@ def cmd_connection_set(args) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A command that cannot run as asked: the message says what to do instead (exit 2)."""
+
+
+def _prompt_secret(name: str, alternative: str) -> str:
+    if not sys.stdin.isatty():
+        raise UsageError(f"{name} is needed and there is no terminal to ask for it: give it in a "
+                         f"JSON file with {alternative} FILE ('-' reads the JSON from stdin)")
+    return getpass.getpass(f"{name.replace('_', ' ')}: ")
+
+
+def _credentials_file(path: str | None, system) -> dict[str, str]:
+    """A JSON object of credential fields, from a file or stdin ('-'): tokens stay out of the
+    command line (``ps``, shell history) and scripts need no terminal."""
+    if path is None:
+        return {}
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        values = json.loads(text)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read credentials from {path}: {error}") from None
+    known = {field.name for field in system.credentials}
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise UsageError(f"{path} must hold a JSON object of strings, e.g. "
+                         + json.dumps({name: "..." for name in sorted(known)}))
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"{path}: {', '.join(unknown)} is not a credential of {system.name}; "
+                         f"its fields are {', '.join(sorted(known))}")
+    return values
+
+
+def cmd_connection_show(args) -> int:
+    from sqlalchemy import func, select
+
+    from shared.db.models import AccountingExport
+    from shared.db.session import session_scope
+    from shared.domain import organizations
+
+    with session_scope() as session:
+        connection = organizations.connection_for(session, args.org, args.target)
+        if connection is None:
+            print(f"error: {args.org} has no {args.target} connection; create it with "
+                  f"`aic connection set {args.org} {args.target} --base-url ...`", file=sys.stderr)
+            return 1
+        counts = dict(session.execute(
+            select(AccountingExport.status, func.count())
+            .where(AccountingExport.connection_id == connection.id)
+            .group_by(AccountingExport.status)).all())
+        shown = {
+            "connection_id": connection.id, "organization_id": connection.organization_id,
+            "target_system": connection.target_system, "base_url": connection.base_url,
+            # Credentials never leave the database; only whether they are set.
+            "has_credentials": bool(connection.credentials_encrypted),
+            "options": connection.options or {}, "account_mapping": connection.account_mapping
+            or {}, "updated_at": connection.updated_at, "exports_by_status": counts,
+        }
+    _print_json(shown)
+    return 0
+
+
 def cmd_connection_test(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import organizations
@@ -185,17 +252,121 @@ def cmd_connection_test(args) -> int:
 
 
 def cmd_exports_list(args) -> int:
+    from producers.api.schemas import ExportSummary
+    from shared.db.session import session_scope
+    from shared.domain import exports
+
+    if (args.org is None) == (not args.all):
+        raise UsageError("name an organization, or --all for every organization")
+    filters = exports.ExportFilters(status=args.status, target_system=args.target,
+                                    initiated_from=_since(args.since) if args.since else None)
+    with session_scope() as session:
+        rows, total = exports.list_exports(session, args.org, filters, page=1, limit=args.limit,
+                                           every_organization=args.all)
+        if args.json:
+            _print_json({"total": total, "data": [
+                {**ExportSummary.of(e).model_dump(mode="json"),
+                 "organization_id": e.organization_id, "attempts": e.attempts} for e in rows]})
+            return 0
+        table = [("EXPORT", *(("ORGANIZATION",) if args.all else ()), "STATUS", "TARGET",
+                  "REFERENCE", "TRIES", "CREATED", "MESSAGE")]
+        for e in rows:
+            table.append((e.id, *((e.organization_id,) if args.all else ()), e.status,
+                          e.target_system, e.external_reference or "-", str(e.attempts),
+                          f"{e.created_at:%Y-%m-%d %H:%M}", e.error_message or ""))
+    print(_table(table))
+    print(f"{len(rows)} of {total} exports" + (" (newest first; --limit shows more)"
+                                               if total > len(rows) else ""))
+    return 0
+
+
+def _since(value: str):
+    """An ISO date/time (UTC when it names no offset) or an age: 30m, 2h, 7d."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    match = re.fullmatch(r"(\d+)([mhd])", value.strip())
+    if match:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return datetime.now(timezone.utc) - timedelta(**{unit: int(match.group(1))})
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--since {value!r}: give an age (30m, 2h, 7d) or an ISO date/time "
+                         "(2026-11-29 or 2026-11-29T08:00)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Columns as wide as their widest cell; the last one (a message) is cut to the terminal."""
+    import shutil
+
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    room = max(20, shutil.get_terminal_size((160, 20)).columns - sum(widths) - 2 * len(widths))
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        last = row[-1] if len(row[-1]) <= room else row[-1][:room - 1] + "…"
+        lines.append("  ".join([*cells, last]).rstrip())
+    return "\n".join(lines)
+
+
+def cmd_exports_cancel(args) -> int:
     from shared.db.session import session_scope
     from shared.domain import exports
 
     with session_scope() as session:
-        rows, total = exports.list_exports(
-            session, args.org, exports.ExportFilters(status=args.status), page=1, limit=args.limit)
-        print(f"{len(rows)} of {total} exports")
-        for e in rows:
-            print(f"{e.id}\t{e.expense_id}\t{e.status}\t{e.external_reference or '-'}\t"
-                  f"attempts={e.attempts}\t{e.error_message or ''}")
+        org_id = _org_of(session, args.export_id)
+        export = exports.cancel_export(session, org_id, args.export_id, actor="cli")
+        print(f"{export.id} is {export.status}")
     return 0
+
+
+def cmd_exports_wait(args) -> int:
+    """Until every export of a batch (or the given exports) ended; a progress bar on a terminal.
+    Exit 0: all succeeded; 1: some failed or were cancelled; 3: still running at --timeout."""
+    import time
+
+    from sqlalchemy import func, select
+    from tqdm import tqdm
+
+    from shared.db.models import AccountingExport
+    from shared.db.session import session_scope
+
+    ids = args.ids
+    if len(ids) == 1 and ids[0].startswith("bat_"):
+        condition = AccountingExport.batch_id == ids[0]
+    else:
+        condition = AccountingExport.id.in_(ids)
+    deadline = time.monotonic() + args.timeout
+    bar = None
+    try:
+        while True:
+            with session_scope() as session:
+                counts = dict(session.execute(
+                    select(AccountingExport.status, func.count()).where(condition)
+                    .group_by(AccountingExport.status)).all())
+            total = sum(counts.values())
+            if not total:
+                raise UsageError(f"no export matches {' '.join(ids)}: give a batch id (bat_...) "
+                                 "or export ids (exp_...)")
+            done = total - counts.get("processing", 0)
+            if bar is None:
+                bar = tqdm(total=total, unit="export", disable=not sys.stderr.isatty()
+                           and not args.progress, file=sys.stderr)
+            bar.n = done
+            bar.set_postfix({k: v for k, v in sorted(counts.items())}, refresh=True)
+            if done == total or time.monotonic() > deadline:
+                break
+            time.sleep(args.interval)
+    finally:
+        if bar is not None:
+            bar.close()
+    print("  ".join(f"{status} {count}" for status, count in sorted(counts.items())))
+    if done < total:
+        print(f"still processing after {args.timeout:g}s", file=sys.stderr)
+        return 3
+    return 0 if counts.get("success", 0) == total else 1
 
 
 def _org_of(session, export_id: str) -> str:
@@ -418,11 +589,18 @@ def build_parser() -> argparse.ArgumentParser:
     _credential_options(cs, registry.targets().values())
     cs.add_argument("--keep-credentials", action="store_true",
                     help="keep the stored credentials (refused when --base-url changes)")
+    cs.add_argument("--credentials-file", metavar="FILE",
+                    help="a JSON object of the credential fields ('-': read it from stdin); "
+                         "keeps tokens off the command line")
     cs.add_argument("--mapping-file", help="JSON account mapping (see shared/domain/mapping.py)")
     cs.add_argument("--voucher-type", help="voucher type name, e.g. 'Reiseregning'")
     cs.add_argument("--draft", action="store_true",
                     help="post vouchers as drafts (sendToLedger=false) for an accountant to approve")
     cs.set_defaults(func=cmd_connection_set)
+    cw = conn.add_parser("show", help="a connection (never its credentials) and its exports")
+    cw.add_argument("org")
+    cw.add_argument("target", choices=list(registry.targets()))
+    cw.set_defaults(func=cmd_connection_show)
     ct = conn.add_parser("test", help="check that the stored credentials work")
     ct.add_argument("org")
     ct.add_argument("target", choices=list(registry.targets()))
@@ -456,11 +634,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("exports", help="accounting exports").add_subparsers(
         dest="ex_cmd", required=True)
-    el = ex.add_parser("list")
-    el.add_argument("org")
+    el = ex.add_parser("list", help="exports as a table, newest first")
+    el.add_argument("org", nargs="?", help="the organization (or --all)")
+    el.add_argument("--all", action="store_true", help="every organization")
     el.add_argument("--status", choices=["processing", "success", "failed", "cancelled"])
+    el.add_argument("--target", choices=list(registry.targets()))
+    el.add_argument("--since", help="created since: an age (30m, 2h, 7d) or an ISO date/time")
     el.add_argument("--limit", type=int, default=50)
+    el.add_argument("--json", action="store_true", help="JSON instead of a table")
     el.set_defaults(func=cmd_exports_list)
+    ec = ex.add_parser("cancel", help="cancel a processing export that has not started posting")
+    ec.add_argument("export_id")
+    ec.set_defaults(func=cmd_exports_cancel)
+    ew = ex.add_parser("wait", help="wait until a batch's (or the given) exports ended, with a "
+                                    "progress bar; exit 0 all succeeded, 1 some did not, "
+                                    "3 timed out")
+    ew.add_argument("ids", nargs="+", metavar="ID", help="a batch id, or export ids")
+    ew.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    ew.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    ew.add_argument("--progress", action="store_true",
+                    help="draw the bar even when stderr is not a terminal")
+    ew.set_defaults(func=cmd_exports_wait)
     es = ex.add_parser("show", help="an export and its event log")
     es.add_argument("export_id")
     es.set_defaults(func=cmd_exports_show)
@@ -485,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DomainError as error:
         print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # `aic ... | head`: the reader left; not an error worth a traceback. stdout is

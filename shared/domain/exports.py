@@ -356,9 +356,14 @@ class ExportFilters:
 
 
 def list_exports(
-    session: Session, org_id: str, filters: ExportFilters, *, page: int, limit: int
+    session: Session, org_id: str | None, filters: ExportFilters, *, page: int, limit: int,
+    every_organization: bool = False,
 ) -> tuple[list[AccountingExport], int]:
-    conditions = [AccountingExport.organization_id == org_id]
+    """One organization's exports, newest first. ``org_id=None`` with ``every_organization``:
+    all of them (operators' ``aic exports list --all``; the API always names the caller's)."""
+    if org_id is None and not every_organization:
+        raise ValueError("name the organization, or ask for every_organization explicitly")
+    conditions = [] if org_id is None else [AccountingExport.organization_id == org_id]
     if filters.status is not None:
         conditions.append(AccountingExport.status == ExportStatus(filters.status).value)
     if filters.target_system:

@@ -213,3 +213,69 @@ def test_the_cli_adopts_the_running_local_stack_only_while_it_runs(tmp_path, mon
     env_file.write_text(f"AIC_REDIS_URL=redis://127.0.0.1:41234/0\nAIC_DEVSTACK_PID={dead}\n")
     assert running_devstack_env(env_file) is None
     assert running_devstack_env(tmp_path / "missing.env") is None
+
+
+def test_exports_list_is_a_table_with_filters_and_json(capsys, org, make_expense):
+    import json
+
+    export_id = _failed_export(org, make_expense)
+    assert main(["exports", "list", org.id, "--status", "failed", "--since", "1h"]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[:2]
+    assert header.split()[:3] == ["EXPORT", "STATUS", "TARGET"]
+    assert row.startswith(export_id) and "failed" in row and "no account" in row
+    assert main(["exports", "list", "--all", "--status", "failed", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert any(e["export_id"] == export_id and e["organization_id"] == org.id
+               for e in listed["data"])
+    assert main(["exports", "list", org.id, "--since", "2999-01-01"]) == 0
+    assert "0 of 0 exports" in capsys.readouterr().out
+    assert main(["exports", "list", org.id, "--since", "yesterday"]) == 2
+    assert "give an age (30m, 2h, 7d)" in capsys.readouterr().err
+
+
+def test_exports_cancel_and_wait(capsys, org, make_expense):
+    with session_scope() as session:
+        export = exports.create_export(session, org.id, make_expense(), "tripletex", actor="t")
+    # Still processing: the wait ends at its timeout with exit 3.
+    assert main(["exports", "wait", export.id, "--timeout", "0.3", "--interval", "0.1"]) == 3
+    assert "still processing" in capsys.readouterr().err
+    assert main(["exports", "cancel", export.id]) == 0
+    assert f"{export.id} is cancelled" in capsys.readouterr().out
+    # Ended, but not booked: exit 1.
+    assert main(["exports", "wait", export.id]) == 1
+    assert "cancelled 1" in capsys.readouterr().out
+    assert main(["exports", "wait", "exp_xp_000000000000"]) == 2
+
+
+def test_connection_show_never_shows_credentials(capsys, org):
+    import json
+
+    assert main(["connection", "show", org.id, "tripletex"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["has_credentials"] is True and shown["target_system"] == "tripletex"
+    assert "credentials" not in shown and "consumer_token" not in json.dumps(shown)
+
+
+def test_connection_credentials_come_from_a_file_or_stdin_never_a_missing_terminal(
+        capsys, monkeypatch, tmp_path, org):
+    import io
+    import json
+
+    from shared.domain import organizations
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal: never prompt
+    assert main(["connection", "set", org.id, "tripletex", "--base-url",
+                 "http://x.example/v2"]) == 2
+    assert "no terminal to ask for it" in capsys.readouterr().err
+    secrets_file = tmp_path / "tripletex.json"
+    secrets_file.write_text(json.dumps({"consumer_token": "c2", "employee_token": "e2"}))
+    assert main(["connection", "set", org.id, "tripletex", "--base-url", "http://x.example/v2",
+                 "--credentials-file", str(secrets_file)]) == 0
+    with session_scope() as session:
+        connection = organizations.connection_for(session, org.id, "tripletex")
+        assert organizations.connection_credentials(connection)["employee_token"] == "e2"
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"consumer_tokn": "typo"})))
+    assert main(["connection", "set", org.id, "tripletex", "--base-url", "http://x.example/v2",
+                 "--credentials-file", "-"]) == 2
+    assert "consumer_tokn is not a credential of tripletex" in capsys.readouterr().err
