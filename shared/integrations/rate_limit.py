@@ -81,6 +81,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.config import get_settings
 from shared.integrations.errors import PermanentError, RateLimitedError
 from shared.logs import get_logger
+from shared.metrics import RATE_LIMIT_WAIT_SECONDS
 
 log = get_logger(__name__)
 
@@ -371,8 +372,8 @@ class RateLimiter:
         """
         started = time.monotonic()
         permit = self._acquire(timeout)
-        from shared.metrics import RATE_LIMIT_WAIT_SECONDS
-
+        # Imported at module level: importing here, after the wait, would hold every thread that
+        # got its start time on the import lock and release them all at once (a burst).
         RATE_LIMIT_WAIT_SECONDS.labels(self.system).observe(time.monotonic() - started)
         return permit
 

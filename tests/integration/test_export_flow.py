@@ -149,7 +149,9 @@ def test_cancel_while_waiting_for_retry_is_never_posted(tenant, worker):
         time.sleep(0.05)
     response = tenant.api.delete(f"/api/v1/accounting-exports/{export_id}")
     assert response.status_code == 200, response.text
-    assert response.json() == {"deleted": True, "export_id": export_id}
+    cancelled = response.json()
+    assert {"deleted": True, "export_id": export_id, "status": "cancelled",
+            "error_message": None}.items() <= cancelled.items()
     time.sleep(5)  # longer than the longest retry delay in the test settings
     assert tenant.get(export_id)["status"] == "cancelled"
     assert tenant.vouchers_for(export_id) == []
