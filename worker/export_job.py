@@ -34,7 +34,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
 from shared.db.clock import AttemptClock
-from shared.db.models import AccountingExport, ExportStatus
+from shared.db.models import AccountingExport
 from shared.db.session import session_scope
 from shared.domain.mapping import build_voucher_draft
 from shared.domain.state_machine import (
@@ -43,6 +43,7 @@ from shared.domain.state_machine import (
     record_event,
     transition,
 )
+from shared.domain.statuses import ExportStatus
 from shared.domain.vouchers import PostedVoucher
 from shared.integrations.errors import (
     IntegrationError,
