@@ -36,6 +36,7 @@ from shared.config import get_settings
 from shared.db.clock import AttemptClock
 from shared.db.models import AccountingExport
 from shared.db.session import session_scope
+from shared.domain.errors import MappingError
 from shared.domain.mapping import build_voucher_draft
 from shared.domain.state_machine import (
     ConcurrentTransition,
@@ -123,10 +124,15 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
         return Outcome("skipped", f"the export changed under this attempt ({lost})")
     except IntegrationError as error:
         return _handle_error(work, error)
+    except MappingError as error:
+        # The connection's account mapping cannot express this expense. Found while preparing,
+        # before anything is sent: the export fails at once with what to fix.
+        return _handle_error(work, PermanentError(error.message, system="mapping",
+                                                  code=error.code))
     except OperationalError:
         # The database went away mid-attempt: nothing more can be recorded now. The task retries
-        # once this attempt's lease has run out (worker.tasks); it is not the export's fault, so
-        # it costs no attempt and never fails the export.
+        # once this attempt's lease has run out (the export regime of worker.retry_policy); it is
+        # not the export's fault, so it costs no attempt and never fails the export.
         raise
     except Exception as error:  # a bug or an unexpected answer: bounded retries, then failed
         log.exception("unexpected error in export", export_id=export_id, attempt=work.attempt)

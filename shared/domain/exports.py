@@ -34,7 +34,6 @@ from shared.queue import TASK_EXPORT
 
 class BatchTooLarge(DomainError):
     code = "batch_too_large"
-    http_status = 413
 
 
 class AlreadyExported(Conflict):
