@@ -18,7 +18,8 @@ from shared.queue import (
     TASK_SWEEP,
     celery_app,
 )
-from worker import source_jobs, sweeper
+from shared.domain import sweeper
+from worker import source_jobs
 from worker.export_job import run_export
 from worker.retry_policy import backoff_delay
 

@@ -17,9 +17,9 @@ from shared.config import Settings
 from shared.db.models import AccountingExport, ExportEvent
 from shared.db.session import session_scope
 from shared.db.types import utcnow
-from shared.domain import exports
+from shared.domain import exports, sweeper
 from tests.unit.fake_target import FakeTarget
-from worker import export_job, sweeper
+from worker import export_job
 
 
 @pytest.fixture
