@@ -428,7 +428,8 @@ def _handle_error(work: _Work, error: IntegrationError, *, post: _PostFailed | N
                   ) -> Outcome:
     if post is not None and post.gate_opened:
         _settle_post_answer(work, error)
-    decision = retry_policy.decide(error, work.attempt)
+    decision = retry_policy.decide(retry_policy.REGIMES[retry_policy.TaskKind.EXPORT], error,
+                                   work.attempt)
     if not decision.retry and work.external_id is not None:
         # Only the receipt or the final bookkeeping failed; the voucher exists. Keep retrying
         # the rest rather than calling a booked expense failed.
