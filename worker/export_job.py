@@ -68,7 +68,9 @@ EARLY_TOLERANCE = timedelta(seconds=1)
 class Outcome:
     kind: str  # "success" | "failed" | "retry" | "skipped"
     detail: str = ""
+    # Always set with "retry": the export decides its retries itself (worker.retry_policy).
     retry_in: float | None = None
+    error: IntegrationError | None = None  # unused: the decision is already in retry_in
 
 
 @dataclass

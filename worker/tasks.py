@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 from sqlalchemy.exc import OperationalError
 
+from shared.integrations.errors import IntegrationError
 from shared.logs import get_logger
 from shared.queue import (
     TASK_EXPORT,
@@ -36,6 +37,8 @@ class StepOutcome(Protocol):
     # Set when the step decided itself when to come back (the export's own decision, a lease
     # held by another attempt, the not-found grace): outside the task's attempt budget.
     retry_in: float | None
+    # What failed, when the step knows (a 429 with its Retry-After); None: a transient failure.
+    error: IntegrationError | None
 
 
 def retried_as(kind: TaskKind) -> Callable:
@@ -64,7 +67,8 @@ def retried_as(kind: TaskKind) -> Callable:
                 return f"{outcome.kind}: {outcome.detail}"
             if outcome.retry_in is not None:
                 raise task.retry(countdown=outcome.retry_in)
-            decision = retry_policy.decide(regime, retry_policy.ATTEMPT_FAILED, attempt)
+            decision = retry_policy.decide(regime, outcome.error or retry_policy.ATTEMPT_FAILED,
+                                           attempt)
             if not decision.retry:
                 log.warning("task gave up", task_kind=kind.value, work_id=repr(work_id)[:100],
                             attempts=attempt, detail=outcome.detail,

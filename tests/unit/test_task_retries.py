@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
+from shared.integrations.errors import PermanentError, RateLimitedError
 from worker.retry_policy import TaskKind
 from worker.tasks import retried_as
 
@@ -27,8 +28,8 @@ class _Task:
         return _Retry(countdown, exc)
 
 
-def _outcome(kind, retry_in=None):
-    return SimpleNamespace(kind=kind, detail="why", retry_in=retry_in)
+def _outcome(kind, retry_in=None, error=None):
+    return SimpleNamespace(kind=kind, detail="why", retry_in=retry_in, error=error)
 
 
 def _task(kind: TaskKind, step):
@@ -58,6 +59,21 @@ def test_an_ingest_gives_up_for_now_once_its_attempts_are_used_up():
 def test_a_report_never_gives_up():
     with pytest.raises(_Retry):
         _task(TaskKind.REPORT, lambda: _outcome("retry"))(_Task(1000), "id")
+
+
+@pytest.mark.parametrize("kind", [TaskKind.INGEST, TaskKind.REPORT])
+def test_a_rate_limited_step_comes_back_no_sooner_than_the_source_said(kind):
+    wait = min(get_settings().retry_max_seconds, 2.5)
+    limited = RateLimitedError("429", system="source", retry_after=wait)
+    with pytest.raises(_Retry) as retried:
+        _task(kind, lambda: _outcome("retry", error=limited))(_Task(0), "id")
+    assert retried.value.countdown >= wait
+
+
+def test_a_step_that_failed_for_good_gives_up_at_once():
+    refused = PermanentError("400", system="source")
+    result = _task(TaskKind.REPORT, lambda: _outcome("retry", error=refused))(_Task(0), "id")
+    assert result.startswith("gave up")
 
 
 def _database_down():
