@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 from sqlalchemy.exc import OperationalError
 
+from shared.domain import sweeper
 from shared.integrations.errors import IntegrationError
 from shared.logs import get_logger
 from shared.queue import (
@@ -23,7 +24,6 @@ from shared.queue import (
     TASK_SWEEP,
     celery_app,
 )
-from shared.domain import sweeper
 from worker import retry_policy, source_jobs
 from worker.export_job import Outcome, run_export
 from worker.retry_policy import TaskKind
@@ -107,8 +107,8 @@ def process_source_export(self, source_export_id: str):
 @celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True)
 @retried_as(TaskKind.REPORT)
 def report_to_source(self, source_export_id: str):
-    # Findity may already hold this report (e.g. the database went away while recording it);
-    # the retry sends it again and takes Findity's "already processed" for done.
+    # The source may already hold this report (e.g. the database went away while recording it);
+    # the retry sends it again and takes the source's "already held" for done.
     return source_jobs.report_to_source(source_export_id)
 
 
