@@ -145,7 +145,7 @@ def test_org_create_with_both_scopes(capsys):
 
 
 def _failed_export(org, make_expense):
-    from shared.db.models import ExportStatus
+    from shared.domain.statuses import ExportStatus
     from shared.domain.state_machine import transition
 
     with session_scope() as session:
