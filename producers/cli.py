@@ -525,7 +525,14 @@ def cmd_source_poll(args) -> int:
     from shared.jobs import Job, send_now
     from shared.queue import TASK_POLL_SOURCES
 
-    send_now(Job(TASK_POLL_SOURCES, [], queue=get_settings().maintenance_queue))
+    try:
+        send_now(Job(TASK_POLL_SOURCES, [], queue=get_settings().maintenance_queue))
+    except Exception as error:  # the broker is unreachable: nothing was queued
+        print(f"error: the broker at {_redacted_broker()} could not be reached "
+              f"({type(error).__name__}: {error}), so no poll is queued; beat polls every "
+              "AIC_POLL_INTERVAL_SECONDS once it answers. Is the stack running, and does "
+              "AIC_REDIS_URL point at its Redis?", file=sys.stderr)
+        return 1
     print("poll of every source queued; a worker runs it (its log says what it recovered)")
     return 0
 
