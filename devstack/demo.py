@@ -26,7 +26,7 @@ import httpx
 from devstack.findity_demo import send_demo_export, wait_until_reported
 from devstack.stack import Stack, StackError, stop_on_signals
 from shared.config import DEFAULT_VAR_DIR
-from shared.db.models import ExportStatus
+from shared.domain.statuses import ExportStatus
 
 DEMO_VAR_DIR = DEFAULT_VAR_DIR / "demo"
 TERMINAL = {ExportStatus.SUCCESS.value, ExportStatus.FAILED.value, ExportStatus.CANCELLED.value}

@@ -26,7 +26,7 @@ from sandbox.findity.pdf import render_pdf
 
 from sqlalchemy import select
 
-from shared.db.models import AccountingExport, ApiKey, ExpenseStatus, Organization
+from shared.db.models import AccountingExport, ApiKey, Organization
 from shared.db.session import session_scope
 from shared.domain.expenses import ExpenseIn, ingest_expense, simple_expense_rows
 from shared.domain.organizations import (
@@ -35,6 +35,7 @@ from shared.domain.organizations import (
     revoke_api_key,
     upsert_connection,
 )
+from shared.domain.statuses import ExpenseStatus
 
 DEMO_ORG_ID = "org_demo"
 DEMO_KEY_NAME = "devstack"  # the key each `make run` prints; the previous one is revoked

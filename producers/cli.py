@@ -422,7 +422,7 @@ def _redacted_broker() -> str:
 
 
 def cmd_sweep(args) -> int:
-    from worker.sweeper import requeue_stuck_exports
+    from shared.domain.sweeper import requeue_stuck_exports
 
     print(f"re-queued {requeue_stuck_exports()} stuck exports")
     return 0
@@ -520,17 +520,21 @@ def cmd_source_set(args) -> int:
 
 
 def cmd_source_poll(args) -> int:
-    from worker.source_jobs import poll_sources
+    # Polling speaks to the sources' APIs and takes the poll's Redis lock: worker work, so the
+    # CLI asks a worker for it through the queue, as beat does, instead of running worker code.
+    from shared.jobs import Job, send_now
+    from shared.queue import TASK_POLL_SOURCES
 
-    result = poll_sources()
-    if result.skipped_locked:
-        print("another poll is running; nothing done")
-        return 0
-    print(f"polled {result.connections} connections: {result.listed} unprocessed exports listed, "
-          f"{len(result.recovered)} recovered (unknown before), {len(result.requeued)} re-queued")
-    for error in result.errors:
-        print(f"error: {error}", file=sys.stderr)
-    return 1 if result.errors else 0
+    try:
+        send_now(Job(TASK_POLL_SOURCES, [], queue=get_settings().maintenance_queue))
+    except Exception as error:  # the broker is unreachable: nothing was queued
+        print(f"error: the broker at {_redacted_broker()} could not be reached "
+              f"({type(error).__name__}: {error}), so no poll is queued; beat polls every "
+              "AIC_POLL_INTERVAL_SECONDS once it answers. Is the stack running, and does "
+              "AIC_REDIS_URL point at its Redis?", file=sys.stderr)
+        return 1
+    print("poll of every source queued; a worker runs it (its log says what it recovered)")
+    return 0
 
 
 def _scope_option(parser: argparse.ArgumentParser) -> None:
@@ -630,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--content-file", choices=["sie4", "csv"],
                     help="also attach an SIE 4 or CSV file of each package to the source's export")
     ss.set_defaults(func=cmd_source_set)
-    src.add_parser("poll", help="poll every source once now").set_defaults(func=cmd_source_poll)
+    src.add_parser("poll", help="ask a worker to poll every source once now").set_defaults(func=cmd_source_poll)
 
     ex = sub.add_parser("exports", help="accounting exports").add_subparsers(
         dest="ex_cmd", required=True)

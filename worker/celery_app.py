@@ -10,11 +10,13 @@ from celery.signals import (
     after_setup_logger,
     beat_init,
     celeryd_init,
+    task_postrun,
     worker_process_init,
     worker_ready,
 )
 
 from shared.config import require_safe_settings
+from shared.integrations.client_cache import release_clients
 from shared.logs import install_redaction_on_existing_handlers
 from shared.queue import celery_app
 
@@ -66,6 +68,13 @@ def _fresh_connections(**_kwargs) -> None:
     from shared.db.session import reset_engines
 
     reset_engines()
+
+
+@task_postrun.connect
+def _release_clients(**_kwargs) -> None:
+    # Sent in the thread that ran the task, after it ended (returned, retried or raised): the
+    # clients it got are no longer in use by it, so a replaced one may be closed now.
+    release_clients()
 
 
 __all__ = ["celery_app"]

@@ -34,8 +34,9 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import get_settings
 from shared.db.clock import AttemptClock
-from shared.db.models import AccountingExport, ExportStatus
+from shared.db.models import AccountingExport
 from shared.db.session import session_scope
+from shared.domain.errors import MappingError
 from shared.domain.mapping import build_voucher_draft
 from shared.domain.state_machine import (
     ConcurrentTransition,
@@ -43,6 +44,7 @@ from shared.domain.state_machine import (
     record_event,
     transition,
 )
+from shared.domain.statuses import ExportStatus
 from shared.domain.vouchers import PostedVoucher
 from shared.integrations.errors import (
     IntegrationError,
@@ -66,7 +68,9 @@ EARLY_TOLERANCE = timedelta(seconds=1)
 class Outcome:
     kind: str  # "success" | "failed" | "retry" | "skipped"
     detail: str = ""
+    # Always set with "retry": the export decides its retries itself (worker.retry_policy).
     retry_in: float | None = None
+    error: IntegrationError | None = None  # unused: the decision is already in retry_in
 
 
 @dataclass
@@ -122,10 +126,15 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
         return Outcome("skipped", f"the export changed under this attempt ({lost})")
     except IntegrationError as error:
         return _handle_error(work, error)
+    except MappingError as error:
+        # The connection's account mapping cannot express this expense. Found while preparing,
+        # before anything is sent: the export fails at once with what to fix.
+        return _handle_error(work, PermanentError(error.message, system="mapping",
+                                                  code=error.code))
     except OperationalError:
         # The database went away mid-attempt: nothing more can be recorded now. The task retries
-        # once this attempt's lease has run out (worker.tasks); it is not the export's fault, so
-        # it costs no attempt and never fails the export.
+        # once this attempt's lease has run out (the export regime of worker.retry_policy); it is
+        # not the export's fault, so it costs no attempt and never fails the export.
         raise
     except Exception as error:  # a bug or an unexpected answer: bounded retries, then failed
         log.exception("unexpected error in export", export_id=export_id, attempt=work.attempt)
@@ -421,7 +430,8 @@ def _handle_error(work: _Work, error: IntegrationError, *, post: _PostFailed | N
                   ) -> Outcome:
     if post is not None and post.gate_opened:
         _settle_post_answer(work, error)
-    decision = retry_policy.decide(error, work.attempt)
+    decision = retry_policy.decide(retry_policy.REGIMES[retry_policy.TaskKind.EXPORT], error,
+                                   work.attempt)
     if not decision.retry and work.external_id is not None:
         # Only the receipt or the final bookkeeping failed; the voucher exists. Keep retrying
         # the rest rather than calling a booked expense failed.

@@ -85,6 +85,8 @@ class StepOutcome:
     # Set for a not-found inside the grace: retry after this many seconds, outside the attempt
     # budget (the grace bounds these retries, not the budget).
     retry_in: float | None = None
+    # The source's error behind a "retry", for the retry decision (a 429 says when to come back).
+    error: IntegrationError | None = None
 
 
 # --- ingest -------------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def _fetch_failed(source_export_id: str, claimed: _Claim, error: IntegrationErro
         return StepOutcome("rejected", error.code)
     _finish_claim(source_export_id, SourceExportStatus.RECEIVED, error.message)
     if error.retryable:
-        return StepOutcome("retry", error.message)
+        return StepOutcome("retry", error.message, error=error)
     log.error("source export cannot be fetched", source_export_id=source_export_id,
               error=error.message)
     return StepOutcome("skipped", error.message)
@@ -554,7 +556,7 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
                  vouchers=len(accepted))
     if failure is not None:
         if failure.retryable:
-            return StepOutcome("retry", failure.message)
+            return StepOutcome("retry", failure.message, error=failure)
         log.error("report refused by source", source_export_id=source_export_id,
                   error=failure.message)
         return StepOutcome("skipped", failure.message)

@@ -1,14 +1,20 @@
 """Celery tasks: thin wrappers that take ids, call a plain function, and map its outcome.
 
 Every task is idempotent (the plain function asks "is this already done?" first), which is what
-makes late acknowledgement and redelivery safe.
+makes late acknowledgement and redelivery safe. Every task that retries does so through
+``retried_as``: one place maps a step's outcome and a database outage to Celery's retry, with the
+decision of ``worker.retry_policy`` for the task's kind.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Protocol
+
 from sqlalchemy.exc import OperationalError
 
-from shared.config import get_settings
+from shared.domain import sweeper
+from shared.integrations.errors import IntegrationError
 from shared.logs import get_logger
 from shared.queue import (
     TASK_EXPORT,
@@ -18,29 +24,73 @@ from shared.queue import (
     TASK_SWEEP,
     celery_app,
 )
-from worker import source_jobs, sweeper
-from worker.export_job import run_export
-from worker.retry_policy import backoff_delay
+from worker import retry_policy, source_jobs
+from worker.export_job import Outcome, run_export
+from worker.retry_policy import TaskKind
 
 log = get_logger(__name__)
 
 
+class StepOutcome(Protocol):
+    kind: str  # "retry" asks for another attempt; anything else ends the task
+    detail: str
+    # Set when the step decided itself when to come back (the export's own decision, a lease
+    # held by another attempt, the not-found grace): outside the task's attempt budget.
+    retry_in: float | None
+    # What failed, when the step knows (a 429 with its Retry-After); None: a transient failure.
+    error: IntegrationError | None
+
+
+def retried_as(kind: TaskKind) -> Callable:
+    """The one retry path of a bound task whose step returns a ``StepOutcome``.
+
+    - the database is unreachable (``OperationalError``): nothing could be recorded; retried as
+      the kind's regime says (after the lease the attempt may hold, or with backoff);
+    - "retry" with ``retry_in``: retried then, whatever the budget;
+    - "retry" without: a failed attempt of this task (counted by Celery's ``request.retries``),
+      retried or given up as the regime says; a given-up task is acknowledged.
+    """
+    regime = retry_policy.REGIMES[kind]
+
+    def wrap(step: Callable[..., StepOutcome]) -> Callable[..., str]:
+        @functools.wraps(step)
+        def run(task, work_id) -> str:
+            attempt = task.request.retries + 1
+            try:
+                outcome = step(task, work_id)
+            except OperationalError as exc:
+                decision = retry_policy.decide(regime, retry_policy.DATABASE_OUTAGE, attempt)
+                log.warning("database unavailable; task retried later", task_kind=kind.value,
+                            work_id=repr(work_id)[:100], in_seconds=round(decision.delay, 1))
+                raise task.retry(exc=exc, countdown=decision.delay)
+            if outcome.kind != "retry":
+                return f"{outcome.kind}: {outcome.detail}"
+            if outcome.retry_in is not None:
+                raise task.retry(countdown=outcome.retry_in)
+            decision = retry_policy.decide(regime, outcome.error or retry_policy.ATTEMPT_FAILED,
+                                           attempt)
+            if not decision.retry:
+                log.warning("task gave up", task_kind=kind.value, work_id=repr(work_id)[:100],
+                            attempts=attempt, detail=outcome.detail,
+                            after=regime.after_giving_up)
+                return f"gave up for now ({regime.after_giving_up}): {outcome.detail}"
+            raise task.retry(countdown=decision.delay)
+
+        return run
+
+    return wrap
+
+
 @celery_app.task(name=TASK_EXPORT, bind=True, max_retries=None, acks_late=True)
-def export_to_target(self, export_id: str) -> str:
+@retried_as(TaskKind.EXPORT)
+def export_to_target(self, export_id: str):
     if not isinstance(export_id, str) or not export_id:
         # A poison message: acknowledge it (by returning) so it cannot block the queue.
         log.error("malformed export task payload dropped", payload=repr(export_id)[:200])
-        return "skipped: malformed payload"
-    try:
-        outcome = run_export(export_id, celery_task_id=self.request.id)
-    except OperationalError as exc:
-        # The database is unreachable: nothing could be recorded. Try again once the lease of
-        # this attempt (if it got one) has run out.
-        log.warning("database unavailable; export retried later", export_id=export_id)
-        raise self.retry(exc=exc, countdown=get_settings().export_lease_seconds)
-    if outcome.kind == "retry":
-        raise self.retry(countdown=outcome.retry_in)
-    return f"{outcome.kind}: {outcome.detail}"
+        return Outcome("skipped", "malformed payload")
+    # The export job decides its retries itself (its attempts are counted, and refunded, in the
+    # database), so a "retry" outcome always carries ``retry_in``.
+    return run_export(export_id, celery_task_id=self.request.id)
 
 
 @celery_app.task(name=TASK_SWEEP, acks_late=True)
@@ -49,42 +99,17 @@ def sweep_stuck_exports() -> int:
 
 
 @celery_app.task(name=TASK_PROCESS_SOURCE_EXPORT, bind=True, max_retries=None, acks_late=True)
-def process_source_export(self, source_export_id: str) -> str:
-    try:
-        outcome = source_jobs.ingest_source_export(source_export_id)
-    except OperationalError as exc:
-        # As for exports: retried once the ingest lease this attempt may hold has run out,
-        # instead of being acknowledged as failed and waiting for the poller.
-        log.warning("database unavailable; ingest retried later",
-                    source_export_id=source_export_id)
-        raise self.retry(exc=exc, countdown=get_settings().export_lease_seconds)
-    if outcome.kind == "retry":
-        if outcome.retry_in is not None:
-            # Not found yet (the webhook came before the export was readable): retried for as
-            # long as the not-found grace lasts, whatever the attempt budget says.
-            raise self.retry(countdown=outcome.retry_in)
-        if self.request.retries + 1 >= get_settings().max_attempts:
-            # Left in "received": the poller picks it up again after source_stuck_after_seconds.
-            return f"gave up for now: {outcome.detail}"
-        raise self.retry(countdown=backoff_delay(self.request.retries + 1))
-    return f"{outcome.kind}: {outcome.detail}"
+@retried_as(TaskKind.INGEST)
+def process_source_export(self, source_export_id: str):
+    return source_jobs.ingest_source_export(source_export_id)
 
 
 @celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True)
-def report_to_source(self, source_export_id: str) -> str:
-    try:
-        outcome = source_jobs.report_to_source(source_export_id)
-    except OperationalError as exc:
-        # Findity may already hold this report (the database went away while recording it);
-        # the retry sends it again and takes Findity's "already processed" for done.
-        log.warning("database unavailable; report retried later",
-                    source_export_id=source_export_id)
-        raise self.retry(exc=exc, countdown=backoff_delay(min(self.request.retries + 1, 12)))
-    if outcome.kind == "retry":
-        # A report must reach the source eventually: retried with capped backoff, without limit.
-        # The voucher is already booked; only the message is late.
-        raise self.retry(countdown=backoff_delay(min(self.request.retries + 1, 12)))
-    return f"{outcome.kind}: {outcome.detail}"
+@retried_as(TaskKind.REPORT)
+def report_to_source(self, source_export_id: str):
+    # The source may already hold this report (e.g. the database went away while recording it);
+    # the retry sends it again and takes the source's "already held" for done.
+    return source_jobs.report_to_source(source_export_id)
 
 
 @celery_app.task(name=TASK_POLL_SOURCES, acks_late=True)
@@ -94,3 +119,4 @@ def poll_sources() -> dict:
             "recovered": len(result.recovered), "requeued": len(result.requeued),
             "reannounced": len(result.reannounced),
             "errors": len(result.errors), "skipped_locked": result.skipped_locked}
+

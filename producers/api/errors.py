@@ -17,7 +17,15 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.domain.errors import DomainError
+from shared.domain.errors import (
+    Conflict,
+    DomainError,
+    MappingError,
+    NotFound,
+    ValidationFailed,
+)
+from shared.domain.exports import BatchTooLarge
+from shared.domain.sources import InvalidSignature
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -84,6 +92,27 @@ def _describe(error: dict) -> dict:
     return {"field": location or "body", "message": error.get("msg", "invalid")}
 
 
+# The HTTP status of each domain error, decided here and only here: the domain says what went
+# wrong, the API how it is answered. A subclass without its own entry (AlreadyExported is a
+# Conflict) takes its nearest ancestor's.
+DOMAIN_ERROR_STATUSES: dict[type[DomainError], int] = {
+    DomainError: 400,
+    ValidationFailed: 422,
+    MappingError: 422,
+    NotFound: 404,
+    Conflict: 409,
+    BatchTooLarge: 413,
+    InvalidSignature: 401,
+}
+
+
+def domain_error_status(error: DomainError) -> int:
+    for cls in type(error).__mro__:
+        if cls in DOMAIN_ERROR_STATUSES:
+            return DOMAIN_ERROR_STATUSES[cls]
+    return 400  # unreachable: DomainError itself is in the table
+
+
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "method_not_allowed", 409: "conflict", 413: "request_too_large",
               415: "unsupported_media_type", 422: "validation_failed", 503: "unavailable"}
@@ -96,7 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain_error(_request: Request, exc: DomainError):
-        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+        return error_response(domain_error_status(exc), exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

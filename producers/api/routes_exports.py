@@ -26,10 +26,10 @@ from producers.api.schemas import (
     TargetSystem,
     UpdateStatus,
 )
-from shared.db.models import ExportStatus
 from shared.db.session import session_scope
 from shared.domain import exports as service
 from shared.domain.errors import ValidationFailed
+from shared.domain.statuses import ExportStatus
 
 router = APIRouter(prefix="/api/v1/accounting-exports", tags=["accounting-exports"],
                    responses=error_responses(401, 403, 422, 503))

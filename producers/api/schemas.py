@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.db.models import AccountingExport, ExportEvent, ExportStatus
+from shared.db.models import AccountingExport, ExportEvent
+from shared.domain.statuses import ExportStatus
 from shared.integrations import registry
 
 ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"

@@ -22,30 +22,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db.types import UTCDateTime, utcnow
+# The ORM stores the domain's statuses; other modules import them from shared.domain.statuses.
+from shared.domain.statuses import ExpenseStatus, ExportStatus
 
 MONEY = Numeric(14, 2)
 
 
 class Base(DeclarativeBase):
     pass
-
-
-class ExportStatus(str, enum.Enum):
-    """Exactly the statuses of the API contract. Finer steps are events, not statuses."""
-
-    PROCESSING = "processing"
-    SUCCESS = "success"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class ExpenseStatus(str, enum.Enum):
-    """Approval status as the source reported it. Only APPROVED expenses may be exported."""
-
-    DRAFT = "draft"
-    SUBMITTED = "submitted"
-    APPROVED = "approved"
-    REJECTED = "rejected"
 
 
 class Organization(Base):

@@ -1,9 +1,13 @@
-"""Errors of the domain services. The API maps each to one HTTP status and a stable code."""
+"""Errors of the domain services, each with a stable ``code``.
+
+They say what went wrong in the domain's words; which HTTP status an error becomes is the API's
+business (``producers.api.errors.DOMAIN_ERROR_STATUSES``), and the worker and the CLI report them
+without one.
+"""
 
 
 class DomainError(Exception):
     code = "error"
-    http_status = 400
 
     def __init__(self, message: str, *, details: list[dict] | None = None) -> None:
         super().__init__(message)
@@ -13,14 +17,19 @@ class DomainError(Exception):
 
 class ValidationFailed(DomainError):
     code = "validation_failed"
-    http_status = 422
 
 
 class NotFound(DomainError):
     code = "not_found"
-    http_status = 404
 
 
 class Conflict(DomainError):
     code = "conflict"
-    http_status = 409
+
+
+class MappingError(DomainError):
+    """An expense row cannot be mapped to the target's chart of accounts (or VAT codes,
+    departments, projects): the connection's account mapping must be fixed. Found before anything
+    is sent, so the export that meets it fails at once with this message."""
+
+    code = "unmapped"

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import ids
-from shared.db.models import Expense, ExpenseStatus
+from shared.db.models import Expense
 from shared.domain.errors import ValidationFailed
+from shared.domain.statuses import ExpenseStatus
 from shared.domain.vouchers import money
 
 

@@ -21,21 +21,19 @@ from shared.db.models import (
     AccountingExport,
     Batch,
     Expense,
-    ExpenseStatus,
     ExportEvent,
-    ExportStatus,
 )
 from shared.db.types import utcnow
 from shared.domain import organizations
 from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
 from shared.domain.state_machine import IllegalTransition, ConcurrentTransition, record_event, transition
+from shared.domain.statuses import ExpenseStatus, ExportStatus
 from shared.jobs import enqueue_after_commit
 from shared.queue import TASK_EXPORT
 
 
 class BatchTooLarge(DomainError):
     code = "batch_too_large"
-    http_status = 413
 
 
 class AlreadyExported(Conflict):

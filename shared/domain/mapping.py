@@ -17,15 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from shared.db.models import AccountingExport, Expense
+from shared.domain.errors import MappingError
 from shared.domain.vouchers import PostingDraft, VoucherDraft
-from shared.integrations.errors import PermanentError
-
-
-class MappingError(PermanentError):
-    """An expense row cannot be mapped to the target: the mapping must be fixed."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, system="mapping", code="unmapped")
 
 
 def _map(mapping: dict[str, Any], table: str, value: str | None, what: str, strict: bool) -> str | None:

@@ -38,7 +38,6 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 
 class InvalidSignature(DomainError):
     code = "invalid_signature"
-    http_status = 401
 
 
 def upsert_source_connection(

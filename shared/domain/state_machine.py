@@ -21,8 +21,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, update
 from sqlalchemy.orm import Session
 
-from shared.db.models import AccountingExport, ExportEvent, ExportStatus
+from shared.db.models import AccountingExport, ExportEvent
 from shared.db.types import utcnow
+from shared.domain.statuses import ExportStatus
 
 P, S, F, C = (ExportStatus.PROCESSING, ExportStatus.SUCCESS, ExportStatus.FAILED,
               ExportStatus.CANCELLED)

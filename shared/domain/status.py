@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db.clock import database_now
-from shared.db.models import AccountingExport, ExportStatus
+from shared.db.models import AccountingExport
 from shared.domain.exports import stuck_export_conditions
+from shared.domain.statuses import ExportStatus
 
 FAILURE_WINDOW = timedelta(hours=1)
 STUCK_SAMPLE = 10

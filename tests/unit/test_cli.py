@@ -145,7 +145,7 @@ def test_org_create_with_both_scopes(capsys):
 
 
 def _failed_export(org, make_expense):
-    from shared.db.models import ExportStatus
+    from shared.domain.statuses import ExportStatus
     from shared.domain.state_machine import transition
 
     with session_scope() as session:
@@ -279,3 +279,24 @@ def test_connection_credentials_come_from_a_file_or_stdin_never_a_missing_termin
     assert main(["connection", "set", org.id, "tripletex", "--base-url", "http://x.example/v2",
                  "--credentials-file", "-"]) == 2
     assert "consumer_tokn is not a credential of tripletex" in capsys.readouterr().err
+
+
+def test_source_poll_asks_a_worker_through_the_queue(capsys, sent_jobs):
+    from shared.config import get_settings
+    from shared.queue import TASK_POLL_SOURCES
+
+    assert main(["source", "poll"]) == 0
+    assert [(job.task_name, job.queue) for job in sent_jobs] == [
+        (TASK_POLL_SOURCES, get_settings().maintenance_queue)]
+    assert "queued" in capsys.readouterr().out
+
+
+def test_source_poll_says_so_when_the_broker_is_unreachable(capsys, monkeypatch):
+    import shared.jobs
+
+    def unreachable(job):
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(shared.jobs, "send_now", unreachable)
+    assert main(["source", "poll"]) == 1
+    assert "could not be reached" in capsys.readouterr().err

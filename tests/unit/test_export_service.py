@@ -5,11 +5,12 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from shared.db.models import AccountingExport, ExportEvent, ExportStatus
+from shared.db.models import AccountingExport, ExportEvent
 from shared.db.session import session_scope
 from shared.domain import exports
 from shared.domain.errors import NotFound, ValidationFailed
 from shared.domain.state_machine import transition
+from shared.domain.statuses import ExportStatus
 
 
 def _create(org, expense_id, **kw):

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.domain.mapping import MappingError, build_voucher_draft
+from shared.domain.errors import MappingError
+from shared.domain.mapping import build_voucher_draft
 
 
 def _expense(rows):

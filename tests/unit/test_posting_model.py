@@ -36,9 +36,9 @@ from sqlalchemy import update
 
 from shared.db.models import AccountingExport, Expense
 from shared.db.session import session_scope
-from shared.domain import exports
+from shared.domain import exports, sweeper
 from tests.unit.fake_target import FakeTarget, WorkerKilled
-from worker import export_job, sweeper
+from worker import export_job
 
 EXAMPLES = int(os.environ.get("AIC_MODEL_EXAMPLES", "200"))
 SEED = int(os.environ.get("AIC_MODEL_SEED", "20261129"))
@@ -89,7 +89,7 @@ def test_posting_protocol_model(org, make_expense, monkeypatch, capsys):
     clock = VirtualTime()
     monkeypatch.setattr("shared.db.clock.utcnow", clock.utcnow)
     monkeypatch.setattr("shared.db.clock.database_now", lambda session: clock.utcnow())
-    monkeypatch.setattr("worker.sweeper.database_now", lambda session: clock.utcnow())
+    monkeypatch.setattr("shared.domain.sweeper.database_now", lambda session: clock.utcnow())
     figures: Counter = Counter()
     finals: Counter = Counter()
 

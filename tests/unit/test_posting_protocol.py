@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import select, update
 
 from shared.config import Settings
-from shared.db.models import AccountingExport, ExportEvent
+from shared.db.models import AccountingExport, ExportEvent, TargetConnection
 from shared.db.session import session_scope
 from shared.db.types import utcnow
-from shared.domain import exports
+from shared.domain import exports, sweeper
 from tests.unit.fake_target import FakeTarget
-from worker import export_job, sweeper
+from worker import export_job
 
 
 @pytest.fixture
@@ -259,3 +259,17 @@ def test_the_owner_finishes_when_a_stale_attempt_recorded_the_same_voucher_first
     assert export_job._post_and_finish(owner).kind == "success"
     assert row(export_id).status == "success"
     assert len(target.vouchers_for(export_id)) == 1
+
+
+def test_an_unmapped_account_fails_the_export_at_once_and_sends_nothing(target, new_export, org):
+    """MappingError is a domain error now, not an integration error: the export job must still
+    fail the export on the first attempt with what to fix, before anything is sent."""
+    with session_scope() as session:
+        connection = session.query(TargetConnection).filter_by(organization_id=org.id).one()
+        connection.account_mapping = {"strict": True, "accounts": {"2930": "2930"}}
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "failed"
+    failed = row(export_id)
+    assert failed.error_code == "mapping:unmapped" and failed.attempts == 1
+    assert "account 7140 is not mapped" in failed.error_message
+    assert target.posts_sent == 0

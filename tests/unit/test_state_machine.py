@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from shared.db.models import AccountingExport, ExportEvent, ExportStatus
+from shared.db.models import AccountingExport, ExportEvent
 from shared.db.session import session_scope
 from shared.domain import exports
 from shared.domain.state_machine import (
@@ -12,6 +12,7 @@ from shared.domain.state_machine import (
     IllegalTransition,
     transition,
 )
+from shared.domain.statuses import ExportStatus
 
 P, S, F, C = ExportStatus.PROCESSING, ExportStatus.SUCCESS, ExportStatus.FAILED, ExportStatus.CANCELLED
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.db.models import ExpenseStatus
+from shared.domain.statuses import ExpenseStatus
 from shared.domain.expenses import ExpenseIn
 from shared.domain.vouchers import CENT, money
 from shared.integrations.errors import PermanentError

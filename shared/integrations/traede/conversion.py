@@ -28,8 +28,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.db.models import ExpenseStatus
 from shared.domain.expenses import ExpenseIn
+from shared.domain.statuses import ExpenseStatus
 from shared.integrations.errors import PermanentError
 from shared.integrations.traede.models import AccountingEntry
 from shared.integrations.traede.options import TraedeOptions

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shared.db.models import ExpenseStatus
+from shared.domain.statuses import ExpenseStatus
 from shared.domain.expenses import ExpenseIn
 from shared.integrations.errors import PermanentError
 from shared.integrations.findity.conversion import (

@@ -7,6 +7,9 @@ truth, so the sweeper asks it, not the broker or Flower, on the database's clock
 that nobody holds and whose next attempt was due more than ``stuck_after_seconds`` ago (its
 message was lost) too.
 Duplicates this might create are harmless: the export task claims a lease first.
+
+A domain service (no worker code): beat runs it through the sweep task, an operator through
+``aic sweep``.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from sqlalchemy import or_, select, update
 
 from shared.config import get_settings
 from shared.db.clock import database_now
-from shared.db.models import AccountingExport, ExportStatus, SourceExport, SourceExportStatus
+from shared.db.models import AccountingExport, SourceExport, SourceExportStatus
 from shared.db.session import session_scope
 from shared.domain import sources
 from shared.domain.exports import stuck_export_conditions
 from shared.domain.state_machine import record_event
+from shared.domain.statuses import ExportStatus
 from shared.jobs import enqueue_after_commit
 from shared.logs import get_logger
 from shared.queue import TASK_EXPORT
