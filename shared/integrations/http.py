@@ -413,9 +413,11 @@ class VendorHttp:
         where = f"{response.request.method} {url_path(response.request.url)}"
         note = f" (request id {request_id})" if request_id else ""
         says = f": {reading.text}" if reading.text else ""
+        text = reading.text or f"HTTP {status}"
         name = self.display_name
         code = reading.code or _default_code(status)
-        label = f"HTTP {status}" + (f" {reading.code}" if reading.code else "")
+        # The default messages put the server's words first; the status and request are in the
+        # error's fields and the exchange's log line.
         error_class: type[IntegrationError]
         retry_after = None
         if status == 429:
@@ -423,22 +425,25 @@ class VendorHttp:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             if retry_after is None and self._rate_limit_reset is not None:
                 retry_after = self._rate_limit_reset(response)
-            default = (f"{name} rate-limited {what} ({where}, {label}){note}"
+            default = (f"{name} rate-limited {what}{note}"
                        + (f"; retry after {retry_after:g} s" if retry_after is not None else ""))
         elif status >= 500 or status == 408:
             error_class = TransientError
-            default = f"{name} failed on {what} ({where}, {label}){note}{says}"
+            default = f"{name} failed with HTTP {status} on {what} ({where}){says}{note}"
         elif status == 401:
             error_class = reading.error_class or AuthError
             renewed = " even after renewing them" if self.session is not None else ""
-            default = (f"{name} refused our credentials for {what} ({where}, {label})"
-                       f"{renewed}{note}: check the connection's credentials")
+            default = (f"{name} refused our credentials for {what}{renewed}{note}: check the "
+                       "connection's credentials")
         elif status == 404:
             error_class = reading.error_class or NotFoundError
-            default = f"{name} found nothing for {what} ({where}, {label}){note}{says}"
+            default = f"{name} found nothing for {what} at {where}{says}{note}"
+        elif status == 409:
+            error_class = reading.error_class or PermanentError
+            default = f"{name} reported a conflict on {what}: {text}{note}"
         else:
             error_class = reading.error_class or PermanentError
-            default = f"{name} rejected {what} ({where}, {label}){note}{says}"
+            default = f"{name} rejected {what}: {text}{note}"
         secrets = list(self._secrets()) if self._secrets is not None else []
         kwargs: dict[str, Any] = {}
         if error_class is RateLimitedError:
@@ -536,14 +541,14 @@ class VendorHttp:
                 system=self.system, code="timeout") from None
         except httpx.TransportError as exc:
             raise TransientError(
-                f"the download of {self.display_name}'s {what} {path} broke off "
+                f"the download of {what} {path} from {self.display_name} broke off "
                 f"({type(exc).__name__})", system=self.system, code="connection_lost") from None
 
     def _check_prefix(self, head: bytes, prefix: bytes, name: str, what: str, path: str,
                       response: httpx.Response) -> None:
         if not head.startswith(prefix):
             raise PermanentError(
-                f"{self.display_name}'s {what} {path} is not {name or 'what we expected'} "
+                f"{what} {path} from {self.display_name} is not {name or 'what we expected'} "
                 f"(Content-Type {response.headers.get('content-type', 'missing')})",
                 system=self.system, code="unexpected_response",
                 status_code=response.status_code,
@@ -551,7 +556,7 @@ class VendorHttp:
 
     def _too_large(self, what: str, path: str, limit: int, why: str) -> PermanentError:
         return PermanentError(
-            f"{self.display_name}'s {what} {path} is larger than the {limit} bytes we accept "
+            f"{what} {path} from {self.display_name} is larger than the {limit} bytes we accept "
             f"({why}); raise AIC_RECEIPT_MAX_BYTES to accept it",
             system=self.system, code="receipt_too_large")
 
