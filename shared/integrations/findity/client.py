@@ -232,7 +232,6 @@ class FindityClient:
 
     def _forget_auth(self, rejected: httpx.Auth) -> None:
         """Findity refused ``rejected`` (401): the next request fetches a new token."""
-        log.info("findity.token_rejected", extra={"organization_id": self.organization_id})
         with self._token_lock:
             # Another thread may already have renewed it; only drop the token that failed.
             if self._auth is rejected:

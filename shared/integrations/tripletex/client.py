@@ -587,7 +587,6 @@ class TripletexClient:
 
     def _drop_session(self, rejected: httpx.Auth) -> None:
         """Tripletex refused ``rejected`` (401: the session expired or was revoked)."""
-        logger.info("tripletex.session_renewed_after_401")
         with self._session_lock:
             if self._session is not None and self._session.auth is rejected:
                 self._session = None
