@@ -304,7 +304,9 @@ class VendorHttp:
 
         ``what`` names the request in messages ("the voucher", "the export list").
         ``authenticate``: send the session's credentials and renew them once on a 401 (False,
-        or no session: send as is, e.g. to a pre-signed link). ``stream``: a 2xx body is left
+        or no session: send as is, e.g. to a pre-signed link; a token in the constructor's
+        ``headers`` goes with every request, so a client that must sometimes send none keeps
+        it in ``session``). ``stream``: a 2xx body is left
         unread for the caller (read it, then close the response); an error's body is read, at
         most ``ERROR_BODY_LIMIT`` bytes. ``gate``: see ``exchange``. Other keywords go to httpx.
         """
@@ -599,6 +601,7 @@ def _read_error_body(response: httpx.Response) -> httpx.Response:
 
 __all__ = [
     "DEFAULT_REQUEST_ID_HEADERS",
+    "ERROR_BODY_LIMIT",
     "BearerToken",
     "ErrorReading",
     "SessionAuth",
