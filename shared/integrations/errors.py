@@ -1,7 +1,9 @@
-"""The error taxonomy every external client raises, decided in its single ``_request()``.
+"""The error taxonomy every external client raises, decided once in the HTTP base
+(``shared.integrations.http``: its table says which outcome is which).
 
 The worker maps these to retry-or-fail in exactly one place (``worker.retry_policy``):
-- ``TransientError``: timeouts, connection errors, 5xx. Retry with backoff.
+- ``TransientError``: timeouts, connection errors, 5xx, 408, a 2xx body we cannot read. Retry
+  with backoff.
 - ``RateLimitedError``: 429. Retry after ``retry_after`` seconds when the server said so.
 - ``AuthError``: credentials rejected even after renewing the session once. Permanent until an
   operator fixes the connection.

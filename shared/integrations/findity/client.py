@@ -1,39 +1,28 @@
 """``FindityClient``: the one client of Findity's Connect API.
 
-It owns one long-lived ``httpx.Client`` and one cached OAuth access token, and turns every HTTP
-outcome into the error taxonomy of ``shared.integrations.errors`` in a single ``_request()``.
+It sends through the shared HTTP base (``shared.integrations.http.VendorHttp``: timeouts, the
+error taxonomy, 401 renew-once, Retry-After, redaction, log fields, capped downloads) and keeps
+what is Findity's own: the OAuth access token, the paths, and how Findity's error codes read.
 Every shape it sends or reads is a model of ``shared.integrations.findity.models``.
 
 Thread safety: worker threads share one client per connection, so the token cache is guarded
-by a lock (``httpx.Client`` itself is thread safe).
+by a lock (the base is thread safe).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
-import re
 import threading
 import time
-from datetime import datetime, timezone
-from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO, TypeVar
-from urllib.parse import quote
+from typing import BinaryIO
+from urllib.parse import quote, unquote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from shared.config import get_settings
-from shared.integrations.errors import (
-    AuthError,
-    IntegrationError,
-    NotFoundError,
-    PermanentError,
-    RateLimitedError,
-    TransientError,
-)
+from shared.integrations.errors import AuthError, NotFoundError, PermanentError
 from shared.integrations.findity.models import (
     ExportList,
     ExportStatus,
@@ -45,12 +34,15 @@ from shared.integrations.findity.models import (
     VoucherPackage,
     VoucherStatusUpdate,
 )
+from shared.integrations.http import (
+    BearerToken,
+    ErrorReading,
+    SessionAuth,
+    VendorHttp,
+    response_request_id,
+)
 
 log = logging.getLogger(__name__)
-
-_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 RECIPIENT_HELP = (
     "configure an API report recipient in Findity Admin > Settings > Expense management > "
@@ -79,26 +71,27 @@ class FindityClient:
         timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if timeout is None:
-            settings = get_settings()
-            timeout = httpx.Timeout(
-                settings.http_read_timeout, connect=settings.http_connect_timeout
-            )
+        """``timeout``: None takes ``AIC_HTTP_*`` from settings."""
         self.base_url = base_url.rstrip("/")
         self.token_url = token_url
         self.organization_id = organization_id
         self._client_id = client_id
         self._client_secret = client_secret
+        self._token_lock = threading.Lock()
+        self._auth: BearerToken | None = None
+        self._token_expires_at = 0.0  # time.monotonic() deadline
         # httpx joins a relative path onto the base URL's path ("/api" + "/v1/...").
-        self._http = httpx.Client(
+        self._http = VendorHttp(
+            system=self.system,
+            display_name="Findity",
             base_url=self.base_url + "/",
             timeout=timeout,
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": "accounting-integration-client"},
+            session=SessionAuth(current=self._current_auth, renew=self._forget_auth),
+            read_error=self._read_error,
+            secrets=lambda: (self._client_secret, self._auth.token if self._auth else None),
         )
-        self._token_lock = threading.Lock()
-        self._access_token: str | None = None
-        self._token_expires_at = 0.0  # time.monotonic() deadline
 
     def __repr__(self) -> str:
         # Never the secret or the token.
@@ -130,13 +123,14 @@ class FindityClient:
         exports: dict[str, FindityExport] = {}
         offset = 0
         while True:
-            response = self._request(
+            response = self._http.request(
                 "GET",
                 self._org_path("exports"),
+                what="the export list",
                 params={"status": ExportStatus.UNPROCESSED.value, "offset": offset,
                         "max": self.page_size},
             )
-            page = self._parse(ExportList, response)
+            page = self._http.parse(ExportList, response, "the export list")
             for export in page.data:
                 exports.setdefault(export.id, export)
             offset += len(page.data)
@@ -146,19 +140,20 @@ class FindityClient:
         return list(exports.values())
 
     def get_export(self, export_id: str) -> FindityExport:
-        response = self._request("GET", self._export_path(export_id), export_id=export_id)
-        return self._parse(FindityExport, response)
+        response = self._http.request("GET", self._export_path(export_id), what="the export")
+        return self._http.parse(FindityExport, response, "the export")
 
     def get_voucher_package(self, export_id: str) -> VoucherPackage:
-        response = self._request(
-            "GET", self._export_path(export_id, "export"), export_id=export_id
+        response = self._http.request(
+            "GET", self._export_path(export_id, "export"), what="the voucher package"
         )
-        return self._parse(VoucherPackage, response)
+        return self._http.parse(VoucherPackage, response, "the voucher package")
 
     def update_status(self, export_id: str, updates: list[VoucherStatusUpdate]) -> None:
         body = UpdateStatusRequest(voucher_updates=updates).to_wire()
-        self._request(
-            "PUT", self._export_path(export_id, "updatestatus"), json=body, export_id=export_id
+        self._http.request(
+            "PUT", self._export_path(export_id, "updatestatus"), what="the status update",
+            json=body,
         )
 
     def put_content(self, export_id: str, filename: str, content: bytes, content_type: str) -> None:
@@ -171,20 +166,20 @@ class FindityClient:
             "Content-Type": content_type,
             "Content-Disposition": _content_disposition(filename),
         }
-        self._request(
+        self._http.request(
             "PUT",
             self._export_path(export_id, "content"),
+            what="the export's file",
             content=content,
             headers=headers,
-            export_id=export_id,
         )
 
     def get_content(self, export_id: str) -> bytes:
-        response = self._request(
+        response = self._http.request(
             "GET",
             self._export_path(export_id, "content"),
+            what="the export's file",
             headers={"Accept": "*/*"},
-            export_id=export_id,
         )
         return response.content
 
@@ -216,65 +211,31 @@ class FindityClient:
         if not url.is_absolute_url:
             url = httpx.URL(self.base_url + "/").join(basis_url)
         self._check_token_host(url)
-        url = url.copy_merge_params({"format": "pdf"})
-        response = self._request("GET", url, headers={"Accept": "application/pdf"}, stream=True)
-        try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise self._too_large(url, limit, f"it announces {int(declared)} bytes")
-            size, head = 0, b""
-            for chunk in self._stream_chunks(response, url):
-                if len(head) < 5:
-                    head += chunk[: 5 - len(head)]
-                    if len(head) == 5 or not b"%PDF-".startswith(head):
-                        self._check_pdf_head(head, url, response)
-                size += len(chunk)
-                if size > limit:
-                    raise self._too_large(url, limit, "it is larger")
-                sink.write(chunk)
-            self._check_pdf_head(head, url, response)
-            return size
-        finally:
-            response.close()
-
-    def _stream_chunks(self, response: httpx.Response, url: httpx.URL):
-        try:
-            yield from response.iter_bytes(64 * 1024)
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"Findity stopped sending the basis document {url.path} ({type(exc).__name__})",
-                system=self.system, code="timeout") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(
-                f"the download of Findity's basis document {url.path} broke off "
-                f"({type(exc).__name__})", system=self.system, code="connection_error") from exc
-
-    def _check_pdf_head(self, head: bytes, url: httpx.URL, response: httpx.Response) -> None:
-        if not head.startswith(b"%PDF-"):
-            raise PermanentError(
-                f"Findity's basis document {url.path} is not a PDF "
-                f"(Content-Type {response.headers.get('content-type', 'missing')})",
-                system=self.system,
-                code="unexpected_response",
-                status_code=response.status_code,
-            )
-
-    def _too_large(self, url: httpx.URL, limit: int, why: str) -> PermanentError:
-        return PermanentError(
-            f"Findity's basis document {url.path} is larger than the {limit} bytes we accept "
-            f"({why}); raise AIC_RECEIPT_MAX_BYTES to accept it",
-            system=self.system,
-            code="receipt_too_large",
+        return self._http.download(
+            url.copy_merge_params({"format": "pdf"}),
+            sink,
+            what="the basis document",
+            max_bytes=limit,
+            expect_prefix=b"%PDF-",
+            expect_name="a PDF",
+            headers={"Accept": "application/pdf"},
         )
 
     # --- token --------------------------------------------------------------------------------
 
-    def _token(self, *, renew: bool = False) -> str:
+    def _current_auth(self) -> BearerToken:
         with self._token_lock:
-            if renew or self._access_token is None or time.monotonic() >= self._token_expires_at:
+            if self._auth is None or time.monotonic() >= self._token_expires_at:
                 self._fetch_token()
-            assert self._access_token is not None
-            return self._access_token
+            assert self._auth is not None
+            return self._auth
+
+    def _forget_auth(self, rejected: httpx.Auth) -> None:
+        """Findity refused ``rejected`` (401): the next request fetches a new token."""
+        with self._token_lock:
+            # Another thread may already have renewed it; only drop the token that failed.
+            if self._auth is rejected:
+                self._auth = None
 
     def _fetch_token(self) -> None:
         """Client credentials grant [doc]. Called with ``_token_lock`` held.
@@ -287,7 +248,7 @@ class FindityClient:
             "client_id": self._client_id,
             "client_secret": self._client_secret,
         }
-        response = self._send("POST", self.token_url, data=form)
+        response = self._http.exchange("POST", self.token_url, what="the access token", data=form)
         if response.status_code in (400, 401, 403):
             raise AuthError(
                 f"Findity refused the client credentials of organization {self.organization_id} "
@@ -296,23 +257,17 @@ class FindityClient:
                 system=self.system,
                 code="invalid_client",
                 status_code=response.status_code,
-                request_id=_request_id(response),
+                request_id=response_request_id(response),
             )
-        self._raise_for_status(response, "POST", "token endpoint", export_id=None)
-        token = self._parse(TokenResponse, response)
+        self._http.raise_for_status(response, "the access token")
+        token = self._http.parse(TokenResponse, response, "the access token")
         margin = min(self.token_renew_margin_seconds, token.expires_in / 10)
-        self._access_token = token.access_token
+        self._auth = BearerToken(token.access_token)
         self._token_expires_at = time.monotonic() + token.expires_in - margin
         log.info(
             "findity.token_issued",
             extra={"organization_id": self.organization_id, "expires_in": token.expires_in},
         )
-
-    def _forget_token(self, rejected: str) -> None:
-        with self._token_lock:
-            # Another thread may already have renewed it; only drop the token that failed.
-            if self._access_token == rejected:
-                self._access_token = None
 
     def _check_token_host(self, url: httpx.URL) -> None:
         allowed = {httpx.URL(self.base_url).netloc, httpx.URL(self.token_url).netloc}
@@ -324,172 +279,41 @@ class FindityClient:
                 code="untrusted_basis_url",
             )
 
-    # --- transport and error mapping ----------------------------------------------------------
+    # --- Findity's error bodies ---------------------------------------------------------------
 
-    def _request(
-        self,
-        method: str,
-        url: str | httpx.URL,
-        *,
-        export_id: str | None = None,
-        headers: dict[str, str] | None = None,
-        stream: bool = False,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        """Send an authenticated request and map every failure to the error taxonomy.
-
-        A 401 renews the token once and repeats the request; a second 401 is an ``AuthError``.
-        ``stream``: a successful response's body is left unread (the caller reads and closes
-        it); an error's body is read, at most ``_ERROR_BODY_LIMIT`` bytes of it.
-        """
-        token = self._token()
-        response = self._send(method, url, headers=_bearer(headers, token), stream=stream,
-                              **kwargs)
-        if response.status_code == 401:
-            log.info("findity.token_rejected", extra={"organization_id": self.organization_id})
-            response.close()
-            self._forget_token(token)
-            token = self._token(renew=True)
-            response = self._send(method, url, headers=_bearer(headers, token), stream=stream,
-                                  **kwargs)
-            if response.status_code == 401:
-                response.close()
-                raise AuthError(
-                    f"Findity rejected a freshly issued access token for organization "
-                    f"{self.organization_id} on {method} {_path(url)} (HTTP 401): check that the "
-                    "API client is allowed to read this organization's exports",
-                    system=self.system,
-                    code="unauthorized",
-                    status_code=401,
-                    request_id=_request_id(response),
-                )
-        if stream and not 200 <= response.status_code < 300:
-            response = _read_error(response)
-        self._raise_for_status(response, method, _path(url), export_id=export_id)
-        return response
-
-    def _send(self, method: str, url: str | httpx.URL, *, stream: bool = False,
-              **kwargs: Any) -> httpx.Response:
-        """One HTTP exchange; transport failures become ``TransientError``."""
-        started = time.monotonic()
-        try:
-            request = self._http.build_request(method, url, **kwargs)
-            response = self._http.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"Findity did not answer {method} {_path(url)} in time ({type(exc).__name__})",
-                system=self.system,
-                code="timeout",
-            ) from exc
-        except httpx.TransportError as exc:
-            raise TransientError(
-                f"could not reach Findity for {method} {_path(url)} ({type(exc).__name__})",
-                system=self.system,
-                code="connection_error",
-            ) from exc
-        log.debug(
-            "findity.http",
-            extra={
-                "organization_id": self.organization_id,
-                "method": method,
-                "path": _path(url),
-                "status": response.status_code,
-                "duration_ms": round((time.monotonic() - started) * 1000),
-            },
-        )
-        return response
-
-    def _raise_for_status(
-        self, response: httpx.Response, method: str, path: str, *, export_id: str | None
-    ) -> None:
+    def _read_error(self, response: httpx.Response) -> ErrorReading:
+        """Findity's ``{"code", "message"}`` in plain words, with what to check for its codes."""
         status = response.status_code
-        if 200 <= status < 300:
-            return
         error = _error_body(response)
-        code = error.code if error else f"http_{status}"
-        server_says = f": {error.message}" if error and error.message else ""
-        common: dict[str, Any] = {
-            "system": self.system,
-            "code": code,
-            "status_code": status,
-            "request_id": _request_id(response),
-        }
-        if status == 429:
-            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            raise RateLimitedError(
-                f"Findity rate-limited {method} {path} (HTTP 429)"
-                + (f"; retry after {retry_after:g} s" if retry_after is not None else ""),
-                retry_after=retry_after,
-                **common,
-            )
-        if status >= 500:
-            raise TransientError(
-                f"Findity failed on {method} {path} (HTTP {status}{' ' + code if error else ''})"
-                f"{server_says}",
-                **common,
-            )
-        raise self._client_error(method, path, status, code, server_says, export_id, common)
-
-    def _client_error(
-        self,
-        method: str,
-        path: str,
-        status: int,
-        code: str,
-        server_says: str,
-        export_id: str | None,
-        common: dict[str, Any],
-    ) -> IntegrationError:
+        code = error.code if error else None  # None: the base's code for the status
+        says = f": {error.message}" if error and error.message else ""
+        where = f"{response.request.method} {response.request.url.path}"
         org = self.organization_id
-        if code == FindityErrorCode.RECIPIENT_NOT_FOUND:
-            return PermanentError(
-                f"Findity has no API report recipient for organization {org}{server_says}; "
-                f"{RECIPIENT_HELP}",
-                **common,
-            )
-        if code == FindityErrorCode.EXPORT_NOT_FOUND:
-            return NotFoundError(
-                f"Findity has no export {export_id or '(unknown)'} for organization {org}"
-                f"{server_says}; check that the export id came from this organization's export "
-                "list",
-                **common,
-            )
-        if code == FindityErrorCode.ORGANIZATION_NOT_FOUND:
-            return NotFoundError(
-                f"Findity has no organization {org}{server_says}; check the organization id "
-                "against the one shown in Findity Admin",
-                **common,
-            )
         if status == 401:
-            # Defensive: _request and _fetch_token handle their 401s before this point.
-            return AuthError(f"Findity refused {method} {path} (HTTP 401)", **common)
-        return PermanentError(
-            f"Findity refused {method} {path} (HTTP {status} {code}){server_says}", **common
-        )
-
-    def _parse(self, model: type[ModelT], response: httpx.Response) -> ModelT:
-        """Parse a JSON body into ``model``; numbers become ``Decimal`` without passing a float."""
-        try:
-            payload = json.loads(response.content, parse_float=Decimal)
-            return model.model_validate(payload)
-        except (ValueError, ValidationError) as exc:
-            # ValidationError is a ValueError; both mean Findity answered a shape we do not
-            # know. Retrying will not change that.
-            details = (
-                [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-                if isinstance(exc, ValidationError)
-                else [str(exc)]
-            )
-            raise PermanentError(
-                f"Findity answered {response.request.method} {_path(response.request.url)} "
-                f"with a body that is not a valid {model.__name__}: {'; '.join(details[:5])}",
-                system=self.system,
-                code="unexpected_response",
-                status_code=response.status_code,
-                request_id=_request_id(response),
-                details=details,
-                # A token response's validation error quotes the body, tokens included.
-            ) from (None if model is TokenResponse else exc)
+            return ErrorReading(code=code, message=(
+                f"Findity rejected a freshly issued access token for organization {org} on "
+                f"{where} (HTTP 401): check that the API client is allowed to read this "
+                "organization's exports"), error_class=AuthError)
+        if status == 429 or status >= 500 or status == 408:
+            return ErrorReading(code=code, text=error.message if error else None)
+        if code == FindityErrorCode.RECIPIENT_NOT_FOUND:
+            return ErrorReading(code=code, error_class=PermanentError, message=(
+                f"Findity has no API report recipient for organization {org}{says}; "
+                f"{RECIPIENT_HELP}"))
+        if code == FindityErrorCode.EXPORT_NOT_FOUND:
+            return ErrorReading(code=code, error_class=NotFoundError, message=(
+                f"Findity has no export {_export_id(response.request.url) or '(unknown)'} for "
+                f"organization {org}{says}; check that the export id came from this "
+                "organization's export list"))
+        if code == FindityErrorCode.ORGANIZATION_NOT_FOUND:
+            return ErrorReading(code=code, error_class=NotFoundError, message=(
+                f"Findity has no organization {org}{says}; check the organization id against "
+                "the one shown in Findity Admin"))
+        # Any other 4xx, a 404 included: a 404 without one of the codes above is about a part
+        # (one voucher's basis, one update), not the export or organization as a whole.
+        label = f"HTTP {status} {code}" if code else f"HTTP {status}"
+        return ErrorReading(code=code, error_class=PermanentError,
+                            message=f"Findity refused {where} ({label}){says}")
 
     # --- paths --------------------------------------------------------------------------------
 
@@ -504,39 +328,12 @@ class FindityClient:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-_ERROR_BODY_LIMIT = 64 * 1024
-
-
-def _read_error(response: httpx.Response) -> httpx.Response:
-    """A streamed error response with (the start of) its body read, for the error mapping."""
-    body = b""
-    try:
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) >= _ERROR_BODY_LIMIT:
-                break
-    except httpx.HTTPError:
-        pass  # the status says enough
-    finally:
-        response.close()
-    # iter_bytes() has decoded the body already: drop the headers that describe the wire form.
-    headers = [(k, v) for k, v in response.headers.multi_items()
-               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
-    return httpx.Response(response.status_code, headers=headers,
-                          content=body[:_ERROR_BODY_LIMIT], request=response.request)
-
-
-def _bearer(headers: dict[str, str] | None, token: str) -> dict[str, str]:
-    return {**(headers or {}), "Authorization": f"Bearer {token}"}
-
-
-def _path(url: str | httpx.URL) -> str:
-    """The path of a URL for messages: no host, no query (a query could carry anything)."""
-    return httpx.URL(str(url)).path
-
-
-def _request_id(response: httpx.Response) -> str | None:
-    return response.headers.get("X-Request-Id") or response.headers.get("X-Correlation-Id")
+def _export_id(url: httpx.URL) -> str | None:
+    """The export a Connect API path names (``.../exports/{id}/...``), for messages."""
+    segments = url.path.split("/")
+    if "exports" in segments and segments.index("exports") + 1 < len(segments):
+        return unquote(segments[segments.index("exports") + 1]) or None
+    return None
 
 
 def _error_body(response: httpx.Response) -> FindityErrorBody | None:
@@ -562,26 +359,9 @@ def _oauth_error_suffix(response: httpx.Response) -> str:
     return f" {error}" if isinstance(error, str) and error.isidentifier() else ""
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 def _content_disposition(filename: str) -> str:
     # RFC 6266: a plain ASCII fallback plus the exact UTF-8 name.
     fallback = "".join(
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
     )
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-

@@ -1,41 +1,35 @@
 """``TraedeClient``: the one client of TRAEDE's Export API for accounting entries (seed 001).
 
 Two calls: the "not exported yet" feed of our ``system_id`` (read-only, always safe to repeat)
-and mark-as-exported (at most 10 entries a call). Every HTTP outcome becomes the error taxonomy
-of ``shared.integrations.errors`` in the single ``_request()``, so the client can move onto the
-shared HTTP base when it lands.
+and mark-as-exported (at most 10 entries a call). It sends through the shared HTTP base
+(``shared.integrations.http.VendorHttp``: timeouts, the error taxonomy, Retry-After, redaction,
+log fields) and keeps what is TRAEDE's own: paths, the entry feed, and how its Laravel error
+bodies read.
 
 Auth [doc: guides/api-usage/authentication]: ``Authorization: Bearer <token>`` (a token issued
 in TRAEDE's UI on behalf of a user; nothing documents a refresh, so a 401 is not retried) and
 the integration's app key in ``X-Traede-App-Key``. TRAEDE also takes ``?access_token=``: never
 used here, query strings end up in logs.
 
-Thread safety: one ``httpx.Client`` (thread safe) and no other mutable state.
+Thread safety: one ``VendorHttp`` (thread safe) and no other mutable state.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import re
-import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from shared.config import get_settings
-from shared.integrations.errors import (
-    AuthError,
-    IntegrationError,
-    NotFoundError,
-    PermanentError,
-    RateLimitedError,
-    TransientError,
+from shared.integrations.errors import AuthError, NotFoundError, PermanentError, TransientError
+from shared.integrations.http import (
+    ERROR_BODY_LIMIT,
+    ErrorReading,
+    VendorHttp,
+    response_request_id,
 )
 from shared.integrations.traede.models import (
     MARK_MAX,
@@ -45,13 +39,9 @@ from shared.integrations.traede.models import (
     format_utc_datetime,
 )
 
-log = logging.getLogger(__name__)
-
 APP_KEY_HEADER = "X-Traede-App-Key"
 EXPORT_PATH = "/accounting-entries/export"
 MARK_PATH = "/accounting-entries/mark-as-exported"
-_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-_ERROR_BODY_LIMIT = 64 * 1024
 
 
 class TraedeClient:
@@ -76,14 +66,15 @@ class TraedeClient:
         timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if timeout is None:
-            settings = get_settings()
-            timeout = httpx.Timeout(settings.http_read_timeout,
-                                    connect=settings.http_connect_timeout)
+        """``timeout``: None takes ``AIC_HTTP_*`` from settings."""
         # The API root including its version, e.g. https://api.traede.com/v10
         self.base_url = base_url.rstrip("/")
         self.system_id = system_id
-        self._http = httpx.Client(
+        # The token is a fixed header: nothing documents a refresh, so there is no session to
+        # renew and a 401 is an AuthError at once.
+        self._http = VendorHttp(
+            system=self.system,
+            display_name="TRAEDE",
             base_url=self.base_url + "/",
             timeout=timeout,
             transport=transport,
@@ -93,6 +84,8 @@ class TraedeClient:
                 "Authorization": f"Bearer {access_token}",
                 APP_KEY_HEADER: app_key,
             },
+            read_error=_read_error,
+            secrets=lambda: (access_token, app_key),
         )
 
     def __repr__(self) -> str:
@@ -187,133 +180,78 @@ class TraedeClient:
         body = MarkRequest(accounting_entries=list(items))
         if any(item.system_id != self.system_id for item in body.accounting_entries):
             raise ValueError("a mark names another system_id than this client's")
-        self._request("POST", MARK_PATH, json=body.model_dump(mode="json", exclude_none=True))
+        self._http.request("POST", MARK_PATH, what="the mark-as-exported call",
+                           json=body.model_dump(mode="json", exclude_none=True))
 
     def _export_page(self, params: dict[str, Any], limit: int, page: int) -> list[dict[str, Any]]:
-        response = self._request("GET", EXPORT_PATH,
-                                 params={**params, "limit": limit, "page": page})
+        response = self._http.request("GET", EXPORT_PATH, what="the export feed",
+                                      params={**params, "limit": limit, "page": page})
         payload = self._json(response)
         entries = payload.get("accounting_entries") if isinstance(payload, dict) else None
         if not isinstance(entries, list) or not all(
                 isinstance(e, dict) and type(e.get("id")) is int for e in entries):
             # Without an integer id an entry can be neither told apart nor marked: refusing the
             # whole answer keeps the poll's error visible instead of dropping an entry unseen.
-            raise PermanentError(
+            # A 2xx we cannot read is transient for every system (shared/integrations/http.py).
+            raise TransientError(
                 f"TRAEDE answered GET {EXPORT_PATH} with a body that is not "
                 '{"accounting_entries": [entry with an integer "id", ...]}',
                 system=self.system, code="unexpected_response",
-                status_code=response.status_code, request_id=_request_id(response))
+                status_code=response.status_code, request_id=response_request_id(response))
         return entries
 
-    # --- transport and error mapping ----------------------------------------------------------
-
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send one request and map every failure to the error taxonomy (the one place)."""
-        started = time.monotonic()
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # The connection was never opened: nothing can have reached TRAEDE.
-            raise TransientError(
-                f"could not reach TRAEDE for {method} {path} ({type(exc).__name__})",
-                system=self.system, code="connection_error", sent=False) from exc
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"TRAEDE did not answer {method} {path} in time ({type(exc).__name__})",
-                system=self.system, code="timeout") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(
-                f"the connection to TRAEDE broke during {method} {path} ({type(exc).__name__})",
-                system=self.system, code="connection_error") from exc
-        log.debug("traede.http", extra={
-            "system_id": self.system_id, "method": method, "path": path,
-            "status": response.status_code,
-            "duration_ms": round((time.monotonic() - started) * 1000)})
-        if not 200 <= response.status_code < 300:
-            raise self._error(method, path, response)
-        return response
-
-    def _error(self, method: str, path: str, response: httpx.Response) -> IntegrationError:
-        status = response.status_code
-        body = _error_body(response)
-        server_says = f": {body.message}" if body and body.message else ""
-        common: dict[str, Any] = {
-            "system": self.system, "status_code": status, "request_id": _request_id(response),
-            "details": body.details() if body else [],
-        }
-        if status == 401:
-            return AuthError(
-                f"TRAEDE refused the access token (HTTP 401{server_says}) on {method} {path}: "
-                "the token of this connection is wrong, expired or was revoked in TRAEDE. Create "
-                "a new API token in TRAEDE (it acts on behalf of a TRAEDE user) and set it as "
-                "this connection's access_token", code="invalid_token", **common)
-        if status == 403:
-            return AuthError(
-                f"TRAEDE refused the request (HTTP 403{server_says}) on {method} {path}: the "
-                f"access token was accepted, so either the app key ({APP_KEY_HEADER}) is wrong "
-                "- check this connection's app_key against the integration's API App in "
-                "TRAEDE - or the token's TRAEDE user may not export accounting entries",
-                code="forbidden", **common)
-        if status == 429:
-            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            return RateLimitedError(
-                f"TRAEDE rate-limited {method} {path} (HTTP 429)"
-                + (f"; retry after {retry_after:g} s" if retry_after is not None else ""),
-                retry_after=retry_after, code="rate_limited", **common)
-        if status >= 500:
-            return TransientError(f"TRAEDE failed on {method} {path} (HTTP {status})"
-                                  f"{server_says}", code=f"http_{status}", **common)
-        if status == 404:
-            return NotFoundError(
-                f"TRAEDE has no {path} (HTTP 404{server_says}): check the connection's base_url "
-                "(the API root including /v10)", code="not_found", **common)
-        if status == 422:
-            problems = "; ".join(common["details"][:5]) or (body.message if body else "")
-            return PermanentError(
-                f"TRAEDE refused {method} {path} as invalid (HTTP 422): {problems}",
-                code="validation_failed", **common)
-        return PermanentError(f"TRAEDE refused {method} {path} (HTTP {status}){server_says}",
-                              code=f"http_{status}", **common)
-
     def _json(self, response: httpx.Response) -> Any:
-        """The body as JSON; numbers become ``Decimal`` without passing through a float."""
+        """The body as JSON; numbers become ``Decimal`` without passing through a float. Not JSON
+        is transient, like every 2xx we cannot read (shared/integrations/http.py)."""
         try:
             return json.loads(response.content, parse_float=Decimal)
         except (ValueError, RecursionError) as exc:
-            raise PermanentError(
+            raise TransientError(
                 f"TRAEDE answered {response.request.method} {response.request.url.path} with a "
                 f"body that is not JSON ({type(exc).__name__})", system=self.system,
                 code="unexpected_response", status_code=response.status_code,
-                request_id=_request_id(response)) from exc
+                request_id=response_request_id(response)) from exc
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _request_id(response: httpx.Response) -> str | None:
-    return response.headers.get("X-Request-Id") or response.headers.get("X-Correlation-Id")
+def _read_error(response: httpx.Response) -> ErrorReading:
+    """TRAEDE's (Laravel's) error body in plain words, with what to fix for its statuses."""
+    status = response.status_code
+    body = _error_body(response)
+    says = f": {body.message}" if body and body.message else ""
+    details = body.details() if body else []
+    where = f"{response.request.method} {response.request.url.path}"
+    if status == 401:
+        return ErrorReading(code="invalid_token", details=details, message=(
+            f"TRAEDE refused the access token (HTTP 401{says}) on {where}: the token of this "
+            "connection is wrong, expired or was revoked in TRAEDE. Create a new API token in "
+            "TRAEDE (it acts on behalf of a TRAEDE user) and set it as this connection's "
+            "access_token"))
+    if status == 403:
+        return ErrorReading(code="forbidden", details=details, error_class=AuthError, message=(
+            f"TRAEDE refused the request (HTTP 403{says}) on {where}: the access token was "
+            f"accepted, so either the app key ({APP_KEY_HEADER}) is wrong - check this "
+            "connection's app_key against the integration's API App in TRAEDE - or the token's "
+            "TRAEDE user may not export accounting entries"))
+    if status == 429 or status >= 500 or status == 408:
+        return ErrorReading(details=details, text=body.message if body else None)
+    if status == 404:
+        return ErrorReading(details=details, error_class=NotFoundError, message=(
+            f"TRAEDE has no {response.request.url.path} (HTTP 404{says}): check the "
+            "connection's base_url (the API root including /v10)"))
+    if status == 422:
+        problems = "; ".join(details[:5]) or (body.message if body else "")
+        return ErrorReading(details=details, message=(
+            f"TRAEDE refused {where} as invalid (HTTP 422): {problems}"))
+    return ErrorReading(details=details, message=f"TRAEDE refused {where} (HTTP {status}){says}")
 
 
 def _error_body(response: httpx.Response) -> LaravelError | None:
     """Laravel's ``{"message", "errors"}``; None for anything else (a gateway's HTML page)."""
     try:
-        payload = json.loads(response.content[:_ERROR_BODY_LIMIT])
+        payload = json.loads(response.content[:ERROR_BODY_LIMIT])
         return LaravelError.model_validate(payload) if isinstance(payload, dict) else None
     except (ValueError, ValidationError, RecursionError):
         return None
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

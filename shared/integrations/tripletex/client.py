@@ -1,8 +1,10 @@
 """The Tripletex API v2 client: session tokens, lookups, vouchers and their attachments.
 
-One ``TripletexClient`` per connection (company). It owns one long-lived ``httpx.Client`` and
-turns every HTTP outcome into the error taxonomy of ``shared.integrations.errors`` in a single
-place, ``_request()``. See ``/shared/guides/tripletex.md`` for the API facts it follows.
+One ``TripletexClient`` per connection (company). It sends through the shared HTTP base
+(``shared.integrations.http.VendorHttp``: timeouts, the error taxonomy, 401 renew-once,
+Retry-After, redaction, log fields) and keeps what is Tripletex's own: the session, the paths
+and models, and how its error bodies read. See ``/shared/guides/tripletex.md`` for the API facts
+it follows.
 
 Choices worth knowing:
 - ``PostedVoucher.reference`` is ``"TTX-<voucher id>"``. The voucher *number* is not stable: a
@@ -18,30 +20,22 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import re
 import threading
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.config import get_settings
 from shared.domain.vouchers import CENT, PostedVoucher, PostingDraft, VoucherDraft
-from shared.integrations.errors import (
-    AuthError,
-    NotFoundError,
-    PermanentError,
-    RateLimitedError,
-    SendWithdrawn,
-    TransientError,
-)
+from shared.integrations.errors import AuthError, PermanentError
+from shared.integrations.http import ErrorReading, SessionAuth, VendorHttp, seconds_header
 from shared.integrations.tripletex.models import (
     Account,
     Currency,
@@ -63,8 +57,6 @@ if TYPE_CHECKING:
     from shared.integrations.targets import PreparedVoucher, SendGate
 
 logger = logging.getLogger(__name__)
-
-M = TypeVar("M", bound=BaseModel)
 
 SYSTEM = "tripletex"
 ACCOUNT_FIELDS = (
@@ -122,6 +114,7 @@ class RateLimitStatus:
 @dataclass(frozen=True)
 class _Session:
     token: str
+    auth: httpx.Auth  # compared by identity when a 401 rejects it
     expires_on: date
     # Renew a day early: Tripletex counts dates in Norwegian time, we count in UTC.
     renew_on: date
@@ -158,21 +151,27 @@ class TripletexClient:
         limiter: RateLimiter | None = None,
     ) -> None:
         """``limiter``: the connection's shared request budget (``shared.integrations.rate_limit``);
-        every HTTP exchange waits for it. None sends without limiting."""
-        if timeout is None:
-            settings = get_settings()
-            timeout = httpx.Timeout(
-                settings.http_read_timeout, connect=settings.http_connect_timeout
-            )
+        every HTTP exchange waits for it. None sends without limiting. ``timeout``: None takes
+        ``AIC_HTTP_*`` from settings."""
         self._consumer_token = consumer_token
         self._employee_token = employee_token
         self.company_id = str(company_id)
         self.options = options or TripletexOptions()
-        self._http = httpx.Client(
+        self._http = VendorHttp(
+            system=SYSTEM,
+            display_name="Tripletex",
             base_url=base_url.rstrip("/"),
             timeout=timeout,
             transport=transport,
             headers={"Accept": "application/json"},
+            session=SessionAuth(current=self._current_auth, renew=self._drop_session),
+            read_error=_read_error,
+            rate_limit_reset=lambda response: seconds_header(
+                response.headers.get("x-rate-limit-reset")),
+            request_id_headers=("x-tlx-request-id",),
+            secrets=self._secrets,
+            limiter=limiter,
+            on_response=self._observe_rate_limit,
         )
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
@@ -188,7 +187,6 @@ class TripletexClient:
         self._departments: dict[str, Department] = {}
         self._projects: dict[str, Project] = {}
         self.rate_limit: RateLimitStatus | None = None
-        self.limiter = limiter
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -202,6 +200,10 @@ class TripletexClient:
         self.close()
 
     @property
+    def limiter(self) -> RateLimiter | None:
+        return self._http.limiter
+
+    @property
     def search_delay_seconds(self) -> float:
         if self.options.search_delay_seconds is not None:
             return self.options.search_delay_seconds
@@ -209,15 +211,16 @@ class TripletexClient:
 
     def __repr__(self) -> str:  # never show tokens
         return (
-            f"TripletexClient(base_url={str(self._http.base_url)!r}, company={self.company_id!r})"
+            f"TripletexClient(base_url={str(self._http.client.base_url)!r}, "
+            f"company={self.company_id!r})"
         )
 
     # --- public operations -----------------------------------------------------------------
 
     def check_connection(self) -> WhoAmI:
         """Create a session if needed and ask who it belongs to: the "test connection" button."""
-        response = self._request("GET", "/token/session/>whoAmI", what="the connection check")
-        return self._parse(ValueEnvelope[WhoAmI], response, "the connection check").value
+        response = self._http.request("GET", "/token/session/>whoAmI", what="the connection check")
+        return self._http.parse(ValueEnvelope[WhoAmI], response, "the connection check").value
 
     def find_voucher(self, external_number: str) -> PostedVoucher | None:
         """The voucher we posted earlier under ``external_number``, or None.
@@ -225,13 +228,13 @@ class TripletexClient:
         Called before retrying a post whose outcome is unknown: Tripletex has no idempotency
         key, ``externalVoucherNumber`` is our dedup key.
         """
-        response = self._request(
+        response = self._http.request(
             "GET",
             "/ledger/voucher/>externalVoucherNumber",
             params={"externalVoucherNumber": external_number, "fields": VOUCHER_FIELDS},
             what="the voucher search",
         )
-        found = self._parse(ListEnvelope[Voucher], response, "the voucher search").values
+        found = self._http.parse(ListEnvelope[Voucher], response, "the voucher search").values
         # Match exactly: the search is not documented as an exact match, and a voucher with a
         # neighbouring number must never be taken for ours.
         matches = sorted(
@@ -261,14 +264,14 @@ class TripletexClient:
 
         refs = self._resolve(draft)
         payload = dumps_json(self._voucher_body(draft, refs)).encode("utf-8")
-        self._session_token()
+        self._current_auth()
         return PreparedVoucher(draft=draft, payload=payload)
 
     def send_voucher(self, prepared: PreparedVoucher, gate: SendGate | None = None) -> PostedVoucher:
         """POST a prepared voucher: one request (two if Tripletex refuses an expired session),
         bounded by ``gate`` when given."""
         try:
-            response = self._request(
+            response = self._http.request(
                 "POST",
                 "/ledger/voucher",
                 params={"sendToLedger": "true" if self.options.send_to_ledger else "false"},
@@ -281,7 +284,7 @@ class TripletexClient:
             # Tripletex disagrees with what we cached (the chart may have changed since).
             self.forget_lookups()
             raise
-        voucher = self._parse(ValueEnvelope[Voucher], response, "the posted voucher").value
+        voucher = self._http.parse(ValueEnvelope[Voucher], response, "the posted voucher").value
         posted = self._posted(voucher, fallback_date=prepared.draft.date)
         logger.info(
             "tripletex.voucher_posted",
@@ -295,13 +298,13 @@ class TripletexClient:
         return self.send_voucher(self.prepare_voucher(draft), gate)
 
     def has_attachment(self, voucher_id: str) -> bool:
-        response = self._request(
+        response = self._http.request(
             "GET",
             f"/ledger/voucher/{self._voucher_id(voucher_id)}",
             params={"fields": "id,attachment"},
             what="the voucher's attachment",
         )
-        return self._parse(ValueEnvelope[Voucher], response, "the voucher").value.attachment is not None
+        return self._http.parse(ValueEnvelope[Voucher], response, "the voucher").value.attachment is not None
 
     def attach_receipt(
         self, voucher_id: str, filename: str, content: bytes, content_type: str
@@ -314,7 +317,7 @@ class TripletexClient:
                 system=SYSTEM,
                 code="unsupported_attachment_type",
             )
-        self._request(
+        self._http.request(
             "POST",
             f"/ledger/voucher/{self._voucher_id(voucher_id)}/attachment",
             files={"file": (filename, content, media_type)},
@@ -350,13 +353,13 @@ class TripletexClient:
         """The accounts among ``numbers`` that exist, by number. Unknown numbers are left out."""
         wanted = {n for n in numbers if n.isdigit()} - self._accounts.keys()
         if wanted:
-            response = self._request(
+            response = self._http.request(
                 "GET",
                 "/ledger/account",
                 params={"number": ",".join(sorted(wanted)), "fields": ACCOUNT_FIELDS},
                 what="the account lookup",
             )
-            for account in self._parse(
+            for account in self._http.parse(
                 ListEnvelope[Account], response, "the account lookup"
             ).values:
                 if str(account.number) in wanted:
@@ -367,13 +370,13 @@ class TripletexClient:
         """The VAT types among ``numbers`` (Tripletex's VAT codes) that exist, by number."""
         wanted = numbers - self._vat_types.keys()
         if wanted:
-            response = self._request(
+            response = self._http.request(
                 "GET",
                 "/ledger/vatType",
                 params={"number": ",".join(sorted(wanted))},
                 what="the VAT type lookup",
             )
-            for vat_type in self._parse(
+            for vat_type in self._http.parse(
                 ListEnvelope[VatType], response, "the VAT type lookup"
             ).values:
                 if vat_type.number in wanted:
@@ -383,10 +386,10 @@ class TripletexClient:
     def voucher_type(self, name: str) -> VoucherType | None:
         key = name.strip().lower()
         if key not in self._voucher_types:
-            response = self._request(
+            response = self._http.request(
                 "GET", "/ledger/voucherType", params={"name": name}, what="the voucher type lookup"
             )
-            values = self._parse(
+            values = self._http.parse(
                 ListEnvelope[VoucherType], response, "the voucher type lookup"
             ).values
             # The name filter may match parts of names ("Reise" finds "Reiseregning"): be exact.
@@ -399,10 +402,10 @@ class TripletexClient:
     def currency(self, code: str) -> Currency | None:
         key = code.strip().upper()
         if key not in self._currencies:
-            response = self._request(
+            response = self._http.request(
                 "GET", "/currency", params={"code": key}, what="the currency lookup"
             )
-            for currency in self._parse(
+            for currency in self._http.parse(
                 ListEnvelope[Currency], response, "the currency lookup"
             ).values:
                 if (currency.code or "").upper() == key:
@@ -412,13 +415,13 @@ class TripletexClient:
 
     def department(self, number: str) -> Department | None:
         if number not in self._departments:
-            response = self._request(
+            response = self._http.request(
                 "GET",
                 "/department",
                 params={"departmentNumber": number},
                 what="the department lookup",
             )
-            for department in self._parse(
+            for department in self._http.parse(
                 ListEnvelope[Department], response, "the department lookup"
             ).values:
                 if department.department_number == number:
@@ -428,10 +431,10 @@ class TripletexClient:
 
     def project(self, number: str) -> Project | None:
         if number not in self._projects:
-            response = self._request(
+            response = self._http.request(
                 "GET", "/project", params={"number": number}, what="the project lookup"
             )
-            for project in self._parse(
+            for project in self._http.parse(
                 ListEnvelope[Project], response, "the project lookup"
             ).values:
                 if project.number == number:
@@ -575,191 +578,69 @@ class TripletexClient:
 
     # --- session ---------------------------------------------------------------------------
 
-    def _session_token(self) -> str:
+    def _current_auth(self) -> httpx.Auth:
         with self._session_lock:
             today = datetime.now(UTC).date()
             if self._session is None or today >= self._session.renew_on:
                 self._session = self._create_session(today)
-            return self._session.token
+            return self._session.auth
 
-    def _drop_session(self, token: str) -> None:
+    def _drop_session(self, rejected: httpx.Auth) -> None:
+        """Tripletex refused ``rejected`` (401: the session expired or was revoked)."""
         with self._session_lock:
-            if self._session is not None and self._session.token == token:
+            if self._session is not None and self._session.auth is rejected:
                 self._session = None
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        session = self._session
+        return (self._consumer_token, self._employee_token, session.token if session else None)
 
     def _create_session(self, today: date) -> _Session:
         requested = today + timedelta(days=2)
-        response = self._send(
+        # The tokens travel in the query (the API's legacy PUT form): the base masks them in
+        # httpx's request log, and its messages never quote a query.
+        response = self._http.exchange(
             "PUT",
             "/token/session/:create",
+            what="the session",
             params={
                 "consumerToken": self._consumer_token,
                 "employeeToken": self._employee_token,
                 "expirationDate": requested.isoformat(),
             },
-            what="the session",
-            token=None,
         )
         if response.status_code in (401, 403):
+            request_id = _read_error(response).request_id
+            status = f"HTTP {response.status_code}" + (
+                f", request id {request_id}" if request_id else "")
             raise AuthError(
                 "Tripletex refused the consumer/employee token pair: check the connection's "
-                f"tokens and that they belong to this environment ({_request_id_note(response)})",
+                f"tokens and that they belong to this environment ({status})",
                 system=SYSTEM,
                 code="session_refused",
                 status_code=response.status_code,
-                request_id=_request_id(response, None),
+                request_id=request_id,
             )
-        self._raise_for_status(response, "the session")
-        session = self._parse(ValueEnvelope[SessionToken], response, "the session").value
+        self._http.raise_for_status(response, "the session")
+        session = self._http.parse(ValueEnvelope[SessionToken], response, "the session").value
         expires_on = parse_date(session.expiration_date) or requested
         logger.info("tripletex.session_created", extra={"expires_on": expires_on.isoformat()})
         # At least a day of use even if Tripletex shortened the expiry: a token that dies
         # earlier is caught by the 401 renewal, not by creating a session on every request.
         renew_on = max(expires_on - timedelta(days=1), today + timedelta(days=1))
-        return _Session(session.token, expires_on, renew_on=renew_on)
+        auth = httpx.BasicAuth(self.company_id, session.token)
+        return _Session(session.token, auth, expires_on, renew_on=renew_on)
 
-    # --- HTTP ------------------------------------------------------------------------------
+    # --- rate-limit headers ----------------------------------------------------------------
 
-    def _request(
-        self, method: str, path: str, *, what: str, gate: SendGate | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        """Send an authenticated request; return the 2xx response or raise the taxonomy.
-
-        A 401 means the session token expired or was revoked: create a new session once and
-        repeat the request (a refused request stored nothing); a second 401 is an AuthError.
-        """
-        token = self._session_token()
-        response = self._send(method, path, what=what, token=token, gate=gate, **kwargs)
-        if response.status_code == 401:
-            logger.info("tripletex.session_renewed_after_401", extra={"path": path})
-            self._drop_session(token)
-            response = self._send(
-                method, path, what=what, token=self._session_token(), gate=gate, **kwargs
-            )
-        self._raise_for_status(response, what)
-        return response
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        what: str,
-        token: str | None,
-        gate: SendGate | None = None,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        """One HTTP exchange; transport failures become TransientError.
-
-        Every request (the session PUT and a re-send after a 401 included) takes a permit from
-        the connection's limiter first, which may wait or raise RateLimitedError (nothing sent).
-        With a ``gate`` the request leaves only if ``gate.open()`` says so, after the permit,
-        and each phase of the exchange is bounded by ``gate.timeout``.
-        """
-        auth = httpx.BasicAuth(self.company_id, token) if token is not None else None
-        permit: AbstractContextManager[object] = (
-            self.limiter.acquire() if self.limiter is not None else nullcontext()
-        )
-        if gate is not None:
-            kwargs["timeout"] = httpx.Timeout(gate.timeout)
-        try:
-            with permit:
-                if gate is not None and not gate.open():
-                    raise SendWithdrawn()
-                response = self._http.request(method, path, auth=auth, **kwargs)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # The connection was never made: nothing reached Tripletex.
-            raise TransientError(
-                f"could not reach Tripletex for {method} {path} in time ({type(exc).__name__})",
-                system=SYSTEM,
-                code="connect_timeout",
-                sent=False,
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"Tripletex did not answer {method} {path} in time ({type(exc).__name__})",
-                system=SYSTEM,
-                code="timeout",
-            ) from exc
-        except httpx.ConnectError as exc:
-            raise TransientError(
-                f"could not reach Tripletex for {method} {path} ({type(exc).__name__}: {exc})",
-                system=SYSTEM,
-                code="connection_error",
-                sent=False,
-            ) from exc
-        except httpx.TransportError as exc:
-            # The request may have arrived: for a POST the outcome is unknown, which the
-            # worker settles with find_voucher before posting again.
-            raise TransientError(
-                f"lost the connection to Tripletex during {method} {path} "
-                f"({type(exc).__name__}: {exc})",
-                system=SYSTEM,
-                code="connection_lost",
-            ) from exc
+    def _observe_rate_limit(self, response: httpx.Response) -> None:
+        """Every answer's ``X-Rate-Limit-*`` headers: kept for callers, fed to the limiter."""
         self._record_rate_limit(response)
         if self.limiter is not None:
             self.limiter.observe(
                 remaining=_int_header(response.headers.get("x-rate-limit-remaining")),
-                reset_seconds=_seconds(response.headers.get("x-rate-limit-reset")),
+                reset_seconds=seconds_header(response.headers.get("x-rate-limit-reset")),
             )
-        return response
-
-    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        body = _error_body(response)
-        request_id = _request_id(response, body)
-        common: dict[str, Any] = {"system": SYSTEM, "status_code": status, "request_id": request_id}
-        note = f" (request id {request_id})" if request_id else ""
-        if status == 429:
-            raise RateLimitedError(
-                f"Tripletex rate limit reached while sending {what}{note}",
-                retry_after=_retry_after(response),
-                code="rate_limited",
-                **common,
-            )
-        where = f"{response.request.method} {response.request.url.path}"  # no query: no tokens
-        if status >= 500:
-            raise TransientError(
-                f"Tripletex failed with HTTP {status} on {what} ({where}){note}",
-                code="server_error",
-                **common,
-            )
-        if status == 401:
-            raise AuthError(
-                f"Tripletex refused the session token even after renewing it{note}: check the "
-                "connection's employee token and company id",
-                code="unauthorized",
-                **common,
-            )
-        if status == 403:
-            raise AuthError(
-                f"Tripletex denied access to {what}{note}: the employee token lacks the needed "
-                "permission or the company id is wrong",
-                code="forbidden",
-                **common,
-            )
-        if status == 404:
-            raise NotFoundError(
-                f"Tripletex found nothing for {what} at {where}{note}", code="not_found", **common
-            )
-        details = [_describe(m.field, m.message) for m in body.validation_messages if m.message]
-        text = "; ".join(details) or body.message or f"HTTP {status}"
-        if status == 409:
-            raise PermanentError(
-                f"Tripletex reported a conflict on {what}: {text}{note}",
-                code="conflict",
-                details=details,
-                **common,
-            )
-        raise PermanentError(
-            f"Tripletex rejected {what}: {text}{note}",
-            code="validation_failed" if status in (400, 422) else f"http_{status}",
-            details=details,
-            **common,
-        )
 
     def _record_rate_limit(self, response: httpx.Response) -> None:
         headers = response.headers
@@ -771,24 +652,9 @@ class TripletexClient:
         self.rate_limit = RateLimitStatus(
             limit=_int_header(headers.get("x-rate-limit-limit")),
             remaining=_int_header(headers.get("x-rate-limit-remaining")),
-            reset_seconds=_seconds(headers.get("x-rate-limit-reset")),
+            reset_seconds=seconds_header(headers.get("x-rate-limit-reset")),
             seen_at=datetime.now(UTC),
         )
-
-    @staticmethod
-    def _parse(model: type[M], response: httpx.Response, what: str) -> M:
-        """Parse a 2xx body. A body we cannot read is a transient protocol failure: after a
-        POST it means "outcome unknown", which the worker settles with ``find_voucher``."""
-        try:
-            return model.model_validate(json.loads(response.content, parse_float=Decimal))
-        except (ValueError, ValidationError) as exc:
-            raise TransientError(
-                f"Tripletex answered {what} with a body we could not read ({type(exc).__name__})",
-                system=SYSTEM,
-                code="unexpected_response",
-                status_code=response.status_code,
-                request_id=_request_id(response, None),
-            ) from exc
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -864,17 +730,25 @@ def _error_body(response: httpx.Response) -> ErrorBody:
         return ErrorBody()  # an HTML error page from a proxy, say
 
 
-def _request_id(response: httpx.Response, body: ErrorBody | None) -> str | None:
-    return (body.request_id if body else None) or response.headers.get("x-tlx-request-id")
-
-
-def _request_id_note(response: httpx.Response) -> str:
-    request_id = _request_id(response, _error_body(response))
-    return (
-        f"HTTP {response.status_code}, request id {request_id}"
-        if request_id
-        else f"HTTP {response.status_code}"
-    )
+def _read_error(response: httpx.Response) -> ErrorReading:
+    """Tripletex's error body: validation messages with hints, its request id, and what the
+    statuses that need more than the base's words mean."""
+    body = _error_body(response)
+    request_id = body.request_id or response.headers.get("x-tlx-request-id")
+    note = f" (request id {request_id})" if request_id else ""
+    details = [_describe(m.field, m.message) for m in body.validation_messages if m.message]
+    status = response.status_code
+    if status == 401:
+        return ErrorReading(request_id=request_id, message=(
+            f"Tripletex refused the session token even after renewing it{note}: check the "
+            "connection's employee token and company id"))
+    if status == 403:
+        return ErrorReading(
+            request_id=request_id, error_class=AuthError,
+            text="access denied: the employee token lacks the needed permission or the company "
+                 "id is wrong")
+    return ErrorReading(request_id=request_id, details=details,
+                        text="; ".join(details) or body.message)
 
 
 def _describe(field: str | None, message: str) -> str:
@@ -890,51 +764,6 @@ def _int_header(value: str | None) -> int | None:
     except ValueError:
         return None
 
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds to wait: ``Retry-After`` (seconds or an HTTP date), else ``X-Rate-Limit-Reset``."""
-    header = response.headers.get("retry-after")
-    if header is not None:
-        seconds = _seconds(header)
-        if seconds is not None:
-            return seconds
-        try:
-            when = email.utils.parsedate_to_datetime(header)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None and when.tzinfo is not None:
-            return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return _seconds(response.headers.get("x-rate-limit-reset"))
-
-
-class _RedactSessionTokens(logging.Filter):
-    """httpx logs every request URL at INFO; the session call carries both tokens in its query
-    (the API's legacy PUT form). Redact them so no log handler ever sees them."""
-
-    _pattern = re.compile(r"(consumerToken|employeeToken)=[^&\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "Token=" in message:
-            record.msg = self._pattern.sub(r"\1=***", message)
-            record.args = ()
-        return True
-
-
-def _install_log_redaction() -> None:
-    httpx_logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _RedactSessionTokens) for f in httpx_logger.filters):
-        httpx_logger.addFilter(_RedactSessionTokens())
-
-
-_install_log_redaction()
 
 __all__ = [
     "RateLimitStatus",

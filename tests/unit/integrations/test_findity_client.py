@@ -432,11 +432,13 @@ def _stub_client(handler) -> FindityClient:
                          transport=httpx.MockTransport(route))
 
 
-def test_a_body_of_the_wrong_shape_is_a_permanent_error():
+def test_a_body_of_the_wrong_shape_is_transient():
+    """One rule for every client (shared/integrations/http.py): Findity answered, so a body we
+    cannot read is an answer we may read next time, not a refusal. It was permanent before."""
     client = _stub_client(lambda request: httpx.Response(200, json={"data": [{"id": 1}]}))
-    with client, pytest.raises(PermanentError) as caught:
+    with client, pytest.raises(TransientError) as caught:
         client.list_unprocessed_exports()
-    assert caught.value.code == "unexpected_response"
+    assert caught.value.code == "unexpected_response" and caught.value.sent
     assert "ExportList" in caught.value.message and caught.value.details
 
 

@@ -282,8 +282,11 @@ def test_a_listing_whose_entries_lack_an_id_is_refused_not_dropped():
     def no_id(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"accounting_entries": [{"amount": 1}]})
 
-    with _stub(no_id) as source, pytest.raises(PermanentError, match="integer"):
+    # A 2xx we cannot read is transient for every system (shared/integrations/http.py): the
+    # poll fails visibly and tries again, it never drops the entry.
+    with _stub(no_id) as source, pytest.raises(TransientError, match="integer") as caught:
         source.list_pending(None)
+    assert caught.value.code == "unexpected_response"
 
 
 def test_a_feed_that_never_ends_stops_the_poll_with_a_clear_error():

@@ -7,7 +7,6 @@ the sandbox's knobs, not mocks: the client sees real 401s, 422s, 429s, 503s and 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import date
@@ -28,6 +27,7 @@ from shared.integrations.errors import (
 )
 from shared.integrations.tripletex import TripletexClient, TripletexOptions
 from shared.integrations.tripletex.client import dumps_json
+from tests.fixtures.raw_server import reads_then_hangs_up
 from tests.fixtures.tripletex_sandbox import TripletexSandbox
 
 SESSION_CREATE = "PUT /token/session/:create"
@@ -616,18 +616,8 @@ def test_nothing_listening_is_a_transient_connection_error() -> None:
 
 def test_connection_dropped_mid_request_is_transient_connection_lost() -> None:
     """A server that reads the request and hangs up: the outcome of a POST would be unknown."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-
-        def hang_up() -> None:
-            connection, _ = server.accept()
-            connection.recv(65536)
-            connection.close()
-
-        threading.Thread(target=hang_up, daemon=True).start()
-        url = f"http://127.0.0.1:{server.getsockname()[1]}/v2"
-        with TripletexClient(url, consumer_token="c", employee_token="e") as client:
+    with reads_then_hangs_up() as url:
+        with TripletexClient(f"{url}/v2", consumer_token="c", employee_token="e") as client:
             with pytest.raises(TransientError) as caught:
                 client.check_connection()
     assert caught.value.code == "connection_lost"
@@ -638,7 +628,7 @@ def test_default_timeouts_come_from_settings() -> None:
 
     settings = get_settings()
     with TripletexClient("http://127.0.0.1:9/v2", consumer_token="c", employee_token="e") as client:
-        timeout = client._http.timeout
+        timeout = client._http.client.timeout
     assert timeout.connect == settings.http_connect_timeout
     assert timeout.read == settings.http_read_timeout
 
