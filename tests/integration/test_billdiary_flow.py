@@ -1,0 +1,190 @@
+"""Exports to BillDiary end to end on real processes: API server, Celery worker processes, Redis,
+the SQL database and the BillDiary sandbox server, with its fault knobs.
+
+BillDiary has no idempotency key and one answer that lies (a 500 "Could not load expense" after
+the expense was stored): every path here must leave exactly one BillDiary expense per export,
+found by its ``ref_no`` (our export id).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.billdiary_sandbox import BillDiarySandbox
+from tests.fixtures.tenants import Tenant
+
+pytestmark = pytest.mark.timeout(240)
+PDF = b"%PDF-1.4\n%test receipt\n%%EOF\n"
+
+
+class BillDiaryTenant(Tenant):
+    business: dict[str, Any]
+
+    def export(self, expense_id: str, **extra) -> str:
+        return super().export(expense_id, **{"target_system": "billdiary", **extra})
+
+    def expenses_for(self, export_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.sandbox.expenses(self.business["business_id"])
+                if e["ref_no"] == export_id and not e["deleted"]]
+
+    def set_faults(self, **knobs: Any) -> None:
+        self.sandbox.set_faults(self.business["business_id"], **knobs)
+
+
+def connection_options(business: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    settings = business["settings"]
+    return {
+        "location_id": business["locations"][0]["id"],
+        "currency": settings["currency_code"],
+        "date_format": settings["date_format"],
+        "thousand_separator": settings["thousand_separator"],
+        "decimal_separator": settings["decimal_separator"],
+        "payable_accounts": ["2930"],
+        "payment_accounts": {"1920": {"method": "bank_transfer"}},
+        # The sandbox stores and lists in one step; a short delay keeps the doubt tests quick.
+        "search_delay_seconds": 0.5,
+        "park_seconds": 1,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def bd_tenant(admin: httpx.Client, api_server: str,
+              billdiary_sandbox: BillDiarySandbox) -> BillDiaryTenant:
+    created = admin.post("/api/v1/admin/organizations",
+                         json={"name": "ERP AS", "api_key_scopes": ["exports"]})
+    assert created.status_code == 201, created.text
+    org = created.json()
+    business = billdiary_sandbox.create_business(name="ERP AS")
+    connection = admin.put(
+        f"/api/v1/admin/organizations/{org['organization_id']}/connections/billdiary",
+        json={"base_url": billdiary_sandbox.base_url,
+              "credentials": {"api_key": business["api_key"],
+                              "api_secret": business["api_secret"]},
+              "options": connection_options(business)})
+    assert connection.status_code == 200, connection.text
+    client = httpx.Client(base_url=api_server, timeout=30,
+                          headers={"Authorization": f"Bearer {org['api_key']}"})
+    tenant = BillDiaryTenant(api=client, organization_id=org["organization_id"],
+                             api_key=org["api_key"], company_id=str(business["business_id"]),
+                             sandbox=billdiary_sandbox)
+    tenant.business = business
+    yield tenant
+    client.close()
+
+
+def _kinds(events: list[dict]) -> list[str]:
+    return [e["kind"] if e["kind"] != "status_changed" else f"->{e['to_status']}" for e in events]
+
+
+def test_an_export_becomes_one_erp_expense_with_its_id(bd_tenant, worker):
+    expense_id = bd_tenant.add_expense("1250.00", account="7140", vat_code=None)
+    export_id = bd_tenant.export(expense_id)
+    export = bd_tenant.wait_for(export_id)
+    assert export["status"] == "success", export
+    [stored] = bd_tenant.expenses_for(export_id)
+    assert export["external_reference"] == f"BD-{stored['id']}"
+    assert stored["final_total"] == "1250.0000" and stored["payment_status"] == "due"
+    assert export_id in stored["additional_notes"]
+    assert _kinds(bd_tenant.events(export_id)) == [
+        "created", "queued", "started", "posting_started", "posted_to_target", "->success"]
+
+
+def test_could_not_load_expense_after_the_save_leaves_exactly_one_expense(bd_tenant, worker):
+    bd_tenant.set_faults(save_then_fail=1)
+    export_id = bd_tenant.export(bd_tenant.add_expense("480.00", account="7140", vat_code=None))
+    export = bd_tenant.wait_for(export_id)
+    assert export["status"] == "success", export
+    [stored] = bd_tenant.expenses_for(export_id)
+    assert export["external_reference"] == f"BD-{stored['id']}"
+    kinds = _kinds(bd_tenant.events(export_id))
+    assert "post_outcome_unknown" in kinds and "found_existing_voucher" in kinds
+    assert bd_tenant.sandbox.request_counts(bd_tenant.business["business_id"])[
+        "POST /expenses"] == 1
+
+
+def test_an_answer_held_past_the_timeout_after_the_save_leaves_exactly_one(bd_tenant, worker):
+    # AIC_HTTP_READ_TIMEOUT is 5 s in the tests: the answer comes after the worker gave up.
+    bd_tenant.set_faults(save_then_hold_ms=6500)
+    export_id = bd_tenant.export(bd_tenant.add_expense("77.00", account="6800", vat_code=None))
+    export = bd_tenant.wait_for(export_id, timeout=90)
+    assert export["status"] == "success", export
+    assert len(bd_tenant.expenses_for(export_id)) == 1
+    assert "found_existing_voucher" in _kinds(bd_tenant.events(export_id))
+
+
+def test_a_connection_dropped_after_the_save_leaves_exactly_one(bd_tenant, worker):
+    bd_tenant.set_faults(save_then_drop=1)
+    export_id = bd_tenant.export(bd_tenant.add_expense("15.00", account="6800", vat_code=None))
+    assert bd_tenant.wait_for(export_id)["status"] == "success"
+    assert len(bd_tenant.expenses_for(export_id)) == 1
+
+
+def test_a_422_fails_the_export_with_the_erp_field_messages_in_plain_words(bd_tenant, worker):
+    # The VAT code maps ("same number") to a tax rate id the business does not have.
+    export_id = bd_tenant.export(bd_tenant.add_expense("100.00", account="7140",
+                                                       vat_code="999999"))
+    export = bd_tenant.wait_for(export_id)
+    assert export["status"] == "failed", export
+    assert "The selected tax id is invalid." in export["error_message"]
+    assert "map the VAT code to an existing BillDiary tax rate id" in export["error_message"]
+    assert bd_tenant.expenses_for(export_id) == []
+
+
+def test_an_inactive_subscription_parks_exports_until_it_is_renewed(bd_tenant, worker):
+    bid = bd_tenant.business["business_id"]
+    bd_tenant.sandbox.update_settings(bid, subscription_active=False)
+    export_id = bd_tenant.export(bd_tenant.add_expense("60.00", account="7140", vat_code=None))
+    deadline = time.monotonic() + 60
+    while True:
+        export = bd_tenant.get(export_id)
+        if "subscription is inactive" in (export["error_message"] or ""):
+            break
+        assert time.monotonic() < deadline, bd_tenant.events(export_id)
+        time.sleep(0.2)
+    time.sleep(4)  # several looks while parked: none uses up an attempt, none fails the export
+    export = bd_tenant.get(export_id)
+    assert export["status"] == "processing" and export["attempts"] <= 1, export
+    bd_tenant.sandbox.update_settings(bid, subscription_active=True)
+    export = bd_tenant.wait_for(export_id, timeout=60)
+    assert export["status"] == "success", export
+    assert len(bd_tenant.expenses_for(export_id)) == 1
+
+
+def _with_receipt(expense_id: str) -> None:
+    from shared.db.models import Expense
+    from shared.db.session import session_scope
+
+    with session_scope() as session:
+        expense = session.get(Expense, expense_id)
+        expense.receipt_filename = "receipt.pdf"
+        expense.receipt_content_type = "application/pdf"
+        expense.receipt_data = PDF
+
+
+def test_a_receipt_is_attached_as_the_expense_document(bd_tenant, worker):
+    expense_id = bd_tenant.add_expense("300.00", account="7140", vat_code=None)
+    _with_receipt(expense_id)
+    export_id = bd_tenant.export(expense_id)
+    assert bd_tenant.wait_for(export_id)["status"] == "success"
+    [stored] = bd_tenant.expenses_for(export_id)
+    assert [d["outcome"] for d in stored["documents"]] == ["stored"]
+    assert "receipt_attached" in _kinds(bd_tenant.events(export_id))
+
+
+def test_a_receipt_the_erp_silently_drops_is_reported_not_attached(bd_tenant, worker):
+    bd_tenant.set_faults(drop_documents=1)
+    expense_id = bd_tenant.add_expense("300.00", account="7140", vat_code=None)
+    _with_receipt(expense_id)
+    export_id = bd_tenant.export(expense_id)
+    assert bd_tenant.wait_for(export_id)["status"] == "success"
+    [stored] = bd_tenant.expenses_for(export_id)
+    assert stored["document"] is None
+    events = bd_tenant.events(export_id)
+    [rejected] = [e for e in events if e["kind"] == "receipt_rejected"]
+    assert "NOT attached" in rejected["reason"]
+    assert "receipt_attached" not in _kinds(events)
