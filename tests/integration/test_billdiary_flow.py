@@ -9,72 +9,22 @@ found by its ``ref_no`` (our export id).
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import httpx
 import pytest
 
 from tests.fixtures.billdiary_sandbox import BillDiarySandbox
-from tests.fixtures.tenants import Tenant
+from tests.fixtures.tenants import BillDiaryTenant, new_billdiary_tenant
 
 pytestmark = pytest.mark.timeout(240)
 PDF = b"%PDF-1.4\n%test receipt\n%%EOF\n"
 
 
-class BillDiaryTenant(Tenant):
-    business: dict[str, Any]
-
-    def export(self, expense_id: str, **extra) -> str:
-        return super().export(expense_id, **{"target_system": "billdiary", **extra})
-
-    def expenses_for(self, export_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.sandbox.expenses(self.business["business_id"])
-                if e["ref_no"] == export_id and not e["deleted"]]
-
-    def set_faults(self, **knobs: Any) -> None:
-        self.sandbox.set_faults(self.business["business_id"], **knobs)
-
-
-def connection_options(business: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    settings = business["settings"]
-    return {
-        "location_id": business["locations"][0]["id"],
-        "currency": settings["currency_code"],
-        "date_format": settings["date_format"],
-        "thousand_separator": settings["thousand_separator"],
-        "decimal_separator": settings["decimal_separator"],
-        "payable_accounts": ["2930"],
-        "payment_accounts": {"1920": {"method": "bank_transfer"}},
-        # The sandbox stores and lists in one step; a short delay keeps the doubt tests quick.
-        "search_delay_seconds": 0.5,
-        "park_seconds": 1,
-        **overrides,
-    }
-
-
 @pytest.fixture
 def bd_tenant(admin: httpx.Client, api_server: str,
               billdiary_sandbox: BillDiarySandbox) -> BillDiaryTenant:
-    created = admin.post("/api/v1/admin/organizations",
-                         json={"name": "ERP AS", "api_key_scopes": ["exports"]})
-    assert created.status_code == 201, created.text
-    org = created.json()
-    business = billdiary_sandbox.create_business(name="ERP AS")
-    connection = admin.put(
-        f"/api/v1/admin/organizations/{org['organization_id']}/connections/billdiary",
-        json={"base_url": billdiary_sandbox.base_url,
-              "credentials": {"api_key": business["api_key"],
-                              "api_secret": business["api_secret"]},
-              "options": connection_options(business)})
-    assert connection.status_code == 200, connection.text
-    client = httpx.Client(base_url=api_server, timeout=30,
-                          headers={"Authorization": f"Bearer {org['api_key']}"})
-    tenant = BillDiaryTenant(api=client, organization_id=org["organization_id"],
-                             api_key=org["api_key"], company_id=str(business["business_id"]),
-                             sandbox=billdiary_sandbox)
-    tenant.business = business
+    tenant = new_billdiary_tenant(admin, api_server, billdiary_sandbox, "ERP AS")
     yield tenant
-    client.close()
+    tenant.api.close()
 
 
 def _kinds(events: list[dict]) -> list[str]:
