@@ -55,6 +55,13 @@ LIST_PARAMETERS = {
 CATEGORY_LIST_PARAMETERS = {"per_page", "page", "q", "search", "sort", "direction", "scope",
                             "format"}
 CATEGORY_CREATE_FIELDS = {"name", "code", "parent_id"}
+# "Record expense payment" fields.
+RECORD_PAYMENT_FIELDS = {
+    "amount", "method", "paid_on", "note", "account_id", "card_number", "card_holder_name",
+    "card_transaction_number", "card_type", "card_month", "card_year", "card_security",
+    "cheque_number", "bank_account_number", "transaction_no_1", "transaction_no_2",
+    "transaction_no_3",
+}
 # Laravel's method spoofing: how a multipart update reaches PUT (the guide's [assumed, PHP]).
 SPOOFING_FIELD = "_method"
 
@@ -109,6 +116,14 @@ def test_every_request_the_client_sends_is_documented_in_the_seed(billdiary_sand
             assert c.find_voucher(ref).id == posted.id
             c.attach_receipt(posted.id, "r.pdf", b"%PDF-1.4\n%%EOF\n", "application/pdf")
             assert c.has_attachment(posted.id)
+        owed = c.post_voucher(VoucherDraft(
+            external_number="exp_c3", date=date(2026, 3, 18), description="d", postings=[
+                PostingDraft(account_number="6800", amount=Decimal("5")),
+                PostingDraft(account_number="2930", amount=Decimal("-5"))]), Gate())
+        c.record_payment(owed.id, reference="exp_c3-p1", amount=Decimal("5"),
+                         paid_on=date(2026, 3, 19), method="cash",
+                         account_id=business["payment_accounts"][0]["id"], gate=Gate())
+        assert c.find_payment(owed.id, "exp_c3-p1") is not None
 
     seen = set()
     for request in transport.requests:
@@ -138,9 +153,12 @@ def test_every_request_the_client_sends_is_documented_in_the_seed(billdiary_sand
             assert isinstance(body["final_total"], (int, float))
         if (method, template) == ("PUT", "/api/v1/integration/expenses/{id}"):
             assert set(body) - {SPOOFING_FIELD} <= CREATE_FIELDS
+        if (method, template) == ("POST", "/api/v1/integration/expenses/{id}/payments"):
+            assert {"amount", "method"} <= set(body) <= RECORD_PAYMENT_FIELDS
     # The calls of the posting protocol were all exercised.
     assert {("POST", "/api/v1/integration/expenses"), ("GET", "/api/v1/integration/expenses"),
             ("PUT", "/api/v1/integration/expenses/{id}"),
             ("GET", "/api/v1/integration/expenses/{id}"),
             ("GET", "/api/v1/integration/expense-categories"),
-            ("POST", "/api/v1/integration/expense-categories")} <= seen
+            ("POST", "/api/v1/integration/expense-categories"),
+            ("POST", "/api/v1/integration/expenses/{id}/payments")} <= seen

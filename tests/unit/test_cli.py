@@ -279,3 +279,22 @@ def test_connection_credentials_come_from_a_file_or_stdin_never_a_missing_termin
     assert main(["connection", "set", org.id, "tripletex", "--base-url", "http://x.example/v2",
                  "--credentials-file", "-"]) == 2
     assert "consumer_tokn is not a credential of tripletex" in capsys.readouterr().err
+
+
+def test_connection_set_takes_options_from_a_file_and_refuses_options_that_cannot_post(
+        capsys, org, tmp_path):
+    from shared.domain import organizations
+
+    flags = ["connection", "set", org.id, "billdiary", "--base-url", "http://erp.example/api",
+             "--api-key", "k", "--api-secret", "s", "--token", ""]
+    # A BillDiary connection cannot post without its location and currency: refused now, with
+    # the fields named, instead of failing every export later.
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert "options.location_id: Field required" in err and "options.currency" in err
+    options = tmp_path / "options.json"
+    options.write_text('{"location_id": 3, "currency": "nok", "payable_accounts": ["2930"]}')
+    assert main([*flags, "--options-file", str(options)]) == 0
+    with session_scope() as session:
+        stored = organizations.connection_for(session, org.id, "billdiary").options
+    assert stored == {"location_id": 3, "currency": "nok", "payable_accounts": ["2930"]}

@@ -15,15 +15,12 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from shared.config import get_settings
+from shared.domain.organizations import ENGINE_OPTIONS
 from shared.integrations.billdiary.client import BillDiaryClient
 from shared.integrations.billdiary.mapping import SYSTEM as NAME
 from shared.integrations.billdiary.models import BillDiaryOptions
 from shared.integrations.errors import PermanentError
 from shared.integrations.registry import CredentialField, TargetCapabilities, TargetSystem
-
-# Options every target may carry that the engine reads itself (shared.integrations.rate_limit).
-ENGINE_OPTIONS = ("rate_limit",)
-
 
 def _default_rate_policy():
     from shared.integrations.rate_limit import RateLimitPolicy
@@ -38,7 +35,8 @@ def _default_rate_policy():
 
 def connection_options(raw: dict | None) -> BillDiaryOptions:
     """A connection's options, or a PermanentError saying what to fix (the export fails with
-    it, nothing sent)."""
+    it, nothing sent). ``upsert_connection`` checks them when they are set; this catches a row
+    stored before that check, or options a newer version reads differently."""
     mine = {k: v for k, v in (raw or {}).items() if k not in ENGINE_OPTIONS}
     try:
         return BillDiaryOptions.model_validate(mine)

@@ -33,6 +33,7 @@ import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,6 +59,8 @@ from shared.integrations.billdiary.models import (
     Expense,
     ExpenseEnvelope,
     ExpensePage,
+    ExpensePayment,
+    PaymentAnswer,
 )
 from shared.integrations.errors import (
     AuthError,
@@ -273,6 +276,44 @@ class BillDiaryClient:
                                  what="the expense's document")
         return bool(self._parse(ExpenseEnvelope, response, "the expense").data.document)
 
+    # --- payments recorded later ----------------------------------------------------------
+
+    def find_payment(self, expense_id: str, reference: str) -> ExpensePayment | None:
+        """The payment line we recorded on the expense under ``reference`` (the first word of
+        its note), or None. BillDiary has no key for payments either: before a payment whose
+        outcome is unknown is sent again, this is how to tell whether the first one landed."""
+        response = self._request("GET", f"{API}/expenses/{_expense_id(expense_id)}",
+                                 what="the expense's payments")
+        expense = self._parse(ExpenseEnvelope, response, "the expense").data
+        ours = [p for p in expense.payments if (p.note or "").split(" ", 1)[0] == reference]
+        if len(ours) > 1:
+            raise PermanentError(
+                f"BillDiary expense {expense.id} holds {len(ours)} payments with our reference "
+                f"{reference} (ids {', '.join(str(p.id) for p in ours)}): delete all but one",
+                system=SYSTEM, code="duplicate_payment")
+        return ours[0] if ours else None
+
+    def record_payment(self, expense_id: str, *, reference: str, amount: Decimal,
+                       paid_on: date, method: str, account_id: int | None = None,
+                       gate: SendGate | None = None) -> ExpensePayment:
+        """``POST /expenses/{id}/payments``: one request, behind ``gate`` when given. Like the
+        create, its outcome can be unknown (a timeout, the seed's 500 "something_went_wrong"
+        after the insert): the caller settles that with ``find_payment`` before sending again.
+        A 422 "already fully paid" after such an attempt usually means the first one landed."""
+        body: dict[str, Any] = {"amount": format_amount(amount), "method": method,
+                                "paid_on": format_moment(paid_on, self.options),
+                                "note": f"{reference} (recorded by AIC)"}
+        if account_id is not None:
+            body["account_id"] = account_id
+        response = self._request(
+            "POST", f"{API}/expenses/{_expense_id(expense_id)}/payments",
+            content=_dumps(body).encode(), headers={"Content-Type": "application/json"},
+            what="the payment", gate=gate)
+        answered = self._parse(PaymentAnswer, response, "the recorded payment").data
+        return ExpensePayment(id=answered.payment_id, amount=answered.amount,
+                              method=answered.method, paid_on=answered.paid_on,
+                              note=body["note"])
+
     # --- categories ------------------------------------------------------------------------
 
     def _category(self, code: str) -> tuple[int, int | None]:
@@ -351,7 +392,8 @@ class BillDiaryClient:
             ]
         return body
 
-    def _check_stored(self, stored: Expense, ref_no: str, total: Decimal, booked_on) -> None:
+    def _check_stored(self, stored: Expense, ref_no: str, total: Decimal,
+                      booked_on: date) -> None:
         problems = []
         if stored.final_total is None or stored.final_total.quantize(Decimal("0.01")) != total:
             problems.append(f"total {stored.final_total} instead of {total}")
@@ -486,9 +528,11 @@ class BillDiaryClient:
         text = "; ".join(details) or message or f"HTTP {status}"
         if message and not body.errors and "location" in message.lower():
             text += f" ({FIELD_HINTS['location_id']})"
-        raise PermanentError(f"BillDiary rejected {what}: {text}",
-                             code="validation_failed" if status == 422 else f"http_{status}",
-                             details=details, **common)
+        code = "validation_failed" if status == 422 else f"http_{status}"
+        if "already fully paid" in message.lower():
+            code = "already_paid"  # after an attempt whose answer was lost: it likely landed
+        raise PermanentError(f"BillDiary rejected {what}: {text}", code=code, details=details,
+                             **common)
 
     @staticmethod
     def _parse(model: type[M], response: httpx.Response, what: str) -> M:

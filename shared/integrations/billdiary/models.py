@@ -154,6 +154,21 @@ class CategoryEnvelope(BaseModel):
     data: Category
 
 
+class PaymentRecorded(BaseModel):
+    transaction_id: int
+    payment_id: int
+    payment_status: str | None = None
+    amount: Decimal | None = None
+    method: str | None = None
+    paid_on: str | None = None
+
+
+class PaymentAnswer(BaseModel):
+    """``POST /expenses/{id}/payments``'s 201: ``{message, data: {...}}``."""
+
+    data: PaymentRecorded
+
+
 class ErrorBody(BaseModel):
     """Laravel's ``{"message", "errors": {"field": ["..."]}}`` or a controller's ``{message}``."""
 

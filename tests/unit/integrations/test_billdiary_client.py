@@ -396,3 +396,36 @@ def test_a_receipt_of_a_type_the_erp_refuses_is_not_sent(billdiary_sandbox, busi
     with pytest.raises(PermanentError) as caught:
         client.attach_receipt(posted.id, "r.exe", b"MZ", "application/x-msdownload")
     assert caught.value.code == "unsupported_attachment_type"
+
+
+# --- payments recorded later ------------------------------------------------------------------------
+
+
+def test_a_payment_recorded_later_is_found_by_our_reference(billdiary_sandbox, business, client):
+    posted = client.post_voucher(draft("exp_pay1", "200.00"), Gate())
+    assert client.find_payment(posted.id, "exp_pay1-p1") is None
+    paid = client.record_payment(posted.id, reference="exp_pay1-p1", amount=Decimal("200.00"),
+                                 paid_on=date(2026, 3, 20), method="cash", gate=Gate())
+    found = client.find_payment(posted.id, "exp_pay1-p1")
+    assert found is not None and found.id == paid.id and found.amount == Decimal("200")
+    assert client.find_payment(posted.id, "exp_pay1-p") is None  # exact, not a prefix
+    [row] = stored(billdiary_sandbox, business)
+    assert row["payment_status"] == "paid" and row["payments"][0]["paid_on"].startswith(
+        "2026-03-20")
+    with pytest.raises(PermanentError) as again:  # a blind repeat is refused by BillDiary
+        client.record_payment(posted.id, reference="exp_pay1-p1", amount=Decimal("200.00"),
+                              paid_on=date(2026, 3, 20), method="cash")
+    assert again.value.code == "already_paid"
+
+
+def test_a_payment_saved_before_a_500_is_ambiguous_and_found(billdiary_sandbox, business, client):
+    posted = client.post_voucher(draft("exp_pay2", "80.00"), Gate())
+    billdiary_sandbox.set_faults(business["business_id"], payment_save_then_fail=1)
+    with pytest.raises(TransientError) as caught:
+        client.record_payment(posted.id, reference="exp_pay2-p1", amount=Decimal("30.00"),
+                              paid_on=date(2026, 3, 20), method="card")
+    assert caught.value.status_code == 500 and caught.value.sent
+    found = client.find_payment(posted.id, "exp_pay2-p1")
+    assert found is not None and found.amount == Decimal("30")
+    [row] = stored(billdiary_sandbox, business)
+    assert len(row["payments"]) == 1 and row["payment_status"] == "partial"
