@@ -31,6 +31,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import date
@@ -107,7 +108,7 @@ FIELD_HINTS = {
 @dataclass(frozen=True)
 class _Park:
     reason: str
-    until: float  # time.monotonic(); math.inf: until the connection's options change
+    until: float  # on the client's clock; math.inf: until the connection's options change
     status_code: int | None
 
 
@@ -128,10 +129,11 @@ class BillDiaryClient:
         timeout: httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
         limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``base_url``: BillDiary's API base (``https://billdiary.com/api``, or a self-hosted
         copy's); credentials: a personal access ``token``, or an ``api_key`` with its
-        ``api_secret``."""
+        ``api_secret``. ``clock`` times a park (tests move it instead of sleeping)."""
         if token:
             auth_headers = {"Authorization": f"Bearer {token}"}
         elif api_key and api_secret:
@@ -154,6 +156,7 @@ class BillDiaryClient:
         self._lock = threading.Lock()
         self._categories: dict[str, tuple[int, int | None]] = {}  # code -> (category, sub)
         self._park: _Park | None = None
+        self._clock = clock
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -425,7 +428,7 @@ class BillDiaryClient:
         park = self._park
         if park is None:
             return
-        left = park.until - time.monotonic()
+        left = park.until - self._clock()
         if left <= 0:
             self._park = None  # let one request look again
             return
@@ -445,7 +448,7 @@ class BillDiaryClient:
             reason = (f"BillDiary refused {what}: the integration user lacks a permission "
                       f"(HTTP 403: {message}). Grant it all_expense.access, expense.add and "
                       "expense.edit in BillDiary; exports wait and resume by themselves")
-        self._park = _Park(reason, time.monotonic() + self.options.park_seconds, status)
+        self._park = _Park(reason, self._clock() + self.options.park_seconds, status)
         return ConnectionParked(reason, system=SYSTEM, code=f"parked_{status}",
                                 status_code=status, retry_after=self.options.park_seconds)
 

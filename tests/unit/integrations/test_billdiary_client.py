@@ -298,19 +298,24 @@ def test_an_inactive_subscription_parks_the_connection_until_it_is_renewed(
         billdiary_sandbox, business):
     bid = business["business_id"]
     billdiary_sandbox.update_settings(bid, subscription_active=False)
-    with make_client(billdiary_sandbox, business, park_seconds=0.5) as c:
+    now = [1000.0]
+    with make_client(billdiary_sandbox, business, park_seconds=60,
+                     client_kwargs={"clock": lambda: now[0]}) as c:
         with pytest.raises(ConnectionParked) as caught:
             c.post_voucher(draft("exp_402"), Gate())
         assert caught.value.status_code == 402 and "subscription is inactive" in caught.value.message
+        assert caught.value.retry_after == 60
         billdiary_sandbox.reset_request_counts(bid)
         # While parked nothing leaves: the next export is told to wait without a request.
+        now[0] += 45
         with pytest.raises(ConnectionParked) as waiting:
             c.prepare_voucher(draft("exp_402b"))
-        assert not waiting.value.sent and waiting.value.retry_after <= 0.5
+        assert not waiting.value.sent and waiting.value.retry_after == 15
         assert billdiary_sandbox.request_counts(bid) == {}
         billdiary_sandbox.update_settings(bid, subscription_active=True)
-        c._park = c._park.__class__(c._park.reason, 0.0, 402)  # the park's time is up
+        now[0] += 15  # the park is over: one request looks again, and BillDiary takes it
         assert c.post_voucher(draft("exp_402"), Gate()).id
+    assert [e["ref_no"] for e in stored(billdiary_sandbox, business)] == ["exp_402"]
 
 
 def test_demo_mode_parks_with_its_own_message(billdiary_sandbox, business):
