@@ -9,6 +9,7 @@ found by its ``ref_no`` (our export id).
 from __future__ import annotations
 
 import time
+from datetime import date
 import httpx
 import pytest
 
@@ -138,3 +139,29 @@ def test_a_receipt_the_erp_silently_drops_is_reported_not_attached(bd_tenant, wo
     [rejected] = [e for e in events if e["kind"] == "receipt_rejected"]
     assert "NOT attached" in rejected["reason"]
     assert "receipt_attached" not in _kinds(events)
+
+
+def test_a_stored_date_that_differs_from_ours_keeps_the_export_waiting_loudly(
+        admin, api_server, billdiary_sandbox, worker):
+    # The business reads m/d/Y; the connection says d/m/Y. 18 March is written "18/03/2026"
+    # and stored as another date (PHP rolls month 18 over into the next year): the read-back
+    # catches it. The expense exists, so the export must not fail; it waits, saying why.
+    business = billdiary_sandbox.create_business(name="US ERP", settings={"date_format": "m/d/Y"})
+    tenant = new_billdiary_tenant(admin, api_server, billdiary_sandbox, "US ERP AS",
+                                  business=business, options={"date_format": "d/m/Y"})
+    try:
+        expense_id = tenant.add_expense("40.00", account="7140", vat_code=None,
+                                        expense_date=date(2026, 3, 18))
+        export_id = tenant.export(expense_id)
+        deadline = time.monotonic() + 60
+        while "BillDiary stored expense" not in (tenant.get(export_id)["error_message"] or ""):
+            assert time.monotonic() < deadline, tenant.events(export_id)
+            time.sleep(0.2)
+        export = tenant.get(export_id)
+        assert export["status"] == "processing" and export["external_reference"] is None
+        assert "instead of 2026-03-18" in export["error_message"]
+        assert "fix the options" in export["error_message"]
+        [stored] = tenant.expenses_for(export_id)
+        assert stored["transaction_date"].startswith("2027-06-03")
+    finally:
+        tenant.api.close()
