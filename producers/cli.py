@@ -142,7 +142,12 @@ def cmd_connection_set(args) -> int:
             if value is None:
                 value = from_file.get(field.name)
             if value is None and field.secret:
-                value = _prompt_secret(field.name, "--credentials-file")
+                if field.required:
+                    value = _prompt_secret(field.name, "--credentials-file")
+                elif sys.stdin.isatty():
+                    # Optional (BillDiary: a token, or a key with its secret): Enter skips it.
+                    value = getpass.getpass(
+                        f"{field.name.replace('_', ' ')} (optional, Enter to skip): ") or None
             if value is not None:
                 credentials[field.name] = value
     # --draft and --voucher-type are options of targets whose options schema has them; for any

@@ -282,11 +282,18 @@ def test_connection_credentials_come_from_a_file_or_stdin_never_a_missing_termin
 
 
 def test_connection_set_takes_options_from_a_file_and_refuses_options_that_cannot_post(
-        capsys, org, tmp_path):
+        capsys, monkeypatch, org, tmp_path):
+    import io
+
     from shared.domain import organizations
 
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal
+
+    secrets_file = tmp_path / "billdiary.json"
+    secrets_file.write_text('{"api_key": "k", "api_secret": "s"}')
+    # The optional token is not asked for without a terminal: key and secret are enough.
     flags = ["connection", "set", org.id, "billdiary", "--base-url", "http://erp.example/api",
-             "--api-key", "k", "--api-secret", "s", "--token", ""]
+             "--credentials-file", str(secrets_file)]
     # A BillDiary connection cannot post without its location and currency: refused now, with
     # the fields named, instead of failing every export later.
     assert main(flags) == 2
@@ -298,3 +305,7 @@ def test_connection_set_takes_options_from_a_file_and_refuses_options_that_canno
     with session_scope() as session:
         stored = organizations.connection_for(session, org.id, "billdiary").options
     assert stored == {"location_id": 3, "currency": "nok", "payable_accounts": ["2930"]}
+    with session_scope() as session:
+        connection = organizations.connection_for(session, org.id, "billdiary")
+        assert organizations.connection_credentials(connection) == {"api_key": "k",
+                                                                    "api_secret": "s"}
