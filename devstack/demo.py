@@ -5,14 +5,16 @@ fresh SQLite database, its own embedded Redis unless AIC_REDIS_URL is set, free 
 neither depends on nor disturbs the data of ``make run``. Then, as a client would, over HTTP with
 the demo organization's API key:
 
-1. POST /api/v1/accounting-exports/batch with every demo expense;
+1. POST /api/v1/accounting-exports/batch twice: the Tripletex demo expenses to ``tripletex``,
+   the BillDiary ones to ``billdiary`` (the demo organization has a connection to each);
 2. GET /api/v1/accounting-exports?batch_id=... until every export is terminal (bounded wait);
 3. GET /api/v1/accounting-exports/{id} for each;
-4. read the sandbox's ledger through its control API (not through our code) and count, per
-   export, the vouchers whose externalVoucherNumber is the export id, and their attachments;
-5. print a table.
+4. read each sandbox's ledger through its control API (not through our code) and count, per
+   export, the records that carry the export id (Tripletex: externalVoucherNumber; BillDiary:
+   ref_no), and their attachments;
+5. print a table per target.
 
-Exit status 0 only if every export ended in ``success`` with exactly one voucher in the ledger.
+Exit status 0 only if every export ended in ``success`` with exactly one record in its target.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ def _fresh_state() -> str:
     return f"sqlite:///{database}"
 
 
-def export_batch(client: httpx.Client, expense_ids: list[str]) -> dict:
+def export_batch(client: httpx.Client, expense_ids: list[str], target_system: str) -> dict:
     response = client.post(
-        f"{EXPORTS_PATH}/batch", json={"expense_ids": expense_ids, "target_system": "tripletex"}
+        f"{EXPORTS_PATH}/batch", json={"expense_ids": expense_ids, "target_system": target_system}
     )
     if response.status_code != 202:
         raise StackError(
@@ -90,6 +92,21 @@ def sandbox_vouchers(tripletex_url: str, company_id: str) -> dict[str, list[dict
     return found
 
 
+def billdiary_expenses(billdiary_url: str, business_id: int) -> dict[str, list[dict]]:
+    """The sandbox business's live expenses by ref_no (our export id), with a Tripletex-like
+    ``attachments`` list (its stored documents)."""
+    response = httpx.get(f"{billdiary_url}/_sandbox/businesses/{business_id}/expenses",
+                         timeout=10.0)
+    response.raise_for_status()
+    found: dict[str, list[dict]] = {}
+    for expense in response.json():
+        if not expense["deleted"]:
+            stored = [d for d in expense["documents"] if d["outcome"] == "stored"]
+            found.setdefault(expense["ref_no"] or "", []).append(
+                {**expense, "attachments": stored})
+    return found
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
 
@@ -97,6 +114,41 @@ def table(rows: list[list[str]], header: list[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _report_target(display: str, expenses: list[dict], details: list[dict],
+                   ledger: dict[str, list[dict]]) -> bool:
+    """Print the exports of one target next to what its sandbox holds; True if each export
+    succeeded with exactly one record there."""
+    order = [e["expense_id"] for e in expenses]
+    by_expense = {e["expense_id"]: e for e in expenses}
+    details.sort(key=lambda d: order.index(d["expense_id"]) if d["expense_id"] in order else 0)
+    rows, ok = [], len(details) == len(expenses)
+    for d in details:
+        records = ledger.get(d["export_id"], [])
+        attachments = sum(len(r["attachments"]) for r in records)
+        ok = ok and d["status"] == ExportStatus.SUCCESS.value and len(records) == 1
+        rows.append([
+            d["export_id"],
+            d["expense_id"],
+            by_expense.get(d["expense_id"], {}).get("description", "")[:38],
+            d["status"],
+            d["external_reference"] or "-",
+            str(d["attempts"]),
+            str(len(records)),
+            str(attachments),
+        ])
+    print()
+    print(table(rows, ["export", "expense", "description", "status", "external reference",
+                       "attempts", "records", "receipts"]))
+    print()
+    print(f"records, receipts: what the {display} sandbox holds for the export "
+          "(read through its control API)")
+    print()
+    for d in details:
+        if d["status"] != ExportStatus.SUCCESS.value and d.get("error_message"):
+            print(f"{d['export_id']}: {d['error_message']}")
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         seed = stack.seed()
-        by_expense = {e["expense_id"]: e for e in seed.expenses}
         say(f"stack is up: API {stack.api_url}, Flower {stack.flower_url}, logs {stack.log_dir}/")
         headers = {"Authorization": f"Bearer {seed.api_key}"}
         findity = send_demo_export(api_url=stack.api_url, findity_url=stack.findity_url,
@@ -120,46 +171,32 @@ def main(argv: list[str] | None = None) -> int:
                                    organization_id=seed.organization_id)
         say(f"Findity export {findity.export_id} sent by webhook "
             f"({len(findity.voucher_ids)} vouchers)")
+        targets = [
+            ("tripletex", "Tripletex", seed.expenses,
+             lambda: sandbox_vouchers(stack.tripletex_url, seed.sandbox_company_id)),
+            ("billdiary", "BillDiary", seed.billdiary_expenses,
+             lambda: billdiary_expenses(stack.billdiary_url, seed.billdiary_business_id)),
+        ]
+        ok = True
         with httpx.Client(base_url=stack.api_url, headers=headers, timeout=10.0) as client:
-            batch = export_batch(client, list(by_expense))
-            say(f"batch {batch['batch_id']}: {len(by_expense)} expenses sent to tripletex")
+            batches = []
+            for target, display, expenses, _ in targets:
+                ids = [e["expense_id"] for e in expenses]
+                batch = export_batch(client, ids, target)
+                say(f"batch {batch['batch_id']}: {len(ids)} expenses sent to {target}")
+                batches.append(batch)
             started = time.monotonic()
-            exports = wait_until_terminal(client, batch["batch_id"], len(by_expense), args.timeout)
+            for (target, display, expenses, read_ledger), batch in zip(targets, batches):
+                exports = wait_until_terminal(client, batch["batch_id"], len(expenses),
+                                              args.timeout)
+                details = []
+                for summary in exports:
+                    response = client.get(f"{EXPORTS_PATH}/{summary['export_id']}")
+                    response.raise_for_status()
+                    details.append(response.json())
+                ok = _report_target(display, expenses, details, read_ledger()) and ok
             elapsed = time.monotonic() - started
-            details = []
-            for summary in exports:
-                response = client.get(f"{EXPORTS_PATH}/{summary['export_id']}")
-                response.raise_for_status()
-                details.append(response.json())
-
-        order = list(by_expense)
-        details.sort(key=lambda d: order.index(d["expense_id"]) if d["expense_id"] in order else 0)
-        ledger = sandbox_vouchers(stack.tripletex_url, seed.sandbox_company_id)
-        rows, ok = [], len(details) == len(by_expense)
-        for d in details:
-            vouchers = ledger.get(d["export_id"], [])
-            attachments = sum(len(v["attachments"]) for v in vouchers)
-            ok = ok and d["status"] == ExportStatus.SUCCESS.value and len(vouchers) == 1
-            rows.append([
-                d["export_id"],
-                d["expense_id"],
-                by_expense.get(d["expense_id"], {}).get("description", "")[:38],
-                d["status"],
-                d["external_reference"] or "-",
-                str(d["attempts"]),
-                str(len(vouchers)),
-                str(attachments),
-            ])
-        print()
-        print(table(rows, ["export", "expense", "description", "status", "external reference",
-                           "attempts", "vouchers", "receipts"]))
-        print()
-        print("vouchers, receipts: what the Tripletex sandbox's ledger holds for the export "
-              "(read through its control API)")
-        print()
-        for d in details:
-            if d["status"] != ExportStatus.SUCCESS.value and d.get("error_message"):
-                print(f"{d['export_id']}: {d['error_message']}")
+        by_expense = {e["expense_id"]: e for _, _, expenses, _ in targets for e in expenses}
         reported = wait_until_reported(stack.findity_url, findity, args.timeout)
         print(table([[voucher_id, reported.get(voucher_id, {}).get("status", "not reported"),
                       str(reported.get(voucher_id, {}).get("voucherNumber", "-")),
@@ -172,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Findity export {findity.export_id}: "
             + ("every voucher booked and reported SUCCESS" if findity_ok else "NOT OK"))
         ok = ok and findity_ok
-        succeeded = sum(1 for d in details if d["status"] == ExportStatus.SUCCESS.value)
-        say(f"{succeeded}/{len(by_expense)} exports succeeded in {elapsed:.1f}s"
-            + ("; each is one voucher in the sandbox ledger" if ok else
+        say(f"{len(by_expense)} exports to two targets finished in {elapsed:.1f}s"
+            + ("; each is one record in its sandbox (Tripletex voucher, BillDiary expense)"
+               if ok else
                f"; NOT OK (see the table; logs in {stack.log_dir}/)"))
         return 0 if ok else 1
     except KeyboardInterrupt:

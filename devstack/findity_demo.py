@@ -44,7 +44,9 @@ def send_demo_export(*, api_url: str, findity_url: str, admin_token: str,
             headers={"Authorization": f"Bearer {admin_token}"},
             json={"base_url": org["base_url"], "token_url": org["token_url"],
                   "external_organization_id": org["organization_id"],
-                  "client_id": org["client_id"], "client_secret": org["client_secret"]})
+                  "client_id": org["client_id"], "client_secret": org["client_secret"],
+                  # The demo organization has two targets; Findity's vouchers go to Tripletex.
+                  "target_system": "tripletex"})
         source.raise_for_status()
         webhook_url = api_url + source.json()["webhook_path"]
         http.patch(f"{findity_url}/_sandbox/organizations/{org['organization_id']}",

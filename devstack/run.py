@@ -38,6 +38,7 @@ def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
         f"http://127.0.0.1:{stack.worker_metrics_port}/metrics",
         f" Tripletex sandbox  {stack.tripletex_url}/v2   (company {seed.sandbox_company_id})",
         f" Findity sandbox    {stack.findity_url}",
+        f" BillDiary sandbox  {stack.billdiary_url}/api   (business {seed.billdiary_business_id})",
         f" Redis              {redis}",
         f" Database           {redact_url(stack.database_url)}",
         f" Logs               {stack.log_dir}/",
@@ -50,6 +51,14 @@ def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
         " Demo expenses (approved, ready to export):",
     ]
     for expense in seed.expenses:
+        exported = expense["live_export_status"]
+        lines.append(
+            f"   {expense['expense_id']}  {expense['expense_date']}  "
+            f"{expense['amount']:>9} {expense['currency']}  {expense['description']}"
+            + (f"  [{exported} in an earlier run]" if exported else "")
+        )
+    lines.append(" Demo expenses for BillDiary (target_system \"billdiary\"):")
+    for expense in seed.billdiary_expenses:
         exported = expense["live_export_status"]
         lines.append(
             f"   {expense['expense_id']}  {expense['expense_date']}  "

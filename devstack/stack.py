@@ -1,4 +1,4 @@
-"""The whole system on one machine: Redis, both sandboxes, the API, a Celery worker, beat, Flower.
+"""The whole system on one machine: Redis, the sandboxes (Tripletex, Findity, BillDiary), the API, a Celery worker, beat, Flower.
 
 ``make run`` (devstack.run) and ``make demo`` (devstack.demo) start it through this one class,
 so the two cannot drift apart::
@@ -49,7 +49,7 @@ API_APP = "producers.api.app:app"
 # Ports ``make run`` tries first, so the URLs stay the same from one run to the next. A port that
 # is taken falls back to a free one (the banner prints whatever was chosen).
 PREFERRED_PORTS = {"api": 8000, "flower": 5555, "tripletex": 8100, "findity": 8200,
-                   "worker_metrics": 9540}
+                   "billdiary": 8300, "worker_metrics": 9540}
 
 STARTUP_TIMEOUT = 60.0
 
@@ -66,6 +66,9 @@ class SeedResult:
     api_key: str
     sandbox_company_id: str
     expenses: list[dict]
+    # The second target: a BillDiary sandbox business and the expenses meant for it.
+    billdiary_business_id: int
+    billdiary_expenses: list[dict]
 
 
 def redact_url(url: str) -> str:
@@ -177,6 +180,7 @@ class Stack:
         self.worker_metrics_port = port("worker_metrics")
         self.tripletex_port = port("tripletex")
         self.findity_port = port("findity")
+        self.billdiary_port = port("billdiary")
         self.processes: list[ManagedProcess] = []
 
     # --- URLs -------------------------------------------------------------------------------------
@@ -212,6 +216,11 @@ class Stack:
     @property
     def findity_url(self) -> str:
         return f"http://127.0.0.1:{self.findity_port}"
+
+    @property
+    def billdiary_url(self) -> str:
+        """The sandbox's root; BillDiary's API base is ``/api``, its control API ``/_sandbox``."""
+        return f"http://127.0.0.1:{self.billdiary_port}"
 
     def child_env(self) -> dict[str, str]:
         return {
@@ -296,6 +305,11 @@ class Stack:
                 "findity-sandbox",
                 python_argv("-m", "sandbox.findity", "--port", str(self.findity_port)),
                 self._http_ready(f"{self.findity_url}/_sandbox/healthz"),
+            ),
+            (
+                "billdiary-sandbox",
+                python_argv("-m", "sandbox.billdiary", "--port", str(self.billdiary_port)),
+                self._http_ready(f"{self.billdiary_url}/_sandbox/healthz"),
             ),
             (
                 "api",
@@ -393,7 +407,8 @@ class Stack:
         A child, not a call: it then reads exactly the database URL every other child got.
         """
         completed = subprocess.run(
-            python_argv("-m", "devstack.seed", "--tripletex-url", self.tripletex_url, "--json"),
+            python_argv("-m", "devstack.seed", "--tripletex-url", self.tripletex_url,
+                        "--billdiary-url", self.billdiary_url, "--json"),
             env={**os.environ, **self.child_env()},
             cwd=PROJECT_ROOT,
             capture_output=True,

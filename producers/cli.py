@@ -142,7 +142,12 @@ def cmd_connection_set(args) -> int:
             if value is None:
                 value = from_file.get(field.name)
             if value is None and field.secret:
-                value = _prompt_secret(field.name, "--credentials-file")
+                if field.required:
+                    value = _prompt_secret(field.name, "--credentials-file")
+                elif sys.stdin.isatty():
+                    # Optional (BillDiary: a token, or a key with its secret): Enter skips it.
+                    value = getpass.getpass(
+                        f"{field.name.replace('_', ' ')} (optional, Enter to skip): ") or None
             if value is not None:
                 credentials[field.name] = value
     # --draft and --voucher-type are options of targets whose options schema has them; for any
@@ -162,6 +167,8 @@ def cmd_connection_set(args) -> int:
             options["send_to_ledger"] = not args.draft
         if args.voucher_type:
             options["voucher_type_name"] = args.voucher_type
+        if args.options_file:
+            options.update(json.loads(Path(args.options_file).read_text()))
         connection = organizations.upsert_connection(
             session, args.org, args.target, base_url=args.base_url, credentials=credentials,
             account_mapping=mapping, options=options)
@@ -597,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a JSON object of the credential fields ('-': read it from stdin); "
                          "keeps tokens off the command line")
     cs.add_argument("--mapping-file", help="JSON account mapping (see shared/domain/mapping.py)")
+    cs.add_argument("--options-file",
+                    help="JSON object of connection options, merged into the stored ones (the "
+                         "target's options, see the admin API's PUT .../connections/{target}, "
+                         "and rate_limit)")
     cs.add_argument("--voucher-type", help="voucher type name, e.g. 'Reiseregning'")
     cs.add_argument("--draft", action="store_true",
                     help="post vouchers as drafts (sendToLedger=false) for an accountant to approve")

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     # externalVoucherNumber within this many seconds. Until then the posting protocol does not
     # take "not found" for "not booked". A connection's options.search_delay_seconds overrides.
     tripletex_search_delay_seconds: float = Field(default=5.0, ge=0)
+    # ASSUMED (BillDiary documents nothing): an expense its POST stored is findable by ``q=<our
+    # reference>`` within this many seconds. The create and its payment lines are one MySQL
+    # transaction and the list reads the same table, so it is immediate in practice; 5 s of
+    # slack as for Tripletex. A connection's options.search_delay_seconds overrides.
+    billdiary_search_delay_seconds: float = Field(default=5.0, ge=0)
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 30.0
 
@@ -123,6 +128,12 @@ class Settings(BaseSettings):
     tripletex_rate_limit_burst: int = Field(default=2, ge=1)
     # Tripletex announces a request budget, not a concurrency limit: no cap by default (0).
     tripletex_rate_limit_max_concurrent: int = Field(default=0, ge=0)
+    # BillDiary publishes no limit; ASSUMED Laravel's default API throttle of 60 requests per
+    # minute per user. 0.9/s with bursts of 5 stays under it with room for jitter; one request
+    # at a time per connection is plenty for expense volumes.
+    billdiary_rate_limit_per_second: float = Field(default=0.9, ge=0)
+    billdiary_rate_limit_burst: int = Field(default=5, ge=1)
+    billdiary_rate_limit_max_concurrent: int = Field(default=1, ge=0)
     # A worker thread waits at most this long for its turn, then the export is retried later
     # (RateLimitedError) instead of holding the thread. Well under ``export_lease_seconds``.
     rate_limit_max_wait_seconds: float = Field(default=30.0, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -160,10 +161,32 @@ def upsert_connection(
     if account_mapping is not None:
         connection.account_mapping = account_mapping
     if options is not None:
+        _check_options(system, options)
         connection.options = options
     connection.updated_at = utcnow()
     session.flush()
     return connection
+
+
+# Options the engine reads itself for every target (shared.integrations.rate_limit), not part of
+# a system's options model.
+ENGINE_OPTIONS = ("rate_limit",)
+
+
+def _check_options(system: registry.TargetSystem, options: dict[str, Any]) -> None:
+    """The target's options model must accept ``options``, so a connection that cannot post
+    (a BillDiary connection without its location, say) is refused when it is configured
+    instead of failing every export later."""
+    own = {k: v for k, v in options.items() if k not in ENGINE_OPTIONS}
+    try:
+        system.options_model.model_validate(own)
+    except PydanticValidationError as error:
+        details = [{"field": "options." + ".".join(map(str, e["loc"])), "message": e["msg"]}
+                   for e in error.errors()]
+        raise ValidationFailed(
+            f"options for {system.name} are not valid: "
+            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+            details=details) from None
 
 
 def connection_for(session: Session, org_id: str, target_system: str) -> TargetConnection | None:

@@ -23,6 +23,7 @@ from shared.db.models import (
     SourceConnection,
     SourceExport,
     SourceExportStatus,
+    TargetConnection,
     WebhookDelivery,
 )
 from shared.db.types import utcnow
@@ -54,19 +55,21 @@ def upsert_source_connection(
     target_system: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> SourceConnection:
-    """``target_system``: where the source's expenses are booked; may be omitted while exactly
-    one target system is registered."""
+    """``target_system``: where the source's expenses are booked; when omitted, the one it
+    already books to, else the organization's only target connection, else the only target
+    system registered."""
     get_organization(session, org_id)
+    connection = session.scalar(select(SourceConnection).where(
+        SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
     try:
         registry.source(source_system)
-        target_system = registry.target(target_system or _only_target()).name
+        target_system = registry.target(
+            target_system or _default_target(session, org_id, connection)).name
     except registry.UnknownSystem as unknown:
         raise ValidationFailed(str(unknown)) from None
     for name, url in (("base_url", base_url), ("token_url", token_url)):
         if not url.startswith(("http://", "https://")):
             raise ValidationFailed(f"{name} must start with http:// or https://")
-    connection = session.scalar(select(SourceConnection).where(
-        SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
     if connection is not None and not (client_id and client_secret):
         # The stored client secret goes to token_url and the token to base_url: moving either
         # without the credentials would hand them to another host (see upsert_connection).
@@ -106,12 +109,18 @@ def upsert_source_connection(
     return connection
 
 
-def _only_target() -> str:
+def _default_target(session: Session, org_id: str, existing: SourceConnection | None) -> str:
+    if existing is not None and existing.target_system:
+        return existing.target_system
     names = list(registry.targets())
-    if len(names) != 1:
-        raise ValidationFailed("name the target_system the expenses go to: one of "
-                               + ", ".join(names))
-    return names[0]
+    if len(names) == 1:
+        return names[0]
+    connected = sorted(set(session.scalars(select(TargetConnection.target_system).where(
+        TargetConnection.organization_id == org_id))))
+    if len(connected) == 1:
+        return connected[0]
+    raise ValidationFailed("name the target_system the expenses go to: one of "
+                           + ", ".join(connected or names))
 
 
 def source_credentials(connection: SourceConnection) -> dict[str, str]:

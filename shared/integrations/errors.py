@@ -5,6 +5,9 @@ The worker maps these to retry-or-fail in exactly one place (``worker.retry_poli
 - ``TransientError``: timeouts, connection errors, 5xx, 408, a 2xx body we cannot read. Retry
   with backoff.
 - ``RateLimitedError``: 429. Retry after ``retry_after`` seconds when the server said so.
+- ``ConnectionParked``: the target refuses the whole connection until a person acts there
+  (subscription lapsed, permission missing, demo mode). A kind of being told to wait: exports
+  keep their attempts and look again every ``retry_after`` seconds.
 - ``AuthError``: credentials rejected even after renewing the session once. Permanent until an
   operator fixes the connection.
 - ``PermanentError``: the request itself is wrong (4xx validation, unknown account, missing
@@ -59,6 +62,18 @@ class RateLimitedError(TransientError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class ConnectionParked(RateLimitedError):
+    """The target refuses every write of this connection until someone acts on its side (the
+    customer renews a lapsed subscription, an administrator grants a permission, a demo tenant
+    is replaced). Not the export's fault: like a 429 it costs no attempt (``worker.retry_policy``
+    treats every ``RateLimitedError`` so), and the export waits in ``processing`` with
+    ``message`` (what to do, in plain words) as its error until the target accepts again.
+
+    The engine keeps no per-connection "parked" flag yet: each waiting export looks again on its
+    own, at most every ``retry_after`` seconds; a client may also refuse to send (``sent=False``)
+    while it remembers the refusal."""
 
 
 class PermanentError(IntegrationError):

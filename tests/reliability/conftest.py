@@ -36,7 +36,7 @@ from devstack.redis_server import EmbeddedRedis
 from sandbox.findity.records import accepted_voucher_updates
 from shared.config import PROJECT_ROOT
 from tests.fixtures.stack import CELERY_APP, Workers
-from tests.fixtures.tenants import Tenant
+from tests.fixtures.tenants import BillDiaryTenant, Tenant, new_billdiary_tenant
 
 SCALE = float(os.environ.get("AIC_RELIABILITY_SCALE", "1") or "1")
 REPORT_DIR = Path(os.environ.get("AIC_RELIABILITY_REPORT_DIR") or PROJECT_ROOT / "var" / "reliability")
@@ -386,6 +386,14 @@ class Stack:
         api = self.client(headers={"Authorization": f"Bearer {org['api_key']}"})
         return Tenant(api=api, organization_id=org["organization_id"], api_key=org["api_key"],
                       company_id=company["company_id"], sandbox=tripletex_sandbox)
+
+    def new_billdiary_tenant(self, billdiary_sandbox, name: str = "Reliability ERP AS",
+                             **kwargs: Any) -> BillDiaryTenant:
+        """An organization booking into a fresh BillDiary sandbox business."""
+        tenant = new_billdiary_tenant(self.admin, self.api_url, billdiary_sandbox, name,
+                                      scopes=("exports", "callbacks"), **kwargs)
+        self._clients.append(tenant.api)
+        return tenant
 
     def new_findity_tenant(self, tripletex_sandbox, findity_sandbox,
                            name: str = "Reliability Findity AS") -> FindityTenant:

@@ -1,13 +1,15 @@
 """The one check every reliability scenario ends with: nothing lost, nothing posted twice.
 
 ``check_invariants(tenants, figures)`` reads our database directly (the test process shares the
-test database) and each tenant's ledger in the Tripletex sandbox (control API), and asserts:
+test database) and each tenant's records in its target's sandbox (control API:
+``tenant.target_records()``, Tripletex vouchers or BillDiary expenses), and asserts:
 
 1. Settled. Every export of the tenants' organizations is terminal (success, failed, cancelled)
    or legitimately waiting: processing with a live lease or a retry due in the future. An export
    in processing with neither is *lost* (nothing will ever run it without the sweeper).
-2. Booked once. The tenant's ledger holds exactly one voucher per export that the worker
-   finished as success (``externalVoucherNumber`` == export id, and it is the voucher the export
+2. Booked once. The tenant's ledger holds exactly one record per export that the worker
+   finished as success (its reference, ``externalVoucherNumber`` or ``ref_no``, == export id,
+   and it is the record the export
    names), none for failed or cancelled exports, at most one for an export still waiting, and no
    voucher that no export of the organization explains. An export that a PUT callback declared
    successful was booked by someone else; the ledger may hold at most one voucher of ours for it.
@@ -187,14 +189,15 @@ def check_invariants(tenants: list[Any], figures=None, *, settle_timeout: float 
     for row in rows:
         rows_by_org[row.organization_id].append(row)
     for org_id, tenant in by_org.items():
-        vouchers = tenant.sandbox.vouchers(tenant.company_id)
+        # Every target's records in one shape: Tripletex vouchers by externalVoucherNumber,
+        # BillDiary expenses by ref_no (tests.fixtures.tenants).
         by_number: dict[str, list[dict]] = defaultdict(list)
-        for voucher in vouchers:
-            by_number[voucher.get("externalVoucherNumber") or ""].append(voucher)
+        for record in tenant.target_records():
+            by_number[record["reference"]].append(record)
         known = {r.id for r in rows_by_org[org_id]}
         for number, found in by_number.items():
             if number not in known:
-                report.orphans.append(f"{len(found)} voucher(s) with externalVoucherNumber "
+                report.orphans.append(f"{len(found)} record(s) with our reference "
                                       f"{number!r} belong to no export of {org_id}")
         for row in rows_by_org[org_id]:
             found = by_number.get(row.id, [])

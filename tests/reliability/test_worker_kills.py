@@ -13,6 +13,11 @@ redelivery cannot bring back (kombu pops a message and records it as unacknowled
 commands; a kill between them loses it) is counted, must stay rare, and is left to the
 database-driven sweeper, run once after the chaos as beat would.
 
+``test_workers_sigkilled_while_posting_to_billdiary``: the same loop against the BillDiary
+sandbox, which has no idempotency key: it holds its answer after storing an expense, answers the
+seed's 500 "Could not load expense" after storing, or is slow on every call; each export must end
+as exactly one BillDiary expense, found by its ``ref_no``.
+
 Two kill-adjacent cases are made deterministic:
 
 - ``test_lease_outlasts_a_slow_post_while_the_sweeper_runs``: an attempt slow before posting,
@@ -81,9 +86,9 @@ def _classify_interrupted_attempts(events_by_export: dict[str, list[dict]]) -> C
             if kinds[-1] == "started":
                 where["before posting"] += 1
             elif kinds[-1] == "posting_started":
-                where["during the POST, after Tripletex stored the voucher"
+                where["during the POST, after the target stored the record"
                       if "found_existing_voucher" in following
-                      else "during the POST, before Tripletex stored the voucher"] += 1
+                      else "during the POST, before the target stored the record"] += 1
             else:
                 where[f"after {kinds[-1]}"] += 1
     return where
@@ -232,6 +237,102 @@ def test_workers_sigkilled_in_a_loop(stacks, tripletex_sandbox, findity_sandbox,
     assert report.statuses == Counter({"success": report.exports}), report.statuses
     # The scenario must have hit the windows it is about, or it proves little.
     assert sum(interrupted.values()) >= kills // 2, interrupted
+    assert where, "no export attempt was interrupted by a kill"
+
+
+def test_workers_sigkilled_while_posting_to_billdiary(stacks, billdiary_sandbox, figures):
+    """Worker processes SIGKILLed while exports go to BillDiary, which has no idempotency key."""
+    exports_wanted = scaled(40)
+    stack = stacks("kills-erp", env={"AIC_STUCK_AFTER_SECONDS": "30"})
+    stack.start_api()
+    stack.workers.start()
+    stack.workers.start()
+    # No concurrency cap on this connection: a SIGKILLed worker's slot would stay taken for the
+    # limiter's lease (60 s); the rate stays well under the sandbox's throttle (raised below).
+    tenant = stack.new_billdiary_tenant(billdiary_sandbox, "Kill ERP AS", options={
+        "rate_limit": {"requests_per_second": 20, "burst": 5, "max_concurrent": 0}})
+    throttle = {"rate_limit": {"limit": 100_000, "window_seconds": 60}}
+    # BillDiary alternates between holding its answer 0.7 s after storing an expense (kills land
+    # after the store, before we know the id), answering the seed's 500 "Could not load expense"
+    # after storing the next three, and answering every call in 1.5 s (kills land before).
+    moods = [dict(latency_ms=120, save_then_hold_ms=700), dict(latency_ms=120, save_then_fail=3),
+             dict(latency_ms=1500)]
+    tenant.set_faults(**moods[0], **throttle)
+    producing = threading.Event()
+    producing.set()
+    chaos = threading.Event()
+    chaos.set()
+    rng = random.Random(20261129)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            made = 0
+            while made < exports_wanted:
+                if rng.random() < 0.5:
+                    tenant.export(tenant.add_expense(f"{100 + made}.25", account="7140",
+                                                     vat_code=None))
+                    made += 1
+                else:
+                    size = min(rng.randint(3, 6), exports_wanted - made)
+                    ids = [tenant.add_expense(f"{100 + made + i}.75", account="6800",
+                                              vat_code=None) for i in range(size)]
+                    response = tenant.api.post("/api/v1/accounting-exports/batch", json={
+                        "expense_ids": ids, "target_system": "billdiary"})
+                    assert response.status_code == 202, response.text
+                    made += size
+                time.sleep(rng.uniform(0.05, 0.3))
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+        finally:
+            producing.clear()
+
+    def change_moods() -> None:
+        index = 0
+        while chaos.is_set():
+            time.sleep(4)
+            index += 1
+            tenant.set_faults(**moods[index % len(moods)], **throttle)
+            figures.fault(f"BillDiary mood {index % len(moods)}")
+        tenant.set_faults(**throttle)
+
+    producer = threading.Thread(target=produce, name="producer")
+    producer.start()
+    mood_changer = threading.Thread(target=change_moods, name="moods")
+    mood_changer.start()
+    kills = 0
+    min_kills = scaled(6)
+    started = time.monotonic()
+    while (producing.is_set() or kills < min_kills) and time.monotonic() - started < 240:
+        time.sleep(rng.uniform(1.0, 3.0))
+        victim = rng.choice(stack.workers.running)
+        stack.workers.kill(victim)
+        kills += 1
+        figures.fault("worker SIGKILL")
+        stack.workers.start()
+        while len(stack.workers.running) < 2:
+            stack.workers.start()
+    chaos.clear()
+    producer.join(timeout=60)
+    mood_changer.join(timeout=30)
+    assert not errors, errors
+
+    wait_settled([tenant.organization_id], 150)
+    orphans = _unfinished([tenant])
+    figures.note("left without a message after redelivery (recovered by one sweep)", orphans)
+    if orphans:
+        stack.send_task("worker.tasks.sweep_stuck_exports", queue="maintenance")
+        figures.fault("one sweep after the chaos")
+    assert len(orphans) <= kills, orphans
+    # One BillDiary expense per export, found by ref_no, and the one the export names.
+    report = check_invariants([tenant], figures, settle_timeout=90, require_terminal=True)
+    rows = load_exports([tenant.organization_id])
+    where = _classify_interrupted_attempts({r.id: r.events for r in rows})
+    figures.note("where interrupted export attempts stopped", dict(where))
+    figures.note("exports settled by a lookup (found_existing_voucher)",
+                 sum(any(e["kind"] == "found_existing_voucher" for e in r.events) for r in rows))
+    assert report.statuses == Counter({"success": report.exports}), report.statuses
+    assert report.exports == exports_wanted
     assert where, "no export attempt was interrupted by a kill"
 
 

@@ -300,3 +300,33 @@ def test_source_poll_says_so_when_the_broker_is_unreachable(capsys, monkeypatch)
     monkeypatch.setattr(shared.jobs, "send_now", unreachable)
     assert main(["source", "poll"]) == 1
     assert "could not be reached" in capsys.readouterr().err
+
+
+def test_connection_set_takes_options_from_a_file_and_refuses_options_that_cannot_post(
+        capsys, monkeypatch, org, tmp_path):
+    import io
+
+    from shared.domain import organizations
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no terminal
+
+    secrets_file = tmp_path / "billdiary.json"
+    secrets_file.write_text('{"api_key": "k", "api_secret": "s"}')
+    # The optional token is not asked for without a terminal: key and secret are enough.
+    flags = ["connection", "set", org.id, "billdiary", "--base-url", "http://erp.example/api",
+             "--credentials-file", str(secrets_file)]
+    # A BillDiary connection cannot post without its location and currency: refused now, with
+    # the fields named, instead of failing every export later.
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert "options.location_id: Field required" in err and "options.currency" in err
+    options = tmp_path / "options.json"
+    options.write_text('{"location_id": 3, "currency": "nok", "payable_accounts": ["2930"]}')
+    assert main([*flags, "--options-file", str(options)]) == 0
+    with session_scope() as session:
+        stored = organizations.connection_for(session, org.id, "billdiary").options
+    assert stored == {"location_id": 3, "currency": "nok", "payable_accounts": ["2930"]}
+    with session_scope() as session:
+        connection = organizations.connection_for(session, org.id, "billdiary")
+        assert organizations.connection_credentials(connection) == {"api_key": "k",
+                                                                    "api_secret": "s"}

@@ -23,16 +23,16 @@ def with_ledger_plugin(monkeypatch):
 
 
 def test_builtin_systems_are_listed_with_their_kind():
-    assert list(registry.targets()) == ["tripletex"]
+    assert list(registry.targets()) == ["tripletex", "billdiary"]
     assert list(registry.sources()) == ["findity", "traede"]
     assert registry.target("tripletex").required_credentials == ("consumer_token",
                                                                   "employee_token")
-    with pytest.raises(registry.UnknownSystem, match="use one of: tripletex"):
+    with pytest.raises(registry.UnknownSystem, match="use one of: tripletex, billdiary"):
         registry.target("findity")
 
 
 def test_an_extra_system_is_loaded_from_the_setting(with_ledger_plugin):
-    assert list(registry.targets()) == ["tripletex", "ledger"]
+    assert list(registry.targets()) == ["tripletex", "billdiary", "ledger"]
     assert registry.display_name("ledger") == "Test Ledger"
     # No default rate policy in its entry: no limiter.
     assert default_policy("ledger") == RateLimitPolicy()
