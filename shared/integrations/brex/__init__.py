@@ -20,6 +20,7 @@ from __future__ import annotations
 from shared.integrations.brex.adapter import BrexSource
 from shared.integrations.brex.client import BrexClient, UserToken
 from shared.integrations.brex.options import BrexOptions, read_options
+from shared.integrations.errors import AuthError
 from shared.integrations.registry import (
     CredentialField,
     Discovery,
@@ -30,7 +31,13 @@ from shared.integrations.registry import (
 
 
 def _build_client(connection, credentials) -> BrexSource:
-    return BrexSource(connection.base_url, token=UserToken(credentials["user_token"]),
+    token = (credentials or {}).get("user_token")
+    if not token:
+        # Until source credentials are registry-driven, a connection stored the Findity way
+        # holds client_id/client_secret: say what is missing instead of a KeyError.
+        raise AuthError("this Brex connection holds no user_token: store the Brex user token "
+                        "as its credentials", system="brex", code="missing_credentials")
+    return BrexSource(connection.base_url, token=UserToken(token),
                       options=read_options(connection.options))
 
 

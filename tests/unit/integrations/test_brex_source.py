@@ -502,3 +502,12 @@ def test_the_registry_entry_builds_the_adapter(brex_account):
     assert isinstance(adapter, BrexSource) and adapter.options.memo_write_back
     assert repr(adapter).count(brex_account["token"]) == 0
     adapter.close()
+
+
+def test_a_connection_without_a_user_token_is_told_what_to_store():
+    class Connection:
+        base_url = "http://127.0.0.1:9"
+        options: dict[str, Any] = {}
+
+    with pytest.raises(AuthError, match="user_token"):
+        SYSTEM.build_client(Connection(), {"client_id": "x", "client_secret": "y"})
