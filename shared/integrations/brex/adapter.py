@@ -142,7 +142,10 @@ class BrexSource(BrexClient):
         parent_of = self._parents_of(items)
         listed = {e.id: e for e in items}
         announced: dict[str, Announcement] = {}
+        wanted = {*self.options.approved_statuses, SPLIT}
         for expense in items:
+            if expense.status not in wanted and expense.id not in parent_of:
+                continue  # a filter Brex did not apply: never announce what we did not ask for
             unit_id = parent_of.get(expense.id, expense.id)
             if unit_id in announced:
                 continue
