@@ -7,7 +7,9 @@ The poll [guide: incremental polling]:
 - Our cursor is a high-water mark (HWM) taken from the DATA: the largest ``updated_at`` of the
   expenses a complete walk saw, never our clock. Each poll asks for ``updated_at_start =
   HWM - overlap`` (bounds are inclusive and the list may lag behind changes), ``status[]`` = the
-  approved statuses plus SPLIT (itemized parents), all pages by cursor at ``limit`` 100.
+  approved statuses, SPLIT (itemized parents) and VOID/CANCELED (an approved expense withdrawn
+  after we may have booked it; announced only when it has an ``approved_at``), all pages by
+  cursor at ``limit`` 100.
 - A walk that reaches its page cap resumes where it stood on the next poll (the same filters,
   Brex's cursor kept in ours), and the HWM moves only when a walk completes: the list is not in
   ``updated_at`` order, so a partial walk's largest ``updated_at`` says nothing of what it did
@@ -39,7 +41,7 @@ import httpx
 
 from shared.integrations.brex.client import BrexClient, ListingStopped, TokenProvider
 from shared.integrations.brex.conversion import Family, convert, listing_version
-from shared.integrations.brex.models import SPLIT, Expense
+from shared.integrations.brex.models import SPLIT, WITHDRAWN_STATUSES, Expense
 from shared.integrations.brex.options import BrexOptions, read_options
 from shared.integrations.errors import IntegrationError, NotFoundError, PermanentError
 from shared.integrations.sources import (
@@ -108,7 +110,7 @@ class BrexSource(BrexClient):
             start = (state.hwm - timedelta(seconds=self.options.overlap_seconds)
                      if state.hwm else self.options.go_live)
             walk_cursor = None
-        filters = {"status[]": [*self.options.approved_statuses, SPLIT],
+        filters = {"status[]": [*self.options.approved_statuses, SPLIT, *WITHDRAWN_STATUSES],
                    "updated_at_start": start, "expand[]": list(LIST_EXPAND)}
         items: list[Expense] = []
         stopped: ListingStopped | None = None
@@ -142,10 +144,9 @@ class BrexSource(BrexClient):
         parent_of = self._parents_of(items)
         listed = {e.id: e for e in items}
         announced: dict[str, Announcement] = {}
-        wanted = {*self.options.approved_statuses, SPLIT}
         for expense in items:
-            if expense.status not in wanted and expense.id not in parent_of:
-                continue  # a filter Brex did not apply: never announce what we did not ask for
+            if not self._may_matter(expense) and expense.id not in parent_of:
+                continue
             unit_id = parent_of.get(expense.id, expense.id)
             if unit_id in announced:
                 continue
@@ -154,6 +155,15 @@ class BrexSource(BrexClient):
                 external_id=unit_id, payload=_payload(shown),
                 version=listing_version(shown, self.options))
         return list(announced.values())
+
+    def _may_matter(self, expense: Expense) -> bool:
+        """Approved (or an itemized parent), or withdrawn after it was approved: a VOID or
+        CANCELED expense that was once approved may be booked, and its change must reach the
+        engine; one never approved is nothing to us. Anything else is a status we did not ask
+        for (a filter Brex did not apply): never announced."""
+        if expense.status in self.options.approved_statuses or expense.status == SPLIT:
+            return True
+        return expense.status in WITHDRAWN_STATUSES and expense.approved_at is not None
 
     def _parents_of(self, items: list[Expense]) -> dict[str, str]:
         """child id -> SPLIT parent id, for every listed expense that is an itemized child."""

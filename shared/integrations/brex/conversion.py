@@ -85,9 +85,9 @@ def convert(family: Family, options: BrexOptions, *,
 
 
 def content_fingerprint(family: Family, options: BrexOptions) -> str:
-    members = family.children if family.head.status == SPLIT else [family.head]
     facts = {"id": family.head.id, "split": family.head.status == SPLIT,
-             "members": sorted((_facts(m, options) for m in members), key=lambda f: f["id"])}
+             "members": sorted((_facts(m, options) for m in family.members),
+                               key=lambda f: f["id"])}
     canonical = json.dumps(facts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -21,6 +21,8 @@ PAYMENT_STATUSES = frozenset({"NOT_STARTED", "PROCESSING", "CANCELED", "DECLINED
                               "AWAITING_PAYMENT", "SCHEDULED"})
 EXPENSE_TYPES = frozenset({"CARD", "BILLPAY", "REIMBURSEMENT", "CLAWBACK", "UNSET"})
 SPLIT = "SPLIT"  # an itemized parent: its children (``parent_expense_id[]``) carry the parts
+# Where an approved (maybe booked) expense can go: listed so a change after booking is seen.
+WITHDRAWN_STATUSES = ("VOID", "CANCELED")
 
 # ``expand[]`` values [spec]. Receipts' pre-signed links only come with
 # ``receipts.download_uris``; merchant and user give the voucher text and the employee.
@@ -78,6 +80,7 @@ class Expense(_Model):
     user_id: str | None = None
     user: User | None = None
     purchased_at: datetime | None = None
+    approved_at: datetime | None = None
     original_amount: Money | None = None
     billing_amount: Money | None = None
     purchased_amount: Money | None = None

@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.integrations.brex.currencies import EXPONENTS
 from shared.integrations.brex.models import EXPENSE_STATUSES, SPLIT
+from shared.integrations.errors import PermanentError
 
 AmountField = Literal["billing_amount", "original_amount", "purchased_amount", "budget_amount",
                       "usd_equivalent_amount"]
@@ -47,8 +48,6 @@ class BrexOptions(BaseModel):
     go_live: datetime | None = None
     # Write our voucher reference into the expense memo (needs the expenses.card scope).
     memo_write_back: bool = False
-    # The engine's per-connection request budget, if it sets one (not read here).
-    rate_limit: Any = None
 
     @field_validator("approved_statuses")
     @classmethod
@@ -77,4 +76,12 @@ class BrexOptions(BaseModel):
 
 
 def read_options(options: dict[str, Any] | None) -> BrexOptions:
-    return BrexOptions.model_validate(options or {})
+    """The connection's options; invalid ones are a ``PermanentError`` naming each problem
+    (the poll and the ingest report it on the connection instead of crashing)."""
+    try:
+        return BrexOptions.model_validate(options or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise PermanentError(f"the Brex connection's options are invalid: {problems}",
+                             system="brex", code="invalid_options") from None

@@ -18,7 +18,7 @@ import pytest
 from shared.integrations.brex import SYSTEM, BrexSource
 from shared.integrations.brex.client import ListingStopped
 from shared.integrations.brex.currencies import UnknownCurrency, to_major
-from shared.integrations.brex.options import BrexOptions
+from shared.integrations.brex.options import BrexOptions, read_options
 from shared.integrations.errors import AuthError, PermanentError, TransientError
 from shared.integrations.sources import ItemOutcome
 from tests.fixtures.brex_sandbox import BrexSandbox
@@ -80,8 +80,11 @@ def test_poll_walks_every_page_at_limit_100_and_announces_only_approved(
     assert {a.external_id for a in page.announcements} == approved
     assert len(made["expense_ids"]) == 230 and len(approved) < 230
     counts = brex_sandbox.request_counts(acct(brex_account))
-    # All pages, 100 at a time, plus one look for SPLIT parents around these purchases.
-    assert counts == {"GET /expenses": -(-len(approved) // 100) + 1}
+    # All pages, 100 at a time (withdrawn ones are listed, and announced only if they were
+    # ever approved), plus one look for SPLIT parents around these purchases.
+    listed = [e for e in everything if e["status"] in ("APPROVED", "SETTLED", "VOID", "CANCELED")]
+    assert len(listed) > 100  # more than one page
+    assert counts == {"GET /expenses": -(-len(listed) // 100) + 1}
     state = brex_sandbox.account_state(acct(brex_account))
     assert state["ignored_params"] == {}  # every filter we sent is one Brex knows
     hwm = json.loads(page.next_cursor)["hwm"]
@@ -110,6 +113,21 @@ def test_hwm_comes_from_the_data_and_the_next_poll_asks_from_it_minus_overlap(
     later = source.list_pending(page.next_cursor)
     assert {a.external_id for a in later.announcements} == {*first, *second}
     assert json.loads(later.next_cursor)["hwm"] > json.loads(page.next_cursor)["hwm"]
+
+
+def test_an_approved_expense_voided_later_is_announced_again_never_approved_void_is_not(
+        brex_sandbox, brex_account, source):
+    booked, never = brex_sandbox.add_expenses(acct(brex_account), [
+        expense(), expense(status="VOID", payment_status="CANCELED")])
+    first = source.list_pending(None)
+    assert [a.external_id for a in first.announcements] == [booked]
+
+    brex_sandbox.change_expense(acct(brex_account), booked, status="VOID")
+    later = source.list_pending(first.next_cursor)
+
+    (again,) = later.announcements
+    assert again.external_id == booked and again.version != first.announcements[0].version
+    assert never not in {a.external_id for a in later.announcements}
 
 
 def test_go_live_bounds_the_first_poll(brex_sandbox, brex_account):
@@ -251,10 +269,12 @@ def test_unmapped_category_without_default_names_what_to_map(brex_sandbox, brex_
 
 
 def test_options_refuse_split_as_approved_and_unknown_keys():
-    with pytest.raises(ValueError, match="SPLIT"):
-        BrexOptions(approved_statuses=["APPROVED", "SPLIT"])
-    with pytest.raises(ValueError, match="extra"):
-        BrexOptions(approved_status=["APPROVED"])
+    with pytest.raises(PermanentError, match="approved_statuses: .*SPLIT"):
+        read_options({"approved_statuses": ["APPROVED", "SPLIT"]})
+    with pytest.raises(PermanentError, match="approved_status: Extra inputs"):
+        read_options({"approved_status": ["APPROVED"]})
+    with pytest.raises(PermanentError, match="invalid"):
+        BrexSource("http://127.0.0.1:9", token="t", options={"ledger_currency": "XYZ"})
 
 
 # --- SPLIT ----------------------------------------------------------------------------------
