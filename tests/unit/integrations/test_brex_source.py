@@ -9,6 +9,7 @@ Idempotency-Key, and changes after booking seen through the content fingerprint.
 from __future__ import annotations
 
 import io
+import time
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -531,3 +532,49 @@ def test_a_connection_without_a_user_token_is_told_what_to_store():
 
     with pytest.raises(AuthError, match="user_token"):
         SYSTEM.build_client(Connection(), {"client_id": "x", "client_secret": "y"})
+
+
+# --- errors and the list's lag --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "retry_after", "kind", "code"), [
+    (429, None, "RateLimitedError", "TOO_MANY_REQUESTS"),  # Brex sends no Retry-After [doc]
+    (429, 7, "RateLimitedError", "TOO_MANY_REQUESTS"),
+    (503, None, "TransientError", "SERVICE_UNAVAILABLE"),
+    (502, None, "TransientError", "http_502"),  # a gateway's HTML page
+    (400, None, "PermanentError", "BAD_REQUEST"),
+])
+def test_brex_errors_map_to_the_taxonomy(brex_sandbox, brex_account, source, status,
+                                         retry_after, kind, code):
+    brex_sandbox.set_faults(acct(brex_account), fail_next=[
+        {"status": status, "retry_after": retry_after}])
+    with pytest.raises(Exception) as raised:
+        source.list_pending(None)
+    error = raised.value
+    assert type(error).__name__ == kind and error.code == code and error.status_code == status
+    assert error.request_id  # X-Brex-Trace-Id, what Brex support asks for
+    if retry_after is not None:
+        assert error.retry_after == retry_after
+
+
+def test_a_lagging_list_never_makes_the_hwm_skip_an_expense(brex_sandbox, brex_account):
+    """The HWM is the data's, not our clock: an expense the list does not show yet is listed
+    by a later poll even without overlap."""
+    source = BrexSource(brex_account["base_url"], token=brex_account["token"],
+                        options={**OPTIONS, "overlap_seconds": 0})
+    (first,) = brex_sandbox.add_expenses(acct(brex_account), [expense()])
+    polled = source.list_pending(None)
+    brex_sandbox.set_faults(acct(brex_account), list_lag_ms=400)
+    (late,) = brex_sandbox.add_expenses(acct(brex_account), [expense()])
+
+    hidden = source.list_pending(polled.next_cursor)
+    assert [a.external_id for a in hidden.announcements] == [first]
+    assert hidden.next_cursor == polled.next_cursor
+
+    for _ in range(50):  # until the sandbox shows it (400 ms); no assertion on time
+        shown = source.list_pending(hidden.next_cursor)
+        if late in {a.external_id for a in shown.announcements}:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the lagging expense never showed")
