@@ -88,7 +88,6 @@ def _ascii(text: str) -> str:
     return "".join(c if c.isascii() else "?" for c in folded if not unicodedata.combining(c))
 
 
-
 class BrexSource(BrexClient):
     """One Brex account as a source."""
 
@@ -185,8 +184,9 @@ class BrexSource(BrexClient):
     # --- one unit ---------------------------------------------------------------------------
 
     def fetch_unit(self, external_id: str, listed: dict[str, Any] | None = None) -> FetchedUnit:
-        """A fresh copy of the expense (receipt links are valid 15 minutes from now; the
-        listing's are never used), with its itemized children when it is SPLIT."""
+        """A fresh copy of the expense (receipt links are valid 15 minutes from now), with its
+        itemized children when it is SPLIT. ``listed`` is not used: Brex has a GET-one
+        endpoint, and a listing may be older than a receipt link lives."""
         head = self.get_expense(external_id)
         children: list[Expense] = []
         if head.status == SPLIT:
