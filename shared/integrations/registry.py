@@ -38,6 +38,7 @@ BUILTIN_SYSTEMS = (
     "shared.integrations.tripletex",
     "shared.integrations.findity",
     "shared.integrations.traede",
+    "shared.integrations.brex",
 )
 
 

@@ -34,7 +34,9 @@ def _build_client(connection, credentials) -> BrexSource:
     token = (credentials or {}).get("user_token")
     if not token:
         # Until source credentials are registry-driven, a connection stored the Findity way
-        # holds client_id/client_secret: say what is missing instead of a KeyError.
+        # holds client_id/client_secret: an IntegrationError naming what is missing, so the
+        # poll records it for this connection and goes on with the others (a KeyError would
+        # not).
         raise AuthError("this Brex connection holds no user_token: store the Brex user token "
                         "as its credentials", system="brex", code="missing_credentials")
     return BrexSource(connection.base_url, token=UserToken(token),
