@@ -715,11 +715,12 @@ def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | No
             text = f"{text}. Note: {voucher.note}"
         return adapter.report_for(ItemOutcome(
             voucher.external_voucher_id, booked=True, text=text,
-            external_number=export.external_number, booked_on=export.exported_at))
+            external_number=export.external_number, booked_on=export.exported_at,
+            export_id=export.id))
     if export.status == ExportStatus.FAILED.value:
         return adapter.report_for(ItemOutcome(
             voucher.external_voucher_id, booked=False,
-            text=export.error_message or "the export failed"))
+            text=export.error_message or "the export failed", export_id=export.id))
     if export.status == ExportStatus.CANCELLED.value:
         return adapter.report_for(ItemOutcome(
             voucher.external_voucher_id, booked=False,

@@ -39,6 +39,7 @@ BUILTIN_SYSTEMS = (
     "shared.integrations.findity",
     "shared.integrations.traede",
     "shared.integrations.billdiary",
+    "shared.integrations.brex",
 )
 
 

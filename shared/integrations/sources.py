@@ -48,6 +48,12 @@ class Announcement:
     # The body's names of those two fields, so a refusal names what the sender sent.
     id_field: str = "id"
     organization_field: str = "organization"
+    # What the unit's bookable content looked like when listed (a fingerprint; None: the source
+    # cannot tell). A known unit announced with another version may have changed after we
+    # booked it: the engine fetches it again and compares ``SourceItem.content_fingerprint``.
+    # Things that do not change what is booked (an updated_at moved by our own write-back)
+    # leave it as it was.
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ class SourceItem:
     refusal: str | None = None
     receipt_filename: str | None = None  # the name and type its receipt is stored under
     receipt_content_type: str | None = None
+    # What the booking depends on, hashed (None: the source does not say). Stored with the
+    # item; an item fetched again whose fingerprint differs from the stored one changed in the
+    # source (voided, refunded, another amount): booked already -> a correction for a human,
+    # never a second voucher; not booked yet -> its new content supersedes the old.
+    content_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class ItemOutcome:
     text: str
     external_number: str | None = None  # the target's voucher number
     booked_on: Any | None = None  # datetime of the booking
+    export_id: str | None = None  # our accounting export: a stable key for idempotent reports
 
 
 SUCCEEDED, FAILED = "SUCCESS", "FAILED"
@@ -164,7 +176,10 @@ class SourceAdapter(Protocol):
     # connection's options (the entry's ``options_model``).
     attachment_noun: str
 
-    def fetch_unit(self, external_id: str) -> FetchedUnit: ...
+    # ``listed``: the announcement's payload from our own poll (None for a webhook's, which is
+    # never trusted for content); a source without a GET-one endpoint reads the item from it.
+    def fetch_unit(self, external_id: str, listed: dict[str, Any] | None = None
+                   ) -> FetchedUnit: ...
     def download_attachment(self, url: str, sink: Any, *, max_bytes: int) -> None: ...
     def to_source_item(self, unit: FetchedUnit, item: FetchedItem, *,
                        target_display_name: str, options: dict[str, Any]) -> SourceItem: ...

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -37,15 +35,14 @@ from devstack.processes import ManagedProcess, free_port, wait_for_http
 from shared.config import PROJECT_ROOT
 from shared.domain.vouchers import PostingDraft, VoucherDraft
 from shared.integrations.tripletex import TripletexClient, TripletexOptions
+from tests.contract.prism import ensure_prism as install_prism
+from tests.contract.prism import skip
 
 pytestmark = pytest.mark.contract
 
 SPEC_DIR = Path(PROJECT_ROOT).parent / "shared/specs/tripletex"
 SUBSET_SPEC = SPEC_DIR / "ledger-subset-2.74.json"
 FULL_SPEC = SPEC_DIR / "openapi-2.74.json"
-NODE_DIR = PROJECT_ROOT / "var/node"
-PRISM_BIN = NODE_DIR / "node_modules/.bin/prism"
-PRISM_PACKAGE = "@stoplight/prism-cli@5.14.2"
 GAP_PATHS = ("/currency", "/department", "/project")
 STUB = {"$ref": "#/components/schemas/_Ref"}
 
@@ -53,30 +50,10 @@ STUB = {"$ref": "#/components/schemas/_Ref"}
 # --- Prism -----------------------------------------------------------------------------------
 
 
-def _skip(reason: str) -> None:
-    print(f"\n[contract] skipped: {reason}")
-    pytest.skip(reason)
-
-
 def ensure_prism() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        _skip("node/npm are not installed: Prism cannot run")
     if not SUBSET_SPEC.exists():
-        _skip(f"the Tripletex spec is missing: {SUBSET_SPEC}")
-    if not PRISM_BIN.exists():
-        print(f"\n[contract] installing {PRISM_PACKAGE} into {NODE_DIR} (once)")
-        result = subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR), PRISM_PACKAGE],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        if result.returncode != 0 or not PRISM_BIN.exists():
-            pytest.fail(
-                f"npm install of {PRISM_PACKAGE} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-            )
-    return PRISM_BIN
+        skip(f"the Tripletex spec is missing: {SUBSET_SPEC}")
+    return install_prism()
 
 
 def _stub_nested(schema: dict[str, Any]) -> dict[str, Any]:

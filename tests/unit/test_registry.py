@@ -24,7 +24,7 @@ def with_ledger_plugin(monkeypatch):
 
 def test_builtin_systems_are_listed_with_their_kind():
     assert list(registry.targets()) == ["tripletex", "billdiary"]
-    assert list(registry.sources()) == ["findity", "traede"]
+    assert list(registry.sources()) == ["findity", "traede", "brex"]
     assert registry.target("tripletex").required_credentials == ("consumer_token",
                                                                   "employee_token")
     with pytest.raises(registry.UnknownSystem, match="use one of: tripletex, billdiary"):
