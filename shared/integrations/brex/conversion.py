@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.db.models import ExpenseStatus
+from shared.domain.statuses import ExpenseStatus
 from shared.domain.expenses import ExpenseIn
 from shared.integrations.brex.currencies import UnknownCurrency, to_major
 from shared.integrations.brex.models import SPLIT, Expense, Money
