@@ -31,6 +31,13 @@ from worker.retry_policy import TaskKind
 log = get_logger(__name__)
 
 
+class WorkEndedBadly(Exception):
+    """The task ran to the end and its work ended badly: the export failed, or a step gave up
+    for now. Raised so Flower shows the task as FAILURE with this message instead of SUCCESS.
+    Declared in each task's ``throws``: Celery records it without a traceback at ERROR, and the
+    message is acknowledged like any finished task (no retry, nothing redelivered)."""
+
+
 class StepOutcome(Protocol):
     kind: str  # "retry" asks for another attempt; anything else ends the task
     detail: str
@@ -63,6 +70,8 @@ def retried_as(kind: TaskKind) -> Callable:
                 log.warning("database unavailable; task retried later", task_kind=kind.value,
                             work_id=repr(work_id)[:100], in_seconds=round(decision.delay, 1))
                 raise task.retry(exc=exc, countdown=decision.delay)
+            if outcome.kind == "failed":
+                raise WorkEndedBadly(f"failed: {outcome.detail}")
             if outcome.kind != "retry":
                 return f"{outcome.kind}: {outcome.detail}"
             if outcome.retry_in is not None:
@@ -73,7 +82,8 @@ def retried_as(kind: TaskKind) -> Callable:
                 log.warning("task gave up", task_kind=kind.value, work_id=repr(work_id)[:100],
                             attempts=attempt, detail=outcome.detail,
                             after=regime.after_giving_up)
-                return f"gave up for now ({regime.after_giving_up}): {outcome.detail}"
+                raise WorkEndedBadly(
+                    f"gave up for now ({regime.after_giving_up}): {outcome.detail}")
             raise task.retry(countdown=decision.delay)
 
         return run
@@ -81,7 +91,8 @@ def retried_as(kind: TaskKind) -> Callable:
     return wrap
 
 
-@celery_app.task(name=TASK_EXPORT, bind=True, max_retries=None, acks_late=True)
+@celery_app.task(name=TASK_EXPORT, bind=True, max_retries=None, acks_late=True,
+                 throws=(WorkEndedBadly,))
 @retried_as(TaskKind.EXPORT)
 def export_to_target(self, export_id: str):
     if not isinstance(export_id, str) or not export_id:
@@ -98,13 +109,15 @@ def sweep_stuck_exports() -> int:
     return sweeper.requeue_stuck_exports()
 
 
-@celery_app.task(name=TASK_PROCESS_SOURCE_EXPORT, bind=True, max_retries=None, acks_late=True)
+@celery_app.task(name=TASK_PROCESS_SOURCE_EXPORT, bind=True, max_retries=None, acks_late=True,
+                 throws=(WorkEndedBadly,))
 @retried_as(TaskKind.INGEST)
 def process_source_export(self, source_export_id: str):
     return source_jobs.ingest_source_export(source_export_id)
 
 
-@celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True)
+@celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True,
+                 throws=(WorkEndedBadly,))
 @retried_as(TaskKind.REPORT)
 def report_to_source(self, source_export_id: str):
     # The source may already hold this report (e.g. the database went away while recording it);

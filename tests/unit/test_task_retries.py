@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 from shared.config import get_settings
 from shared.integrations.errors import PermanentError, RateLimitedError
 from worker.retry_policy import TaskKind
-from worker.tasks import retried_as
+from worker.tasks import WorkEndedBadly, retried_as
 
 
 class _Retry(Exception):
@@ -52,8 +52,23 @@ def test_an_ingest_gives_up_for_now_once_its_attempts_are_used_up():
     run = _task(TaskKind.INGEST, lambda: _outcome("retry"))
     with pytest.raises(_Retry):
         run(_Task(0), "id")
-    result = run(_Task(get_settings().max_attempts - 1), "id")
-    assert result.startswith("gave up for now") and "poller" in result
+    with pytest.raises(WorkEndedBadly) as gave_up:
+        run(_Task(get_settings().max_attempts - 1), "id")
+    assert str(gave_up.value).startswith("gave up for now") and "poller" in str(gave_up.value)
+
+
+def test_a_failed_export_ends_its_task_as_a_failure_flower_can_show():
+    """Flower shows the task's state: a failed export must not read SUCCESS there."""
+    with pytest.raises(WorkEndedBadly, match="failed: why"):
+        _task(TaskKind.EXPORT, lambda: _outcome("failed"))(_Task(0), "id")
+    assert _task(TaskKind.EXPORT, lambda: _outcome("success"))(_Task(0), "id") == "success: why"
+
+
+def test_every_task_that_can_end_badly_declares_it_expected():
+    from worker import tasks
+
+    for task in (tasks.export_to_target, tasks.process_source_export, tasks.report_to_source):
+        assert WorkEndedBadly in task.throws, task.name
 
 
 def test_a_report_never_gives_up():
@@ -72,8 +87,8 @@ def test_a_rate_limited_step_comes_back_no_sooner_than_the_source_said(kind):
 
 def test_a_step_that_failed_for_good_gives_up_at_once():
     refused = PermanentError("400", system="source")
-    result = _task(TaskKind.REPORT, lambda: _outcome("retry", error=refused))(_Task(0), "id")
-    assert result.startswith("gave up")
+    with pytest.raises(WorkEndedBadly, match="^gave up"):
+        _task(TaskKind.REPORT, lambda: _outcome("retry", error=refused))(_Task(0), "id")
 
 
 def _database_down():
