@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     max_batch_size: int = 500
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one line per event with key=value fields; json: one "
+                                    "JSON object per line (for log shippers).")
 
     def broker_transport_options(self) -> dict:
         return {

@@ -16,11 +16,14 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from shared.logs import log_context
 from shared.queue import celery_app
 
 log = logging.getLogger(__name__)
 
 _PENDING_KEY = "aic_jobs_after_commit"
+# A message header, read back by the worker (worker.celery_app) into its log context.
+REQUEST_ID_HEADER = "aic_request_id"
 _UNSENT_KEY = "aic_jobs_unsent"
 
 
@@ -48,6 +51,8 @@ def enqueue_after_commit(
 
 
 def send_now(job: Job) -> None:
+    # The request (or task) that caused this job: its id follows into the worker's log lines.
+    request_id = log_context().get("request_id")
     celery_app.send_task(
         job.task_name,
         args=job.args,
@@ -55,6 +60,7 @@ def send_now(job: Job) -> None:
         queue=job.queue,
         countdown=job.countdown,
         task_id=job.task_id,
+        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
     )
 
 

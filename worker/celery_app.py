@@ -11,6 +11,7 @@ from celery.signals import (
     beat_init,
     celeryd_init,
     task_postrun,
+    task_prerun,
     worker_process_init,
     worker_ready,
 )
@@ -60,6 +61,33 @@ def _refuse_development_secrets_in_beat(**_kwargs) -> None:
 @after_setup_logger.connect
 def _redact_celery_logs(**_kwargs) -> None:
     install_redaction_on_existing_handlers()
+
+
+# The ids every line of a task carries (shared/logs.py): the task, the export (or other unit of
+# work) it runs for, and the API request that queued it.
+_WORK_ID_FIELD = {"worker.tasks.export_to_target": "export_id"}
+
+
+@task_prerun.connect
+def _bind_task_log_context(task_id=None, task=None, args=None, **_kwargs) -> None:
+    from shared.jobs import REQUEST_ID_HEADER
+    from shared.logs import bind_log_context
+
+    work_id = args[0] if args and isinstance(args[0], str) else None
+    token = bind_log_context(
+        task_id=task_id, request_id=getattr(task.request, REQUEST_ID_HEADER, None),
+        **{_WORK_ID_FIELD.get(task.name, "work_id"): work_id})
+    task.request.aic_log_token = token
+
+
+@task_postrun.connect
+def _reset_task_log_context(task=None, **_kwargs) -> None:
+    from shared.logs import reset_log_context
+
+    token = getattr(task.request, "aic_log_token", None)
+    if token is not None:
+        reset_log_context(token)
+        task.request.aic_log_token = None
 
 
 @worker_process_init.connect

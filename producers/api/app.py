@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -24,7 +27,7 @@ from producers.api.limits import BodySizeLimit
 from shared import metrics
 from shared.config import get_settings, require_safe_settings
 from shared.db.session import get_engine
-from shared.logs import configure_logging
+from shared.logs import bind_log_context, configure_logging, reset_log_context
 
 DESCRIPTION = """
 Moves approved expenses into accounting systems, exactly once.
@@ -46,6 +49,8 @@ that names the scope. Keys that existed before scopes were introduced have both.
 
 
 DOCS_ASSETS = "/docs-assets"
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 class Health(BaseModel):
@@ -74,6 +79,20 @@ def create_app() -> FastAPI:
             swagger_ui_parameters={"persistAuthorization": True})
 
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        # Every log line of the request, and of the tasks it queues, carries this id; the
+        # caller gets it back to quote (its own X-Request-ID is kept when it is a sane token).
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        token = bind_log_context(request_id=rid)
+        try:
+            response = await call_next(request)
+        finally:
+            reset_log_context(token)
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
     app.include_router(routes_exports.router)
     app.include_router(routes_expenses.router)

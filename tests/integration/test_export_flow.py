@@ -225,3 +225,27 @@ def test_metrics_of_the_worker_and_the_api_after_an_export(tenant, worker, worke
                if 'target="tripletex"' in labels) >= 1
     assert _samples(api, "aic_broker_up") == {"": 1.0}
     assert '{queue="exports"}' in _samples(api, "aic_queue_depth")
+
+
+def test_the_api_request_id_follows_the_export_into_every_worker_line(tenant, worker):
+    import uuid
+
+    request_id = f"trace-{uuid.uuid4().hex[:12]}"
+    response = tenant.api.post(
+        "/api/v1/accounting-exports", headers={"X-Request-ID": request_id},
+        json={"expense_id": tenant.add_expense("64.00", account="7140", vat_code=None),
+              "target_system": "tripletex"})
+    assert response.status_code == 202 and response.headers["X-Request-ID"] == request_id
+    export_id = response.json()["export_id"]
+    assert tenant.wait_for(export_id)["status"] == "success"
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in worker.log_path.read_text(errors="replace").splitlines()
+                 if request_id in line]
+        if any("export posted" in line or "succeeded" in line for line in lines) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # The task's own lines (started, the HTTP exchanges, the outcome) all carry both ids.
+    assert len(lines) >= 2, lines
+    assert all(f"export_id={export_id}" in line for line in lines), lines

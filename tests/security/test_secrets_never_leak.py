@@ -332,7 +332,7 @@ def test_no_secret_reaches_the_api_or_worker_logs(flow: Flow, test_tmp_dir: Path
     logs = _our_logs(test_tmp_dir)
     worker_log = "\n".join(text for name, text in logs.items() if name.startswith("worker"))
     # The logs hold this flow's work: these lines are what the secrets were checked against.
-    assert "session_renewed_after_401" in worker_log and "reported to source" in worker_log
+    assert "credentials_renewed_after_401" in worker_log and "reported to source" in worker_log
     assert '"POST /webhooks/findity/' in logs["api-access-log.log"]
     for name, content in logs.items():
         for line in content.splitlines():
