@@ -9,7 +9,9 @@ once, for every system:
 - **the error taxonomy** of ``shared.integrations.errors`` (table below);
 - **401 renew-once**: with ``session=SessionAuth(current, renew)`` a 401 hands the rejected
   credentials to ``renew``, asks ``current`` again and repeats the request once; a second 401 is
-  an ``AuthError`` (a refused request stored nothing, so repeating it is safe);
+  an ``AuthError`` (a refused request stored nothing, so repeating it is safe). Credentials that
+  cannot be renewed (a static user token kept out of a pre-signed download) have no ``renew``:
+  their 401 is an ``AuthError`` at once;
 - **Retry-After** as delta-seconds or an HTTP date, else the vendor's reset header
   (``rate_limit_reset`` hook, e.g. an ``X-Rate-Limit-Reset`` in seconds);
 - **error bodies**: the ``read_error`` hook turns a non-2xx body into an ``ErrorReading``
@@ -35,8 +37,9 @@ timeout after the connection was made, connection lost    TransientError        
 5xx, 408                                                  TransientError         True
 2xx whose body we cannot read (``parse``)                 TransientError         True
 429                                                       RateLimitedError       True
+a 4xx the vendor reads as "wait" (``parked_for``)         ConnectionParked       True
 404                                                       NotFoundError          True
-401 (after the one renewal)                               AuthError              True
+401 (after the one renewal, if renewable)                 AuthError              True
 other 4xx                                                 PermanentError         True
 ========================================================  =====================  =====
 
@@ -45,7 +48,9 @@ means "outcome unknown" (settled by a lookup), never "refused". Before this base
 called it permanent and the other transient.
 
 ``read_error`` may pick a more precise ``PermanentError`` class for a 4xx (a 403 that is an
-``AuthError``, a 404 about one item that must not read as "the whole object is gone"); it cannot
+``AuthError``, a 404 about one item that must not read as "the whole object is gone"), or say
+with ``parked_for`` that a 4xx means "wait until someone acts on the vendor's side" (a lapsed
+subscription, a missing permission: ``ConnectionParked``, which costs no attempt); it cannot
 change what is transient, rate-limited or sent.
 """
 
@@ -69,6 +74,7 @@ from pydantic import BaseModel, ValidationError
 from shared.config import get_settings
 from shared.integrations.errors import (
     AuthError,
+    ConnectionParked,
     IntegrationError,
     NotFoundError,
     PermanentError,
@@ -214,11 +220,12 @@ class SessionAuth:
     ``current()``: the credentials to send now (creating a token or session if there is none; it
     may send requests itself, through ``VendorHttp.exchange``). ``renew(rejected)``: forget
     ``rejected`` so the next ``current()`` gets fresh ones; if another thread already replaced
-    them, keep the replacement.
+    them, keep the replacement. No ``renew``: the credentials cannot be renewed by us (a user
+    token), so a 401 is an ``AuthError`` without repeating the request.
     """
 
     current: Callable[[], httpx.Auth]
-    renew: Callable[[httpx.Auth], None]
+    renew: Callable[[httpx.Auth], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +237,9 @@ class ErrorReading:
     problem (validation messages with what to change). ``request_id``: from the body, when the
     vendor puts it there. ``message``: the whole message, when the vendor words it itself (with
     what to fix). ``error_class``: for a 4xx other than 408/429, a more precise
-    ``PermanentError`` class than the status gives.
+    ``PermanentError`` class than the status gives. ``parked_for``: for a 4xx other than
+    408/429, the vendor refuses this connection until someone acts on its side; the error is a
+    ``ConnectionParked`` with this ``retry_after`` (how often to look again), never permanent.
     """
 
     code: str | None = None
@@ -239,6 +248,7 @@ class ErrorReading:
     request_id: str | None = None
     message: str | None = None
     error_class: type[PermanentError] | None = None
+    parked_for: float | None = None
 
 
 # --- the base ----------------------------------------------------------------------------------
@@ -314,7 +324,8 @@ class VendorHttp:
         auth = session.current() if session is not None else None
         response = self.exchange(method, url, what=what, auth=auth, stream=stream, gate=gate,
                                  **kwargs)
-        if response.status_code == 401 and session is not None and auth is not None:
+        if (response.status_code == 401 and session is not None and session.renew is not None
+                and auth is not None):
             response.close()
             log.info("http.credentials_renewed_after_401",
                      extra={"system": self.system, "method": method,
@@ -432,9 +443,15 @@ class VendorHttp:
         elif status >= 500 or status == 408:
             error_class = TransientError
             default = f"{name} failed with HTTP {status} on {what} ({where}){says}{note}"
+        elif reading.parked_for is not None:
+            error_class = ConnectionParked
+            retry_after = reading.parked_for
+            default = (f"{name} refused {what} until something changes on its side: {text}"
+                       f"{note}; exports wait and look again every {retry_after:g} s")
         elif status == 401:
             error_class = reading.error_class or AuthError
-            renewed = " even after renewing them" if self.session is not None else ""
+            renewed = (" even after renewing them"
+                       if self.session is not None and self.session.renew is not None else "")
             default = (f"{name} refused our credentials for {what}{renewed}{note}: check the "
                        "connection's credentials")
         elif status == 404:
@@ -448,7 +465,7 @@ class VendorHttp:
             default = f"{name} rejected {what}: {text}{note}"
         secrets = list(self._secrets()) if self._secrets is not None else []
         kwargs: dict[str, Any] = {}
-        if error_class is RateLimitedError:
+        if issubclass(error_class, RateLimitedError):
             kwargs["retry_after"] = retry_after
         raise error_class(
             redact(reading.message or default, secrets),

@@ -1,9 +1,11 @@
 """The BillDiary Integration API client: expenses as a posting target.
 
-One ``BillDiaryClient`` per connection (one business, one integration user). Every HTTP
-exchange goes through ``_request()`` (auth headers, the rate limiter, the gate, transport
-errors) and ``_raise_for_status()`` (the error taxonomy of ``shared.integrations.errors``). See
-``/shared/guides/erp-integration-api.md`` and seed 004 for the API facts it follows.
+One ``BillDiaryClient`` per connection (one business, one integration user). It sends through
+the shared HTTP base (``shared.integrations.http.VendorHttp``: timeouts, the rate limiter, the
+gate, transport errors, the error taxonomy of ``shared.integrations.errors``, redaction) and
+keeps what is BillDiary's own: the paths, the auth headers, how its (Laravel) error bodies read,
+and the park. See ``/shared/guides/erp-integration-api.md`` and seed 004 for the API facts it
+follows.
 
 What it answers the posting protocol (``worker.posting``), truthfully and nothing more:
 - ``send_voucher`` is one ``POST /expenses`` with ``ref_no`` = our reference (the export id);
@@ -32,14 +34,13 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from shared.config import get_settings
 from shared.domain.vouchers import PostedVoucher, VoucherDraft
@@ -63,23 +64,14 @@ from shared.integrations.billdiary.models import (
     ExpensePayment,
     PaymentAnswer,
 )
-from shared.integrations.errors import (
-    AuthError,
-    ConnectionParked,
-    NotFoundError,
-    PermanentError,
-    RateLimitedError,
-    SendWithdrawn,
-    TransientError,
-)
+from shared.integrations.errors import AuthError, ConnectionParked, PermanentError
+from shared.integrations.http import ErrorReading, VendorHttp, retry_after_seconds
 
 if TYPE_CHECKING:
     from shared.integrations.rate_limit import RateLimiter
     from shared.integrations.targets import PreparedVoucher, SendGate
 
 logger = logging.getLogger(__name__)
-
-M = TypeVar("M", bound=BaseModel)
 
 API = "/v1/integration"
 # UltimatePOS's upload whitelist (document_upload_mimes_types); anything else is a 422.
@@ -142,17 +134,23 @@ class BillDiaryClient:
             raise AuthError("the BillDiary connection needs credentials: a token, or an api_key "
                             "with its api_secret", system=SYSTEM, code="no_credentials",
                             sent=False)
-        if timeout is None:
-            settings = get_settings()
-            timeout = httpx.Timeout(settings.http_read_timeout,
-                                    connect=settings.http_connect_timeout)
         self.options = options
-        # Accept: application/json always: without it Laravel answers a failed login or a failed
+        # The credentials are fixed headers: nothing of BillDiary's renews them, and nothing is
+        # ever downloaded from elsewhere, so every request may carry them. Accept:
+        # application/json always: without it Laravel answers a failed login or a failed
         # validation with a 302 to an HTML page instead of a 401 / 422.
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                  transport=transport,
-                                  headers={"Accept": "application/json", **auth_headers})
-        self.limiter = limiter
+        self._http = VendorHttp(
+            system=SYSTEM,
+            display_name="BillDiary",
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Accept": "application/json", **auth_headers},
+            read_error=self._read_error,
+            secrets=lambda: (token, api_key, api_secret),
+            limiter=limiter,
+            on_response=self._observe_rate_limit,
+        )
         self._lock = threading.Lock()
         self._categories: dict[str, tuple[int, int | None]] = {}  # code -> (category, sub)
         self._park: _Park | None = None
@@ -170,7 +168,11 @@ class BillDiaryClient:
         self.close()
 
     def __repr__(self) -> str:  # never show credentials
-        return f"BillDiaryClient(base_url={str(self._http.base_url)!r})"
+        return f"BillDiaryClient(base_url={str(self._http.client.base_url)!r})"
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        return self._http.limiter
 
     @property
     def search_delay_seconds(self) -> float:
@@ -184,7 +186,7 @@ class BillDiaryClient:
         """One read that needs the integration user's expense access: ``aic connection test``."""
         response = self._request("GET", f"{API}/expenses", params={"per_page": 1},
                                  what="the connection check")
-        page = self._parse(ExpensePage, response, "the connection check")
+        page = self._http.parse(ExpensePage, response, "the connection check")
         return f"BillDiary, {page.meta.total or 0} expenses visible to the integration user"
 
     def prepare_voucher(self, draft: VoucherDraft) -> PreparedVoucher:
@@ -205,7 +207,7 @@ class BillDiaryClient:
         response = self._request("POST", f"{API}/expenses", content=_dumps(body).encode(),
                                  headers={"Content-Type": "application/json"},
                                  what="the expense", gate=gate)
-        stored = self._parse(ExpenseEnvelope, response, "the created expense").data
+        stored = self._http.parse(ExpenseEnvelope, response, "the created expense").data
         self._check_stored(stored, plan.ref_no, plan.final_total, plan.booked_on)
         logger.info("billdiary.expense_created",
                     extra={"ref_no": plan.ref_no, "expense_id": stored.id})
@@ -228,7 +230,7 @@ class BillDiaryClient:
                 "GET", f"{API}/expenses",
                 params={"q": external_number, "per_page": 100, "page": page},
                 what="the expense search")
-            found = self._parse(ExpensePage, response, "the expense search")
+            found = self._http.parse(ExpensePage, response, "the expense search")
             matches += [e for e in found.data if (e.ref_no or "").strip() == external_number]
             if found.meta.current_page >= found.meta.last_page or not found.data:
                 break
@@ -266,7 +268,7 @@ class BillDiaryClient:
             "POST", f"{API}/expenses/{_expense_id(voucher_id)}",
             data={"_method": "PUT"}, files={"document": (filename, content, media_type)},
             what="the receipt")
-        stored = self._parse(ExpenseEnvelope, response, "the expense with its receipt").data
+        stored = self._http.parse(ExpenseEnvelope, response, "the expense with its receipt").data
         if not stored.document:
             raise PermanentError(
                 f"BillDiary answered the upload of {filename!r} ({len(content)} bytes) but stored "
@@ -277,7 +279,7 @@ class BillDiaryClient:
     def has_attachment(self, voucher_id: str) -> bool:
         response = self._request("GET", f"{API}/expenses/{_expense_id(voucher_id)}",
                                  what="the expense's document")
-        return bool(self._parse(ExpenseEnvelope, response, "the expense").data.document)
+        return bool(self._http.parse(ExpenseEnvelope, response, "the expense").data.document)
 
     # --- payments recorded later ----------------------------------------------------------
 
@@ -287,7 +289,7 @@ class BillDiaryClient:
         outcome is unknown is sent again, this is how to tell whether the first one landed."""
         response = self._request("GET", f"{API}/expenses/{_expense_id(expense_id)}",
                                  what="the expense's payments")
-        expense = self._parse(ExpenseEnvelope, response, "the expense").data
+        expense = self._http.parse(ExpenseEnvelope, response, "the expense").data
         ours = [p for p in expense.payments if (p.note or "").split(" ", 1)[0] == reference]
         if len(ours) > 1:
             raise PermanentError(
@@ -312,7 +314,7 @@ class BillDiaryClient:
             "POST", f"{API}/expenses/{_expense_id(expense_id)}/payments",
             content=_dumps(body).encode(), headers={"Content-Type": "application/json"},
             what="the payment", gate=gate)
-        answered = self._parse(PaymentAnswer, response, "the recorded payment").data
+        answered = self._http.parse(PaymentAnswer, response, "the recorded payment").data
         return ExpensePayment(id=answered.payment_id, amount=answered.amount,
                               method=answered.method, paid_on=answered.paid_on,
                               note=body["note"])
@@ -345,7 +347,7 @@ class BillDiaryClient:
             "GET", f"{API}/expense-categories",
             params={"search" if len(code) < 2 else "q": code, "per_page": 100},
             what="the category lookup")
-        rows = self._parse(CategoryPage, response, "the category lookup").data
+        rows = self._http.parse(CategoryPage, response, "the category lookup").data
         exact = sorted((c for c in rows if (c.code or "").strip() == code), key=lambda c: c.id)
         if len(exact) > 1:
             logger.warning("billdiary.duplicate_category_code",
@@ -358,7 +360,7 @@ class BillDiaryClient:
                                  json={"name": f"Account {code}", "code": code,
                                        "parent_id": None},
                                  what="the new category")
-        created = self._parse(CategoryEnvelope, response, "the new category").data
+        created = self._http.parse(CategoryEnvelope, response, "the new category").data
         logger.info("billdiary.category_created", extra={"code": code, "category_id": created.id})
         return created
 
@@ -435,98 +437,58 @@ class BillDiaryClient:
         raise ConnectionParked(park.reason, system=SYSTEM, code="parked", sent=False,
                                retry_after=min(left, self.options.park_seconds))
 
-    def _parked(self, status: int, message: str, what: str) -> ConnectionParked:
-        if status == 402:
-            reason = (f"BillDiary refused {what}: the business's subscription is inactive "
-                      f"(HTTP 402: {message}). Exports to it wait and resume by themselves once "
-                      "the subscription is renewed")
-        elif "demo" in message.lower():
-            reason = (f"BillDiary refused {what}: the business is a demo environment, which "
-                      f"refuses every write (HTTP 403: {message}). Point the connection at a "
-                      "real business; exports wait until then")
-        else:
-            reason = (f"BillDiary refused {what}: the integration user lacks a permission "
-                      f"(HTTP 403: {message}). Grant it all_expense.access, expense.add and "
-                      "expense.edit in BillDiary; exports wait and resume by themselves")
-        self._park = _Park(reason, self._clock() + self.options.park_seconds, status)
-        return ConnectionParked(reason, system=SYSTEM, code=f"parked_{status}",
-                                status_code=status, retry_after=self.options.park_seconds)
-
     # --- HTTP ------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, what: str, gate: SendGate | None = None,
                  **kwargs: Any) -> httpx.Response:
-        """One HTTP exchange: a limiter permit, the gate (if any) right before the request
-        leaves, transport errors and statuses turned into the taxonomy. Returns a 2xx."""
-        permit: AbstractContextManager[object] = (
-            self.limiter.acquire() if self.limiter is not None else nullcontext())
-        if gate is not None:
-            kwargs["timeout"] = httpx.Timeout(gate.timeout)
-        where = f"{method} {path}"
+        """``VendorHttp.request`` plus what this client remembers of the answer: a 402/403
+        parks it (``_read_error``), an accepted write lifts a park that waits for time."""
         try:
-            with permit:
-                if gate is not None and not gate.open():
-                    raise SendWithdrawn()
-                response = self._http.request(method, path, **kwargs)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TransientError(f"could not reach BillDiary for {where} in time "
-                                 f"({type(exc).__name__})", system=SYSTEM,
-                                 code="connect_timeout", sent=False) from exc
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"BillDiary did not answer {where} in time "
-                                 f"({type(exc).__name__})", system=SYSTEM,
-                                 code="timeout") from exc
-        except httpx.ConnectError as exc:
-            raise TransientError(f"could not reach BillDiary for {where} ({exc})",
-                                 system=SYSTEM, code="connection_error", sent=False) from exc
-        except httpx.TransportError as exc:
-            # The request may have arrived and been stored: ambiguous.
-            raise TransientError(f"lost the connection to BillDiary during {where} "
-                                 f"({type(exc).__name__}: {exc})", system=SYSTEM,
-                                 code="connection_lost") from exc
-        if self.limiter is not None and response.status_code == 429:
-            self.limiter.observe(remaining=0, reset_seconds=_retry_after(response))
-        self._raise_for_status(response, what)
+            response = self._http.request(method, path, what=what, gate=gate, **kwargs)
+        except ConnectionParked as parked:
+            if parked.status_code is not None:
+                self._park = _Park(parked.message, self._clock() + self.options.park_seconds,
+                                   parked.status_code)
+            raise
         if method != "GET" and self._park is not None and math.isfinite(self._park.until):
             self._park = None  # the target accepts writes again
         return response
 
-    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+    def _observe_rate_limit(self, response: httpx.Response) -> None:
+        # BillDiary sends no rate-limit headers before the 429: tell the shared limiter then.
+        if self.limiter is not None and response.status_code == 429:
+            self.limiter.observe(remaining=0, reset_seconds=retry_after_seconds(
+                response.headers.get("Retry-After")))
+
+    def _read_error(self, response: httpx.Response) -> ErrorReading:
+        """BillDiary's (Laravel's) error body in plain words, with what to change on our side."""
         status = response.status_code
-        if 200 <= status < 300:
-            return
         body = _error_body(response)
         message = (body.message or "").strip()
-        common: dict[str, Any] = {"system": SYSTEM, "status_code": status}
         where = f"{response.request.method} {response.request.url.path}"
-        if status == 429:
-            raise RateLimitedError(f"BillDiary's rate limit was reached while sending {what}",
-                                   retry_after=_retry_after(response), code="rate_limited",
-                                   **common)
-        if status >= 500:
-            if message == SAVED_NOT_LOADED:
-                raise TransientError(
-                    f"BillDiary stored {what} but could not load it back (HTTP 500 "
-                    f"'{SAVED_NOT_LOADED}'); it is looked up by our reference, never re-sent "
-                    "blindly", code="saved_not_loaded", **common)
-            raise TransientError(f"BillDiary failed with HTTP {status} on {what} ({where})"
-                                 + (f": {message}" if message else ""), code="server_error",
-                                 **common)
+        if status >= 500 and message == SAVED_NOT_LOADED:
+            return ErrorReading(code="saved_not_loaded", message=(
+                f"BillDiary stored what we sent with {where} but could not load it back (HTTP "
+                f"500 '{SAVED_NOT_LOADED}'); it is looked up by our reference, never re-sent "
+                "blindly"))
+        if status >= 500 or status in (408, 429):
+            return ErrorReading(text=message or None)
         if 300 <= status < 400:
             # Only a web page redirects (we always ask for JSON): the base URL is not the API.
-            raise PermanentError(f"BillDiary redirected {where} to "
-                                 f"{response.headers.get('location', 'elsewhere')}: check that "
-                                 "the connection's base URL is the API base (…/api)",
-                                 code="redirected", **common)
+            return ErrorReading(code="redirected", message=(
+                f"BillDiary redirected {where} to "
+                f"{response.headers.get('location', 'elsewhere')}: check that the connection's "
+                "base URL is the API base (…/api)"))
         if status == 401:
-            raise AuthError("BillDiary did not accept the connection's credentials (HTTP 401): "
-                            "check the API key and secret, or the token, and that they were "
-                            "not rotated", code="unauthorized", **common)
+            return ErrorReading(code="unauthorized", message=(
+                "BillDiary did not accept the connection's credentials (HTTP 401): check the API "
+                "key and secret, or the token, and that they were not rotated"))
         if status in (402, 403):
-            raise self._parked(status, message or f"HTTP {status}", what)
+            return ErrorReading(code=f"parked_{status}", parked_for=self.options.park_seconds,
+                                message=_park_reason(status, message or f"HTTP {status}", where))
         if status == 404:
-            raise NotFoundError(f"BillDiary found nothing for {what} at {where} (or the "
-                                "integration user may not see it)", code="not_found", **common)
+            return ErrorReading(message=(
+                f"BillDiary found nothing at {where} (or the integration user may not see it)"))
         details = _field_messages(body)
         text = "; ".join(details) or message or f"HTTP {status}"
         if message and not body.errors and "location" in message.lower():
@@ -534,19 +496,7 @@ class BillDiaryClient:
         code = "validation_failed" if status == 422 else f"http_{status}"
         if "already fully paid" in message.lower():
             code = "already_paid"  # after an attempt whose answer was lost: it likely landed
-        raise PermanentError(f"BillDiary rejected {what}: {text}", code=code, details=details,
-                             **common)
-
-    @staticmethod
-    def _parse(model: type[M], response: httpx.Response, what: str) -> M:
-        """A 2xx body. One we cannot read is ambiguous after a POST (the engine looks up)."""
-        try:
-            return model.model_validate(json.loads(response.content, parse_float=Decimal))
-        except (ValueError, ValidationError) as exc:
-            raise TransientError(f"BillDiary answered {what} with a body we could not read "
-                                 f"({type(exc).__name__})", system=SYSTEM,
-                                 code="unexpected_response",
-                                 status_code=response.status_code) from exc
+        return ErrorReading(code=code, text=text, details=details)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -578,11 +528,19 @@ def _field_messages(body: ErrorBody) -> list[str]:
     return out
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers["retry-after"]))
-    except (KeyError, ValueError):
-        return None
+def _park_reason(status: int, message: str, where: str) -> str:
+    """What a 402 or 403 means for the connection, and who must do what."""
+    if status == 402:
+        return (f"BillDiary refused {where}: the business's subscription is inactive (HTTP 402: "
+                f"{message}). Exports to it wait and resume by themselves once the subscription "
+                "is renewed")
+    if "demo" in message.lower():
+        return (f"BillDiary refused {where}: the business is a demo environment, which refuses "
+                f"every write (HTTP 403: {message}). Point the connection at a real business; "
+                "exports wait until then")
+    return (f"BillDiary refused {where}: the integration user lacks a permission (HTTP 403: "
+            f"{message}). Grant it all_expense.access, expense.add and expense.edit in "
+            "BillDiary; exports wait and resume by themselves")
 
 
 def _dumps(value: Any) -> str:

@@ -1,10 +1,11 @@
 """``BrexClient``: the one client of Brex's Expenses API for one connection.
 
-One long-lived ``httpx.Client``; every API exchange goes through ``_request`` (auth header,
-transport errors, Brex's error bodies -> the taxonomy of ``shared.integrations.errors``), so
-it can move onto a shared HTTP base without touching the calls. Receipt downloads are the one
-exception on purpose: pre-signed S3 links carry their own signature and must never see our
-token (S3 refuses a request with two auth mechanisms, and the token would leak to AWS).
+It sends through the shared HTTP base (``shared.integrations.http.VendorHttp``: timeouts, the
+error taxonomy, Retry-After, request ids, redaction, log fields, capped downloads) and keeps what
+is Brex's own: the paths, the token, and how Brex's (and S3's) errors read. The token lives in
+the base's ``session``, not in its default headers, on purpose: pre-signed S3 receipt links
+carry their own signature and must never see it (S3 refuses a request with two auth mechanisms,
+and the token would leak to AWS), so downloads go with ``authenticate=False``.
 
 Auth [doc: authentication]: a *user token* (dashboard > Developer > Settings), sent as
 ``Authorization: Bearer``. It cannot be renewed by us: a 401 (invalid or revoked) or a 403 that
@@ -15,26 +16,22 @@ at ``https://accounts-api.brex.com/oauth2/default`` (issuer from its
 ``.well-known/openid-configuration``) with ``offline_access``; credentials would be
 ``client_id``, ``client_secret`` and ``refresh_token``; access tokens live one hour, so such a
 provider renews before expiry and once on a 401, then repeats the request. ``TokenProvider`` is
-the seam: ``token()`` and ``renew(rejected)``; ``UserToken.renew`` returns None (nothing to
-renew), which turns the 401 into ``AuthError`` at once.
+the seam: ``token()`` and ``renew(rejected)``; ``UserToken.renew`` is None (nothing to renew),
+which turns the 401 into ``AuthError`` at once, without repeating the request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from decimal import Decimal
-from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from shared.config import get_settings
 from shared.integrations.brex.models import (
     EXPAND,
     BrexErrorBody,
@@ -42,27 +39,28 @@ from shared.integrations.brex.models import (
     ExpensePage,
     UpdateExpenseRequest,
 )
-from shared.integrations.errors import (
-    AuthError,
-    IntegrationError,
-    NotFoundError,
-    PermanentError,
-    RateLimitedError,
-    TransientError,
+from shared.integrations.errors import AuthError, PermanentError, TransientError
+from shared.integrations.http import (
+    ERROR_BODY_LIMIT,
+    BearerToken,
+    ErrorReading,
+    SessionAuth,
+    VendorHttp,
 )
 
 log = logging.getLogger(__name__)
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
 MAX_PAGE_SIZE = 100  # [doc: changelog Feb 2026] was 1000; above it Brex answers 400
-_ERROR_BODY_LIMIT = 64 * 1024
+# Brex's id for a request (what its support asks for); S3's for a receipt download.
+REQUEST_ID_HEADERS = ("X-Brex-Trace-Id", "x-amz-request-id")
 
 
 class TokenProvider(Protocol):
     def token(self) -> str: ...
-    # A fresh token after ``rejected`` got a 401, or None when there is nothing to renew.
-    def renew(self, rejected: str) -> str | None: ...
+
+    # Forget ``rejected`` (it got a 401) so the next ``token()`` is fresh; None when there is
+    # nothing to renew (the 401 is final at once).
+    renew: Callable[[str], None] | None
 
 
 class UserToken:
@@ -73,11 +71,10 @@ class UserToken:
             raise ValueError("the Brex user token is empty")
         self._value = value.strip()
 
+    renew = None  # a user token is replaced by a person, in Brex and in the connection
+
     def token(self) -> str:
         return self._value
-
-    def renew(self, rejected: str) -> str | None:
-        return None
 
     def __repr__(self) -> str:
         return "UserToken(<redacted>)"
@@ -106,15 +103,24 @@ class BrexClient:
     def __init__(self, base_url: str, *, token: TokenProvider | str,
                  timeout: httpx.Timeout | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        if timeout is None:
-            settings = get_settings()
-            timeout = httpx.Timeout(settings.http_read_timeout,
-                                    connect=settings.http_connect_timeout)
+        """``timeout``: None takes ``AIC_HTTP_*`` from settings."""
         self.base_url = base_url.rstrip("/")
         self._tokens: TokenProvider = UserToken(token) if isinstance(token, str) else token
-        self._http = httpx.Client(
-            base_url=self.base_url + "/", timeout=timeout, transport=transport,
-            headers={"Accept": "application/json", "User-Agent": "accounting-integration-client"})
+        self._auth: BearerToken | None = None  # the token last sent, for redaction
+        self._http = VendorHttp(
+            system=self.system,
+            display_name="Brex",
+            base_url=self.base_url + "/",
+            timeout=timeout,
+            transport=transport,
+            # No Authorization here: see the module's docstring (receipt links).
+            headers={"Accept": "application/json", "User-Agent": "accounting-integration-client"},
+            session=SessionAuth(current=self._current_auth,
+                                renew=self._renew if self._tokens.renew is not None else None),
+            read_error=self._read_error,
+            request_id_headers=REQUEST_ID_HEADERS,
+            secrets=lambda: (self._auth.token if self._auth else None,),
+        )
 
     def __repr__(self) -> str:
         return f"BrexClient(base_url={self.base_url!r})"  # never the token
@@ -140,8 +146,9 @@ class BrexClient:
         params = _query(filters) + [("limit", str(limit))]
         if cursor:
             params.append(("cursor", cursor))
-        response = self._request("GET", "/v1/expenses", params=params)
-        return self._parse(ExpensePage, response)
+        response = self._http.request("GET", "/v1/expenses", params=params,
+                                      what="the expense list")
+        return self._http.parse(ExpensePage, response, "the expense list")
 
     def walk(self, filters: Mapping[str, Any], *, cursor: str | None = None,
              max_pages: int | None = None) -> Iterator[ExpensePage]:
@@ -176,9 +183,10 @@ class BrexClient:
 
     def get_expense(self, expense_id: str, *, expand: Sequence[str] = EXPAND) -> Expense:
         """``GET /v1/expenses/{id}`` [spec]: a fresh copy, receipt links included."""
-        response = self._request("GET", f"/v1/expenses/{quote(expense_id, safe='')}",
-                                 params=[("expand[]", e) for e in expand], what=expense_id)
-        return self._parse(Expense, response)
+        what = f"expense {expense_id}"
+        response = self._http.request("GET", f"/v1/expenses/{quote(expense_id, safe='')}",
+                                      params=[("expand[]", e) for e in expand], what=what)
+        return self._http.parse(Expense, response, what)
 
     def update_memo(self, expense_id: str, memo: str | None, *, idempotency_key: str) -> Expense:
         """``PUT /v1/expenses/card/{expense_id}`` with ``{"memo"}`` and ``Idempotency-Key``: a
@@ -187,10 +195,11 @@ class BrexClient:
         if memo is not None and not memo.isascii():
             raise ValueError("a Brex memo must be ASCII")
         body = UpdateExpenseRequest(memo=memo).model_dump(mode="json")
-        response = self._request("PUT", f"/v1/expenses/card/{quote(expense_id, safe='')}",
-                                 json=body, headers={"Idempotency-Key": idempotency_key},
-                                 what=expense_id)
-        return self._parse(Expense, response)
+        what = f"the memo of expense {expense_id}"
+        response = self._http.request("PUT", f"/v1/expenses/card/{quote(expense_id, safe='')}",
+                                      json=body, headers={"Idempotency-Key": idempotency_key},
+                                      what=what)
+        return self._http.parse(Expense, response, what)
 
     def download(self, url: str, sink: BinaryIO, *, max_bytes: int) -> int:
         """Stream a pre-signed receipt link into ``sink``, at most ``max_bytes``; returns the
@@ -198,124 +207,48 @@ class BrexClient:
         ``PermanentError`` with code ``link_expired`` (S3's answer to an expired or altered
         link); the caller gets a fresh link by fetching the expense again."""
         target = httpx.URL(url).copy_with(fragment=None)
-        try:
-            with self._http.stream("GET", target, headers={"Accept": "*/*"}) as response:
-                if response.status_code == 403:
-                    raise PermanentError(
-                        f"the receipt link {target.path} was refused (HTTP 403): pre-signed "
-                        "links expire 15 minutes after the expense was fetched",
-                        system=self.system, code="link_expired", status_code=403)
-                if response.status_code == 404:
-                    raise NotFoundError(f"the receipt {target.path} does not exist (HTTP 404)",
-                                        system=self.system, code="receipt_not_found",
-                                        status_code=404)
-                if not 200 <= response.status_code < 300:
-                    error = TransientError if response.status_code >= 500 else PermanentError
-                    raise error(f"the receipt download {target.path} failed "
-                                f"(HTTP {response.status_code})", system=self.system,
-                                code=f"http_{response.status_code}",
-                                status_code=response.status_code)
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise _too_large(target, max_bytes, f"it announces {declared} bytes")
-                size = 0
-                for chunk in response.iter_bytes(64 * 1024):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise _too_large(target, max_bytes, "it kept sending")
-                    sink.write(chunk)
-                return size
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"the receipt download {target.path} timed out",
-                                 system=self.system, code="timeout") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"the receipt download {target.path} broke off "
-                                 f"({type(exc).__name__})", system=self.system,
-                                 code="connection_error") from exc
+        return self._http.download(target, sink, what="the receipt", max_bytes=max_bytes,
+                                   authenticate=False, headers={"Accept": "*/*"})
 
-    # --- transport and error mapping --------------------------------------------------------
+    # --- our token and Brex's errors --------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, what: str | None = None,
-                 headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
-        """One authenticated exchange; every failure becomes the error taxonomy. A 401 is
-        repeated once with a renewed token when the provider has one (OAuth); ``what`` names
-        the expense in a 404's message."""
+    def _current_auth(self) -> httpx.Auth:
         token = self._tokens.token()
-        response = self._send(method, path, token, headers, **kwargs)
-        if response.status_code == 401:
-            renewed = self._tokens.renew(token)
-            if renewed is not None:
-                response = self._send(method, path, renewed, headers, **kwargs)
-        self._raise_for_status(response, method, path, what)
-        return response
+        auth = self._auth
+        if auth is None or auth.token != token:
+            auth = self._auth = BearerToken(token)
+        return auth
 
-    def _send(self, method: str, path: str, token: str, headers: dict[str, str] | None,
-              **kwargs: Any) -> httpx.Response:
-        started = time.monotonic()
-        try:
-            response = self._http.request(
-                method, path, headers={**(headers or {}), "Authorization": f"Bearer {token}"},
-                **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"Brex did not answer {method} {path} in time "
-                                 f"({type(exc).__name__})", system=self.system,
-                                 code="timeout") from exc
-        except httpx.TransportError as exc:
-            # ConnectError: nothing reached Brex; anything later may have.
-            raise TransientError(f"could not reach Brex for {method} {path} "
-                                 f"({type(exc).__name__})", system=self.system,
-                                 code="connection_error",
-                                 sent=not isinstance(exc, httpx.ConnectError)) from exc
-        log.debug("brex.http", extra={
-            "method": method, "path": path, "status": response.status_code,
-            "trace_id": response.headers.get("X-Brex-Trace-Id"),
-            "duration_ms": round((time.monotonic() - started) * 1000)})
-        return response
+    def _renew(self, rejected: httpx.Auth) -> None:
+        if self._tokens.renew is not None and isinstance(rejected, BearerToken):
+            self._tokens.renew(rejected.token)
 
-    def _raise_for_status(self, response: httpx.Response, method: str, path: str,
-                          what: str | None) -> None:
+    def _read_error(self, response: httpx.Response) -> ErrorReading:
+        """Brex's ``{"type", "message", "code"}`` in plain words, with what to do. An answer to
+        a request that carried no token of ours is S3's, about a pre-signed receipt link."""
         status = response.status_code
-        if 200 <= status < 300:
-            return
+        where = f"{response.request.method} {response.request.url.path}"
+        if "Authorization" not in response.request.headers:
+            return _read_link_error(response, where)
         body = _error_body(response)
-        kind = (body.code or body.type) if body else None
+        # A gateway's HTML page has no code: the status names it (http_502).
+        code = ((body.code or body.type) if body else None) or f"http_{status}"
         says = f": {body.message}" if body and body.message else ""
-        common: dict[str, Any] = {"system": self.system, "code": kind or f"http_{status}",
-                                  "status_code": status,
-                                  "request_id": response.headers.get("X-Brex-Trace-Id")}
-        where = f"{method} {path}"
-        if status == 429:
-            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            raise RateLimitedError(f"Brex rate-limited {where} (HTTP 429){says}",
-                                   retry_after=retry_after, **common)
-        if status >= 500:
-            raise TransientError(f"Brex failed on {where} (HTTP {status}){says}", **common)
+        if status == 429 or status >= 500 or status == 408:
+            return ErrorReading(code=code, text=body.message if body else None)
         if status == 401:
-            raise AuthError(f"Brex refused the token on {where} (HTTP 401{says}): it is "
-                            "invalid or revoked; create a new user token in Brex (Developer > "
-                            "Settings) and update this connection", **common)
+            return ErrorReading(code=code, message=(
+                f"Brex refused the token on {where} (HTTP 401{says}): it is invalid or revoked; "
+                "create a new user token in Brex (Developer > Settings) and update this "
+                "connection"))
         if status == 403:
-            raise AuthError(f"Brex refused {where} (HTTP 403{says}): the token has expired "
-                            "(unused for 30 days) or lacks a scope (expenses.card.readonly to "
-                            "read, expenses.card to write the memo); create a new user token",
-                            **common)
+            return ErrorReading(code=code, error_class=AuthError, message=(
+                f"Brex refused {where} (HTTP 403{says}): the token has expired (unused for 30 "
+                "days) or lacks a scope (expenses.card.readonly to read, expenses.card to write "
+                "the memo); create a new user token"))
         if status == 404:
-            raise NotFoundError(f"Brex has no expense {what or path}{says}", **common)
-        raise PermanentError(f"Brex refused {where} (HTTP {status}){says}", **common)
-
-    def _parse(self, model: type[ModelT], response: httpx.Response) -> ModelT:
-        """A JSON body as ``model``; numbers never pass through a float."""
-        try:
-            return model.model_validate(json.loads(response.content, parse_float=Decimal))
-        except (ValueError, ValidationError) as exc:
-            details = ([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-                       if isinstance(exc, ValidationError) else [str(exc)])
-            raise PermanentError(
-                f"Brex answered {response.request.method} {response.request.url.path} with a "
-                f"body that is not a valid {model.__name__}: {'; '.join(details[:5])}",
-                system=self.system, code="unexpected_response",
-                status_code=response.status_code,
-                request_id=response.headers.get("X-Brex-Trace-Id"), details=details) from exc
+            return ErrorReading(code=code, text=body.message if body else None)
+        return ErrorReading(code=code, message=f"Brex refused {where} (HTTP {status}){says}")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -344,34 +277,23 @@ def _rfc3339(moment: datetime) -> str:
         "+00:00", "Z")
 
 
-def _too_large(url: httpx.URL, limit: int, why: str) -> PermanentError:
-    return PermanentError(f"the receipt {url.path} is larger than the {limit} bytes we accept "
-                          f"({why}); raise AIC_RECEIPT_MAX_BYTES to accept it",
-                          system=BrexClient.system, code="receipt_too_large")
+def _read_link_error(response: httpx.Response, where: str) -> ErrorReading:
+    """S3's answer to a pre-signed receipt link (its XML body says no more than the status)."""
+    status = response.status_code
+    if status == 403:
+        return ErrorReading(code="link_expired", error_class=PermanentError, message=(
+            f"the receipt link {response.request.url.path} was refused (HTTP 403): pre-signed "
+            "links expire 15 minutes after the expense was fetched"))
+    if status == 404:
+        return ErrorReading(code="receipt_not_found", message=(
+            f"the receipt {response.request.url.path} does not exist (HTTP 404)"))
+    return ErrorReading(code=f"http_{status}", message=(
+        f"the receipt download {where} failed (HTTP {status})"))
 
 
 def _error_body(response: httpx.Response) -> BrexErrorBody | None:
     try:
-        payload = json.loads(response.content[:_ERROR_BODY_LIMIT])
+        payload = json.loads(response.content[:ERROR_BODY_LIMIT])
         return BrexErrorBody.model_validate(payload) if isinstance(payload, dict) else None
     except (ValueError, ValidationError):
         return None  # a gateway's HTML page: the status says enough
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date); Brex documents none, a proxy may send
-    one."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())

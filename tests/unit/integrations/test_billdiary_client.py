@@ -8,6 +8,7 @@ own formats.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,7 @@ from shared.integrations.errors import (
     AuthError,
     ConnectionParked,
     PermanentError,
+    RateLimitedError,
     SendWithdrawn,
     TransientError,
 )
@@ -292,6 +294,33 @@ def test_wrong_credentials_are_an_auth_error(billdiary_sandbox, business):
                          api_key="nope", api_secret="nope") as c:
         with pytest.raises(AuthError):
             c.find_voucher("exp_x")
+
+
+class RecordingLimiter:
+    """Grants every permit and keeps what the client told it (the limiter's own rules are
+    tested in test_rate_limit.py; this is about what BillDiary's 429 makes the client say)."""
+
+    def __init__(self) -> None:
+        self.observed: list[tuple[int | None, float | None]] = []
+
+    def acquire(self):
+        return contextlib.nullcontext()
+
+    def observe(self, *, remaining: int | None, reset_seconds: float | None) -> None:
+        self.observed.append((remaining, reset_seconds))
+
+
+def test_a_429_is_rate_limited_with_retry_after_and_tells_the_limiter(billdiary_sandbox,
+                                                                      business):
+    billdiary_sandbox.set_faults(business["business_id"], fail_next=[
+        {"status": 429, "retry_after": 7, "method": "GET"}])
+    limiter = RecordingLimiter()
+    with make_client(billdiary_sandbox, business, client_kwargs={"limiter": limiter}) as c:
+        with pytest.raises(RateLimitedError) as caught:
+            c.find_voucher("exp_429")
+    assert type(caught.value) is RateLimitedError and caught.value.retry_after == 7
+    assert caught.value.code == "rate_limited" and caught.value.sent
+    assert limiter.observed == [(0, 7.0)]
 
 
 def test_an_inactive_subscription_parks_the_connection_until_it_is_renewed(

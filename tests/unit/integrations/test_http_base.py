@@ -21,6 +21,7 @@ from devstack.processes import free_port
 from shared.config import get_settings
 from shared.integrations.errors import (
     AuthError,
+    ConnectionParked,
     NotFoundError,
     PermanentError,
     RateLimitedError,
@@ -170,6 +171,18 @@ def test_the_error_hook_may_word_the_whole_message_and_narrow_a_4xx_only():
                               read_error=read_error))) is RateLimitedError
 
 
+def test_the_error_hook_may_park_the_connection_on_a_4xx_but_not_a_5xx():
+    def read_error(response: httpx.Response) -> ErrorReading:
+        return ErrorReading(text="subscription inactive", parked_for=15.0)
+
+    parked = _raised(_http(lambda request: httpx.Response(402), read_error=read_error))
+    assert type(parked) is ConnectionParked and parked.retry_after == 15.0
+    assert parked.sent and parked.status_code == 402 and parked.retryable
+    assert "subscription inactive" in parked.message
+    assert type(_raised(_http(lambda request: httpx.Response(503),
+                              read_error=read_error))) is TransientError
+
+
 def test_the_request_id_comes_from_the_configured_headers():
     http = _http(lambda request: httpx.Response(500, headers={"X-Acme-Trace": "abc"}),
                  request_id_headers=("X-Acme-Trace",))
@@ -240,6 +253,19 @@ def test_a_second_401_is_an_auth_error_without_a_third_request():
     assert type(error) is AuthError and error.status_code == 401
     assert "even after renewing" in error.message
     assert seen == ["Bearer t1", "Bearer t2"]
+
+
+def test_credentials_without_renew_make_a_401_final_at_once():
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(401)
+
+    static = SessionAuth(current=lambda: BearerToken("user-token"))
+    error = _raised(_http(handler, session=static))
+    assert type(error) is AuthError and seen == ["Bearer user-token"]
+    assert "even after renewing" not in error.message
 
 
 def test_an_unauthenticated_request_sends_no_credentials_and_renews_nothing():
