@@ -23,8 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from shared import config as shared_config
 from shared.config import (
-    DEVSTACK_ENV_FILE,
     PROJECT_ROOT,
     adopt_running_devstack,
     get_settings,
@@ -679,17 +679,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     from shared.domain.errors import DomainError
     from shared.logs import configure_logging
 
+    # First: building the parser loads the systems, which import the Celery app, and that takes
+    # its broker URL when it is created. The operator's `make run` (its database and its own
+    # Redis) must be known by then, or a retry goes to a Redis no worker reads.
+    adopted = adopt_running_devstack()
     configure_logging()
     args = build_parser().parse_args(argv)
-    adopted = adopt_running_devstack()
     if adopted:
-        # The operator's `make run` (its database and its own Redis), not the defaults.
         print(f"aic: using the running local stack's {', '.join(sorted(adopted))} "
-              f"({DEVSTACK_ENV_FILE.relative_to(PROJECT_ROOT)})", file=sys.stderr)
+              f"({_shown(shared_config.DEVSTACK_ENV_FILE)})", file=sys.stderr)
     try:
         return args.func(args)
     except DomainError as error:

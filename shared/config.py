@@ -182,11 +182,11 @@ DEVSTACK_ENV_FILE = DEFAULT_VAR_DIR / "devstack.env"
 DEVSTACK_PID_KEY = "AIC_DEVSTACK_PID"
 
 
-def running_devstack_env(path: Path = DEVSTACK_ENV_FILE) -> dict[str, str] | None:
+def running_devstack_env(path: Path | None = None) -> dict[str, str] | None:
     """The settings of the local stack written to ``path``, or None when there is no file or the
     stack that wrote it is gone (a file left behind by a killed ``make run`` is ignored)."""
     try:
-        text = path.read_text()
+        text = (path or DEVSTACK_ENV_FILE).read_text()
     except OSError:
         return None
     values = {}
@@ -203,8 +203,11 @@ def running_devstack_env(path: Path = DEVSTACK_ENV_FILE) -> dict[str, str] | Non
     return values
 
 
-def adopt_running_devstack(path: Path = DEVSTACK_ENV_FILE) -> dict[str, str]:
+def adopt_running_devstack(path: Path | None = None) -> dict[str, str]:
     """Use the running local stack's settings for what the environment does not set itself.
+
+    Call it before anything imports ``shared.queue``: the Celery app takes its broker URL when
+    it is created.
 
     Returns the variables adopted (empty: no stack runs, or the environment sets them all). Only
     ``aic`` calls this: the stack's own processes get their settings explicitly, and tests must

@@ -330,3 +330,29 @@ def test_connection_set_takes_options_from_a_file_and_refuses_options_that_canno
         connection = organizations.connection_for(session, org.id, "billdiary")
         assert organizations.connection_credentials(connection) == {"api_key": "k",
                                                                     "api_secret": "s"}
+
+
+def test_aic_uses_the_running_stacks_broker_for_what_it_queues(tmp_path):
+    """The Celery app takes its broker URL when it is created, and building aic's parser loads
+    the systems, which create it: the running stack must be adopted before that, or a retry is
+    queued on a Redis no worker reads (seen: 'queued again', and nothing ran)."""
+    import os
+    import subprocess
+    import sys
+
+    env_file = tmp_path / "devstack.env"
+    env_file.write_text("AIC_REDIS_URL=redis://127.0.0.1:6399/5\n"
+                        f"AIC_DEVSTACK_PID={os.getpid()}\n")
+    script = (
+        "import sys; from pathlib import Path; import shared.config as config\n"
+        f"config.DEVSTACK_ENV_FILE = Path({str(env_file)!r})\n"
+        "from producers.cli import main\n"
+        "assert main(['keygen']) == 0\n"
+        "from shared.queue import celery_app\n"
+        "print('BROKER', celery_app.conf.broker_url)\n")
+    env = {k: v for k, v in os.environ.items() if k != "AIC_REDIS_URL"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "BROKER redis://127.0.0.1:6399/5" in done.stdout
+    assert "using the running local stack's AIC_REDIS_URL" in done.stderr
