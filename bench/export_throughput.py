@@ -645,14 +645,19 @@ def _commit() -> str:
     return sha + (f" + uncommitted changes in: {', '.join(changed)}" if changed else "")
 
 
-def header(args: argparse.Namespace, database_url: str | None,
-           rate_per_connection: float | None) -> str:
+def command_line(module: str) -> str:
+    """The command that is running, as it can be typed again from the project root."""
     exe = Path(sys.executable)
     try:
         exe_shown = str(exe.relative_to(PROJECT_ROOT))
     except ValueError:
         exe_shown = str(exe)
-    command = shlex.join([exe_shown, "-m", "bench.export_throughput", *sys.argv[1:]])
+    return shlex.join([exe_shown, "-m", module, *sys.argv[1:]])
+
+
+def header(args: argparse.Namespace, database_url: str | None,
+           rate_per_connection: float | None) -> str:
+    command = command_line("bench.export_throughput")
     inherited = sorted(k for k in os.environ
                        if k.startswith("AIC_") and k != "AIC_BENCH_DATABASE_URL")
     affinity = len(os.sched_getaffinity(0))
