@@ -5,6 +5,8 @@ from __future__ import annotations
 BENCHMARKS = {
     "export_throughput": "exports/s and per-export latency of one batch through a real stack "
                          "(API, Redis, Celery workers, Tripletex sandbox); --compare for pools",
+    "cold_start": "Tripletex lookups a fresh client makes when 1 and 16 threads start at once "
+                  "(target: each once, no stampede)",
 }
 
 

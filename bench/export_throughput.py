@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.export_throughput [--exports N] [--orgs K] [--latency-ms L]
         [--workers W] [--concurrency C] [--pool threads|prefork|solo]
-        [--rate-limit default|off|R] [--compare] [--keep]
+        [--rate-limit default|off|R] [--compare | --versus-bare] [--keep]
 
 Each run starts an isolated stack of real processes in a temporary directory (embedded Redis, a
 freshly migrated SQLite file or AIC_BENCH_DATABASE_URL, the Tripletex sandbox, the API under
@@ -21,6 +21,12 @@ that lost or doubled work prints no figures and exits 1.
 
 ``--compare`` runs the same load three times on fresh stacks: threads pool x16, prefork x2 (one
 export per process, what Celery's default pool gives on this 2-core machine) and solo.
+
+``--versus-bare`` (with ``--rate-limit off``) then runs the anchor of issue 12's targets 1 and 2
+on a stack of its own: a bare Celery task (``bench.bare_celery``) doing the same voucher POST to
+the same sandbox with the same pool and concurrency, and prints throughput and worker CPU per
+export of both, their ratios and PASS/FAIL against the targets (>= 0.80 of the bare
+throughput, <= 2x its CPU per task).
 
 The machine is usually shared: the load average before/after and the CPU seconds used by this
 stack versus the whole machine during the window are printed with every run, so a disturbed
@@ -60,6 +66,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CELERY_APP = "worker.celery_app:celery_app"
 API_APP = "producers.api.app:app"
 QUEUES = "exports,reports,maintenance"
+BARE_APP = "bench.bare_celery:app"
+BARE_QUEUE = "bare"
 STARTUP_TIMEOUT = 90.0  # generous: imports are slow when the machine is busy
 POLL_INTERVAL = 0.1
 TERMINAL = ("success", "failed", "cancelled")
@@ -194,7 +202,11 @@ def _wait_for_log_line(process: ManagedProcess, marker: str, timeout: float) -> 
 class BenchStack:
     """Redis, database, Tripletex sandbox, API and workers for one run, all children of ours."""
 
-    def __init__(self, run_dir: Path, config: PoolConfig, database_url: str | None) -> None:
+    def __init__(self, run_dir: Path, config: PoolConfig, database_url: str | None,
+                 *, bare: bool = False) -> None:
+        """``bare``: the anchor stack of ``--versus-bare``: Redis, the sandbox and workers of
+        ``bench.bare_celery`` only (no database, no API)."""
+        self.bare = bare
         self.run_dir = run_dir
         self.log_dir = run_dir / "logs"
         self.config = config
@@ -217,7 +229,8 @@ class BenchStack:
         except TimeoutError as exc:
             tail = self.redis.process.tail() if self.redis.process else ""
             raise BenchFailure(f"redis-server did not start: {exc}\n{tail}") from exc
-        upgrade(self.database_url)
+        if not self.bare:
+            upgrade(self.database_url)
         env = {
             "AIC_DATABASE_URL": self.database_url,
             "AIC_REDIS_URL": self.redis.url,
@@ -232,19 +245,22 @@ class BenchStack:
         # Everything is spawned first and awaited afterwards, so the slow imports overlap.
         sandbox = self._spawn("tripletex-sandbox", python_argv(
             "-m", "sandbox.tripletex", "--port", str(sandbox_port), "--log-level", "warning"), env)
-        api = self._spawn("api", python_argv(
-            "-m", "uvicorn", API_APP, "--host", "127.0.0.1", "--port", str(api_port),
-            "--log-level", "warning"), env)
+        waits = [(sandbox, f"{self.sandbox_url}/_sandbox/healthz")]
+        if not self.bare:
+            api = self._spawn("api", python_argv(
+                "-m", "uvicorn", API_APP, "--host", "127.0.0.1", "--port", str(api_port),
+                "--log-level", "warning"), env)
+            waits.append((api, f"{self.api_url}/healthz"))
+        app, queues = (BARE_APP, BARE_QUEUE) if self.bare else (CELERY_APP, QUEUES)
         workers = [
             # The Procfile's worker command, with the pool under test and a distinct hostname.
             self._spawn(f"worker{i}", python_argv(
-                "-m", "celery", "-A", CELERY_APP, "worker", "--pool", self.config.pool,
-                "--concurrency", str(self.config.concurrency), "-Q", QUEUES,
+                "-m", "celery", "-A", app, "worker", "--pool", self.config.pool,
+                "--concurrency", str(self.config.concurrency), "-Q", queues,
                 "--hostname", f"bench{i}@%h", "--loglevel", "INFO"), env)
             for i in range(1, self.config.workers + 1)
         ]
-        for process, url in ((sandbox, f"{self.sandbox_url}/_sandbox/healthz"),
-                             (api, f"{self.api_url}/healthz")):
+        for process, url in waits:
             try:
                 wait_for_http(url, timeout=STARTUP_TIMEOUT, process=process)
             except (RuntimeError, TimeoutError) as exc:
@@ -522,6 +538,154 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
             stack.stop()
 
 
+@dataclass
+class BareResult:
+    """The anchor: the same vouchers POSTed by a bare Celery task (``bench.bare_celery``)."""
+
+    config: PoolConfig
+    exports: int
+    wall_s: float
+    sandbox_requests: dict[str, int]
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    cpu_by_child: dict[str, float]
+    cpu_machine: float
+
+    @property
+    def throughput(self) -> float:
+        return self.exports / self.wall_s
+
+    @property
+    def cpu_workers(self) -> float:
+        return sum(v for k, v in self.cpu_by_child.items() if k.startswith("worker"))
+
+
+def run_bare(config: PoolConfig, *, exports: int, latency_ms: int, timeout: float,
+             run_dir: Path, say) -> BareResult:
+    """``exports`` vouchers, each one task of ``bench.bare_celery`` doing one POST, on a stack of
+    its own with the same pool and concurrency. Timed from the first task sent until the tasks
+    counted ``exports`` successes in Redis (polled every 0.1 s)."""
+    import redis as redis_lib
+
+    from bench import bare_celery
+    from shared.integrations.tripletex import TripletexClient
+
+    stack = BenchStack(run_dir, config, None, bare=True)
+    try:
+        say(f"[bare {config.label}] starting stack in {run_dir}")
+        stack.start()
+        with httpx.Client(base_url=stack.sandbox_url, timeout=60) as control:
+            company = _check(control.post("/_sandbox/companies", json={"name": "Bare AS"}), 201,
+                             "create sandbox company")
+            company_id = company["company_id"]
+            # The same voucher bodies our worker sends, built by our client (session and
+            # lookups happen here, outside the window; the bare task gets them ready-made).
+            base_url = f"{stack.sandbox_url}/v2"
+            with TripletexClient(base_url, consumer_token=company["consumer_token"],
+                                 employee_token=company["employee_token"]) as client:
+                bodies = [client.prepare_voucher(_expense_draft(i)).payload.decode()
+                          for i in range(exports)]
+                token = client._session.token  # noqa: SLF001 - the bench hands it to the task
+            _check(control.put(f"/_sandbox/companies/{company_id}/faults",
+                               json={"latency_ms": latency_ms}), 200, "set sandbox latency")
+            _check(control.delete(f"/_sandbox/companies/{company_id}/requests"), 200,
+                   "reset sandbox request counts")
+            assert stack.redis is not None
+            redis = redis_lib.Redis.from_url(stack.redis.url)
+            sender = bare_celery.app
+            sender.conf.broker_url = stack.redis.url
+            say(f"[bare {config.label}] sending {exports} tasks")
+
+            load_before = os.getloadavg()
+            cpu_before = _cpu_sample(stack)
+            started = time.perf_counter()
+            with sender.producer_or_acquire() as producer:
+                for body in bodies:
+                    sender.send_task("bench.bare_voucher_post", producer=producer,
+                                     args=[f"{base_url}/ledger/voucher", "0", token, body])
+            while True:
+                done, failed = (int(v or 0) for v in redis.mget(bare_celery.DONE_KEY,
+                                                                bare_celery.FAILED_KEY))
+                if done + failed >= exports:
+                    break
+                dead = stack.first_dead()
+                if dead is not None:
+                    raise BenchFailure(f"{dead.name} died during the bare run; log "
+                                       f"{dead.log_path}:\n{dead.tail()}")
+                if time.perf_counter() - started > timeout:
+                    raise BenchFailure(f"bare run not finished after {timeout:.0f}s ({done} "
+                                       f"done); logs in {stack.log_dir}")
+                time.sleep(POLL_INTERVAL)
+            wall_s = time.perf_counter() - started
+            cpu_after = _cpu_sample(stack)
+            load_after = os.getloadavg()
+            redis.close()
+            if failed:
+                raise BenchFailure(f"{failed} bare POSTs were refused; logs in {stack.log_dir}")
+            vouchers = _check(control.get(f"/_sandbox/companies/{company_id}/vouchers"), 200,
+                              "sandbox vouchers")
+            numbers = [v.get("externalVoucherNumber") for v in vouchers]
+            if len(numbers) != exports or len(set(numbers)) != exports:
+                raise BenchFailure(f"bare run: the sandbox holds {len(numbers)} vouchers "
+                                   f"({len(set(numbers))} distinct) for {exports} tasks")
+            requests = _check(control.get(f"/_sandbox/companies/{company_id}/requests"), 200,
+                              "sandbox request counts")
+        return BareResult(
+            config=config, exports=exports, wall_s=wall_s, sandbox_requests=requests,
+            load_before=load_before, load_after=load_after,
+            cpu_by_child={name: cpu_after.by_child.get(name, 0.0) - seconds
+                          for name, seconds in cpu_before.by_child.items()},
+            cpu_machine=cpu_after.machine_busy - cpu_before.machine_busy)
+    finally:
+        with signals_held():
+            say(f"[bare {config.label}] stopping the stack")
+            stack.stop()
+
+
+def _expense_draft(i: int):
+    """The voucher our mapping builds from ``_expense_body(i)`` (same accounts, VAT, amounts)."""
+    from shared.domain.vouchers import PostingDraft, VoucherDraft
+
+    amount = Decimal("100.00") + Decimal(i % 97)
+    return VoucherDraft(
+        external_number=f"bare-{i}", date=date.today(), description=f"Bench expense {i}",
+        postings=[PostingDraft(account_number="6800", amount=amount, vat_code="1",
+                               description="Office supplies"),
+                  PostingDraft(account_number="2930", amount=-amount,
+                               description="Owed to employee")])
+
+
+# Issue 12's targets against the bare anchor.
+TARGET_THROUGHPUT_SHARE = 0.80
+TARGET_CPU_FACTOR = 2.0
+
+
+def versus_bare_table(ours: RunResult, bare: BareResult) -> str:
+    ours_cpu = sum(v for k, v in ours.cpu_by_child.items() if k.startswith("worker"))
+    ours_ms = 1000 * ours_cpu / ours.exports
+    bare_ms = 1000 * bare.cpu_workers / bare.exports
+    share = ours.throughput / bare.throughput
+    factor = ours_ms / bare_ms if bare_ms else float("inf")
+    lines = [
+        f"--- bare Celery task, {bare.config.label}: one voucher POST per task "
+        f"(bench.bare_celery)",
+        f"  throughput                : {bare.throughput:.2f} tasks/s (wall {bare.wall_s:.2f} s, "
+        f"first task sent -> all counted done)",
+        f"  Tripletex calls           : "
+        f"{', '.join(f'{k} {v}' for k, v in sorted(bare.sandbox_requests.items()))}",
+        f"  load average              : {_load(bare.load_before)} before -> "
+        f"{_load(bare.load_after)} after",
+        f"  CPU in the window         : workers {bare.cpu_workers:.2f} s; whole machine "
+        f"{bare.cpu_machine:.1f} s",
+        f"{'':<26}{'ours':>12}{'bare Celery':>14}{'ratio':>9}   target",
+        f"{'exports/s':<26}{ours.throughput:>12.2f}{bare.throughput:>14.2f}{share:>9.2f}   "
+        f">= {TARGET_THROUGHPUT_SHARE:.2f}  {'PASS' if share >= TARGET_THROUGHPUT_SHARE else 'FAIL'}",
+        f"{'worker CPU ms per export':<26}{ours_ms:>12.1f}{bare_ms:>14.1f}{factor:>9.2f}   "
+        f"<= {TARGET_CPU_FACTOR:.1f}   {'PASS' if factor <= TARGET_CPU_FACTOR else 'FAIL'}",
+    ]
+    return "\n".join(lines)
+
+
 def _list_batch(api: httpx.Client, batch_id: str) -> list[dict]:
     rows: list[dict] = []
     for page in itertools.count(1):
@@ -645,14 +809,19 @@ def _commit() -> str:
     return sha + (f" + uncommitted changes in: {', '.join(changed)}" if changed else "")
 
 
-def header(args: argparse.Namespace, database_url: str | None,
-           rate_per_connection: float | None) -> str:
+def command_line(module: str) -> str:
+    """The command that is running, as it can be typed again from the project root."""
     exe = Path(sys.executable)
     try:
         exe_shown = str(exe.relative_to(PROJECT_ROOT))
     except ValueError:
         exe_shown = str(exe)
-    command = shlex.join([exe_shown, "-m", "bench.export_throughput", *sys.argv[1:]])
+    return shlex.join([exe_shown, "-m", module, *sys.argv[1:]])
+
+
+def header(args: argparse.Namespace, database_url: str | None,
+           rate_per_connection: float | None) -> str:
+    command = command_line("bench.export_throughput")
     inherited = sorted(k for k in os.environ
                        if k.startswith("AIC_") and k != "AIC_BENCH_DATABASE_URL")
     affinity = len(os.sched_getaffinity(0))
@@ -711,6 +880,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare", action="store_true",
                         help="run threads x16, prefork x2 and solo (ignores --pool and "
                              "--concurrency) and print a table")
+    parser.add_argument("--versus-bare", action="store_true",
+                        help="also run a bare Celery task doing the same voucher POST with the "
+                             "same pool and concurrency (bench.bare_celery) and print the "
+                             "throughput ratio and CPU per export of each (needs --rate-limit "
+                             "off: the bare task has no limiter)")
     parser.add_argument("--timeout", type=float, default=600,
                         help="give up a run after this many seconds (default 600)")
     parser.add_argument("--keep", action="store_true",
@@ -726,6 +900,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 raise ValueError
         except ValueError:
             parser.error("--rate-limit takes default, off or a number of requests/s > 0")
+    if args.versus_bare and (args.compare or args.orgs != 1 or args.rate_limit != "off"):
+        parser.error("--versus-bare runs one configuration for one organization with "
+                     "--rate-limit off (the bare task has neither tenants nor a limiter)")
     if args.workers < 1 or args.concurrency < 1 or args.latency_ms < 0:
         parser.error("--workers and --concurrency must be >= 1, --latency-ms >= 0")
     return args
@@ -760,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
                                   database_url=database_url, say=say)
                 results.append(result)
                 print(describe_run(result, args.latency_ms, rate_per_connection), flush=True)
+            if args.versus_bare:
+                bare = run_bare(configs[0], exports=args.exports, latency_ms=args.latency_ms,
+                                timeout=args.timeout, run_dir=tmp / "bare", say=say)
+                print(versus_bare_table(results[0], bare), flush=True)
         if len(results) > 1:
             print(comparison_table(results))
         print(f"load average at the end: {_load(os.getloadavg())}")

@@ -235,6 +235,8 @@ class Stack:
             if "environment" in self.settings.model_fields_set else "development",
             # Log lines reach var/log/ as they happen, not when a buffer fills.
             "PYTHONUNBUFFERED": "1",
+            # The local stack runs Flower: show every task state there, "sent" included.
+            "AIC_CELERY_TASK_EVENTS": "true",
         }
 
     # --- start and stop ---------------------------------------------------------------------------

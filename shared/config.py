@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     stuck_after_seconds: int = 900
     sweep_interval_seconds: float = 60.0
     worker_concurrency: int = 16
+    # Celery task events (a PUBLISH per task state, ~3-5 ms of worker CPU per export measured in
+    # issue 12). Off: Flower turns the workers' events on itself while it runs (its default
+    # --enable_events, every few seconds), so only a stack that runs Flower pays for them. On:
+    # workers send them from the start and producers also send "task-sent" (Flower's SENT state).
+    celery_task_events: bool = False
     # Findity is polled this often as a backstop for lost webhooks (documented fallback: 15 min).
     poll_interval_seconds: float = 900.0
     # A source package not finished this long after it was received is picked up again.

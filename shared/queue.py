@@ -46,8 +46,10 @@ def create_celery_app() -> Celery:
             TASK_POLL_SOURCES: {"queue": settings.maintenance_queue},
             TASK_REPORT_TO_SOURCE: {"queue": settings.report_queue},
         },
-        worker_send_task_events=True,  # Flower shows tasks live
-        task_send_sent_event=True,
+        # Off unless AIC_CELERY_TASK_EVENTS: Flower enables the workers' events while it runs
+        # (see shared/config.py); `celery -A worker.celery_app control enable_events` does too.
+        worker_send_task_events=settings.celery_task_events,
+        task_send_sent_event=settings.celery_task_events,
         timezone="UTC",
         enable_utc=True,
         beat_schedule={

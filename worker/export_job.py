@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from shared.config import get_settings
 from shared.db.clock import AttemptClock
@@ -76,6 +77,7 @@ class Outcome:
 @dataclass
 class _Work:
     export_id: str
+    target_system: str
     lease: str
     attempt: int
     celery_task_id: str | None
@@ -84,7 +86,7 @@ class _Work:
     external_reference: str | None
     posting_started_at: datetime | None
     post_deadline_at: datetime | None
-    receipt_pending: bool
+    receipt_attached: bool
     receipt_upload_started: bool
     last_error: str | None = None
 
@@ -160,6 +162,8 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
         if export.next_attempt_at is not None and export.next_attempt_at > now + EARLY_TOLERANCE:
             return Outcome("skipped", "not due yet (duplicate delivery of a scheduled retry)")
         lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
+        # RETURNING gives the claimed row's state in the same statement (SQLite >= 3.35 and
+        # PostgreSQL): no second read of the row we just wrote.
         claimed = session.execute(
             update(AccountingExport)
             .where(
@@ -175,9 +179,19 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
                 celery_task_id=celery_task_id,
                 updated_at=now,
             )
+            .returning(
+                AccountingExport.attempts,
+                AccountingExport.external_id,
+                AccountingExport.external_reference,
+                AccountingExport.posting_started_at,
+                AccountingExport.post_deadline_at,
+                AccountingExport.receipt_attached_at,
+                AccountingExport.receipt_upload_started_at,
+                AccountingExport.error_message,
+            )
             .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != 1:
+        ).one_or_none()
+        if claimed is None:
             # A second delivery while an attempt is running (a redelivery, a duplicate). It must
             # not simply be acknowledged: if the running attempt's worker dies, this may be the
             # only message left. Come back when the lease runs out; by then the export is
@@ -188,23 +202,22 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
                      export_id=export_id, in_seconds=round(remaining, 1))
             return Outcome("retry", "another worker holds the lease",
                            retry_in=max(1.0, remaining + 1.0))
-        session.refresh(export)
-        record_event(session, export, "started", actor=ACTOR, attempt=export.attempts,
+        record_event(session, export, "started", actor=ACTOR, attempt=claimed.attempts,
                      celery_task_id=celery_task_id, at=now)
         return _Work(
             export_id=export.id,
+            target_system=export.target_system,
             lease=lease,
-            attempt=export.attempts,
+            attempt=claimed.attempts,
             celery_task_id=celery_task_id,
             clock=clock,
-            external_id=export.external_id,
-            external_reference=export.external_reference,
-            posting_started_at=export.posting_started_at,
-            post_deadline_at=export.post_deadline_at,
-            receipt_pending=export.expense.receipt_filename is not None
-            and export.receipt_attached_at is None,
-            receipt_upload_started=export.receipt_upload_started_at is not None,
-            last_error=export.error_message,
+            external_id=claimed.external_id,
+            external_reference=claimed.external_reference,
+            posting_started_at=claimed.posting_started_at,
+            post_deadline_at=claimed.post_deadline_at,
+            receipt_attached=claimed.receipt_attached_at is not None,
+            receipt_upload_started=claimed.receipt_upload_started_at is not None,
+            last_error=claimed.error_message,
         )
 
 
@@ -235,10 +248,20 @@ def _event(work: _Work, kind: str, *, reason: str | None = None, data: dict | No
         ).rowcount
         if updated != 1:
             return False
-        export = session.get(AccountingExport, work.export_id)
-        record_event(session, export, kind, actor=ACTOR, attempt=work.attempt, reason=reason,
+        record_event(session, _export_known(session, work), kind, actor=ACTOR, attempt=work.attempt, reason=reason,
                      celery_task_id=work.celery_task_id, data=data, at=now)
         return True
+
+
+def _export_known(session: Session, work: _Work) -> AccountingExport:
+    """The export as an object of ``session`` without reading its row: after a compare-and-set
+    that matched, ``record_event`` needs only its id and the metrics (``shared.metrics``) its
+    target system, both known to this attempt. Any other attribute would be loaded on access;
+    nothing is written for it (it has no changes)."""
+    export = AccountingExport(id=work.export_id, target_system=work.target_system)
+    make_transient_to_detached(export)
+    session.add(export)
+    return export
 
 
 def _load(work: _Work):
@@ -249,7 +272,7 @@ def _load(work: _Work):
         draft = build_voucher_draft(export, expense, connection.account_mapping or {})
         client = client_for(connection)
         receipt = None
-        if work.receipt_pending:
+        if expense.receipt_filename is not None and not work.receipt_attached:
             receipt = (expense.receipt_filename, expense.receipt_content_type, expense.receipt_data)
         return draft, client, receipt
 

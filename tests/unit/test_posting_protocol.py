@@ -273,3 +273,44 @@ def test_an_unmapped_account_fails_the_export_at_once_and_sends_nothing(target, 
     assert failed.error_code == "mapping:unmapped" and failed.attempts == 1
     assert "account 7140 is not mapped" in failed.error_message
     assert target.posts_sent == 0
+
+
+def test_a_successful_export_reads_its_row_few_times_and_logs_every_step(target, new_export):
+    """The happy path's database work (issue 12): what it writes is the protocol's (one event row
+    per step, every write a compare-and-set on the lease); what it reads again is overhead. A
+    count of statements, not a timing: it fails when a change adds round trips to every export."""
+    from sqlalchemy import event as sa_event
+
+    from shared.db.session import get_engine
+
+    export_id = new_export()
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, _params, _context, _many) -> None:
+        statements.append(" ".join(statement.split()).upper())
+
+    engine = get_engine()
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert export_job.run_export(export_id).kind == "success"
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+    # The database clock (shared/db/clock.py: a statement on PostgreSQL, none on SQLite).
+    statements = [s for s in statements if not (s.startswith("SELECT") and " FROM " not in s)]
+    export_reads = [s for s in statements
+                    if s.startswith("SELECT") and "FROM ACCOUNTING_EXPORTS" in s]
+    event_writes = [s for s in statements if s.startswith("INSERT INTO EXPORT_EVENTS")]
+    export_writes = [s for s in statements if s.startswith("UPDATE ACCOUNTING_EXPORTS")]
+    # The claim's compare-and-set is on the lease's expiry, every later step's on its owner.
+    guarded_writes = [s for s in export_writes if "LEASE_OWNER" in s.split(" WHERE ", 1)[1]]
+    assert event_kinds(export_id)[-4:] == ["started", "posting_started", "posted_to_target",
+                                           "status_changed"]
+    assert len(event_writes) == 4, statements
+    assert len(export_writes) == 4, statements
+    assert len(guarded_writes) == 3, statements
+    expense_reads = [s for s in statements if s.startswith("SELECT") and "FROM EXPENSES" in s]
+    # The claim reads the row to say why it skips; loading the draft, and finishing (a status
+    # change reads it before and after). Was 7 reads and 18 statements before issue 12.
+    assert len(export_reads) <= 4, "\n".join(export_reads)
+    assert len(expense_reads) == 1, "\n".join(expense_reads)
+    assert len(statements) <= 14, "\n".join(statements)

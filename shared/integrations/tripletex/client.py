@@ -133,8 +133,9 @@ class _Refs:
 
 
 class TripletexClient:
-    """A connection to one Tripletex company. Thread-safe enough for a worker's thread pool:
-    the session is created under a lock; the lookup caches only ever gain entries."""
+    """A connection to one Tripletex company. Thread-safe for a worker's thread pool: the
+    session is created under one lock and the lookups are fetched and forgotten under another,
+    so each is fetched once per client however many threads need it at once."""
 
     system = SYSTEM
 
@@ -176,10 +177,12 @@ class TripletexClient:
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
         # Worker threads share one client per connection. Resolving a draft's references holds
-        # this lock, so when a fresh client meets a burst of exports the first thread fetches
-        # the chart and the others find it cached, instead of every thread fetching it (a
-        # stampede that spent the connection's rate budget: see bench/README.md).
-        self._lookup_lock = threading.Lock()
+        # this lock (single flight): when a fresh client meets a burst of exports the first
+        # thread fetches the chart and the others wait and find it cached, instead of every
+        # thread fetching it (a stampede that spent the connection's rate budget; measured by
+        # ``python -m bench.cold_start``). A failed fetch caches nothing: the next thread
+        # fetches again. Re-entrant because resolving may forget the caches it holds.
+        self._lookup_lock = threading.RLock()
         self._accounts: dict[str, Account] = {}
         self._vat_types: dict[str, VatType] = {}
         self._voucher_types: dict[str, VoucherType] = {}
@@ -338,7 +341,12 @@ class TripletexClient:
     # --- lookups (cached per client) -------------------------------------------------------
 
     def forget_lookups(self) -> None:
-        """Drop every cached lookup; the next voucher reads the chart afresh."""
+        """Drop every cached lookup; the next voucher reads the chart afresh. Under the lookup
+        lock, so a thread resolving a draft never sees a half-cleared cache."""
+        with self._lookup_lock:
+            self._forget_lookups_locked()
+
+    def _forget_lookups_locked(self) -> None:
         for cache in (
             self._accounts,
             self._vat_types,

@@ -633,24 +633,80 @@ def test_default_timeouts_come_from_settings() -> None:
     assert timeout.read == settings.http_read_timeout
 
 
-def test_threads_sharing_a_fresh_client_fetch_the_chart_once(
+def _burst(client: TripletexClient, threads: int, draft_for) -> list[BaseException]:
+    """``threads`` threads released at once, each preparing its own voucher on ``client`` (what a
+    threads-pool worker does with a fresh client when a batch arrives). Returns what they raised."""
+    barrier = threading.Barrier(threads)
+    raised: list[BaseException] = []
+
+    def prepare() -> None:
+        barrier.wait()
+        try:
+            client.prepare_voucher(draft_for(threading.get_ident()))
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion
+            raised.append(error)
+
+    workers = [threading.Thread(target=prepare) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return raised
+
+
+COLD_START_LOOKUPS = ("PUT /token/session/:create", "GET /ledger/account", "GET /ledger/vatType",
+                      "GET /currency")
+
+
+def test_sixteen_threads_on_a_cold_client_make_each_lookup_once(
     tripletex_sandbox: TripletexSandbox, tripletex_company: dict[str, Any]
 ) -> None:
-    """Worker threads share one client per connection: a burst must not stampede the lookups."""
-    import threading
-
-    tripletex_sandbox.set_faults(tripletex_company["company_id"], latency_ms=50)
-    barrier = threading.Barrier(8)
+    """Worker threads share one client per connection: a burst must not stampede the session or
+    the lookups (single flight: one thread fetches, the others wait for its result)."""
+    company_id = tripletex_company["company_id"]
+    tripletex_sandbox.set_faults(company_id, latency_ms=50)  # the others arrive mid-fetch
     with make_client(tripletex_sandbox, tripletex_company) as client:
-        def preflight() -> None:
-            barrier.wait()
-            client.preflight(simple_draft(f"exp-stampede-{threading.get_ident()}", "6800"))
+        raised = _burst(client, 16, lambda ident: simple_draft(f"exp-{ident}", "6800", vat_code="1"))
+    assert raised == []
+    counts = tripletex_sandbox.request_counts(company_id)
+    assert {path: counts.get(path, 0) for path in COLD_START_LOOKUPS} == dict.fromkeys(
+        COLD_START_LOOKUPS, 1), counts
 
-        threads = [threading.Thread(target=preflight) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    counts = tripletex_sandbox.request_counts(tripletex_company["company_id"])
-    account_lookups = sum(n for key, n in counts.items() if "/ledger/account" in key)
-    assert account_lookups == 1, counts
+
+def test_a_failed_lookup_is_not_cached(
+    tripletex_sandbox: TripletexSandbox, tripletex_company: dict[str, Any]
+) -> None:
+    """The thread whose fetch failed reports the error; the next voucher fetches again."""
+    company_id = tripletex_company["company_id"]
+    tripletex_sandbox.set_faults(company_id, latency_ms=50, fail_next=[
+        {"status": 503, "count": 1, "method": "GET", "path_contains": "/ledger/account"}])
+    with make_client(tripletex_sandbox, tripletex_company) as client:
+        raised = _burst(client, 4, lambda ident: simple_draft(f"exp-{ident}", "6800"))
+        assert len(raised) <= 4 and all(isinstance(e, TransientError) for e in raised), raised
+        client.prepare_voucher(simple_draft("exp-after", "6800"))
+    counts = tripletex_sandbox.request_counts(company_id)
+    # The failed fetch and one successful fetch; never one per thread.
+    assert counts.get("GET /ledger/account") == 2, counts
+
+
+def test_forgetting_lookups_under_a_burst_never_breaks_a_resolving_thread(
+    tripletex_sandbox: TripletexSandbox, tripletex_company: dict[str, Any]
+) -> None:
+    """A refused voucher drops the caches (``send_voucher``) while other threads resolve theirs:
+    they must see either the old entries or fetch anew, never a half-cleared cache."""
+    with make_client(tripletex_sandbox, tripletex_company) as client:
+        stop = threading.Event()
+
+        def forget() -> None:
+            while not stop.is_set():
+                client.forget_lookups()
+
+        forgetter = threading.Thread(target=forget)
+        forgetter.start()
+        try:
+            raised = _burst(client, 8, lambda ident: simple_draft(f"exp-{ident}", "6800",
+                                                                  vat_code="1"))
+        finally:
+            stop.set()
+            forgetter.join()
+    assert raised == []
