@@ -773,8 +773,7 @@ def _completed(adapter, connection: SourceConnection, external_export_id: str,
     package, never turned into a failed booking.
     """
     try:
-        done = adapter.completed(external_export_id, connection.options or {},
-                                 connection.external_organization_id)
+        done = adapter.completed(external_export_id, connection.options or {})
     except CompletionFailed as error:
         log.warning("package file not attached", source_export_id=source_export_id,
                     error=str(error))

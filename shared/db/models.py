@@ -206,8 +206,10 @@ class ExportEvent(Base):
 
 
 class SourceConnection(Base):
-    """Where an organization's expenses come from: an expense platform account (Findity).
+    """Where an organization's expenses come from: an account in one source system.
 
+    What the system needs beyond ``base_url`` is its registry entry's: ``credentials`` (its
+    ``CredentialField``s, encrypted) and ``options`` (its ``options_model``).
     ``webhook_token`` is the unguessable path segment of this connection's webhook URL; an
     optional ``webhook_secret`` additionally requires an HMAC signature on every delivery.
     """
@@ -219,13 +221,19 @@ class SourceConnection(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     source_system: Mapped[str] = mapped_column(String(40))
     base_url: Mapped[str] = mapped_column(String(500))
-    token_url: Mapped[str] = mapped_column(String(500))
-    external_organization_id: Mapped[str] = mapped_column(String(100))
+    # Fernet-encrypted JSON of the entry's credential fields; never returned, never logged.
     credentials_encrypted: Mapped[str] = mapped_column(Text)
     webhook_token: Mapped[str] = mapped_column(String(64), unique=True)
     webhook_secret_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
-    target_system: Mapped[str] = mapped_column(String(40), default="tripletex")
+    target_system: Mapped[str] = mapped_column(String(40))
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Where the next poll starts: the adapter's opaque cursor (``PendingPage.next_cursor``),
+    # stored only after that page's announcements are committed, so a crash re-reads a page
+    # rather than skipping one. NULL: from the start (and always for a "not exported yet" feed).
+    poll_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The last poll's failure in plain words; NULL once a poll succeeds.
+    last_poll_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

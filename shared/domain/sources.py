@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,58 +48,57 @@ def upsert_source_connection(
     source_system: str,
     *,
     base_url: str,
-    token_url: str,
-    external_organization_id: str,
-    client_id: str | None = None,
-    client_secret: str | None = None,
+    credentials: dict[str, Any] | None = None,
     webhook_secret: str | None = None,
     target_system: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> SourceConnection:
-    """``target_system``: where the source's expenses are booked; when omitted, the one it
-    already books to, else the organization's only target connection, else the only target
-    system registered."""
+    """Create or replace the organization's connection to one source system.
+
+    ``credentials``: the fields the source's registry entry declares (``CredentialField``),
+    replaced as a whole; omitted on update to keep the stored ones, but not together with a new
+    ``base_url`` (the stored secrets would then go to whatever host it names, see
+    ``upsert_connection``). A URL the secrets go to that is itself a credential (Findity's
+    token endpoint) can therefore only change with them. ``options``: validated against the
+    entry's ``options_model``; omitted on update to keep the stored ones. ``target_system``:
+    where the source's expenses are booked; when omitted, the one it already books to, else the
+    organization's only target connection, else the only target system registered.
+    """
     get_organization(session, org_id)
-    connection = session.scalar(select(SourceConnection).where(
-        SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
+    connection = source_connection_for(session, org_id, source_system)
     try:
-        registry.source(source_system)
+        system = registry.source(source_system)
         target_system = registry.target(
             target_system or _default_target(session, org_id, connection)).name
     except registry.UnknownSystem as unknown:
         raise ValidationFailed(str(unknown)) from None
-    for name, url in (("base_url", base_url), ("token_url", token_url)):
-        if not url.startswith(("http://", "https://")):
-            raise ValidationFailed(f"{name} must start with http:// or https://")
-    if connection is not None and not (client_id and client_secret):
-        # The stored client secret goes to token_url and the token to base_url: moving either
-        # without the credentials would hand them to another host (see upsert_connection).
-        moved = [f"{name} from {old} to {new}" for name, old, new in (
-            ("base_url", connection.base_url, base_url.rstrip("/")),
-            ("token_url", connection.token_url, token_url)) if old != new]
-        if moved:
-            message = (
-                f"{' and '.join(moved)} would change, and the stored credentials would then be "
-                "sent there: send client_id and client_secret together with the new URL "
-                "(`aic source set` with --client-id, without --keep-credentials). "
-                "Nothing was changed."
-            )
-            raise ValidationFailed(message, details=[{"field": "client_secret",
-                                                      "message": message}])
+    if not base_url.startswith(("http://", "https://")):
+        raise ValidationFailed("base_url must start with http:// or https://")
+    if credentials is not None:
+        _check_credentials(system, credentials)
+    elif connection is not None and base_url.rstrip("/") != connection.base_url:
+        message = (
+            f"base_url would change from {connection.base_url} to {base_url.rstrip('/')}, and "
+            "the stored credentials would then be sent there: send the credentials "
+            f"({system.describe_credentials()}) together with the new base_url (`credentials` "
+            "in the admin API; `aic source set` without --keep-credentials). "
+            "Nothing was changed."
+        )
+        raise ValidationFailed(message, details=[{"field": "credentials", "message": message}])
+    if options is not None or connection is None:
+        _check_options(system, options or {})
     if connection is None:
-        if not (client_id and client_secret):
-            raise ValidationFailed("client_id and client_secret are required for a new connection")
+        if credentials is None:
+            raise ValidationFailed(f"credentials are required for a new {source_system} "
+                                   f"connection: {system.describe_credentials()}")
         connection = SourceConnection(
             id=ids.new_id("src", 6), organization_id=org_id, source_system=source_system,
             webhook_token=secrets.token_urlsafe(24), options={})
         session.add(connection)
     connection.base_url = base_url.rstrip("/")
-    connection.token_url = token_url
-    connection.external_organization_id = external_organization_id
     connection.target_system = target_system
-    if client_id and client_secret:
-        connection.credentials_encrypted = crypto.encrypt_json(
-            {"client_id": client_id, "client_secret": client_secret})
+    if credentials is not None:
+        connection.credentials_encrypted = crypto.encrypt_json(credentials)
     if webhook_secret is not None:
         connection.webhook_secret_encrypted = (
             crypto.encrypt_json({"secret": webhook_secret}) if webhook_secret else None)
@@ -107,6 +107,38 @@ def upsert_source_connection(
     connection.updated_at = utcnow()
     session.flush()
     return connection
+
+
+def _check_credentials(system: registry.SourceSystem, credentials: dict[str, Any]) -> None:
+    """The entry's credential fields, each a non-empty string; nothing it does not declare
+    (a misspelt field would otherwise be stored and the real one found missing at run time)."""
+    known = {field.name: field for field in system.credentials}
+    unknown = sorted(set(credentials) - set(known))
+    if unknown:
+        raise ValidationFailed(f"credentials for {system.name} have no field "
+                               f"{', '.join(unknown)}; they are: {system.describe_credentials()}")
+    missing = [name for name in system.required_credentials if not credentials.get(name)]
+    if missing:
+        raise ValidationFailed(
+            f"credentials for {system.name} need: {', '.join(missing)} (credentials are "
+            "replaced as a whole: send every one of them)")
+    for name, value in credentials.items():
+        if not isinstance(value, str):
+            raise ValidationFailed(f"credentials.{name} must be a string")
+        if known[name].url and not value.startswith(("http://", "https://")):
+            raise ValidationFailed(f"credentials.{name} must start with http:// or https://")
+
+
+def _check_options(system: registry.SourceSystem, options: dict[str, Any]) -> None:
+    try:
+        system.options_model.model_validate(options)
+    except PydanticValidationError as invalid:
+        details = [{"field": "options." + ".".join(map(str, e["loc"])), "message": e["msg"]}
+                   for e in invalid.errors()]
+        raise ValidationFailed(
+            f"options for {system.name} are invalid: "
+            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+            details=details) from None
 
 
 def _default_target(session: Session, org_id: str, existing: SourceConnection | None) -> str:
@@ -121,6 +153,12 @@ def _default_target(session: Session, org_id: str, existing: SourceConnection | 
         return connected[0]
     raise ValidationFailed("name the target_system the expenses go to: one of "
                            + ", ".join(connected or names))
+
+
+def source_connection_for(session: Session, org_id: str,
+                          source_system: str) -> SourceConnection | None:
+    return session.scalar(select(SourceConnection).where(
+        SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
 
 
 def source_credentials(connection: SourceConnection) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from shared.db.migrate import upgrade
@@ -32,4 +32,56 @@ def test_0004_gives_existing_api_keys_both_scopes(tmp_path):
         connection.execute(text(
             "INSERT INTO api_keys (id, organization_id, name, key_hash, key_prefix, created_at) "
             "VALUES ('key_new', 'org_old', 'default', 'h2', 'aic_y', '2026-01-01 00:00:00')"))
+    engine.dispose()
+
+
+def test_0006_moves_source_connection_columns_into_credentials_and_options(tmp_path):
+    """Findity's token_url and external organization id leave their NOT NULL columns for the
+    connection's encrypted credentials and its options, without loss: the worker builds the
+    same client after the upgrade. A downgrade puts them back."""
+    from alembic import command
+
+    from shared import crypto
+    from shared.db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'upgrade.db'}"
+    upgrade(url, "0005")
+    engine = create_engine(url)
+    credentials = crypto.encrypt_json({"client_id": "cid", "client_secret": "s3cret"})
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO organizations (id, name, created_at) "
+                                "VALUES ('org_old', 'Old AS', '2026-01-01 00:00:00')"))
+        connection.execute(text(
+            "INSERT INTO source_connections (id, organization_id, source_system, base_url, "
+            "token_url, external_organization_id, credentials_encrypted, webhook_token, "
+            "target_system, options, created_at, updated_at) VALUES ('src_old', 'org_old', "
+            "'findity', 'https://api.findity.example/api', 'https://auth.findity.example/token', "
+            "'f-org-1', :credentials, 'tok_123456789012345678', 'tripletex', "
+            "'{\"content_file\": \"sie4\"}', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"),
+            {"credentials": credentials})
+    upgrade(url, "0006")
+    with engine.connect() as connection:
+        row = connection.execute(text(
+            "SELECT base_url, credentials_encrypted, options, poll_cursor, last_polled_at, "
+            "last_poll_error, webhook_token FROM source_connections")).one()
+        columns = {c["name"] for c in inspect(connection).get_columns("source_connections")}
+    assert crypto.decrypt_json(row.credentials_encrypted) == {
+        "client_id": "cid", "client_secret": "s3cret",
+        "token_url": "https://auth.findity.example/token"}
+    assert json.loads(row.options) == {"content_file": "sie4", "organization_id": "f-org-1"}
+    assert (row.base_url, row.webhook_token) == ("https://api.findity.example/api",
+                                                 "tok_123456789012345678")
+    assert (row.poll_cursor, row.last_polled_at, row.last_poll_error) == (None, None, None)
+    assert not {"token_url", "external_organization_id"} & columns
+
+    command.downgrade(alembic_config(url), "0005")
+    with engine.connect() as connection:
+        row = connection.execute(text(
+            "SELECT token_url, external_organization_id, credentials_encrypted, options "
+            "FROM source_connections")).one()
+    assert (row.token_url, row.external_organization_id) == (
+        "https://auth.findity.example/token", "f-org-1")
+    assert crypto.decrypt_json(row.credentials_encrypted) == {"client_id": "cid",
+                                                             "client_secret": "s3cret"}
+    assert json.loads(row.options) == {"content_file": "sie4"}
     engine.dispose()

@@ -105,9 +105,10 @@ def source(findity_sandbox, jobs) -> Source:
             session, org.id, "tripletex", base_url="http://127.0.0.1:9/v2",
             credentials={"consumer_token": "c", "employee_token": "e"})
         connection = sources.upsert_source_connection(
-            session, org.id, "findity", base_url=forg["base_url"], token_url=forg["token_url"],
-            external_organization_id=forg["organization_id"], client_id=forg["client_id"],
-            client_secret=forg["client_secret"])
+            session, org.id, "findity", base_url=forg["base_url"],
+            credentials={"client_id": forg["client_id"], "client_secret": forg["client_secret"],
+                         "token_url": forg["token_url"]},
+            options={"organization_id": forg["organization_id"]})
         return Source(org.id, connection.id, findity_sandbox, forg)
 
 
