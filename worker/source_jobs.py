@@ -61,6 +61,7 @@ from shared.integrations.errors import (
 )
 from shared.integrations import registry
 from shared.integrations.sources import (
+    MAX_POLL_PAGES,
     SUCCEEDED,
     CompletionFailed,
     FetchedUnit,
@@ -106,6 +107,7 @@ class _Claim:
     external_export_id: str
     received_at: datetime
     attempt: int
+    listed: dict | None  # the unit's last poll listing (None: announced by webhook only)
 
     def grace_left(self) -> float:
         """Seconds of the not-found grace left (<= 0: a 404 is believed now)."""
@@ -143,7 +145,7 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
     receipts = _Receipts()
     try:
         try:
-            unit = client.fetch_unit(claimed.external_export_id)
+            unit = client.fetch_unit(claimed.external_export_id, claimed.listed)
             _fetch_receipts(client, unit, claimed, receipts)
         except IntegrationError as error:
             return _fetch_failed(source_export_id, claimed, error)
@@ -221,7 +223,7 @@ def _claim_for_ingest(source_export_id: str) -> _Claim | StepOutcome:
         session.expunge(connection)
         return _Claim(connection, source_export.external_export_id,
                       source_export.received_at or source_export.created_at,
-                      source_export.attempts)
+                      source_export.attempts, source_export.listed_payload)
 
 
 def _finish_claim(source_export_id: str, status: SourceExportStatus, error: str | None) -> None:
@@ -829,29 +831,58 @@ def poll_sources() -> PollResult:
 
 
 def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
+    """Read the connection's pending pages from its stored cursor on. Each page's announcements
+    and the cursor after it are committed together, so a crash re-reads at most one page
+    (announcing twice is harmless) and never skips one."""
+    adapter = source_client_for(connection)
+    cursor = connection.poll_cursor
+    for _ in range(MAX_POLL_PAGES):
+        try:
+            page = adapter.list_pending(cursor)
+        except IntegrationError as error:
+            result.errors.append(f"{connection.id}: {error.message}")
+            log.warning("poll failed", connection_id=connection.id, error=error.message)
+            _record_poll(connection.id, error=error.message)
+            return
+        with session_scope() as session:
+            for item in page.announcements:
+                _take_listed(session, connection, item, result)
+            moved = page.next_cursor is not None and page.next_cursor != cursor
+            _record_poll(connection.id, cursor=page.next_cursor if moved else None,
+                         session=session)
+        if not moved or not page.announcements:
+            return
+        cursor = page.next_cursor
+
+
+def _record_poll(connection_id: str, *, cursor: str | None = None, error: str | None = None,
+                 session=None) -> None:
+    if session is None:
+        with session_scope() as own:
+            return _record_poll(connection_id, cursor=cursor, error=error, session=own)
+    values = {"last_polled_at": utcnow(), "last_poll_error": error}
+    if cursor is not None:
+        values["poll_cursor"] = cursor
+    session.execute(update(SourceConnection).where(SourceConnection.id == connection_id)
+                    .values(**values).execution_options(synchronize_session=False))
+
+
+def _take_listed(session, connection: SourceConnection, item, result: PollResult) -> None:
     settings = get_settings()
-    try:
-        listed = source_client_for(connection).list_pending(None).announcements
-    except IntegrationError as error:
-        result.errors.append(f"{connection.id}: {error.message}")
-        log.warning("poll failed", connection_id=connection.id, error=error.message)
-        return
     stuck_before = utcnow() - timedelta(seconds=settings.source_stuck_after_seconds)
-    with session_scope() as session:
-        for item in listed:
-            result.listed += 1
-            source_export, new = sources.announce_export(session, connection, item.external_id,
-                                                         via="poll")
-            if new:
-                result.recovered.append(item.external_id)
-            elif source_export.status == SourceExportStatus.REJECTED.value:
-                # We believed a 404 (past the grace), yet Findity lists the export: take it again.
-                if sources.reannounce_rejected(session, source_export):
-                    result.reannounced.append(item.external_id)
-            elif (source_export.status in (SourceExportStatus.RECEIVED.value,
-                                           SourceExportStatus.INGESTING.value)
-                  and source_export.updated_at < stuck_before
-                  and (source_export.lease_expires_at is None
-                       or source_export.lease_expires_at < utcnow())):
-                sources.requeue_export(session, source_export)
-                result.requeued.append(item.external_id)
+    result.listed += 1
+    source_export, new = sources.announce_export(session, connection, item.external_id,
+                                                 via="poll", listed=item.payload or None)
+    if new:
+        result.recovered.append(item.external_id)
+    elif source_export.status == SourceExportStatus.REJECTED.value:
+        # We believed a 404 (past the grace), yet the source lists the unit: take it again.
+        if sources.reannounce_rejected(session, source_export):
+            result.reannounced.append(item.external_id)
+    elif (source_export.status in (SourceExportStatus.RECEIVED.value,
+                                   SourceExportStatus.INGESTING.value)
+          and source_export.updated_at < stuck_before
+          and (source_export.lease_expires_at is None
+               or source_export.lease_expires_at < utcnow())):
+        sources.requeue_export(session, source_export)
+        result.requeued.append(item.external_id)

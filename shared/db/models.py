@@ -273,6 +273,11 @@ class SourceExport(Base):
     # When the source last vouched for the package (webhook, or the poll listing it again after
     # we had rejected it). The not-found grace is counted from here; NULL means ``created_at``.
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the source's poll listing (read with our own credentials) said about the unit, for
+    # sources whose listing is the content (TRAEDE has no GET of one entry): handed to the
+    # adapter's ``fetch_unit``. NULL when only a webhook announced it: a webhook body is never
+    # trusted for content.
+    listed_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

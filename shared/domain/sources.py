@@ -202,16 +202,22 @@ def verify_signature(connection: SourceConnection, header: str | None, body: byt
 
 
 def announce_export(session: Session, connection: SourceConnection, external_export_id: str, *,
-                    via: str) -> tuple[SourceExport, bool]:
-    """Record that the source has a package for us; queue it once. Returns (row, newly_known)."""
+                    via: str, listed: dict[str, Any] | None = None) -> tuple[SourceExport, bool]:
+    """Record that the source has a unit for us; queue it once. Returns (row, newly_known).
+
+    ``listed``: a poll listing's payload (read with our own credentials), kept on the unit for
+    the adapter's ``fetch_unit``; the newest listing of a unit not ingested yet replaces it.
+    A webhook passes None: its body is never content.
+    """
     existing = _find(session, connection.id, external_export_id)
     if existing is not None:
+        _refresh_listing(session, existing, listed)
         return existing, False
     export = SourceExport(
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
         status=SourceExportStatus.RECEIVED.value, received_via=via, attempts=0,
-        received_at=utcnow())
+        received_at=utcnow(), listed_payload=listed)
     try:
         with session.begin_nested():
             session.add(export)
@@ -219,10 +225,24 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
     except IntegrityError:
         # A concurrent delivery (or the poller) recorded it first: that one queued the job.
         existing = _find(session, connection.id, external_export_id)
+        _refresh_listing(session, existing, listed)
         return existing, False
     enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
                          queue=get_settings().export_queue)
     return export, True
+
+
+def _refresh_listing(session: Session, unit: SourceExport, listed: dict[str, Any] | None) -> None:
+    # Only before ingestion: what was ingested stays what the unit's items were made from.
+    if listed is not None and listed != unit.listed_payload:
+        session.execute(
+            update(SourceExport)
+            .where(SourceExport.id == unit.id,
+                   SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
+                                            SourceExportStatus.INGESTING.value,
+                                            SourceExportStatus.REJECTED.value]))
+            .values(listed_payload=listed)
+            .execution_options(synchronize_session=False))
 
 
 def reannounce_rejected(session: Session, export: SourceExport) -> bool:

@@ -41,7 +41,10 @@ class Announcement:
     expense): the engine records it once per (connection, ``external_id``)."""
 
     external_id: str
-    payload: dict[str, Any]  # kept with the delivery for operators; never trusted for content
+    # A webhook's: kept with the delivery for operators, never trusted for content. A poll's
+    # (read with our own credentials): stored on the unit and handed to ``fetch_unit`` as
+    # ``listed``, for sources whose listing is the content (TRAEDE).
+    payload: dict[str, Any]
     # The source's organization the announcement names; a webhook naming another organization
     # than its URL's connection is refused (None: the source does not say).
     organization_id: str | None = None
@@ -58,9 +61,14 @@ class Announcement:
 
 @dataclass(frozen=True)
 class PendingPage:
-    """One poll's answer: what is pending, and where the next poll starts (None: a feed of
-    "not exported yet" items, which needs no cursor; the engine stores the cursor per
-    connection)."""
+    """One poll's answer: what is pending, and where the next poll starts.
+
+    The engine stores ``next_cursor`` on the connection (``poll_cursor``) in the transaction
+    that records the page's announcements, and passes it to the next ``list_pending``; while a
+    page moves the cursor on and announces something, the same poll asks for the next page (up
+    to ``MAX_POLL_PAGES``). None keeps the stored cursor: a feed of "not exported yet" items
+    needs none.
+    """
 
     announcements: list[Announcement]
     next_cursor: str | None
@@ -114,6 +122,8 @@ class ItemOutcome:
 
 
 SUCCEEDED, FAILED = "SUCCESS", "FAILED"
+# Pages one poll of one connection reads at most; the rest waits for the next poll.
+MAX_POLL_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -176,10 +186,10 @@ class SourceAdapter(Protocol):
     # connection's options (the entry's ``options_model``).
     attachment_noun: str
 
-    # ``listed``: the announcement's payload from our own poll (None for a webhook's, which is
-    # never trusted for content); a source without a GET-one endpoint reads the item from it.
-    def fetch_unit(self, external_id: str, listed: dict[str, Any] | None = None
-                   ) -> FetchedUnit: ...
+    # ``listed``: the payload of the unit's last poll listing (``Announcement.payload``), for
+    # sources with no GET of one unit (the listing is the content); None when only a webhook
+    # announced it (a webhook body is never content). Sources that can fetch ignore it.
+    def fetch_unit(self, external_id: str, listed: dict[str, Any] | None) -> FetchedUnit: ...
     def download_attachment(self, url: str, sink: Any, *, max_bytes: int) -> None: ...
     def to_source_item(self, unit: FetchedUnit, item: FetchedItem, *,
                        target_display_name: str, options: dict[str, Any]) -> SourceItem: ...

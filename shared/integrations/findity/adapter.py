@@ -97,7 +97,8 @@ class FinditySource(FindityClient):
 
     attachment_noun = "basis PDF"
 
-    def fetch_unit(self, external_id: str) -> FetchedUnit:
+    def fetch_unit(self, external_id: str, listed: dict | None = None) -> FetchedUnit:
+        # Always fetched with our credentials; the listing (empty for Findity) is not needed.
         self.get_export(external_id)
         package = self.get_voucher_package(external_id)
         return FetchedUnit(

@@ -12,7 +12,9 @@ change together with the secret) and ``external_organization_id`` becomes
 schema change, so a row that cannot be decrypted (AIC_SECRET_KEY is not the key it was
 encrypted with) stops the upgrade before anything changed.
 
-Adds the per-connection poll state: ``poll_cursor``, ``last_polled_at``, ``last_poll_error``.
+Adds the per-connection poll state: ``poll_cursor``, ``last_polled_at``, ``last_poll_error``,
+and ``source_exports.listed_payload`` (what a poll listing said about a unit, for sources whose
+listing is the content).
 """
 import json
 
@@ -69,9 +71,13 @@ def upgrade() -> None:
     with op.batch_alter_table('source_connections', schema=None) as batch_op:
         batch_op.drop_column('token_url')
         batch_op.drop_column('external_organization_id')
+    with op.batch_alter_table('source_exports', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('listed_payload', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('source_exports', schema=None) as batch_op:
+        batch_op.drop_column('listed_payload')
     with op.batch_alter_table('source_connections', schema=None) as batch_op:
         batch_op.add_column(sa.Column('token_url', sa.String(length=500), nullable=True))
         batch_op.add_column(sa.Column('external_organization_id', sa.String(length=100),
