@@ -458,15 +458,38 @@ class _Owed:
     voucher_row_id: int
     report: ItemReport
     maybe_held: bool  # the source may already hold exactly this report
+    unit_id: str = ""  # the unit (SourceExport) the item belongs to
+
+
+# Units of one connection a CHUNKED report reads at once; more are reported by the next run.
+CHUNKED_REPORT_UNITS = 500
 
 
 def report_to_source(source_export_id: str) -> StepOutcome:
-    lock = _ReportLock(source_export_id)
+    """Report what became of a unit's items, as its source's ``report_granularity`` says.
+
+    PER_ITEM: the unit's reports in one request (a unit's lock). CHUNKED: every report the
+    connection owes, gathered across its units, in requests of at most ``report_chunk_size``
+    (a connection's lock: TRAEDE marks entries, each its own unit, ten at a time). NONE: the
+    source is never told; the unit completes once every item's outcome is final.
+    """
+    with session_scope() as session:
+        source_export = session.get(SourceExport, source_export_id)
+        if source_export is None:
+            return StepOutcome("skipped", "unknown source export")
+        connection_id = source_export.source_connection_id
+        system = session.get(SourceConnection, connection_id).source_system
+    chunked = (registry.source(system).capabilities.report_granularity
+               == registry.ReportGranularity.CHUNKED)
+    lock = _ReportLock(f"connection:{connection_id}" if chunked else source_export_id)
     if not lock.acquire():
-        # Another worker is reporting this package right now; come back for what it misses.
-        return StepOutcome("retry", "another report of this package is running")
+        # Another worker is reporting this package (connection) right now; come back for what
+        # it misses.
+        return StepOutcome("retry", "another report of this "
+                                    f"{'connection' if chunked else 'package'} is running")
     try:
-        return _report(source_export_id, lock)
+        return _report_connection(connection_id, lock) if chunked else _report(
+            source_export_id, lock)
     finally:
         lock.release()
 
@@ -543,27 +566,71 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
             _completed(adapter, connection, external_export_id, source_export_id)
         return StepOutcome("done", "0 reported")
 
-    capabilities = registry.source(connection.source_system).capabilities
-    chunk_size = (capabilities.report_chunk_size
-                  if capabilities.report_granularity == registry.ReportGranularity.CHUNKED
-                  else None)
     accepted, refused, failure = _send(adapter, connection.source_system, external_export_id,
-                                       owed, lock, chunk_size)
+                                       owed, lock)
     completed_now = _record(adapter, connection.source_system, source_export_id, accepted,
                             refused, failure)
     if completed_now:
         _completed(adapter, connection, external_export_id, source_export_id)
+    return _report_outcome(source_export_id, accepted, refused, failure)
+
+
+def _report_connection(connection_id: str, lock: _ReportLock) -> StepOutcome:
+    """CHUNKED: the reports every unit of the connection owes, sent in chunks across units."""
+    with session_scope() as session:
+        connection = session.get(SourceConnection, connection_id)
+        adapter = source_client_for(connection)
+        units = session.scalars(
+            select(SourceExport)
+            .where(SourceExport.source_connection_id == connection_id,
+                   SourceExport.status == SourceExportStatus.PROCESSING.value)
+            .order_by(SourceExport.updated_at, SourceExport.id)
+            .limit(CHUNKED_REPORT_UNITS)).all()
+        owed: list[_Owed] = []
+        completed_now: list[tuple[str, str]] = []
+        for unit in units:
+            unit_owed = _owed_updates(session, adapter, unit)
+            for o in unit_owed:
+                o.unit_id = unit.id
+            owed += unit_owed
+            if not unit_owed and _settle(session, adapter, unit):
+                completed_now.append((unit.id, unit.external_export_id))
+        external_ids = {unit.id: unit.external_export_id for unit in units}
+        more = len(units) == CHUNKED_REPORT_UNITS
+        session.expunge(connection)
+    for unit_id, external_id in completed_now:
+        _completed(adapter, connection, external_id, unit_id)
+    if not owed:
+        return StepOutcome("retry" if more else "done", "0 reported")
+
+    size = registry.source(connection.source_system).capabilities.report_chunk_size
+    accepted, refused, failure = _send(adapter, connection.source_system, None, owed, lock,
+                                       size)
+    unit_of = {o.voucher_row_id: o.unit_id for o in owed}
+    for unit_id in dict.fromkeys(unit_of.values()):
+        # Each unit records its own items (and the error that stopped the run, if any).
+        if _record(adapter, connection.source_system, unit_id,
+                   [o for o in accepted if o.unit_id == unit_id],
+                   {row: message for row, message in refused.items()
+                    if unit_of[row] == unit_id}, failure):
+            _completed(adapter, connection, external_ids[unit_id], unit_id)
+    outcome = _report_outcome(f"connection {connection_id}", accepted, refused, failure)
+    if outcome.kind == "done" and more:
+        return StepOutcome("retry", f"{outcome.detail}; more units to report")
+    return outcome
+
+
+def _report_outcome(what: str, accepted: list[_Owed], refused: dict[int, str],
+                    failure: IntegrationError | None) -> StepOutcome:
     if accepted:
-        log.info("reported to source", source_export_id=source_export_id,
-                 vouchers=len(accepted))
+        log.info("reported to source", source_export_id=what, vouchers=len(accepted))
     if failure is not None:
         if failure.retryable:
             return StepOutcome("retry", failure.message, error=failure)
-        log.error("report refused by source", source_export_id=source_export_id,
-                  error=failure.message)
+        log.error("report refused by source", source_export_id=what, error=failure.message)
         return StepOutcome("skipped", failure.message)
     if refused:
-        log.error("source refused reports of some vouchers", source_export_id=source_export_id,
+        log.error("source refused reports of some vouchers", source_export_id=what,
                   vouchers=len(refused))
         return StepOutcome("skipped", f"{len(accepted)} reported, {len(refused)} refused")
     return StepOutcome("done", f"{len(accepted)} reported")
@@ -571,7 +638,9 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
 
 def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
     """The vouchers whose outcome the source does not hold yet, marked in flight (committed by
-    the caller's transaction before anything is sent)."""
+    the caller's transaction before anything is sent). None for a source that is never told."""
+    if _granularity(source_export) == registry.ReportGranularity.NONE:
+        return []
     owed = []
     for voucher in source_export.vouchers:
         desired = _desired_report(session, adapter, voucher)
@@ -579,13 +648,20 @@ def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
             continue
         maybe_held = _maybe_held(session, adapter, source_export, voucher, desired)
         voucher.report_in_flight = desired.wire
-        owed.append(_Owed(voucher.id, desired, maybe_held))
+        owed.append(_Owed(voucher.id, desired, maybe_held, source_export.id))
     return owed
 
 
-def _send(adapter, system: str, external_export_id: str, owed: list[_Owed], lock: _ReportLock,
-          chunk_size: int | None = None):
+def _granularity(source_export: SourceExport) -> registry.ReportGranularity:
+    return registry.source(source_export.connection.source_system).capabilities.report_granularity
+
+
+def _send(adapter, system: str, external_export_id: str | None, owed: list[_Owed],
+          lock: _ReportLock, chunk_size: int | None = None):
     """Returns (accepted, {voucher row id: refusal}, the error that stopped us or None).
+
+    ``external_export_id``: the unit the reports belong to, or None for reports gathered
+    across units (CHUNKED; each report names its item).
 
     Reports the source cannot hold yet go out together: in one request, or in requests of
     ``chunk_size`` (a source that takes at most that many per call). Any report the source may
@@ -678,20 +754,24 @@ def _record(adapter, system: str, source_export_id: str, accepted: list[_Owed],
 
 def _settle(session, adapter, source_export: SourceExport) -> bool:
     """The package's status follows its vouchers: ``processing`` while any outcome is unknown
-    or not yet held by Findity, else ``completed`` / ``completed_with_failures``. True if this
-    call completed it."""
+    or not yet held by the source (a source that is never told: while any outcome is unknown),
+    else ``completed`` / ``completed_with_failures``. True if this call completed it."""
     if source_export.status not in (SourceExportStatus.PROCESSING.value,
                                     SourceExportStatus.COMPLETED.value,
                                     SourceExportStatus.COMPLETED_WITH_FAILURES.value):
         return False
+    told = _granularity(source_export) != registry.ReportGranularity.NONE
     failed = False
     done = True
     for voucher in source_export.vouchers:
-        desired = _desired_report(session, adapter, voucher)
-        if desired is None or desired.identity != _told(adapter, voucher):
+        outcome = _outcome(session, voucher)
+        if outcome is None:
             done = False
             break
-        failed = failed or not desired.booked
+        if told and adapter.report_for(outcome).identity != _told(adapter, voucher):
+            done = False
+            break
+        failed = failed or not outcome.booked
     status = (SourceExportStatus.PROCESSING if not done
               else SourceExportStatus.COMPLETED_WITH_FAILURES if failed
               else SourceExportStatus.COMPLETED).value
@@ -704,9 +784,15 @@ def _settle(session, adapter, source_export: SourceExport) -> bool:
 
 def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | None:
     """What the source should hold for this voucher now; None while its export is running."""
+    outcome = _outcome(session, voucher)
+    return adapter.report_for(outcome) if outcome is not None else None
+
+
+def _outcome(session, voucher: SourceVoucher) -> ItemOutcome | None:
+    """What became of the voucher, from its export; None while the export is running (an
+    export is SUCCESS only once its booking is recorded and committed)."""
     if voucher.outcome_error is not None:
-        return adapter.report_for(ItemOutcome(voucher.external_voucher_id, booked=False,
-                                              text=voucher.outcome_error))
+        return ItemOutcome(voucher.external_voucher_id, booked=False, text=voucher.outcome_error)
     export = session.get(AccountingExport, voucher.export_id) if voucher.export_id else None
     if export is None:
         return None
@@ -715,19 +801,17 @@ def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | No
         text = f"Booked in {target} as {export.external_reference} (export {export.id})"
         if voucher.note:
             text = f"{text}. Note: {voucher.note}"
-        return adapter.report_for(ItemOutcome(
-            voucher.external_voucher_id, booked=True, text=text,
-            external_number=export.external_number, booked_on=export.exported_at,
-            export_id=export.id))
+        return ItemOutcome(voucher.external_voucher_id, booked=True, text=text,
+                           external_number=export.external_number, booked_on=export.exported_at,
+                           export_id=export.id)
     if export.status == ExportStatus.FAILED.value:
-        return adapter.report_for(ItemOutcome(
-            voucher.external_voucher_id, booked=False,
-            text=export.error_message or "the export failed", export_id=export.id))
+        return ItemOutcome(voucher.external_voucher_id, booked=False,
+                           text=export.error_message or "the export failed", export_id=export.id)
     if export.status == ExportStatus.CANCELLED.value:
-        return adapter.report_for(ItemOutcome(
+        return ItemOutcome(
             voucher.external_voucher_id, booked=False,
             text=export.error_message
-            or "the export was cancelled by an operator; send it again when ready"))
+            or "the export was cancelled by an operator; send it again when ready")
     return None
 
 

@@ -194,15 +194,19 @@ class SourceAdapter(Protocol):
     def to_source_item(self, unit: FetchedUnit, item: FetchedItem, *,
                        target_display_name: str, options: dict[str, Any]) -> SourceItem: ...
 
-    # Reporting (ReportGranularity.PER_ITEM: any number per call; CHUNKED: at most
-    # ``report_chunk_size``; NONE: never called). ``report_for`` words an outcome,
-    # ``read_report`` reads back a stored wire. ``send_reports`` sends them in one request (the
-    # engine sends a batch once, and each report alone when the batch is refused or the source
-    # may already hold it); it must be harmless to repeat with the same outcome.
-    # ``already_holds``: whether the refusal of a repeat says the source holds it already.
+    # Reporting, only once the item's export is booked and committed (or has finally failed).
+    # ReportGranularity.PER_ITEM: a unit's reports, any number per call, ``external_id`` is the
+    # unit's. CHUNKED: reports gathered across the connection's units, at most
+    # ``report_chunk_size`` per call, ``external_id`` is None (each report names its item).
+    # NONE: none of these is called; the engine records outcomes and completes units.
+    # ``report_for`` words an outcome, ``read_report`` reads back a stored wire.
+    # ``send_reports`` sends them in one request (the engine sends a batch once, and each report
+    # alone when the batch is refused or the source may already hold it); it must be harmless to
+    # repeat with the same outcome. ``already_holds``: whether the refusal of a repeat says the
+    # source holds it already.
     def report_for(self, outcome: ItemOutcome) -> ItemReport: ...
     def read_report(self, wire: dict[str, Any]) -> ItemReport: ...
-    def send_reports(self, external_id: str, reports: list[ItemReport]) -> None: ...
+    def send_reports(self, external_id: str | None, reports: list[ItemReport]) -> None: ...
     def already_holds(self, report: ItemReport, error: Exception) -> bool: ...
 
     # Called once every outcome of the unit is held by the source (Findity: the optional SIE 4 /
