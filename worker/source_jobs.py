@@ -141,7 +141,12 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
     claimed = _claim_for_ingest(source_export_id)
     if isinstance(claimed, StepOutcome):
         return claimed
-    client = source_client_for(claimed.connection)
+    try:
+        client = source_client_for(claimed.connection)
+    except registry.UnknownSystem as unknown:
+        # Not loaded by this process (AIC_EXTRA_SYSTEMS differs): left for one that does.
+        _finish_claim(source_export_id, SourceExportStatus.RECEIVED, str(unknown))
+        return StepOutcome("skipped", str(unknown))
     receipts = _Receipts()
     try:
         try:
@@ -479,8 +484,11 @@ def report_to_source(source_export_id: str) -> StepOutcome:
             return StepOutcome("skipped", "unknown source export")
         connection_id = source_export.source_connection_id
         system = session.get(SourceConnection, connection_id).source_system
-    chunked = (registry.source(system).capabilities.report_granularity
-               == registry.ReportGranularity.CHUNKED)
+    try:
+        chunked = (registry.source(system).capabilities.report_granularity
+                   == registry.ReportGranularity.CHUNKED)
+    except registry.UnknownSystem as unknown:
+        return StepOutcome("skipped", str(unknown))
     lock = _ReportLock(f"connection:{connection_id}" if chunked else source_export_id)
     if not lock.acquire():
         # Another worker is reporting this package (connection) right now; come back for what
@@ -898,7 +906,15 @@ def poll_sources() -> PollResult:
             for connection in connections:
                 session.expunge(connection)
         for connection in connections:
-            if not registry.source(connection.source_system).capabilities.discovery & {
+            try:
+                system = registry.source(connection.source_system)
+            except registry.UnknownSystem:
+                # A system this process does not load (removed, or AIC_EXTRA_SYSTEMS differs):
+                # its connections wait; the others are polled.
+                result.errors.append(f"{connection.id}: source system "
+                                     f"{connection.source_system!r} is not registered here")
+                continue
+            if not system.capabilities.discovery & {
                     registry.Discovery.POLL_FEED, registry.Discovery.POLL_CURSOR}:
                 continue  # announces by webhook only: nothing to list
             result.connections += 1
