@@ -38,7 +38,6 @@ from shared.db.models import (
     ExportStatus,
     SourceConnection,
     SourceExport,
-    SourceExportStatus,
     SourceVoucher,
 )
 from shared.db.session import session_scope
@@ -52,6 +51,7 @@ from shared.domain.expenses import (
     ingest_expense,
     replace_content,
 )
+from shared.domain.source_units import SourceUnitStatus, record_unit_event, transition_unit
 from shared.domain.state_machine import ConcurrentTransition, record_event, transition
 from shared.integrations.errors import (
     AuthError,
@@ -101,6 +101,10 @@ class _NotYet(Exception):
         self.retry_in = retry_in
 
 
+class _ClaimLost(Exception):
+    """Another worker claimed the unit after our lease ran out: roll back what we wrote."""
+
+
 @dataclass
 class _Claim:
     connection: SourceConnection
@@ -108,6 +112,7 @@ class _Claim:
     received_at: datetime
     attempt: int
     listed: dict | None  # the unit's last poll listing (None: announced by webhook only)
+    unit_id: str
 
     def grace_left(self) -> float:
         """Seconds of the not-found grace left (<= 0: a 404 is believed now)."""
@@ -145,7 +150,7 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
         client = source_client_for(claimed.connection)
     except registry.UnknownSystem as unknown:
         # Not loaded by this process (AIC_EXTRA_SYSTEMS differs): left for one that does.
-        _finish_claim(source_export_id, SourceExportStatus.RECEIVED, str(unknown))
+        _finish_claim(claimed, SourceUnitStatus.RECEIVED, str(unknown))
         return StepOutcome("skipped", str(unknown))
     receipts = _Receipts()
     try:
@@ -157,20 +162,25 @@ def ingest_source_export(source_export_id: str) -> StepOutcome:
         except _NotYet as wait:
             log.info("source export waits", source_export_id=source_export_id,
                      reason=wait.message)
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, wait.message)
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
         try:
             with session_scope() as session:
-                vouchers = _ingest_package(session, client, source_export_id, unit, receipts)
+                vouchers = _ingest_package(session, client, source_export_id, unit, receipts,
+                                           claimed.attempt)
         except _NotYet as wait:
             log.info("source export waits", source_export_id=source_export_id,
                      reason=wait.message)
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, wait.message)
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
+        except _ClaimLost:
+            log.warning("source unit claim lost while ingesting; nothing written",
+                        source_export_id=source_export_id)
+            return StepOutcome("skipped", "another worker claimed the unit meanwhile")
         except Conflict as conflict:
             # A concurrent ingest of the same voucher (another package) took the one live
             # export slot first; the next attempt links to that export.
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, conflict.message)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, conflict.message)
             return StepOutcome("retry", conflict.message)
     finally:
         receipts.close()
@@ -190,15 +200,15 @@ def _fetch_failed(source_export_id: str, claimed: _Claim, error: IntegrationErro
                       f"{int(grace_left)} s from now: the export may not be readable yet)")
             log.info("source export not found yet", source_export_id=source_export_id,
                      code=error.code, grace_left=round(grace_left))
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, detail)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, detail)
             return StepOutcome("retry", detail, retry_in=claimed.retry_in())
         log.warning("source export rejected", source_export_id=source_export_id,
                     code=error.code, error=error.message)
-        _finish_claim(source_export_id, SourceExportStatus.REJECTED,
+        _finish_claim(claimed, SourceUnitStatus.REJECTED,
                       f"{error.code}: {error.message} (still not found "
                       f"{get_settings().source_not_found_grace_seconds} s after it was received)")
         return StepOutcome("rejected", error.code)
-    _finish_claim(source_export_id, SourceExportStatus.RECEIVED, error.message)
+    _finish_claim(claimed, SourceUnitStatus.RECEIVED, error.message)
     if error.retryable:
         return StepOutcome("retry", error.message, error=error)
     log.error("source export cannot be fetched", source_export_id=source_export_id,
@@ -210,34 +220,37 @@ def _claim_for_ingest(source_export_id: str) -> _Claim | StepOutcome:
     settings = get_settings()
     now = utcnow()
     with session_scope() as session:
-        claimed = session.execute(
-            update(SourceExport)
-            .where(SourceExport.id == source_export_id,
-                   SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
-                                            SourceExportStatus.INGESTING.value]),
-                   or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now))
-            .values(status=SourceExportStatus.INGESTING.value, attempts=SourceExport.attempts + 1,
-                    lease_expires_at=now + timedelta(seconds=settings.export_lease_seconds),
-                    updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != 1:
-            return StepOutcome("skipped", "already ingested, or being ingested")
         source_export = session.get(SourceExport, source_export_id)
+        free = or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now)
+        # Compare-and-set on the status read and a free lease; ``attempts`` becomes this
+        # claim's fencing token (see _finish_claim).
+        if (source_export is None
+                or source_export.status not in (SourceUnitStatus.RECEIVED.value,
+                                                SourceUnitStatus.INGESTING.value)
+                or not transition_unit(
+                    session, source_export, SourceUnitStatus.INGESTING, actor="worker",
+                    guard=(free,), values={
+                        "attempts": SourceExport.attempts + 1,
+                        "lease_expires_at": now + timedelta(
+                            seconds=settings.export_lease_seconds)})):
+            return StepOutcome("skipped", "already ingested, or being ingested")
         connection = session.get(SourceConnection, source_export.source_connection_id)
         session.expunge(connection)
         return _Claim(connection, source_export.external_export_id,
                       source_export.received_at or source_export.created_at,
-                      source_export.attempts, source_export.listed_payload)
+                      source_export.attempts, source_export.listed_payload, source_export.id)
 
 
-def _finish_claim(source_export_id: str, status: SourceExportStatus, error: str | None) -> None:
+def _finish_claim(claimed: _Claim, status: SourceUnitStatus, error: str | None) -> None:
+    """End this claim (waiting again, or rejected). A claim that lost the unit (its lease ran
+    out and another worker claimed it: ``attempts`` moved on) changes nothing."""
     with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
-        source_export.status = status.value
-        source_export.last_error = error
-        source_export.lease_expires_at = None
-        source_export.updated_at = utcnow()
+        source_export = session.get(SourceExport, claimed.unit_id)
+        if not transition_unit(session, source_export, status, actor="worker", reason=error,
+                               guard=(SourceExport.attempts == claimed.attempt,),
+                               values={"last_error": error, "lease_expires_at": None}):
+            log.warning("source unit claim lost before it ended", source_export_id=claimed.unit_id,
+                        status=status.value)
 
 
 def _fetch_receipts(client, unit: FetchedUnit, claimed: _Claim, receipts: _Receipts) -> None:
@@ -287,7 +300,7 @@ def _fetch_receipts(client, unit: FetchedUnit, claimed: _Claim, receipts: _Recei
 
 
 def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
-                    receipts: _Receipts) -> int:
+                    receipts: _Receipts, attempt: int) -> int:
     source_export = session.get(SourceExport, source_export_id)
     connection = session.get(SourceConnection, source_export.source_connection_id)
     known = {v.external_voucher_id for v in source_export.vouchers}
@@ -302,12 +315,16 @@ def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
         session.add(record)
         if record.note:
             notes.append(f"voucher {fetched.external_id}: {record.note}")
-    source_export.status = SourceExportStatus.PROCESSING.value
-    source_export.verification_lists_type = unit.format
-    source_export.voucher_count = len(unit.items)
-    source_export.lease_expires_at = None
-    source_export.last_error = "; ".join(notes)[:2000] if notes else None
-    source_export.updated_at = utcnow()
+    if not transition_unit(
+            session, source_export, SourceUnitStatus.PROCESSING, actor="worker",
+            reason=f"{len(unit.items)} items ingested",
+            guard=(SourceExport.attempts == attempt,),
+            values={"verification_lists_type": unit.format, "voucher_count": len(unit.items),
+                    "lease_expires_at": None,
+                    "last_error": "; ".join(notes)[:2000] if notes else None}):
+        # Our lease ran out and another worker claimed the unit: everything this transaction
+        # wrote is rolled back; that worker ingests it.
+        raise _ClaimLost()
     # Vouchers refused at ingest (payment formats, unbalanced) are reportable right away.
     sources.enqueue_report(session, source_export.id)
     return len(unit.items)
@@ -591,7 +608,7 @@ def _report_connection(connection_id: str, lock: _ReportLock) -> StepOutcome:
         units = session.scalars(
             select(SourceExport)
             .where(SourceExport.source_connection_id == connection_id,
-                   SourceExport.status == SourceExportStatus.PROCESSING.value)
+                   SourceExport.status == SourceUnitStatus.PROCESSING.value)
             .order_by(SourceExport.updated_at, SourceExport.id)
             .limit(CHUNKED_REPORT_UNITS)).all()
         owed: list[_Owed] = []
@@ -764,9 +781,9 @@ def _settle(session, adapter, source_export: SourceExport) -> bool:
     """The package's status follows its vouchers: ``processing`` while any outcome is unknown
     or not yet held by the source (a source that is never told: while any outcome is unknown),
     else ``completed`` / ``completed_with_failures``. True if this call completed it."""
-    if source_export.status not in (SourceExportStatus.PROCESSING.value,
-                                    SourceExportStatus.COMPLETED.value,
-                                    SourceExportStatus.COMPLETED_WITH_FAILURES.value):
+    if source_export.status not in (SourceUnitStatus.PROCESSING.value,
+                                    SourceUnitStatus.COMPLETED.value,
+                                    SourceUnitStatus.COMPLETED_WITH_FAILURES.value):
         return False
     told = _granularity(source_export) != registry.ReportGranularity.NONE
     failed = False
@@ -780,14 +797,16 @@ def _settle(session, adapter, source_export: SourceExport) -> bool:
             done = False
             break
         failed = failed or not outcome.booked
-    status = (SourceExportStatus.PROCESSING if not done
-              else SourceExportStatus.COMPLETED_WITH_FAILURES if failed
-              else SourceExportStatus.COMPLETED).value
+    status = (SourceUnitStatus.PROCESSING if not done
+              else SourceUnitStatus.COMPLETED_WITH_FAILURES if failed
+              else SourceUnitStatus.COMPLETED).value
     if status == source_export.status:
         return False
-    source_export.status = status
-    source_export.updated_at = utcnow()
-    return status != SourceExportStatus.PROCESSING.value
+    # A compare-and-set on the status read: a concurrent reopen (an export retried) wins.
+    return transition_unit(session, source_export, SourceUnitStatus(status), actor="worker",
+                           reason="every outcome is final" + ("" if not told else
+                                                              " and held by the source")
+                           ) and status != SourceUnitStatus.PROCESSING.value
 
 
 def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | None:
@@ -975,12 +994,12 @@ def _take_listed(session, connection: SourceConnection, item, result: PollResult
                                                  via="poll", listed=item.payload or None)
     if new:
         result.recovered.append(item.external_id)
-    elif source_export.status == SourceExportStatus.REJECTED.value:
+    elif source_export.status == SourceUnitStatus.REJECTED.value:
         # We believed a 404 (past the grace), yet the source lists the unit: take it again.
         if sources.reannounce_rejected(session, source_export):
             result.reannounced.append(item.external_id)
-    elif (source_export.status in (SourceExportStatus.RECEIVED.value,
-                                   SourceExportStatus.INGESTING.value)
+    elif (source_export.status in (SourceUnitStatus.RECEIVED.value,
+                                   SourceUnitStatus.INGESTING.value)
           and source_export.updated_at < stuck_before
           and (source_export.lease_expires_at is None
                or source_export.lease_expires_at < utcnow())):

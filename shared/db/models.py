@@ -238,21 +238,6 @@ class SourceConnection(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class SourceExportStatus(str, enum.Enum):
-    """A source package's progress (not an accounting export status).
-
-    received -> ingesting -> processing -> completed | completed_with_failures
-    received -> rejected   (the source does not know the export: a forged or stale hint)
-    """
-
-    RECEIVED = "received"
-    INGESTING = "ingesting"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    COMPLETED_WITH_FAILURES = "completed_with_failures"
-    REJECTED = "rejected"
-
-
 class SourceExport(Base):
     """One export package announced by a source (a Findity exportId), processed once."""
 
@@ -263,7 +248,8 @@ class SourceExport(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     source_connection_id: Mapped[str] = mapped_column(ForeignKey("source_connections.id"))
     external_export_id: Mapped[str] = mapped_column(String(100))
-    status: Mapped[SourceExportStatus] = mapped_column(String(30))
+    # A shared.domain.source_units.SourceUnitStatus, changed only by its transition_unit().
+    status: Mapped[str] = mapped_column(String(30))
     received_via: Mapped[str] = mapped_column(String(20))  # webhook | poll
     verification_lists_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
     voucher_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -320,6 +306,22 @@ class SourceVoucher(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     source_export: Mapped[SourceExport] = relationship(back_populates="vouchers")
+
+
+class SourceUnitEvent(Base):
+    """Append-only log of a source unit: every status change and every finer step, in order."""
+
+    __tablename__ = "source_unit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    unit_id: Mapped[str] = mapped_column(ForeignKey("source_exports.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    from_status: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    to_status: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WebhookDelivery(Base):

@@ -23,13 +23,18 @@ from shared.config import get_settings
 from shared.db.models import (
     SourceConnection,
     SourceExport,
-    SourceExportStatus,
     TargetConnection,
     WebhookDelivery,
 )
 from shared.db.types import utcnow
 from shared.domain.errors import DomainError, NotFound, ValidationFailed
 from shared.domain.organizations import get_organization
+from shared.domain.source_units import (
+    SETTLED,
+    SourceUnitStatus,
+    record_unit_event,
+    transition_unit,
+)
 from shared.integrations import registry
 from shared.jobs import enqueue_after_commit
 from shared.queue import TASK_PROCESS_SOURCE_EXPORT, TASK_REPORT_TO_SOURCE
@@ -216,7 +221,7 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
     export = SourceExport(
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
-        status=SourceExportStatus.RECEIVED.value, received_via=via, attempts=0,
+        status=SourceUnitStatus.RECEIVED.value, received_via=via, attempts=0,
         received_at=utcnow(), listed_payload=listed)
     try:
         with session.begin_nested():
@@ -227,6 +232,8 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
         existing = _find(session, connection.id, external_export_id)
         _refresh_listing(session, existing, listed)
         return existing, False
+    record_unit_event(session, export.id, "announced", actor=via,
+                      data={"external_id": external_export_id})
     enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
                          queue=get_settings().export_queue)
     return export, True
@@ -238,9 +245,9 @@ def _refresh_listing(session: Session, unit: SourceExport, listed: dict[str, Any
         session.execute(
             update(SourceExport)
             .where(SourceExport.id == unit.id,
-                   SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
-                                            SourceExportStatus.INGESTING.value,
-                                            SourceExportStatus.REJECTED.value]))
+                   SourceExport.status.in_([SourceUnitStatus.RECEIVED.value,
+                                            SourceUnitStatus.INGESTING.value,
+                                            SourceUnitStatus.REJECTED.value]))
             .values(listed_payload=listed)
             .execution_options(synchronize_session=False))
 
@@ -252,36 +259,28 @@ def reannounce_rejected(session: Session, export: SourceExport) -> bool:
     package exists, unlike a webhook's export id, which anyone who knows the URL can send. The
     grace starts again from now. Compare-and-set, so two polls queue it once. True if it did.
     """
-    now = utcnow()
-    moved = session.execute(
-        update(SourceExport)
-        .where(SourceExport.id == export.id,
-               SourceExport.status == SourceExportStatus.REJECTED.value)
-        .values(status=SourceExportStatus.RECEIVED.value, received_at=now, attempts=0,
-                lease_expires_at=None, updated_at=now,
-                last_error=f"the source lists this export as unprocessed again; it had been "
-                           f"rejected: {export.last_error or 'no reason recorded'}")
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if moved != 1:
+    previous = export.last_error or "no reason recorded"
+    if not transition_unit(
+            session, export, SourceUnitStatus.RECEIVED, actor="poll",
+            reason="the source lists it as pending again",
+            values={"received_at": utcnow(), "attempts": 0, "lease_expires_at": None,
+                    "last_error": f"the source lists this export as unprocessed again; it had "
+                                  f"been rejected: {previous}"}):
         return False
     requeue_export(session, export)
     return True
 
 
-def reopen_package(session: Session, source_export_id: str) -> None:
+def reopen_package(session: Session, source_export_id: str, *, actor: str) -> None:
     """A package's export is running again (an operator's retry): the package is not done.
 
     Called in the transaction of that status change, so the stuck-work sweeper, which re-sends
     the reports of packages in ``processing``, covers a report task lost on the way.
     """
-    session.execute(
-        update(SourceExport)
-        .where(SourceExport.id == source_export_id,
-               SourceExport.status.in_([SourceExportStatus.COMPLETED.value,
-                                        SourceExportStatus.COMPLETED_WITH_FAILURES.value]))
-        .values(status=SourceExportStatus.PROCESSING.value, updated_at=utcnow())
-        .execution_options(synchronize_session=False))
+    unit = session.get(SourceExport, source_export_id)
+    if unit is not None and SourceUnitStatus(unit.status) in SETTLED:
+        transition_unit(session, unit, SourceUnitStatus.PROCESSING, actor=actor,
+                        reason="an export of it runs again")
 
 
 def requeue_export(session: Session, export: SourceExport) -> None:

@@ -137,7 +137,7 @@ def transition(
         if to_status is P:
             # failed -> processing (an operator's retry): the package is not done until this
             # export ends again, and the source must then be told the new outcome.
-            reopen_package(session, export.source_export_id)
+            reopen_package(session, export.source_export_id, actor=actor)
         else:
             # Every way an export ends (worker, DELETE, PUT callback) owes its source a report.
             enqueue_report(session, export.source_export_id)

@@ -20,10 +20,11 @@ from sqlalchemy import or_, select, update
 
 from shared.config import get_settings
 from shared.db.clock import database_now
-from shared.db.models import AccountingExport, SourceExport, SourceExportStatus
+from shared.db.models import AccountingExport, SourceExport
 from shared.db.session import session_scope
 from shared.domain import sources
 from shared.domain.exports import stuck_export_conditions
+from shared.domain.source_units import SourceUnitStatus, record_unit_event
 from shared.domain.state_machine import record_event
 from shared.domain.statuses import ExportStatus
 from shared.jobs import enqueue_after_commit
@@ -75,17 +76,22 @@ def _sweep_source_exports(now) -> int:
     count = 0
     with session_scope() as session:
         stuck = session.scalars(select(SourceExport).where(
-            SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
-                                     SourceExportStatus.INGESTING.value,
-                                     SourceExportStatus.PROCESSING.value]),
+            SourceExport.status.in_([SourceUnitStatus.RECEIVED.value,
+                                     SourceUnitStatus.INGESTING.value,
+                                     SourceUnitStatus.PROCESSING.value]),
             SourceExport.updated_at < overdue,
             or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now),
         ).limit(SWEEP_LIMIT)).all()
         for source_export in stuck:
             source_export.updated_at = now  # once per stuck period, not every sweep
-            if source_export.status == SourceExportStatus.PROCESSING.value:
+            if source_export.status == SourceUnitStatus.PROCESSING.value:
                 sources.enqueue_report(session, source_export.id)
+                what = "its reports are owed"
             else:
                 sources.requeue_export(session, source_export)
+                what = "its ingestion never finished"
+            record_unit_event(session, source_export.id, "requeued", actor="sweeper",
+                              reason=f"{source_export.status} for over "
+                                     f"{settings.source_stuck_after_seconds}s: {what}")
             count += 1
     return count
