@@ -37,8 +37,8 @@ from shared.db.models import (
     AccountingExport,
     ExportStatus,
     SourceConnection,
-    SourceExport,
-    SourceVoucher,
+    SourceUnit,
+    SourceUnitItem,
 )
 from shared.db.session import session_scope
 from shared.db.types import utcnow
@@ -142,7 +142,7 @@ class _Receipts:
             spool.close()
 
 
-def ingest_source_export(source_export_id: str) -> StepOutcome:
+def ingest_source_unit(source_export_id: str) -> StepOutcome:
     claimed = _claim_for_ingest(source_export_id)
     if isinstance(claimed, StepOutcome):
         return claimed
@@ -220,8 +220,8 @@ def _claim_for_ingest(source_export_id: str) -> _Claim | StepOutcome:
     settings = get_settings()
     now = utcnow()
     with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
-        free = or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now)
+        source_export = session.get(SourceUnit, source_export_id)
+        free = or_(SourceUnit.lease_expires_at.is_(None), SourceUnit.lease_expires_at < now)
         # Compare-and-set on the status read and a free lease; ``attempts`` becomes this
         # claim's fencing token (see _finish_claim).
         if (source_export is None
@@ -230,7 +230,7 @@ def _claim_for_ingest(source_export_id: str) -> _Claim | StepOutcome:
                 or not transition_unit(
                     session, source_export, SourceUnitStatus.INGESTING, actor="worker",
                     guard=(free,), values={
-                        "attempts": SourceExport.attempts + 1,
+                        "attempts": SourceUnit.attempts + 1,
                         "lease_expires_at": now + timedelta(
                             seconds=settings.export_lease_seconds)})):
             return StepOutcome("skipped", "already ingested, or being ingested")
@@ -245,9 +245,9 @@ def _finish_claim(claimed: _Claim, status: SourceUnitStatus, error: str | None) 
     """End this claim (waiting again, or rejected). A claim that lost the unit (its lease ran
     out and another worker claimed it: ``attempts`` moved on) changes nothing."""
     with session_scope() as session:
-        source_export = session.get(SourceExport, claimed.unit_id)
+        source_export = session.get(SourceUnit, claimed.unit_id)
         if not transition_unit(session, source_export, status, actor="worker", reason=error,
-                               guard=(SourceExport.attempts == claimed.attempt,),
+                               guard=(SourceUnit.attempts == claimed.attempt,),
                                values={"last_error": error, "lease_expires_at": None}):
             log.warning("source unit claim lost before it ended", source_export_id=claimed.unit_id,
                         status=status.value)
@@ -301,7 +301,7 @@ def _fetch_receipts(client, unit: FetchedUnit, claimed: _Claim, receipts: _Recei
 
 def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
                     receipts: _Receipts, attempt: int) -> int:
-    source_export = session.get(SourceExport, source_export_id)
+    source_export = session.get(SourceUnit, source_export_id)
     connection = session.get(SourceConnection, source_export.source_connection_id)
     known = {v.external_voucher_id for v in source_export.vouchers}
     notes = []
@@ -318,7 +318,7 @@ def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
     if not transition_unit(
             session, source_export, SourceUnitStatus.PROCESSING, actor="worker",
             reason=f"{len(unit.items)} items ingested",
-            guard=(SourceExport.attempts == attempt,),
+            guard=(SourceUnit.attempts == attempt,),
             values={"verification_lists_type": unit.format, "voucher_count": len(unit.items),
                     "lease_expires_at": None,
                     "last_error": "; ".join(notes)[:2000] if notes else None}):
@@ -330,9 +330,9 @@ def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
     return len(unit.items)
 
 
-def _ingest_voucher(session, source_export: SourceExport, connection: SourceConnection,
-                    item: SourceItem, receipts: _Receipts) -> SourceVoucher:
-    record = SourceVoucher(source_export_id=source_export.id, external_voucher_id=item.external_id)
+def _ingest_voucher(session, source_export: SourceUnit, connection: SourceConnection,
+                    item: SourceItem, receipts: _Receipts) -> SourceUnitItem:
+    record = SourceUnitItem(source_unit_id=source_export.id, external_voucher_id=item.external_id)
     if item.refusal is not None:  # a payment format, an unbalanced voucher: reported, not booked
         record.outcome_error = item.refusal
         return record
@@ -374,7 +374,7 @@ def _ingest_voucher(session, source_export: SourceExport, connection: SourceConn
     return record
 
 
-def _resent_with_changes(session, source_export: SourceExport, connection: SourceConnection,
+def _resent_with_changes(session, source_export: SourceUnit, connection: SourceConnection,
                          expense, expense_in, changed: list[str]) -> tuple[str, str]:
     """Findity sent a voucher we know again, under the same id, with other content.
 
@@ -419,7 +419,7 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
     replace_content(session, expense, expense_in)
     export = export_service.create_export(
         session, source_export.organization_id, expense.id, connection.target_system,
-        actor=connection.source_system, source_export_id=source_export.id)
+        actor=connection.source_system, source_unit_id=source_export.id)
     record_event(session, export, "source_content_changed", actor=connection.source_system,
                  reason=f"{source} sent the voucher again with other content ({what}); the "
                         "earlier version was never booked",
@@ -429,7 +429,7 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
     return export.id, None
 
 
-def _export_for(session, source_export: SourceExport, connection: SourceConnection,
+def _export_for(session, source_export: SourceUnit, connection: SourceConnection,
                 expense_id: str) -> str:
     """A new accounting export, or the live one of a voucher Findity sent again unchanged.
 
@@ -443,7 +443,7 @@ def _export_for(session, source_export: SourceExport, connection: SourceConnecti
         return live.id
     export = export_service.create_export(
         session, source_export.organization_id, expense_id, connection.target_system,
-        actor=connection.source_system, source_export_id=source_export.id)
+        actor=connection.source_system, source_unit_id=source_export.id)
     return export.id
 
 
@@ -480,7 +480,7 @@ class _Owed:
     voucher_row_id: int
     report: ItemReport
     maybe_held: bool  # the source may already hold exactly this report
-    unit_id: str = ""  # the unit (SourceExport) the item belongs to
+    unit_id: str = ""  # the unit (SourceUnit) the item belongs to
 
 
 # Units of one connection a CHUNKED report reads at once; more are reported by the next run.
@@ -496,7 +496,7 @@ def report_to_source(source_export_id: str) -> StepOutcome:
     source is never told; the unit completes once every item's outcome is final.
     """
     with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
+        source_export = session.get(SourceUnit, source_export_id)
         if source_export is None:
             return StepOutcome("skipped", "unknown source export")
         connection_id = source_export.source_connection_id
@@ -577,7 +577,7 @@ class _ReportLock:
 
 def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
     with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
+        source_export = session.get(SourceUnit, source_export_id)
         if source_export is None:
             return StepOutcome("skipped", "unknown source export")
         connection = session.get(SourceConnection, source_export.source_connection_id)
@@ -606,10 +606,10 @@ def _report_connection(connection_id: str, lock: _ReportLock) -> StepOutcome:
         connection = session.get(SourceConnection, connection_id)
         adapter = source_client_for(connection)
         units = session.scalars(
-            select(SourceExport)
-            .where(SourceExport.source_connection_id == connection_id,
-                   SourceExport.status == SourceUnitStatus.PROCESSING.value)
-            .order_by(SourceExport.updated_at, SourceExport.id)
+            select(SourceUnit)
+            .where(SourceUnit.source_connection_id == connection_id,
+                   SourceUnit.status == SourceUnitStatus.PROCESSING.value)
+            .order_by(SourceUnit.updated_at, SourceUnit.id)
             .limit(CHUNKED_REPORT_UNITS)).all()
         owed: list[_Owed] = []
         completed_now: list[tuple[str, str]] = []
@@ -661,7 +661,7 @@ def _report_outcome(what: str, accepted: list[_Owed], refused: dict[int, str],
     return StepOutcome("done", f"{len(accepted)} reported")
 
 
-def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
+def _owed_updates(session, adapter, source_export: SourceUnit) -> list[_Owed]:
     """The vouchers whose outcome the source does not hold yet, marked in flight (committed by
     the caller's transaction before anything is sent). None for a source that is never told."""
     if _granularity(source_export) == registry.ReportGranularity.NONE:
@@ -677,7 +677,7 @@ def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
     return owed
 
 
-def _granularity(source_export: SourceExport) -> registry.ReportGranularity:
+def _granularity(source_export: SourceUnit) -> registry.ReportGranularity:
     return registry.source(source_export.connection.source_system).capabilities.report_granularity
 
 
@@ -755,7 +755,7 @@ def _record(adapter, system: str, source_export_id: str, accepted: list[_Owed],
     with session_scope() as session:
         now = utcnow()
         for owed in accepted:
-            voucher = session.get(SourceVoucher, owed.voucher_row_id)
+            voucher = session.get(SourceUnitItem, owed.voucher_row_id)
             voucher.reported_status = owed.report.status
             voucher.reported_number = owed.report.number if owed.report.booked else None
             voucher.reported_at = now
@@ -764,20 +764,20 @@ def _record(adapter, system: str, source_export_id: str, accepted: list[_Owed],
             if _identity_of(adapter, voucher.report_in_flight) == owed.report.identity:
                 voucher.report_in_flight = None
         for voucher_row_id, message in refused.items():
-            voucher = session.get(SourceVoucher, voucher_row_id)
+            voucher = session.get(SourceUnitItem, voucher_row_id)
             voucher.report_error = message
             # report_in_flight stays: a refusal does not prove the source lacks the report.
-        source_export = session.get(SourceExport, source_export_id)
+        source_export = session.get(SourceUnit, source_export_id)
         problems = ([f"reporting to {registry.display_name(system)} failed: {failure.message}"]
                     if failure else [])
-        problems += [f"voucher {session.get(SourceVoucher, row).external_voucher_id}: {message}"
+        problems += [f"voucher {session.get(SourceUnitItem, row).external_voucher_id}: {message}"
                      for row, message in refused.items()]
         if problems:
             source_export.last_error = "; ".join(problems)[:2000]
         return _settle(session, adapter, source_export)
 
 
-def _settle(session, adapter, source_export: SourceExport) -> bool:
+def _settle(session, adapter, source_export: SourceUnit) -> bool:
     """The package's status follows its vouchers: ``processing`` while any outcome is unknown
     or not yet held by the source (a source that is never told: while any outcome is unknown),
     else ``completed`` / ``completed_with_failures``. True if this call completed it."""
@@ -809,13 +809,13 @@ def _settle(session, adapter, source_export: SourceExport) -> bool:
                            ) and status != SourceUnitStatus.PROCESSING.value
 
 
-def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | None:
+def _desired_report(session, adapter, voucher: SourceUnitItem) -> ItemReport | None:
     """What the source should hold for this voucher now; None while its export is running."""
     outcome = _outcome(session, voucher)
     return adapter.report_for(outcome) if outcome is not None else None
 
 
-def _outcome(session, voucher: SourceVoucher) -> ItemOutcome | None:
+def _outcome(session, voucher: SourceUnitItem) -> ItemOutcome | None:
     """What became of the voucher, from its export; None while the export is running (an
     export is SUCCESS only once its booking is recorded and committed)."""
     if voucher.outcome_error is not None:
@@ -847,7 +847,7 @@ def _identity_of(adapter, wire: dict | None) -> tuple | None:
     return adapter.read_report(wire).identity if wire else None
 
 
-def _told(adapter, voucher: SourceVoucher) -> tuple | None:
+def _told(adapter, voucher: SourceUnitItem) -> tuple | None:
     """What the source accepted last for this voucher, as an identity."""
     if voucher.reported_status is None:
         return None
@@ -857,7 +857,7 @@ def _told(adapter, voucher: SourceVoucher) -> tuple | None:
     return (voucher.reported_status, adapter.read_report(payload).error_text if payload else None)
 
 
-def _maybe_held(session, adapter, source_export: SourceExport, voucher: SourceVoucher,
+def _maybe_held(session, adapter, source_export: SourceUnit, voucher: SourceUnitItem,
                 desired: ItemReport) -> bool:
     """Could the source already hold exactly ``desired`` for this voucher? Yes if we put it on
     the wire before without recording an answer, or (booked) if another package of this
@@ -869,11 +869,11 @@ def _maybe_held(session, adapter, source_export: SourceExport, voucher: SourceVo
     if not desired.booked:
         return False
     others = session.scalars(
-        select(SourceVoucher).join(SourceExport,
-                                   SourceVoucher.source_export_id == SourceExport.id)
-        .where(SourceExport.source_connection_id == source_export.source_connection_id,
-               SourceVoucher.external_voucher_id == voucher.external_voucher_id,
-               SourceVoucher.id != voucher.id)).all()
+        select(SourceUnitItem).join(SourceUnit,
+                                   SourceUnitItem.source_unit_id == SourceUnit.id)
+        .where(SourceUnit.source_connection_id == source_export.source_connection_id,
+               SourceUnitItem.external_voucher_id == voucher.external_voucher_id,
+               SourceUnitItem.id != voucher.id)).all()
     return any(_told(adapter, o) == identity or _identity_of(adapter, o.report_in_flight) == identity
                for o in others)
 
@@ -891,7 +891,7 @@ def _completed(adapter, connection: SourceConnection, external_export_id: str,
         log.warning("package file not attached", source_export_id=source_export_id,
                     error=str(error))
         with session_scope() as session:
-            session.get(SourceExport, source_export_id).last_error = str(error)
+            session.get(SourceUnit, source_export_id).last_error = str(error)
         return
     if done is not None:
         log.info("package file attached", source_export_id=source_export_id, file=done)
@@ -990,7 +990,7 @@ def _take_listed(session, connection: SourceConnection, item, result: PollResult
     settings = get_settings()
     stuck_before = utcnow() - timedelta(seconds=settings.source_stuck_after_seconds)
     result.listed += 1
-    source_export, new = sources.announce_export(session, connection, item.external_id,
+    source_export, new = sources.announce_unit(session, connection, item.external_id,
                                                  via="poll", listed=item.payload or None)
     if new:
         result.recovered.append(item.external_id)
@@ -1003,5 +1003,5 @@ def _take_listed(session, connection: SourceConnection, item, result: PollResult
           and source_export.updated_at < stuck_before
           and (source_export.lease_expires_at is None
                or source_export.lease_expires_at < utcnow())):
-        sources.requeue_export(session, source_export)
+        sources.requeue_unit(session, source_export)
         result.requeued.append(item.external_id)

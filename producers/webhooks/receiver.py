@@ -24,7 +24,7 @@ from shared.logs import get_logger
 
 router = APIRouter(tags=["webhooks"])
 log = get_logger(__name__)
-# SourceExport.external_export_id is VARCHAR(100): a longer id must be refused here, not by the
+# SourceUnit.external_export_id is VARCHAR(100): a longer id must be refused here, not by the
 # database with a 5xx (the source would redeliver it forever).
 EXPORT_ID_MAX_LENGTH = 100
 TOKEN = Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")

@@ -172,8 +172,8 @@ class AccountingExport(Base):
     # The target's human voucher number (Tripletex "number"), reported back to the source.
     external_number: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # Set when the export came from a source package (Findity) that expects a status report.
-    source_export_id: Mapped[str | None] = mapped_column(
-        ForeignKey("source_exports.id"), index=True, nullable=True)
+    source_unit_id: Mapped[str | None] = mapped_column(
+        ForeignKey("source_units.id"), index=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -238,10 +238,10 @@ class SourceConnection(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class SourceExport(Base):
+class SourceUnit(Base):
     """One export package announced by a source (a Findity exportId), processed once."""
 
-    __tablename__ = "source_exports"
+    __tablename__ = "source_units"
     __table_args__ = (UniqueConstraint("source_connection_id", "external_export_id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -268,22 +268,22 @@ class SourceExport(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     connection: Mapped[SourceConnection] = relationship()
-    vouchers: Mapped[list[SourceVoucher]] = relationship(back_populates="source_export",
-                                                         order_by="SourceVoucher.id")
+    vouchers: Mapped[list[SourceUnitItem]] = relationship(back_populates="unit",
+                                                         order_by="SourceUnitItem.id")
 
 
-class SourceVoucher(Base):
+class SourceUnitItem(Base):
     """One voucher of a source package, and what we reported back about it.
 
     ``export_id`` is the accounting export that books it; a voucher that cannot be booked (a
     payment format, an invalid voucher) has none and carries ``outcome_error`` instead.
     """
 
-    __tablename__ = "source_vouchers"
-    __table_args__ = (UniqueConstraint("source_export_id", "external_voucher_id"),)
+    __tablename__ = "source_unit_items"
+    __table_args__ = (UniqueConstraint("source_unit_id", "external_voucher_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    source_export_id: Mapped[str] = mapped_column(ForeignKey("source_exports.id"), index=True)
+    source_unit_id: Mapped[str] = mapped_column(ForeignKey("source_units.id"), index=True)
     external_voucher_id: Mapped[str] = mapped_column(String(100))
     expense_id: Mapped[str | None] = mapped_column(ForeignKey("expenses.id"), nullable=True)
     export_id: Mapped[str | None] = mapped_column(ForeignKey("accounting_exports.id"),
@@ -305,7 +305,7 @@ class SourceVoucher(Base):
     # the source sent it again with other content after it was booked.
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    source_export: Mapped[SourceExport] = relationship(back_populates="vouchers")
+    unit: Mapped[SourceUnit] = relationship(back_populates="vouchers")
 
 
 class SourceUnitEvent(Base):
@@ -314,7 +314,7 @@ class SourceUnitEvent(Base):
     __tablename__ = "source_unit_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    unit_id: Mapped[str] = mapped_column(ForeignKey("source_exports.id"), index=True)
+    unit_id: Mapped[str] = mapped_column(ForeignKey("source_units.id"), index=True)
     kind: Mapped[str] = mapped_column(String(40))
     from_status: Mapped[str | None] = mapped_column(String(30), nullable=True)
     to_status: Mapped[str | None] = mapped_column(String(30), nullable=True)

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
-from shared.db.models import SourceExport, SourceUnitEvent
+from shared.db.models import SourceUnit, SourceUnitEvent
 from shared.db.types import utcnow
 
 
@@ -62,7 +62,7 @@ class IllegalUnitTransition(ValueError):
     """A move not in the table: a programming error, never a race."""
 
 
-def transition_unit(session: Session, unit: SourceExport, to: SourceUnitStatus, *, actor: str,
+def transition_unit(session: Session, unit: SourceUnit, to: SourceUnitStatus, *, actor: str,
                     reason: str | None = None, guard: tuple[ColumnElement[bool], ...] = (),
                     values: dict[str, Any] | None = None,
                     data: dict[str, Any] | None = None) -> bool:
@@ -80,8 +80,8 @@ def transition_unit(session: Session, unit: SourceExport, to: SourceUnitStatus, 
     now = utcnow()
     values = {"status": to.value, "updated_at": now, **(values or {})}
     moved = session.execute(
-        update(SourceExport)
-        .where(SourceExport.id == unit.id, SourceExport.status == current.value, *guard)
+        update(SourceUnit)
+        .where(SourceUnit.id == unit.id, SourceUnit.status == current.value, *guard)
         .values(**values)
         .execution_options(synchronize_session=False)
     ).rowcount

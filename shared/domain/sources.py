@@ -2,7 +2,7 @@
 
 A package is known once per (connection, external export id): the unique constraint makes a
 webhook redelivered five times at once, or a webhook racing the poller, create one
-``SourceExport`` and one processing job.
+``SourceUnit`` and one processing job.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from shared import crypto, ids
 from shared.config import get_settings
 from shared.db.models import (
     SourceConnection,
-    SourceExport,
+    SourceUnit,
     TargetConnection,
     WebhookDelivery,
 )
@@ -37,7 +37,7 @@ from shared.domain.source_units import (
 )
 from shared.integrations import registry
 from shared.jobs import enqueue_after_commit
-from shared.queue import TASK_PROCESS_SOURCE_EXPORT, TASK_REPORT_TO_SOURCE
+from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
 
 SIGNATURE_HEADER = "X-AIC-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -206,8 +206,8 @@ def verify_signature(connection: SourceConnection, header: str | None, body: byt
         raise InvalidSignature("the signature does not match the body")
 
 
-def announce_export(session: Session, connection: SourceConnection, external_export_id: str, *,
-                    via: str, listed: dict[str, Any] | None = None) -> tuple[SourceExport, bool]:
+def announce_unit(session: Session, connection: SourceConnection, external_export_id: str, *,
+                    via: str, listed: dict[str, Any] | None = None) -> tuple[SourceUnit, bool]:
     """Record that the source has a unit for us; queue it once. Returns (row, newly_known).
 
     ``listed``: a poll listing's payload (read with our own credentials), kept on the unit for
@@ -218,7 +218,7 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
     if existing is not None:
         _refresh_listing(session, existing, listed)
         return existing, False
-    export = SourceExport(
+    export = SourceUnit(
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
         status=SourceUnitStatus.RECEIVED.value, received_via=via, attempts=0,
@@ -234,25 +234,25 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
         return existing, False
     record_unit_event(session, export.id, "announced", actor=via,
                       data={"external_id": external_export_id})
-    enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
+    enqueue_after_commit(session, TASK_INGEST_SOURCE_UNIT, export.id,
                          queue=get_settings().export_queue)
     return export, True
 
 
-def _refresh_listing(session: Session, unit: SourceExport, listed: dict[str, Any] | None) -> None:
+def _refresh_listing(session: Session, unit: SourceUnit, listed: dict[str, Any] | None) -> None:
     # Only before ingestion: what was ingested stays what the unit's items were made from.
     if listed is not None and listed != unit.listed_payload:
         session.execute(
-            update(SourceExport)
-            .where(SourceExport.id == unit.id,
-                   SourceExport.status.in_([SourceUnitStatus.RECEIVED.value,
+            update(SourceUnit)
+            .where(SourceUnit.id == unit.id,
+                   SourceUnit.status.in_([SourceUnitStatus.RECEIVED.value,
                                             SourceUnitStatus.INGESTING.value,
                                             SourceUnitStatus.REJECTED.value]))
             .values(listed_payload=listed)
             .execution_options(synchronize_session=False))
 
 
-def reannounce_rejected(session: Session, export: SourceExport) -> bool:
+def reannounce_rejected(session: Session, export: SourceUnit) -> bool:
     """The source lists a package we rejected (it answered 404 past the grace): take it again.
 
     Only the poll calls this: the list is read with the organization's own credentials, so the
@@ -267,7 +267,7 @@ def reannounce_rejected(session: Session, export: SourceExport) -> bool:
                     "last_error": f"the source lists this export as unprocessed again; it had "
                                   f"been rejected: {previous}"}):
         return False
-    requeue_export(session, export)
+    requeue_unit(session, export)
     return True
 
 
@@ -277,14 +277,14 @@ def reopen_package(session: Session, source_export_id: str, *, actor: str) -> No
     Called in the transaction of that status change, so the stuck-work sweeper, which re-sends
     the reports of packages in ``processing``, covers a report task lost on the way.
     """
-    unit = session.get(SourceExport, source_export_id)
+    unit = session.get(SourceUnit, source_export_id)
     if unit is not None and SourceUnitStatus(unit.status) in SETTLED:
         transition_unit(session, unit, SourceUnitStatus.PROCESSING, actor=actor,
                         reason="an export of it runs again")
 
 
-def requeue_export(session: Session, export: SourceExport) -> None:
-    enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
+def requeue_unit(session: Session, export: SourceUnit) -> None:
+    enqueue_after_commit(session, TASK_INGEST_SOURCE_UNIT, export.id,
                          queue=get_settings().export_queue)
 
 
@@ -293,23 +293,23 @@ def enqueue_report(session: Session, source_export_id: str) -> None:
                          queue=get_settings().report_queue)
 
 
-def _find(session: Session, connection_id: str, external_export_id: str) -> SourceExport | None:
-    return session.scalar(select(SourceExport).where(
-        SourceExport.source_connection_id == connection_id,
-        SourceExport.external_export_id == external_export_id))
+def _find(session: Session, connection_id: str, external_export_id: str) -> SourceUnit | None:
+    return session.scalar(select(SourceUnit).where(
+        SourceUnit.source_connection_id == connection_id,
+        SourceUnit.external_export_id == external_export_id))
 
 
 def record_webhook(session: Session, connection: SourceConnection, external_export_id: str,
-                   body: dict[str, Any]) -> tuple[SourceExport, bool]:
-    export, new = announce_export(session, connection, external_export_id, via="webhook")
+                   body: dict[str, Any]) -> tuple[SourceUnit, bool]:
+    export, new = announce_unit(session, connection, external_export_id, via="webhook")
     session.add(WebhookDelivery(source_connection_id=connection.id,
                                 external_export_id=external_export_id, body=body,
                                 duplicate=not new))
     return export, new
 
 
-def get_source_export(session: Session, org_id: str, source_export_id: str) -> SourceExport:
-    export = session.get(SourceExport, source_export_id)
+def get_source_unit(session: Session, org_id: str, source_export_id: str) -> SourceUnit:
+    export = session.get(SourceUnit, source_export_id)
     if export is None or export.organization_id != org_id:
         raise NotFound(f"source export {source_export_id} does not exist")
     return export

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from shared.config import reset_settings_cache
-from shared.db.models import AccountingExport, Expense, SourceConnection, SourceExport
+from shared.db.models import AccountingExport, Expense, SourceConnection, SourceUnit
 from shared.db.session import session_scope
 from shared.domain import organizations, sources
 from shared.domain.state_machine import transition
@@ -50,20 +50,20 @@ def _connect(feed, system: str = "feed") -> tuple[str, str]:
         return org.id, connection.id
 
 
-def _units(connection_id: str) -> dict[str, SourceExport]:
+def _units(connection_id: str) -> dict[str, SourceUnit]:
     """entry id -> its unit (detached, with its items)."""
     with session_scope() as session:
-        units = session.scalars(select(SourceExport).where(
-            SourceExport.source_connection_id == connection_id)).all()
+        units = session.scalars(select(SourceUnit).where(
+            SourceUnit.source_connection_id == connection_id)).all()
         for unit in units:
             unit.vouchers  # noqa: B018 - loaded before the session closes
             session.expunge(unit)
         return {unit.external_export_id: unit for unit in units}
 
 
-def _ingest_all(connection_id: str) -> dict[str, SourceExport]:
+def _ingest_all(connection_id: str) -> dict[str, SourceUnit]:
     for unit in _units(connection_id).values():
-        assert source_jobs.ingest_source_export(unit.id).kind == "done"
+        assert source_jobs.ingest_source_unit(unit.id).kind == "done"
     return _units(connection_id)
 
 
@@ -111,7 +111,7 @@ def test_a_unit_no_poll_listed_is_never_fetched_from_an_announcement_body(feed):
     _, connection_id = _connect(feed)
     with session_scope() as session:
         connection = session.get(SourceConnection, connection_id)
-        unit, _ = sources.announce_export(session, connection, "1", via="webhook")
+        unit, _ = sources.announce_unit(session, connection, "1", via="webhook")
         unit_id = unit.id
     from tests.plugins.feed_source import FeedSource
 
@@ -123,7 +123,7 @@ def test_a_unit_no_poll_listed_is_never_fetched_from_an_announcement_body(feed):
 
     FeedSource.fetch_unit = spy
     try:
-        outcome = source_jobs.ingest_source_export(unit_id)
+        outcome = source_jobs.ingest_source_unit(unit_id)
     finally:
         FeedSource.fetch_unit = original
     assert seen == [None] and outcome.kind == "retry"  # a 404 within the not-found grace

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from shared.db.models import SourceExport, SourceUnitEvent
+from shared.db.models import SourceUnit, SourceUnitEvent
 from shared.db.session import session_scope
 from shared.domain import organizations, sources
 from shared.domain.source_units import (
@@ -25,7 +25,7 @@ def unit_id(org) -> str:
             credentials={"client_id": "c", "client_secret": "s",
                          "token_url": "http://127.0.0.1:9/token"},
             options={"organization_id": "f-units"})
-        unit, new = sources.announce_export(session, connection, "exp-1", via="webhook")
+        unit, new = sources.announce_unit(session, connection, "exp-1", via="webhook")
         assert new
         return unit.id
 
@@ -39,7 +39,7 @@ def _events(unit_id: str) -> list[tuple]:
 
 def test_a_move_not_in_the_table_is_refused(unit_id):
     with session_scope() as session:
-        unit = session.get(SourceExport, unit_id)
+        unit = session.get(SourceUnit, unit_id)
         with pytest.raises(IllegalUnitTransition, match="received; it cannot become completed"):
             transition_unit(session, unit, SourceUnitStatus.COMPLETED, actor="test")
     assert _events(unit_id) == [("announced", None, None, "webhook")]
@@ -48,8 +48,8 @@ def test_a_move_not_in_the_table_is_refused(unit_id):
 def test_two_actors_that_read_the_same_status_cannot_both_move_it(unit_id):
     """Fails with the raw UPDATEs this replaces: the second writer overwrote the first."""
     with session_scope() as first, session_scope() as second:
-        a = first.get(SourceExport, unit_id)
-        b = second.get(SourceExport, unit_id)
+        a = first.get(SourceUnit, unit_id)
+        b = second.get(SourceUnit, unit_id)
         assert a.status == b.status == "received"
         assert transition_unit(first, a, SourceUnitStatus.INGESTING, actor="worker-a")
         first.commit()
@@ -62,12 +62,12 @@ def test_a_claim_that_lost_the_unit_cannot_end_it(unit_id):
     another worker claimed leaves the other claim alone."""
     stale = source_jobs._claim_for_ingest(unit_id)
     with session_scope() as session:  # its lease ran out; another worker claims the unit
-        session.get(SourceExport, unit_id).lease_expires_at = None
+        session.get(SourceUnit, unit_id).lease_expires_at = None
     fresh = source_jobs._claim_for_ingest(unit_id)
     assert (stale.attempt, fresh.attempt) == (1, 2)
     source_jobs._finish_claim(stale, SourceUnitStatus.REJECTED, "stale")
     with session_scope() as session:
-        unit = session.get(SourceExport, unit_id)
+        unit = session.get(SourceUnit, unit_id)
         assert (unit.status, unit.attempts) == ("ingesting", 2)
     source_jobs._finish_claim(fresh, SourceUnitStatus.RECEIVED, "not found yet")
     assert [e[:3] for e in _events(unit_id)] == [
