@@ -4,6 +4,7 @@ status change, each with its event, and only the moves of the table."""
 from __future__ import annotations
 
 import pytest
+from celery.exceptions import Retry
 from sqlalchemy import select
 
 from shared.db.models import SourceUnit, SourceUnitEvent
@@ -73,3 +74,25 @@ def test_a_claim_that_lost_the_unit_cannot_end_it(unit_id):
     assert [e[:3] for e in _events(unit_id)] == [
         ("announced", None, None), ("status_changed", "received", "ingesting"),
         ("reclaimed", "ingesting", "ingesting"), ("status_changed", "ingesting", "received")]
+
+
+def test_an_ingest_message_queued_before_the_rename_still_runs(unit_id):
+    """Messages carry the task's name; one published as worker.tasks.process_source_export
+    before the upgrade must find a task (Celery would drop it as unregistered otherwise)."""
+    import worker.tasks  # noqa: F401 - registers the tasks
+    from shared.queue import (
+        TASK_INGEST_SOURCE_UNIT,
+        TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME,
+        celery_app,
+    )
+
+    assert TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME == "worker.tasks.process_source_export"
+    old, new = (celery_app.tasks[name] for name in (TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME,
+                                                     TASK_INGEST_SOURCE_UNIT))
+    # The old name claims and works the unit like the new one (here: the source is unreachable,
+    # so the claim ends waiting, with the reason).
+    with pytest.raises(Retry):  # the source is unreachable: the task retries itself
+        old.apply(args=[unit_id], throw=True)
+    assert [e[:3] for e in _events(unit_id)][1:3] == [
+        ("status_changed", "received", "ingesting"), ("status_changed", "ingesting", "received")]
+    assert new.name != old.name
