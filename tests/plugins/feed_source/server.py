@@ -57,6 +57,9 @@ class FeedServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive like a real API (every answer has a Content-Length).
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args) -> None:  # quiet
                 pass
 
