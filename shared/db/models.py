@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db.types import UTCDateTime, utcnow
 # The ORM stores the domain's statuses; other modules import them from shared.domain.statuses.
-from shared.domain.statuses import ExpenseStatus, ExportStatus
+from shared.domain.statuses import ExpenseStatus, ExportStatus, SourceUnitStatus
 
 MONEY = Numeric(14, 2)
 
@@ -248,8 +248,8 @@ class SourceUnit(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     source_connection_id: Mapped[str] = mapped_column(ForeignKey("source_connections.id"))
     external_export_id: Mapped[str] = mapped_column(String(100))
-    # A shared.domain.source_units.SourceUnitStatus, changed only by its transition_unit().
-    status: Mapped[str] = mapped_column(String(30))
+    # Changed only by shared.domain.source_units.transition_unit().
+    status: Mapped[SourceUnitStatus] = mapped_column(String(30))
     received_via: Mapped[str] = mapped_column(String(20))  # webhook | poll
     verification_lists_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
     voucher_count: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -22,7 +22,6 @@ win. Finer steps are events written with ``record_unit_event()``.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 from sqlalchemy import ColumnElement, update
@@ -30,17 +29,10 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import SourceUnit, SourceUnitEvent
 from shared.db.types import utcnow
+from shared.domain.statuses import SourceUnitStatus
 
-
-class SourceUnitStatus(str, enum.Enum):
-    """A source unit's progress (not an accounting export status)."""
-
-    RECEIVED = "received"
-    INGESTING = "ingesting"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    COMPLETED_WITH_FAILURES = "completed_with_failures"
-    REJECTED = "rejected"
+__all__ = ["SourceUnitStatus", "transition_unit", "record_unit_event", "SETTLED",
+           "ALLOWED_TRANSITIONS", "IllegalUnitTransition"]
 
 
 R, I, P, C, CF, X = (SourceUnitStatus.RECEIVED, SourceUnitStatus.INGESTING,
