@@ -42,9 +42,11 @@ def send_demo_export(*, api_url: str, findity_url: str, admin_token: str,
         source = http.put(
             f"{api_url}/api/v1/admin/organizations/{organization_id}/sources/findity",
             headers={"Authorization": f"Bearer {admin_token}"},
-            json={"base_url": org["base_url"], "token_url": org["token_url"],
-                  "external_organization_id": org["organization_id"],
-                  "client_id": org["client_id"], "client_secret": org["client_secret"],
+            json={"base_url": org["base_url"],
+                  "credentials": {"client_id": org["client_id"],
+                                  "client_secret": org["client_secret"],
+                                  "token_url": org["token_url"]},
+                  "options": {"organization_id": org["organization_id"]},
                   # The demo organization has two targets; Findity's vouchers go to Tripletex.
                   "target_system": "tripletex"})
         source.raise_for_status()

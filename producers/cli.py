@@ -507,23 +507,62 @@ def cmd_source_set(args) -> int:
     from shared.domain import sources
 
     require_safe_settings("aic source set", variables=("AIC_SECRET_KEY",))  # as connection set
-    client_secret = None
-    if args.client_id and not args.keep_credentials:
-        client_secret = args.client_secret or getpass.getpass(
-            f"{registry.display_name(args.system)} client secret: ")
-    options = {"content_file": args.content_file} if args.content_file else None
+    system = registry.source(args.system)
+    given = [f"--{field.name.replace('_', '-')}" for field in system.credentials
+             if getattr(args, field.name, None) is not None]
+    credentials = None
+    if args.keep_credentials:
+        if given:
+            # Credentials are replaced as a whole (one of them may be the URL the secret goes
+            # to): a credential flag next to --keep-credentials would be silently dropped.
+            print(f"{', '.join(given)} cannot be combined with --keep-credentials: give every "
+                  f"credential ({system.describe_credentials()}) to change one", file=sys.stderr)
+            return 2
+    else:
+        credentials = {}
+        for field in system.credentials:
+            value = getattr(args, field.name, None)
+            if value is None and field.secret:
+                value = getpass.getpass(f"{system.display_name} {field.name.replace('_', ' ')}: ")
+            if value is not None:
+                credentials[field.name] = value
+    updates = {}
+    for option in args.options or []:
+        key, separator, raw = option.partition("=")
+        if not separator or not key:
+            print(f"--option {option!r} must look like KEY=VALUE", file=sys.stderr)
+            return 2
+        updates[key] = _option_value(raw)
+    if args.external_org is not None:
+        if not system.organization_option:
+            print(f"--external-org does not apply to {args.system}", file=sys.stderr)
+            return 2
+        updates[system.organization_option] = args.external_org
     with session_scope() as session:
+        existing = sources.source_connection_for(session, args.org, args.system)
+        # Keep options this command is not told about; change only the ones given.
+        options = dict(existing.options or {}) if existing is not None else {}
+        options.update(updates)
+        options = {key: value for key, value in options.items() if value is not None}
         connection = sources.upsert_source_connection(
-            session, args.org, args.system, base_url=args.base_url, token_url=args.token_url,
-            external_organization_id=args.external_org, client_id=args.client_id,
-            client_secret=client_secret, webhook_secret=args.webhook_secret,
-            target_system=args.target, options=options)
+            session, args.org, args.system, base_url=args.base_url, credentials=credentials,
+            webhook_secret=args.webhook_secret, target_system=args.target, options=options)
         path = f"/webhooks/{args.system}/{connection.webhook_token}"
         target = connection.target_system
-    print(f"source {connection.id}: {args.system} organization {args.external_org} -> {target}\n"
-          f"webhook URL for {registry.display_name(args.system)}: "
-          f"<your public base URL>{path}")
+    print(f"source {connection.id}: {args.system} -> {target}\n"
+          f"webhook URL for {system.display_name}: <your public base URL>{path}")
     return 0
+
+
+def _option_value(raw: str):
+    """``--option`` values: JSON when they parse as JSON (numbers, objects), else the text;
+    empty removes the option."""
+    if raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def cmd_source_poll(args) -> int:
@@ -629,21 +668,24 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("org")
     ss.add_argument("--system", choices=source_names, default=source_names[0],
                     help=f"the source system (default {source_names[0]})")
-    ss.add_argument("--base-url", required=True, help="the source's API base URL")
-    ss.add_argument("--token-url", required=True, help="the source's OAuth2 token endpoint")
+    ss.add_argument("--base-url", required=True, help="the source's API base URL, e.g. " + ", ".join(
+        f"{name}: {system.base_url_example}" for name, system in registry.sources().items()))
+    _credential_options(ss, registry.sources().values())
+    ss.add_argument("--keep-credentials", action="store_true",
+                    help="keep the stored credentials (refused when --base-url changes)")
     # --<system>-org (e.g. the first source's) is kept as an alias of --external-org.
     ss.add_argument("--external-org", *[f"--{name}-org" for name in source_names],
-                    dest="external_org", required=True,
-                    help="your organization id in the source system")
-    ss.add_argument("--client-id")
-    ss.add_argument("--client-secret", help="prompted when omitted")
-    ss.add_argument("--keep-credentials", action="store_true",
-                    help="keep the stored credentials (refused when a URL changes)")
+                    dest="external_org",
+                    help="your organization id in the source system (the option its registry "
+                         "entry names for it)")
+    ss.add_argument("--option", dest="options", action="append", metavar="KEY=VALUE",
+                    help="set one option, repeatable; VALUE is read as JSON when it is JSON, "
+                         "else as text; KEY= removes it. Options: " + "; ".join(
+                             f"{name}: {', '.join(system.options_model.model_fields)}"
+                             for name, system in registry.sources().items()))
     ss.add_argument("--webhook-secret", help="require HMAC-signed webhooks ('' to remove)")
     ss.add_argument("--target", choices=list(registry.targets()),
                     help="where the expenses are booked (default: the only target system)")
-    ss.add_argument("--content-file", choices=["sie4", "csv"],
-                    help="also attach an SIE 4 or CSV file of each package to the source's export")
     ss.set_defaults(func=cmd_source_set)
     src.add_parser("poll", help="ask a worker to poll every source once now").set_defaults(func=cmd_source_poll)
 

@@ -15,7 +15,10 @@ from shared.config import get_settings
 
 TASK_EXPORT = "worker.tasks.export_to_target"
 TASK_SWEEP = "worker.tasks.sweep_stuck_exports"
-TASK_PROCESS_SOURCE_EXPORT = "worker.tasks.process_source_export"
+TASK_INGEST_SOURCE_UNIT = "worker.tasks.ingest_source_unit"
+# The same task's name before source packages became "source units" (migration 0008); still
+# registered by the worker so messages queued before an upgrade run.
+TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME = "worker.tasks.process_source_export"
 TASK_REPORT_TO_SOURCE = "worker.tasks.report_to_source"
 TASK_POLL_SOURCES = "worker.tasks.poll_sources"
 

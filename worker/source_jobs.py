@@ -37,9 +37,8 @@ from shared.db.models import (
     AccountingExport,
     ExportStatus,
     SourceConnection,
-    SourceExport,
-    SourceExportStatus,
-    SourceVoucher,
+    SourceUnit,
+    SourceUnitItem,
 )
 from shared.db.session import session_scope
 from shared.db.types import utcnow
@@ -52,6 +51,7 @@ from shared.domain.expenses import (
     ingest_expense,
     replace_content,
 )
+from shared.domain.source_units import SourceUnitStatus, record_unit_event, transition_unit
 from shared.domain.state_machine import ConcurrentTransition, record_event, transition
 from shared.integrations.errors import (
     AuthError,
@@ -61,6 +61,7 @@ from shared.integrations.errors import (
 )
 from shared.integrations import registry
 from shared.integrations.sources import (
+    MAX_POLL_PAGES,
     SUCCEEDED,
     CompletionFailed,
     FetchedUnit,
@@ -100,12 +101,18 @@ class _NotYet(Exception):
         self.retry_in = retry_in
 
 
+class _ClaimLost(Exception):
+    """Another worker claimed the unit after our lease ran out: roll back what we wrote."""
+
+
 @dataclass
 class _Claim:
     connection: SourceConnection
     external_export_id: str
     received_at: datetime
     attempt: int
+    listed: dict | None  # the unit's last poll listing (None: announced by webhook only)
+    unit_id: str
 
     def grace_left(self) -> float:
         """Seconds of the not-found grace left (<= 0: a 404 is believed now)."""
@@ -135,35 +142,45 @@ class _Receipts:
             spool.close()
 
 
-def ingest_source_export(source_export_id: str) -> StepOutcome:
+def ingest_source_unit(source_export_id: str) -> StepOutcome:
     claimed = _claim_for_ingest(source_export_id)
     if isinstance(claimed, StepOutcome):
         return claimed
-    client = source_client_for(claimed.connection)
+    try:
+        client = source_client_for(claimed.connection)
+    except registry.UnknownSystem as unknown:
+        # Not loaded by this process (AIC_EXTRA_SYSTEMS differs): left for one that does.
+        _finish_claim(claimed, SourceUnitStatus.RECEIVED, str(unknown))
+        return StepOutcome("skipped", str(unknown))
     receipts = _Receipts()
     try:
         try:
-            unit = client.fetch_unit(claimed.external_export_id)
+            unit = client.fetch_unit(claimed.external_export_id, claimed.listed)
             _fetch_receipts(client, unit, claimed, receipts)
         except IntegrationError as error:
             return _fetch_failed(source_export_id, claimed, error)
         except _NotYet as wait:
             log.info("source export waits", source_export_id=source_export_id,
                      reason=wait.message)
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, wait.message)
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
         try:
             with session_scope() as session:
-                vouchers = _ingest_package(session, client, source_export_id, unit, receipts)
+                vouchers = _ingest_package(session, client, source_export_id, unit, receipts,
+                                           claimed.attempt)
         except _NotYet as wait:
             log.info("source export waits", source_export_id=source_export_id,
                      reason=wait.message)
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, wait.message)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, wait.message)
             return StepOutcome("retry", wait.message, retry_in=wait.retry_in)
+        except _ClaimLost:
+            log.warning("source unit claim lost while ingesting; nothing written",
+                        source_export_id=source_export_id)
+            return StepOutcome("skipped", "another worker claimed the unit meanwhile")
         except Conflict as conflict:
             # A concurrent ingest of the same voucher (another package) took the one live
             # export slot first; the next attempt links to that export.
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, conflict.message)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, conflict.message)
             return StepOutcome("retry", conflict.message)
     finally:
         receipts.close()
@@ -183,15 +200,15 @@ def _fetch_failed(source_export_id: str, claimed: _Claim, error: IntegrationErro
                       f"{int(grace_left)} s from now: the export may not be readable yet)")
             log.info("source export not found yet", source_export_id=source_export_id,
                      code=error.code, grace_left=round(grace_left))
-            _finish_claim(source_export_id, SourceExportStatus.RECEIVED, detail)
+            _finish_claim(claimed, SourceUnitStatus.RECEIVED, detail)
             return StepOutcome("retry", detail, retry_in=claimed.retry_in())
         log.warning("source export rejected", source_export_id=source_export_id,
                     code=error.code, error=error.message)
-        _finish_claim(source_export_id, SourceExportStatus.REJECTED,
+        _finish_claim(claimed, SourceUnitStatus.REJECTED,
                       f"{error.code}: {error.message} (still not found "
                       f"{get_settings().source_not_found_grace_seconds} s after it was received)")
         return StepOutcome("rejected", error.code)
-    _finish_claim(source_export_id, SourceExportStatus.RECEIVED, error.message)
+    _finish_claim(claimed, SourceUnitStatus.RECEIVED, error.message)
     if error.retryable:
         return StepOutcome("retry", error.message, error=error)
     log.error("source export cannot be fetched", source_export_id=source_export_id,
@@ -203,34 +220,37 @@ def _claim_for_ingest(source_export_id: str) -> _Claim | StepOutcome:
     settings = get_settings()
     now = utcnow()
     with session_scope() as session:
-        claimed = session.execute(
-            update(SourceExport)
-            .where(SourceExport.id == source_export_id,
-                   SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
-                                            SourceExportStatus.INGESTING.value]),
-                   or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now))
-            .values(status=SourceExportStatus.INGESTING.value, attempts=SourceExport.attempts + 1,
-                    lease_expires_at=now + timedelta(seconds=settings.export_lease_seconds),
-                    updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != 1:
+        source_export = session.get(SourceUnit, source_export_id)
+        free = or_(SourceUnit.lease_expires_at.is_(None), SourceUnit.lease_expires_at < now)
+        # Compare-and-set on the status read and a free lease; ``attempts`` becomes this
+        # claim's fencing token (see _finish_claim).
+        if (source_export is None
+                or source_export.status not in (SourceUnitStatus.RECEIVED.value,
+                                                SourceUnitStatus.INGESTING.value)
+                or not transition_unit(
+                    session, source_export, SourceUnitStatus.INGESTING, actor="worker",
+                    guard=(free,), values={
+                        "attempts": SourceUnit.attempts + 1,
+                        "lease_expires_at": now + timedelta(
+                            seconds=settings.export_lease_seconds)})):
             return StepOutcome("skipped", "already ingested, or being ingested")
-        source_export = session.get(SourceExport, source_export_id)
         connection = session.get(SourceConnection, source_export.source_connection_id)
         session.expunge(connection)
         return _Claim(connection, source_export.external_export_id,
                       source_export.received_at or source_export.created_at,
-                      source_export.attempts)
+                      source_export.attempts, source_export.listed_payload, source_export.id)
 
 
-def _finish_claim(source_export_id: str, status: SourceExportStatus, error: str | None) -> None:
+def _finish_claim(claimed: _Claim, status: SourceUnitStatus, error: str | None) -> None:
+    """End this claim (waiting again, or rejected). A claim that lost the unit (its lease ran
+    out and another worker claimed it: ``attempts`` moved on) changes nothing."""
     with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
-        source_export.status = status.value
-        source_export.last_error = error
-        source_export.lease_expires_at = None
-        source_export.updated_at = utcnow()
+        source_export = session.get(SourceUnit, claimed.unit_id)
+        if not transition_unit(session, source_export, status, actor="worker", reason=error,
+                               guard=(SourceUnit.attempts == claimed.attempt,),
+                               values={"last_error": error, "lease_expires_at": None}):
+            log.warning("source unit claim lost before it ended", source_export_id=claimed.unit_id,
+                        status=status.value)
 
 
 def _fetch_receipts(client, unit: FetchedUnit, claimed: _Claim, receipts: _Receipts) -> None:
@@ -280,8 +300,8 @@ def _fetch_receipts(client, unit: FetchedUnit, claimed: _Claim, receipts: _Recei
 
 
 def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
-                    receipts: _Receipts) -> int:
-    source_export = session.get(SourceExport, source_export_id)
+                    receipts: _Receipts, attempt: int) -> int:
+    source_export = session.get(SourceUnit, source_export_id)
     connection = session.get(SourceConnection, source_export.source_connection_id)
     known = {v.external_voucher_id for v in source_export.vouchers}
     notes = []
@@ -295,20 +315,24 @@ def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
         session.add(record)
         if record.note:
             notes.append(f"voucher {fetched.external_id}: {record.note}")
-    source_export.status = SourceExportStatus.PROCESSING.value
-    source_export.verification_lists_type = unit.format
-    source_export.voucher_count = len(unit.items)
-    source_export.lease_expires_at = None
-    source_export.last_error = "; ".join(notes)[:2000] if notes else None
-    source_export.updated_at = utcnow()
+    if not transition_unit(
+            session, source_export, SourceUnitStatus.PROCESSING, actor="worker",
+            reason=f"{len(unit.items)} items ingested",
+            guard=(SourceUnit.attempts == attempt,),
+            values={"verification_lists_type": unit.format, "voucher_count": len(unit.items),
+                    "lease_expires_at": None,
+                    "last_error": "; ".join(notes)[:2000] if notes else None}):
+        # Our lease ran out and another worker claimed the unit: everything this transaction
+        # wrote is rolled back; that worker ingests it.
+        raise _ClaimLost()
     # Vouchers refused at ingest (payment formats, unbalanced) are reportable right away.
     sources.enqueue_report(session, source_export.id)
     return len(unit.items)
 
 
-def _ingest_voucher(session, source_export: SourceExport, connection: SourceConnection,
-                    item: SourceItem, receipts: _Receipts) -> SourceVoucher:
-    record = SourceVoucher(source_export_id=source_export.id, external_voucher_id=item.external_id)
+def _ingest_voucher(session, source_export: SourceUnit, connection: SourceConnection,
+                    item: SourceItem, receipts: _Receipts) -> SourceUnitItem:
+    record = SourceUnitItem(source_unit_id=source_export.id, external_voucher_id=item.external_id)
     if item.refusal is not None:  # a payment format, an unbalanced voucher: reported, not booked
         record.outcome_error = item.refusal
         return record
@@ -350,7 +374,7 @@ def _ingest_voucher(session, source_export: SourceExport, connection: SourceConn
     return record
 
 
-def _resent_with_changes(session, source_export: SourceExport, connection: SourceConnection,
+def _resent_with_changes(session, source_export: SourceUnit, connection: SourceConnection,
                          expense, expense_in, changed: list[str]) -> tuple[str, str]:
     """Findity sent a voucher we know again, under the same id, with other content.
 
@@ -395,7 +419,7 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
     replace_content(session, expense, expense_in)
     export = export_service.create_export(
         session, source_export.organization_id, expense.id, connection.target_system,
-        actor=connection.source_system, source_export_id=source_export.id)
+        actor=connection.source_system, source_unit_id=source_export.id)
     record_event(session, export, "source_content_changed", actor=connection.source_system,
                  reason=f"{source} sent the voucher again with other content ({what}); the "
                         "earlier version was never booked",
@@ -405,7 +429,7 @@ def _resent_with_changes(session, source_export: SourceExport, connection: Sourc
     return export.id, None
 
 
-def _export_for(session, source_export: SourceExport, connection: SourceConnection,
+def _export_for(session, source_export: SourceUnit, connection: SourceConnection,
                 expense_id: str) -> str:
     """A new accounting export, or the live one of a voucher Findity sent again unchanged.
 
@@ -419,7 +443,7 @@ def _export_for(session, source_export: SourceExport, connection: SourceConnecti
         return live.id
     export = export_service.create_export(
         session, source_export.organization_id, expense_id, connection.target_system,
-        actor=connection.source_system, source_export_id=source_export.id)
+        actor=connection.source_system, source_unit_id=source_export.id)
     return export.id
 
 
@@ -456,15 +480,41 @@ class _Owed:
     voucher_row_id: int
     report: ItemReport
     maybe_held: bool  # the source may already hold exactly this report
+    unit_id: str = ""  # the unit (SourceUnit) the item belongs to
+
+
+# Units of one connection a CHUNKED report reads at once; more are reported by the next run.
+CHUNKED_REPORT_UNITS = 500
 
 
 def report_to_source(source_export_id: str) -> StepOutcome:
-    lock = _ReportLock(source_export_id)
-    if not lock.acquire():
-        # Another worker is reporting this package right now; come back for what it misses.
-        return StepOutcome("retry", "another report of this package is running")
+    """Report what became of a unit's items, as its source's ``report_granularity`` says.
+
+    PER_ITEM: the unit's reports in one request (a unit's lock). CHUNKED: every report the
+    connection owes, gathered across its units, in requests of at most ``report_chunk_size``
+    (a connection's lock: TRAEDE marks entries, each its own unit, ten at a time). NONE: the
+    source is never told; the unit completes once every item's outcome is final.
+    """
+    with session_scope() as session:
+        source_export = session.get(SourceUnit, source_export_id)
+        if source_export is None:
+            return StepOutcome("skipped", "unknown source export")
+        connection_id = source_export.source_connection_id
+        system = session.get(SourceConnection, connection_id).source_system
     try:
-        return _report(source_export_id, lock)
+        chunked = (registry.source(system).capabilities.report_granularity
+                   == registry.ReportGranularity.CHUNKED)
+    except registry.UnknownSystem as unknown:
+        return StepOutcome("skipped", str(unknown))
+    lock = _ReportLock(f"connection:{connection_id}" if chunked else source_export_id)
+    if not lock.acquire():
+        # Another worker is reporting this package (connection) right now; come back for what
+        # it misses.
+        return StepOutcome("retry", "another report of this "
+                                    f"{'connection' if chunked else 'package'} is running")
+    try:
+        return _report_connection(connection_id, lock) if chunked else _report(
+            source_export_id, lock)
     finally:
         lock.release()
 
@@ -527,7 +577,7 @@ class _ReportLock:
 
 def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
     with session_scope() as session:
-        source_export = session.get(SourceExport, source_export_id)
+        source_export = session.get(SourceUnit, source_export_id)
         if source_export is None:
             return StepOutcome("skipped", "unknown source export")
         connection = session.get(SourceConnection, source_export.source_connection_id)
@@ -541,35 +591,81 @@ def _report(source_export_id: str, lock: _ReportLock) -> StepOutcome:
             _completed(adapter, connection, external_export_id, source_export_id)
         return StepOutcome("done", "0 reported")
 
-    capabilities = registry.source(connection.source_system).capabilities
-    chunk_size = (capabilities.report_chunk_size
-                  if capabilities.report_granularity == registry.ReportGranularity.CHUNKED
-                  else None)
     accepted, refused, failure = _send(adapter, connection.source_system, external_export_id,
-                                       owed, lock, chunk_size)
+                                       owed, lock)
     completed_now = _record(adapter, connection.source_system, source_export_id, accepted,
                             refused, failure)
     if completed_now:
         _completed(adapter, connection, external_export_id, source_export_id)
+    return _report_outcome(source_export_id, accepted, refused, failure)
+
+
+def _report_connection(connection_id: str, lock: _ReportLock) -> StepOutcome:
+    """CHUNKED: the reports every unit of the connection owes, sent in chunks across units."""
+    with session_scope() as session:
+        connection = session.get(SourceConnection, connection_id)
+        adapter = source_client_for(connection)
+        units = session.scalars(
+            select(SourceUnit)
+            .where(SourceUnit.source_connection_id == connection_id,
+                   SourceUnit.status == SourceUnitStatus.PROCESSING.value)
+            .order_by(SourceUnit.updated_at, SourceUnit.id)
+            .limit(CHUNKED_REPORT_UNITS)).all()
+        owed: list[_Owed] = []
+        completed_now: list[tuple[str, str]] = []
+        for unit in units:
+            unit_owed = _owed_updates(session, adapter, unit)
+            for o in unit_owed:
+                o.unit_id = unit.id
+            owed += unit_owed
+            if not unit_owed and _settle(session, adapter, unit):
+                completed_now.append((unit.id, unit.external_export_id))
+        external_ids = {unit.id: unit.external_export_id for unit in units}
+        more = len(units) == CHUNKED_REPORT_UNITS
+        session.expunge(connection)
+    for unit_id, external_id in completed_now:
+        _completed(adapter, connection, external_id, unit_id)
+    if not owed:
+        return StepOutcome("retry" if more else "done", "0 reported")
+
+    size = registry.source(connection.source_system).capabilities.report_chunk_size
+    accepted, refused, failure = _send(adapter, connection.source_system, None, owed, lock,
+                                       size)
+    unit_of = {o.voucher_row_id: o.unit_id for o in owed}
+    for unit_id in dict.fromkeys(unit_of.values()):
+        # Each unit records its own items (and the error that stopped the run, if any).
+        if _record(adapter, connection.source_system, unit_id,
+                   [o for o in accepted if o.unit_id == unit_id],
+                   {row: message for row, message in refused.items()
+                    if unit_of[row] == unit_id}, failure):
+            _completed(adapter, connection, external_ids[unit_id], unit_id)
+    outcome = _report_outcome(f"connection {connection_id}", accepted, refused, failure)
+    if outcome.kind == "done" and more:
+        return StepOutcome("retry", f"{outcome.detail}; more units to report")
+    return outcome
+
+
+def _report_outcome(what: str, accepted: list[_Owed], refused: dict[int, str],
+                    failure: IntegrationError | None) -> StepOutcome:
     if accepted:
-        log.info("reported to source", source_export_id=source_export_id,
-                 vouchers=len(accepted))
+        log.info("reported to source", source_export_id=what, vouchers=len(accepted))
     if failure is not None:
         if failure.retryable:
             return StepOutcome("retry", failure.message, error=failure)
-        log.error("report refused by source", source_export_id=source_export_id,
-                  error=failure.message)
+        log.error("report refused by source", source_export_id=what, error=failure.message)
         return StepOutcome("skipped", failure.message)
     if refused:
-        log.error("source refused reports of some vouchers", source_export_id=source_export_id,
+        log.error("source refused reports of some vouchers", source_export_id=what,
                   vouchers=len(refused))
         return StepOutcome("skipped", f"{len(accepted)} reported, {len(refused)} refused")
     return StepOutcome("done", f"{len(accepted)} reported")
 
 
-def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
+def _owed_updates(session, adapter, source_export: SourceUnit) -> list[_Owed]:
     """The vouchers whose outcome the source does not hold yet, marked in flight (committed by
-    the caller's transaction before anything is sent)."""
+    the caller's transaction before anything is sent). None for a source that is never told."""
+    if _granularity(source_export) == registry.ReportGranularity.NONE:
+        return []
     owed = []
     for voucher in source_export.vouchers:
         desired = _desired_report(session, adapter, voucher)
@@ -577,13 +673,20 @@ def _owed_updates(session, adapter, source_export: SourceExport) -> list[_Owed]:
             continue
         maybe_held = _maybe_held(session, adapter, source_export, voucher, desired)
         voucher.report_in_flight = desired.wire
-        owed.append(_Owed(voucher.id, desired, maybe_held))
+        owed.append(_Owed(voucher.id, desired, maybe_held, source_export.id))
     return owed
 
 
-def _send(adapter, system: str, external_export_id: str, owed: list[_Owed], lock: _ReportLock,
-          chunk_size: int | None = None):
+def _granularity(source_export: SourceUnit) -> registry.ReportGranularity:
+    return registry.source(source_export.connection.source_system).capabilities.report_granularity
+
+
+def _send(adapter, system: str, external_export_id: str | None, owed: list[_Owed],
+          lock: _ReportLock, chunk_size: int | None = None):
     """Returns (accepted, {voucher row id: refusal}, the error that stopped us or None).
+
+    ``external_export_id``: the unit the reports belong to, or None for reports gathered
+    across units (CHUNKED; each report names its item).
 
     Reports the source cannot hold yet go out together: in one request, or in requests of
     ``chunk_size`` (a source that takes at most that many per call). Any report the source may
@@ -652,7 +755,7 @@ def _record(adapter, system: str, source_export_id: str, accepted: list[_Owed],
     with session_scope() as session:
         now = utcnow()
         for owed in accepted:
-            voucher = session.get(SourceVoucher, owed.voucher_row_id)
+            voucher = session.get(SourceUnitItem, owed.voucher_row_id)
             voucher.reported_status = owed.report.status
             voucher.reported_number = owed.report.number if owed.report.booked else None
             voucher.reported_at = now
@@ -661,50 +764,62 @@ def _record(adapter, system: str, source_export_id: str, accepted: list[_Owed],
             if _identity_of(adapter, voucher.report_in_flight) == owed.report.identity:
                 voucher.report_in_flight = None
         for voucher_row_id, message in refused.items():
-            voucher = session.get(SourceVoucher, voucher_row_id)
+            voucher = session.get(SourceUnitItem, voucher_row_id)
             voucher.report_error = message
             # report_in_flight stays: a refusal does not prove the source lacks the report.
-        source_export = session.get(SourceExport, source_export_id)
+        source_export = session.get(SourceUnit, source_export_id)
         problems = ([f"reporting to {registry.display_name(system)} failed: {failure.message}"]
                     if failure else [])
-        problems += [f"voucher {session.get(SourceVoucher, row).external_voucher_id}: {message}"
+        problems += [f"voucher {session.get(SourceUnitItem, row).external_voucher_id}: {message}"
                      for row, message in refused.items()]
         if problems:
             source_export.last_error = "; ".join(problems)[:2000]
         return _settle(session, adapter, source_export)
 
 
-def _settle(session, adapter, source_export: SourceExport) -> bool:
+def _settle(session, adapter, source_export: SourceUnit) -> bool:
     """The package's status follows its vouchers: ``processing`` while any outcome is unknown
-    or not yet held by Findity, else ``completed`` / ``completed_with_failures``. True if this
-    call completed it."""
-    if source_export.status not in (SourceExportStatus.PROCESSING.value,
-                                    SourceExportStatus.COMPLETED.value,
-                                    SourceExportStatus.COMPLETED_WITH_FAILURES.value):
+    or not yet held by the source (a source that is never told: while any outcome is unknown),
+    else ``completed`` / ``completed_with_failures``. True if this call completed it."""
+    if source_export.status not in (SourceUnitStatus.PROCESSING.value,
+                                    SourceUnitStatus.COMPLETED.value,
+                                    SourceUnitStatus.COMPLETED_WITH_FAILURES.value):
         return False
+    told = _granularity(source_export) != registry.ReportGranularity.NONE
     failed = False
     done = True
     for voucher in source_export.vouchers:
-        desired = _desired_report(session, adapter, voucher)
-        if desired is None or desired.identity != _told(adapter, voucher):
+        outcome = _outcome(session, voucher)
+        if outcome is None:
             done = False
             break
-        failed = failed or not desired.booked
-    status = (SourceExportStatus.PROCESSING if not done
-              else SourceExportStatus.COMPLETED_WITH_FAILURES if failed
-              else SourceExportStatus.COMPLETED).value
+        if told and adapter.report_for(outcome).identity != _told(adapter, voucher):
+            done = False
+            break
+        failed = failed or not outcome.booked
+    status = (SourceUnitStatus.PROCESSING if not done
+              else SourceUnitStatus.COMPLETED_WITH_FAILURES if failed
+              else SourceUnitStatus.COMPLETED).value
     if status == source_export.status:
         return False
-    source_export.status = status
-    source_export.updated_at = utcnow()
-    return status != SourceExportStatus.PROCESSING.value
+    # A compare-and-set on the status read: a concurrent reopen (an export retried) wins.
+    return transition_unit(session, source_export, SourceUnitStatus(status), actor="worker",
+                           reason="every outcome is final" + ("" if not told else
+                                                              " and held by the source")
+                           ) and status != SourceUnitStatus.PROCESSING.value
 
 
-def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | None:
+def _desired_report(session, adapter, voucher: SourceUnitItem) -> ItemReport | None:
     """What the source should hold for this voucher now; None while its export is running."""
+    outcome = _outcome(session, voucher)
+    return adapter.report_for(outcome) if outcome is not None else None
+
+
+def _outcome(session, voucher: SourceUnitItem) -> ItemOutcome | None:
+    """What became of the voucher, from its export; None while the export is running (an
+    export is SUCCESS only once its booking is recorded and committed)."""
     if voucher.outcome_error is not None:
-        return adapter.report_for(ItemOutcome(voucher.external_voucher_id, booked=False,
-                                              text=voucher.outcome_error))
+        return ItemOutcome(voucher.external_voucher_id, booked=False, text=voucher.outcome_error)
     export = session.get(AccountingExport, voucher.export_id) if voucher.export_id else None
     if export is None:
         return None
@@ -713,19 +828,17 @@ def _desired_report(session, adapter, voucher: SourceVoucher) -> ItemReport | No
         text = f"Booked in {target} as {export.external_reference} (export {export.id})"
         if voucher.note:
             text = f"{text}. Note: {voucher.note}"
-        return adapter.report_for(ItemOutcome(
-            voucher.external_voucher_id, booked=True, text=text,
-            external_number=export.external_number, booked_on=export.exported_at,
-            export_id=export.id))
+        return ItemOutcome(voucher.external_voucher_id, booked=True, text=text,
+                           external_number=export.external_number, booked_on=export.exported_at,
+                           export_id=export.id)
     if export.status == ExportStatus.FAILED.value:
-        return adapter.report_for(ItemOutcome(
-            voucher.external_voucher_id, booked=False,
-            text=export.error_message or "the export failed", export_id=export.id))
+        return ItemOutcome(voucher.external_voucher_id, booked=False,
+                           text=export.error_message or "the export failed", export_id=export.id)
     if export.status == ExportStatus.CANCELLED.value:
-        return adapter.report_for(ItemOutcome(
+        return ItemOutcome(
             voucher.external_voucher_id, booked=False,
             text=export.error_message
-            or "the export was cancelled by an operator; send it again when ready"))
+            or "the export was cancelled by an operator; send it again when ready")
     return None
 
 
@@ -734,7 +847,7 @@ def _identity_of(adapter, wire: dict | None) -> tuple | None:
     return adapter.read_report(wire).identity if wire else None
 
 
-def _told(adapter, voucher: SourceVoucher) -> tuple | None:
+def _told(adapter, voucher: SourceUnitItem) -> tuple | None:
     """What the source accepted last for this voucher, as an identity."""
     if voucher.reported_status is None:
         return None
@@ -744,7 +857,7 @@ def _told(adapter, voucher: SourceVoucher) -> tuple | None:
     return (voucher.reported_status, adapter.read_report(payload).error_text if payload else None)
 
 
-def _maybe_held(session, adapter, source_export: SourceExport, voucher: SourceVoucher,
+def _maybe_held(session, adapter, source_export: SourceUnit, voucher: SourceUnitItem,
                 desired: ItemReport) -> bool:
     """Could the source already hold exactly ``desired`` for this voucher? Yes if we put it on
     the wire before without recording an answer, or (booked) if another package of this
@@ -756,11 +869,11 @@ def _maybe_held(session, adapter, source_export: SourceExport, voucher: SourceVo
     if not desired.booked:
         return False
     others = session.scalars(
-        select(SourceVoucher).join(SourceExport,
-                                   SourceVoucher.source_export_id == SourceExport.id)
-        .where(SourceExport.source_connection_id == source_export.source_connection_id,
-               SourceVoucher.external_voucher_id == voucher.external_voucher_id,
-               SourceVoucher.id != voucher.id)).all()
+        select(SourceUnitItem).join(SourceUnit,
+                                   SourceUnitItem.source_unit_id == SourceUnit.id)
+        .where(SourceUnit.source_connection_id == source_export.source_connection_id,
+               SourceUnitItem.external_voucher_id == voucher.external_voucher_id,
+               SourceUnitItem.id != voucher.id)).all()
     return any(_told(adapter, o) == identity or _identity_of(adapter, o.report_in_flight) == identity
                for o in others)
 
@@ -773,13 +886,12 @@ def _completed(adapter, connection: SourceConnection, external_export_id: str,
     package, never turned into a failed booking.
     """
     try:
-        done = adapter.completed(external_export_id, connection.options or {},
-                                 connection.external_organization_id)
+        done = adapter.completed(external_export_id, connection.options or {})
     except CompletionFailed as error:
         log.warning("package file not attached", source_export_id=source_export_id,
                     error=str(error))
         with session_scope() as session:
-            session.get(SourceExport, source_export_id).last_error = str(error)
+            session.get(SourceUnit, source_export_id).last_error = str(error)
         return
     if done is not None:
         log.info("package file attached", source_export_id=source_export_id, file=done)
@@ -813,7 +925,15 @@ def poll_sources() -> PollResult:
             for connection in connections:
                 session.expunge(connection)
         for connection in connections:
-            if not registry.source(connection.source_system).capabilities.discovery & {
+            try:
+                system = registry.source(connection.source_system)
+            except registry.UnknownSystem:
+                # A system this process does not load (removed, or AIC_EXTRA_SYSTEMS differs):
+                # its connections wait; the others are polled.
+                result.errors.append(f"{connection.id}: source system "
+                                     f"{connection.source_system!r} is not registered here")
+                continue
+            if not system.capabilities.discovery & {
                     registry.Discovery.POLL_FEED, registry.Discovery.POLL_CURSOR}:
                 continue  # announces by webhook only: nothing to list
             result.connections += 1
@@ -830,29 +950,58 @@ def poll_sources() -> PollResult:
 
 
 def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
+    """Read the connection's pending pages from its stored cursor on. Each page's announcements
+    and the cursor after it are committed together, so a crash re-reads at most one page
+    (announcing twice is harmless) and never skips one."""
+    adapter = source_client_for(connection)
+    cursor = connection.poll_cursor
+    for _ in range(MAX_POLL_PAGES):
+        try:
+            page = adapter.list_pending(cursor)
+        except IntegrationError as error:
+            result.errors.append(f"{connection.id}: {error.message}")
+            log.warning("poll failed", connection_id=connection.id, error=error.message)
+            _record_poll(connection.id, error=error.message)
+            return
+        with session_scope() as session:
+            for item in page.announcements:
+                _take_listed(session, connection, item, result)
+            moved = page.next_cursor is not None and page.next_cursor != cursor
+            _record_poll(connection.id, cursor=page.next_cursor if moved else None,
+                         session=session)
+        if not moved or not page.announcements:
+            return
+        cursor = page.next_cursor
+
+
+def _record_poll(connection_id: str, *, cursor: str | None = None, error: str | None = None,
+                 session=None) -> None:
+    if session is None:
+        with session_scope() as own:
+            return _record_poll(connection_id, cursor=cursor, error=error, session=own)
+    values = {"last_polled_at": utcnow(), "last_poll_error": error}
+    if cursor is not None:
+        values["poll_cursor"] = cursor
+    session.execute(update(SourceConnection).where(SourceConnection.id == connection_id)
+                    .values(**values).execution_options(synchronize_session=False))
+
+
+def _take_listed(session, connection: SourceConnection, item, result: PollResult) -> None:
     settings = get_settings()
-    try:
-        listed = source_client_for(connection).list_pending(None).announcements
-    except IntegrationError as error:
-        result.errors.append(f"{connection.id}: {error.message}")
-        log.warning("poll failed", connection_id=connection.id, error=error.message)
-        return
     stuck_before = utcnow() - timedelta(seconds=settings.source_stuck_after_seconds)
-    with session_scope() as session:
-        for item in listed:
-            result.listed += 1
-            source_export, new = sources.announce_export(session, connection, item.external_id,
-                                                         via="poll")
-            if new:
-                result.recovered.append(item.external_id)
-            elif source_export.status == SourceExportStatus.REJECTED.value:
-                # We believed a 404 (past the grace), yet Findity lists the export: take it again.
-                if sources.reannounce_rejected(session, source_export):
-                    result.reannounced.append(item.external_id)
-            elif (source_export.status in (SourceExportStatus.RECEIVED.value,
-                                           SourceExportStatus.INGESTING.value)
-                  and source_export.updated_at < stuck_before
-                  and (source_export.lease_expires_at is None
-                       or source_export.lease_expires_at < utcnow())):
-                sources.requeue_export(session, source_export)
-                result.requeued.append(item.external_id)
+    result.listed += 1
+    source_export, new = sources.announce_unit(session, connection, item.external_id,
+                                                 via="poll", listed=item.payload or None)
+    if new:
+        result.recovered.append(item.external_id)
+    elif source_export.status == SourceUnitStatus.REJECTED.value:
+        # We believed a 404 (past the grace), yet the source lists the unit: take it again.
+        if sources.reannounce_rejected(session, source_export):
+            result.reannounced.append(item.external_id)
+    elif (source_export.status in (SourceUnitStatus.RECEIVED.value,
+                                   SourceUnitStatus.INGESTING.value)
+          and source_export.updated_at < stuck_before
+          and (source_export.lease_expires_at is None
+               or source_export.lease_expires_at < utcnow())):
+        sources.requeue_unit(session, source_export)
+        result.requeued.append(item.external_id)

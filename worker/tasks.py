@@ -19,7 +19,8 @@ from shared.logs import get_logger
 from shared.queue import (
     TASK_EXPORT,
     TASK_POLL_SOURCES,
-    TASK_PROCESS_SOURCE_EXPORT,
+    TASK_INGEST_SOURCE_UNIT,
+    TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME,
     TASK_REPORT_TO_SOURCE,
     TASK_SWEEP,
     celery_app,
@@ -109,11 +110,20 @@ def sweep_stuck_exports() -> int:
     return sweeper.requeue_stuck_exports()
 
 
-@celery_app.task(name=TASK_PROCESS_SOURCE_EXPORT, bind=True, max_retries=None, acks_late=True,
+@celery_app.task(name=TASK_INGEST_SOURCE_UNIT, bind=True, max_retries=None, acks_late=True,
                  throws=(WorkEndedBadly,))
 @retried_as(TaskKind.INGEST)
-def process_source_export(self, source_export_id: str):
-    return source_jobs.ingest_source_export(source_export_id)
+def ingest_source_unit(self, unit_id: str):
+    return source_jobs.ingest_source_unit(unit_id)
+
+
+# Messages queued before the rename (source packages were "source exports") carry the old task
+# name; it stays registered so they still run after an upgrade.
+@celery_app.task(name=TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME, bind=True, max_retries=None,
+                 acks_late=True, throws=(WorkEndedBadly,))
+@retried_as(TaskKind.INGEST)
+def process_source_export(self, unit_id: str):
+    return source_jobs.ingest_source_unit(unit_id)
 
 
 @celery_app.task(name=TASK_REPORT_TO_SOURCE, bind=True, max_retries=None, acks_late=True,

@@ -5,6 +5,7 @@ Which systems exist comes from ``shared.integrations.registry`` (the path enums 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path
@@ -125,19 +126,18 @@ def list_connections(org_id: str = OrgId) -> list[ConnectionOut]:
         return [connection_out(c) for c in org.connections]
 
 
+def _per_source(describe) -> str:
+    return "; ".join(f"{name}: {describe(system)}" for name, system in registry.sources().items())
+
+
 class PutSource(StrictBody):
     base_url: str = Field(min_length=8, max_length=500, description="The source's API base, e.g. "
-                          + "; ".join(f"{n}: {s.base_url_example}"
-                                      for n, s in registry.sources().items()))
-    token_url: str = Field(min_length=8, max_length=500, description="OAuth2 token endpoint")
-    external_organization_id: str = Field(min_length=1, max_length=100,
-                                          description="Your organization's id in the source")
-    client_id: str | None = Field(
-        default=None, max_length=200,
-        description="With client_secret: required for a new connection and whenever base_url or "
-                    "token_url changes (stored credentials never follow a new URL); omit both "
-                    "to keep the stored ones")
-    client_secret: str | None = Field(default=None, max_length=500)
+                          + _per_source(lambda s: s.base_url_example))
+    credentials: dict[str, str] | None = Field(
+        default=None, description=_per_source(lambda s: s.describe_credentials()) + ". "
+                                  "Replaced as a whole; required for a new connection and "
+                                  "whenever base_url changes (stored credentials never follow "
+                                  "a new URL); omit to keep the stored ones.")
     webhook_secret: str | None = Field(
         default=None, max_length=200,
         description="When set, deliveries must carry X-AIC-Signature (HMAC-SHA256); '' removes it")
@@ -145,7 +145,9 @@ class PutSource(StrictBody):
         default=None, description="Where the expenses are booked; may be omitted while only one "
                                   "target system is supported")
     options: dict[str, Any] | None = Field(
-        default=None, description='e.g. {"content_file": "sie4"} to attach an SIE 4 file')
+        default=None, description=_per_source(lambda s: ", ".join(s.options_model.model_fields))
+        + ". Required for a new connection when the source has required options; omit to keep "
+          "the stored ones.")
 
 
 class SourceOut(BaseModel):
@@ -153,20 +155,24 @@ class SourceOut(BaseModel):
     organization_id: str
     source_system: str
     base_url: str
-    external_organization_id: str
     target_system: str
     webhook_path: str = Field(description="Give the source this path on your public base URL")
     signed_webhooks: bool
     options: dict[str, Any]
+    has_credentials: bool
+    last_polled_at: datetime | None
+    last_poll_error: str | None
 
 
 def source_out(c: SourceConnection) -> SourceOut:
+    # Credentials never leave the server; has_credentials says whether they are set.
     return SourceOut(source_connection_id=c.id, organization_id=c.organization_id,
                      source_system=c.source_system, base_url=c.base_url,
-                     external_organization_id=c.external_organization_id,
                      target_system=c.target_system,
                      webhook_path=f"/webhooks/{c.source_system}/{c.webhook_token}",
-                     signed_webhooks=bool(c.webhook_secret_encrypted), options=c.options or {})
+                     signed_webhooks=bool(c.webhook_secret_encrypted), options=c.options or {},
+                     has_credentials=bool(c.credentials_encrypted),
+                     last_polled_at=c.last_polled_at, last_poll_error=c.last_poll_error)
 
 
 @router.put("/organizations/{org_id}/sources/{source_system}", response_model=SourceOut,
@@ -175,9 +181,7 @@ def put_source(body: PutSource, source_system: SourceSystem, org_id: str = OrgId
     with session_scope() as session:
         connection = sources.upsert_source_connection(
             session, org_id, source_system.value, base_url=body.base_url,
-            token_url=body.token_url,
-            external_organization_id=body.external_organization_id, client_id=body.client_id,
-            client_secret=body.client_secret, webhook_secret=body.webhook_secret,
+            credentials=body.credentials, webhook_secret=body.webhook_secret,
             target_system=body.target_system.value if body.target_system else None,
             options=body.options)
         return source_out(connection)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from producers.api.deps import Caller, exports_caller
 from producers.api.errors import error_responses
 from producers.api.schemas import ID_PATTERN, Pagination
-from shared.db.models import SourceExport
+from shared.db.models import SourceUnit
 from shared.db.session import session_scope
 from shared.domain import sources
 
@@ -46,7 +46,7 @@ class SourceExportList(BaseModel):
     pagination: Pagination
 
 
-def _out(row: SourceExport, with_vouchers: bool = False) -> SourceExportOut:
+def _out(row: SourceUnit, with_vouchers: bool = False) -> SourceExportOut:
     return SourceExportOut(
         source_export_id=row.id, source_export_ref=row.external_export_id, status=row.status,
         received_via=row.received_via, verification_lists_type=row.verification_lists_type,
@@ -64,13 +64,13 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
                         limit: int = Query(20, ge=1, le=100),
                         source_export_ref: str | None = Query(None, max_length=100,
                                                               pattern=r"^[^\x00-\x1f]+$")):
-    conditions = [SourceExport.organization_id == caller.organization_id]
+    conditions = [SourceUnit.organization_id == caller.organization_id]
     if source_export_ref:
-        conditions.append(SourceExport.external_export_id == source_export_ref)
+        conditions.append(SourceUnit.external_export_id == source_export_ref)
     with session_scope() as session:
-        total = session.scalar(select(func.count()).select_from(SourceExport).where(*conditions))
-        rows = session.scalars(select(SourceExport).where(*conditions)
-                               .order_by(SourceExport.created_at.desc())
+        total = session.scalar(select(func.count()).select_from(SourceUnit).where(*conditions))
+        rows = session.scalars(select(SourceUnit).where(*conditions)
+                               .order_by(SourceUnit.created_at.desc())
                                .offset((page - 1) * limit).limit(limit)).all()
         return SourceExportList(data=[_out(r) for r in rows],
                                 pagination=Pagination(page=page, limit=limit, total=total or 0))
@@ -81,5 +81,5 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
 def get_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
                       caller: Caller = Depends(exports_caller)):
     with session_scope() as session:
-        row = sources.get_source_export(session, caller.organization_id, source_export_id)
+        row = sources.get_source_unit(session, caller.organization_id, source_export_id)
         return _out(row, with_vouchers=True)

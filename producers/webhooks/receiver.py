@@ -24,7 +24,7 @@ from shared.logs import get_logger
 
 router = APIRouter(tags=["webhooks"])
 log = get_logger(__name__)
-# SourceExport.external_export_id is VARCHAR(100): a longer id must be refused here, not by the
+# SourceUnit.external_export_id is VARCHAR(100): a longer id must be refused here, not by the
 # database with a 5xx (the source would redeliver it forever).
 EXPORT_ID_MAX_LENGTH = 100
 TOKEN = Path(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
@@ -73,8 +73,10 @@ def _store_delivery(system: registry.SourceSystem, token: str, signature: str | 
             raise NotFound("no webhook is registered at this URL; copy the URL from "
                                    "`aic source show`")
         sources.verify_signature(connection, signature, raw)
-        if (announcement.organization_id is not None
-                and announcement.organization_id != connection.external_organization_id):
+        ours = ((connection.options or {}).get(system.organization_option)
+                if system.organization_option else None)
+        if (announcement.organization_id is not None and system.organization_option
+                and announcement.organization_id != ours):
             raise ApiError(400, "organization_mismatch",
                            f"{announcement.organization_field} does not belong to this webhook "
                            f"URL; check the recipient configured in {system.display_name}")

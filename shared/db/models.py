@@ -23,7 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.db.types import UTCDateTime, utcnow
 # The ORM stores the domain's statuses; other modules import them from shared.domain.statuses.
-from shared.domain.statuses import ExpenseStatus, ExportStatus
+from shared.domain.statuses import ExpenseStatus, ExportStatus, SourceUnitStatus
 
 MONEY = Numeric(14, 2)
 
@@ -172,8 +172,8 @@ class AccountingExport(Base):
     # The target's human voucher number (Tripletex "number"), reported back to the source.
     external_number: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # Set when the export came from a source package (Findity) that expects a status report.
-    source_export_id: Mapped[str | None] = mapped_column(
-        ForeignKey("source_exports.id"), index=True, nullable=True)
+    source_unit_id: Mapped[str | None] = mapped_column(
+        ForeignKey("source_units.id"), index=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -206,8 +206,10 @@ class ExportEvent(Base):
 
 
 class SourceConnection(Base):
-    """Where an organization's expenses come from: an expense platform account (Findity).
+    """Where an organization's expenses come from: an account in one source system.
 
+    What the system needs beyond ``base_url`` is its registry entry's: ``credentials`` (its
+    ``CredentialField``s, encrypted) and ``options`` (its ``options_model``).
     ``webhook_token`` is the unguessable path segment of this connection's webhook URL; an
     optional ``webhook_secret`` additionally requires an HMAC signature on every delivery.
     """
@@ -219,43 +221,35 @@ class SourceConnection(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     source_system: Mapped[str] = mapped_column(String(40))
     base_url: Mapped[str] = mapped_column(String(500))
-    token_url: Mapped[str] = mapped_column(String(500))
-    external_organization_id: Mapped[str] = mapped_column(String(100))
+    # Fernet-encrypted JSON of the entry's credential fields; never returned, never logged.
     credentials_encrypted: Mapped[str] = mapped_column(Text)
     webhook_token: Mapped[str] = mapped_column(String(64), unique=True)
     webhook_secret_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
-    target_system: Mapped[str] = mapped_column(String(40), default="tripletex")
+    target_system: Mapped[str] = mapped_column(String(40))
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Where the next poll starts: the adapter's opaque cursor (``PendingPage.next_cursor``),
+    # stored only after that page's announcements are committed, so a crash re-reads a page
+    # rather than skipping one. NULL: from the start (and always for a "not exported yet" feed).
+    poll_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The last poll's failure in plain words; NULL once a poll succeeds.
+    last_poll_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class SourceExportStatus(str, enum.Enum):
-    """A source package's progress (not an accounting export status).
-
-    received -> ingesting -> processing -> completed | completed_with_failures
-    received -> rejected   (the source does not know the export: a forged or stale hint)
-    """
-
-    RECEIVED = "received"
-    INGESTING = "ingesting"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    COMPLETED_WITH_FAILURES = "completed_with_failures"
-    REJECTED = "rejected"
-
-
-class SourceExport(Base):
+class SourceUnit(Base):
     """One export package announced by a source (a Findity exportId), processed once."""
 
-    __tablename__ = "source_exports"
+    __tablename__ = "source_units"
     __table_args__ = (UniqueConstraint("source_connection_id", "external_export_id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     source_connection_id: Mapped[str] = mapped_column(ForeignKey("source_connections.id"))
     external_export_id: Mapped[str] = mapped_column(String(100))
-    status: Mapped[SourceExportStatus] = mapped_column(String(30))
+    # Changed only by shared.domain.source_units.transition_unit().
+    status: Mapped[SourceUnitStatus] = mapped_column(String(30))
     received_via: Mapped[str] = mapped_column(String(20))  # webhook | poll
     verification_lists_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
     voucher_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -265,26 +259,31 @@ class SourceExport(Base):
     # When the source last vouched for the package (webhook, or the poll listing it again after
     # we had rejected it). The not-found grace is counted from here; NULL means ``created_at``.
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the source's poll listing (read with our own credentials) said about the unit, for
+    # sources whose listing is the content (TRAEDE has no GET of one entry): handed to the
+    # adapter's ``fetch_unit``. NULL when only a webhook announced it: a webhook body is never
+    # trusted for content.
+    listed_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     connection: Mapped[SourceConnection] = relationship()
-    vouchers: Mapped[list[SourceVoucher]] = relationship(back_populates="source_export",
-                                                         order_by="SourceVoucher.id")
+    vouchers: Mapped[list[SourceUnitItem]] = relationship(back_populates="unit",
+                                                         order_by="SourceUnitItem.id")
 
 
-class SourceVoucher(Base):
+class SourceUnitItem(Base):
     """One voucher of a source package, and what we reported back about it.
 
     ``export_id`` is the accounting export that books it; a voucher that cannot be booked (a
     payment format, an invalid voucher) has none and carries ``outcome_error`` instead.
     """
 
-    __tablename__ = "source_vouchers"
-    __table_args__ = (UniqueConstraint("source_export_id", "external_voucher_id"),)
+    __tablename__ = "source_unit_items"
+    __table_args__ = (UniqueConstraint("source_unit_id", "external_voucher_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    source_export_id: Mapped[str] = mapped_column(ForeignKey("source_exports.id"), index=True)
+    source_unit_id: Mapped[str] = mapped_column(ForeignKey("source_units.id"), index=True)
     external_voucher_id: Mapped[str] = mapped_column(String(100))
     expense_id: Mapped[str | None] = mapped_column(ForeignKey("expenses.id"), nullable=True)
     export_id: Mapped[str | None] = mapped_column(ForeignKey("accounting_exports.id"),
@@ -306,7 +305,23 @@ class SourceVoucher(Base):
     # the source sent it again with other content after it was booked.
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    source_export: Mapped[SourceExport] = relationship(back_populates="vouchers")
+    unit: Mapped[SourceUnit] = relationship(back_populates="vouchers")
+
+
+class SourceUnitEvent(Base):
+    """Append-only log of a source unit: every status change and every finer step, in order."""
+
+    __tablename__ = "source_unit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    unit_id: Mapped[str] = mapped_column(ForeignKey("source_units.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    from_status: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    to_status: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WebhookDelivery(Base):

@@ -97,7 +97,7 @@ def _new_export(
     *,
     actor: str,
     batch_id: str | None = None,
-    source_export_id: str | None = None,
+    source_unit_id: str | None = None,
 ) -> AccountingExport:
     expense, previous = exportable.expense, exportable.supersedes
     connection = organizations.connection_for(session, org_id, target_system)
@@ -130,7 +130,7 @@ def _new_export(
         organization_id=org_id,
         expense_id=expense.id,
         batch_id=batch_id,
-        source_export_id=source_export_id,
+        source_unit_id=source_unit_id,
         connection_id=connection.id,
         target_system=target_system,
         status=ExportStatus.PROCESSING.value,
@@ -171,14 +171,14 @@ def create_export(
     *,
     actor: str,
     reexport: bool = False,
-    source_export_id: str | None = None,
+    source_unit_id: str | None = None,
 ) -> AccountingExport:
     exportable, problem = _check_exportable(session, org_id, expense_id, target_system, reexport)
     if problem is not None:
         raise problem
     with _one_live_export_per_expense([expense_id], target_system):
         export = _new_export(session, org_id, exportable, target_system, actor=actor,
-                             source_export_id=source_export_id)
+                             source_unit_id=source_unit_id)
         session.flush()
     return export
 

@@ -2,7 +2,7 @@
 
 A package is known once per (connection, external export id): the unique constraint makes a
 webhook redelivered five times at once, or a webhook racing the poller, create one
-``SourceExport`` and one processing job.
+``SourceUnit`` and one processing job.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,17 +22,22 @@ from shared import crypto, ids
 from shared.config import get_settings
 from shared.db.models import (
     SourceConnection,
-    SourceExport,
-    SourceExportStatus,
+    SourceUnit,
     TargetConnection,
     WebhookDelivery,
 )
 from shared.db.types import utcnow
 from shared.domain.errors import DomainError, NotFound, ValidationFailed
 from shared.domain.organizations import get_organization
+from shared.domain.source_units import (
+    SETTLED,
+    SourceUnitStatus,
+    record_unit_event,
+    transition_unit,
+)
 from shared.integrations import registry
 from shared.jobs import enqueue_after_commit
-from shared.queue import TASK_PROCESS_SOURCE_EXPORT, TASK_REPORT_TO_SOURCE
+from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
 
 SIGNATURE_HEADER = "X-AIC-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -47,58 +53,57 @@ def upsert_source_connection(
     source_system: str,
     *,
     base_url: str,
-    token_url: str,
-    external_organization_id: str,
-    client_id: str | None = None,
-    client_secret: str | None = None,
+    credentials: dict[str, Any] | None = None,
     webhook_secret: str | None = None,
     target_system: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> SourceConnection:
-    """``target_system``: where the source's expenses are booked; when omitted, the one it
-    already books to, else the organization's only target connection, else the only target
-    system registered."""
+    """Create or replace the organization's connection to one source system.
+
+    ``credentials``: the fields the source's registry entry declares (``CredentialField``),
+    replaced as a whole; omitted on update to keep the stored ones, but not together with a new
+    ``base_url`` (the stored secrets would then go to whatever host it names, see
+    ``upsert_connection``). A URL the secrets go to that is itself a credential (Findity's
+    token endpoint) can therefore only change with them. ``options``: validated against the
+    entry's ``options_model``; omitted on update to keep the stored ones. ``target_system``:
+    where the source's expenses are booked; when omitted, the one it already books to, else the
+    organization's only target connection, else the only target system registered.
+    """
     get_organization(session, org_id)
-    connection = session.scalar(select(SourceConnection).where(
-        SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
+    connection = source_connection_for(session, org_id, source_system)
     try:
-        registry.source(source_system)
+        system = registry.source(source_system)
         target_system = registry.target(
             target_system or _default_target(session, org_id, connection)).name
     except registry.UnknownSystem as unknown:
         raise ValidationFailed(str(unknown)) from None
-    for name, url in (("base_url", base_url), ("token_url", token_url)):
-        if not url.startswith(("http://", "https://")):
-            raise ValidationFailed(f"{name} must start with http:// or https://")
-    if connection is not None and not (client_id and client_secret):
-        # The stored client secret goes to token_url and the token to base_url: moving either
-        # without the credentials would hand them to another host (see upsert_connection).
-        moved = [f"{name} from {old} to {new}" for name, old, new in (
-            ("base_url", connection.base_url, base_url.rstrip("/")),
-            ("token_url", connection.token_url, token_url)) if old != new]
-        if moved:
-            message = (
-                f"{' and '.join(moved)} would change, and the stored credentials would then be "
-                "sent there: send client_id and client_secret together with the new URL "
-                "(`aic source set` with --client-id, without --keep-credentials). "
-                "Nothing was changed."
-            )
-            raise ValidationFailed(message, details=[{"field": "client_secret",
-                                                      "message": message}])
+    if not base_url.startswith(("http://", "https://")):
+        raise ValidationFailed("base_url must start with http:// or https://")
+    if credentials is not None:
+        _check_credentials(system, credentials)
+    elif connection is not None and base_url.rstrip("/") != connection.base_url:
+        message = (
+            f"base_url would change from {connection.base_url} to {base_url.rstrip('/')}, and "
+            "the stored credentials would then be sent there: send the credentials "
+            f"({system.describe_credentials()}) together with the new base_url (`credentials` "
+            "in the admin API; `aic source set` without --keep-credentials). "
+            "Nothing was changed."
+        )
+        raise ValidationFailed(message, details=[{"field": "credentials", "message": message}])
+    if options is not None or connection is None:
+        _check_options(system, options or {})
     if connection is None:
-        if not (client_id and client_secret):
-            raise ValidationFailed("client_id and client_secret are required for a new connection")
+        if credentials is None:
+            raise ValidationFailed(f"credentials are required for a new {source_system} "
+                                   f"connection: {system.describe_credentials()}")
         connection = SourceConnection(
             id=ids.new_id("src", 6), organization_id=org_id, source_system=source_system,
             webhook_token=secrets.token_urlsafe(24), options={})
         session.add(connection)
     connection.base_url = base_url.rstrip("/")
-    connection.token_url = token_url
-    connection.external_organization_id = external_organization_id
     connection.target_system = target_system
-    if client_id and client_secret:
-        connection.credentials_encrypted = crypto.encrypt_json(
-            {"client_id": client_id, "client_secret": client_secret})
+    if credentials is not None:
+        connection.credentials_encrypted = crypto.encrypt_json(credentials)
     if webhook_secret is not None:
         connection.webhook_secret_encrypted = (
             crypto.encrypt_json({"secret": webhook_secret}) if webhook_secret else None)
@@ -107,6 +112,38 @@ def upsert_source_connection(
     connection.updated_at = utcnow()
     session.flush()
     return connection
+
+
+def _check_credentials(system: registry.SourceSystem, credentials: dict[str, Any]) -> None:
+    """The entry's credential fields, each a non-empty string; nothing it does not declare
+    (a misspelt field would otherwise be stored and the real one found missing at run time)."""
+    known = {field.name: field for field in system.credentials}
+    unknown = sorted(set(credentials) - set(known))
+    if unknown:
+        raise ValidationFailed(f"credentials for {system.name} have no field "
+                               f"{', '.join(unknown)}; they are: {system.describe_credentials()}")
+    missing = [name for name in system.required_credentials if not credentials.get(name)]
+    if missing:
+        raise ValidationFailed(
+            f"credentials for {system.name} need: {', '.join(missing)} (credentials are "
+            "replaced as a whole: send every one of them)")
+    for name, value in credentials.items():
+        if not isinstance(value, str):
+            raise ValidationFailed(f"credentials.{name} must be a string")
+        if known[name].url and not value.startswith(("http://", "https://")):
+            raise ValidationFailed(f"credentials.{name} must start with http:// or https://")
+
+
+def _check_options(system: registry.SourceSystem, options: dict[str, Any]) -> None:
+    try:
+        system.options_model.model_validate(options)
+    except PydanticValidationError as invalid:
+        details = [{"field": "options." + ".".join(map(str, e["loc"])), "message": e["msg"]}
+                   for e in invalid.errors()]
+        raise ValidationFailed(
+            f"options for {system.name} are invalid: "
+            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
+            details=details) from None
 
 
 def _default_target(session: Session, org_id: str, existing: SourceConnection | None) -> str:
@@ -121,6 +158,12 @@ def _default_target(session: Session, org_id: str, existing: SourceConnection | 
         return connected[0]
     raise ValidationFailed("name the target_system the expenses go to: one of "
                            + ", ".join(connected or names))
+
+
+def source_connection_for(session: Session, org_id: str,
+                          source_system: str) -> SourceConnection | None:
+    return session.scalar(select(SourceConnection).where(
+        SourceConnection.organization_id == org_id, SourceConnection.source_system == source_system))
 
 
 def source_credentials(connection: SourceConnection) -> dict[str, str]:
@@ -163,17 +206,23 @@ def verify_signature(connection: SourceConnection, header: str | None, body: byt
         raise InvalidSignature("the signature does not match the body")
 
 
-def announce_export(session: Session, connection: SourceConnection, external_export_id: str, *,
-                    via: str) -> tuple[SourceExport, bool]:
-    """Record that the source has a package for us; queue it once. Returns (row, newly_known)."""
+def announce_unit(session: Session, connection: SourceConnection, external_export_id: str, *,
+                    via: str, listed: dict[str, Any] | None = None) -> tuple[SourceUnit, bool]:
+    """Record that the source has a unit for us; queue it once. Returns (row, newly_known).
+
+    ``listed``: a poll listing's payload (read with our own credentials), kept on the unit for
+    the adapter's ``fetch_unit``; the newest listing of a unit not ingested yet replaces it.
+    A webhook passes None: its body is never content.
+    """
     existing = _find(session, connection.id, external_export_id)
     if existing is not None:
+        _refresh_listing(session, existing, listed)
         return existing, False
-    export = SourceExport(
+    export = SourceUnit(
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
-        status=SourceExportStatus.RECEIVED.value, received_via=via, attempts=0,
-        received_at=utcnow())
+        status=SourceUnitStatus.RECEIVED.value, received_via=via, attempts=0,
+        received_at=utcnow(), listed_payload=listed)
     try:
         with session.begin_nested():
             session.add(export)
@@ -181,53 +230,61 @@ def announce_export(session: Session, connection: SourceConnection, external_exp
     except IntegrityError:
         # A concurrent delivery (or the poller) recorded it first: that one queued the job.
         existing = _find(session, connection.id, external_export_id)
+        _refresh_listing(session, existing, listed)
         return existing, False
-    enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
+    record_unit_event(session, export.id, "announced", actor=via,
+                      data={"external_id": external_export_id})
+    enqueue_after_commit(session, TASK_INGEST_SOURCE_UNIT, export.id,
                          queue=get_settings().export_queue)
     return export, True
 
 
-def reannounce_rejected(session: Session, export: SourceExport) -> bool:
+def _refresh_listing(session: Session, unit: SourceUnit, listed: dict[str, Any] | None) -> None:
+    # Only before ingestion: what was ingested stays what the unit's items were made from.
+    if listed is not None and listed != unit.listed_payload:
+        session.execute(
+            update(SourceUnit)
+            .where(SourceUnit.id == unit.id,
+                   SourceUnit.status.in_([SourceUnitStatus.RECEIVED.value,
+                                            SourceUnitStatus.INGESTING.value,
+                                            SourceUnitStatus.REJECTED.value]))
+            .values(listed_payload=listed)
+            .execution_options(synchronize_session=False))
+
+
+def reannounce_rejected(session: Session, export: SourceUnit) -> bool:
     """The source lists a package we rejected (it answered 404 past the grace): take it again.
 
     Only the poll calls this: the list is read with the organization's own credentials, so the
     package exists, unlike a webhook's export id, which anyone who knows the URL can send. The
     grace starts again from now. Compare-and-set, so two polls queue it once. True if it did.
     """
-    now = utcnow()
-    moved = session.execute(
-        update(SourceExport)
-        .where(SourceExport.id == export.id,
-               SourceExport.status == SourceExportStatus.REJECTED.value)
-        .values(status=SourceExportStatus.RECEIVED.value, received_at=now, attempts=0,
-                lease_expires_at=None, updated_at=now,
-                last_error=f"the source lists this export as unprocessed again; it had been "
-                           f"rejected: {export.last_error or 'no reason recorded'}")
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if moved != 1:
+    previous = export.last_error or "no reason recorded"
+    if not transition_unit(
+            session, export, SourceUnitStatus.RECEIVED, actor="poll",
+            reason="the source lists it as pending again",
+            values={"received_at": utcnow(), "attempts": 0, "lease_expires_at": None,
+                    "last_error": f"the source lists this export as unprocessed again; it had "
+                                  f"been rejected: {previous}"}):
         return False
-    requeue_export(session, export)
+    requeue_unit(session, export)
     return True
 
 
-def reopen_package(session: Session, source_export_id: str) -> None:
+def reopen_package(session: Session, source_export_id: str, *, actor: str) -> None:
     """A package's export is running again (an operator's retry): the package is not done.
 
     Called in the transaction of that status change, so the stuck-work sweeper, which re-sends
     the reports of packages in ``processing``, covers a report task lost on the way.
     """
-    session.execute(
-        update(SourceExport)
-        .where(SourceExport.id == source_export_id,
-               SourceExport.status.in_([SourceExportStatus.COMPLETED.value,
-                                        SourceExportStatus.COMPLETED_WITH_FAILURES.value]))
-        .values(status=SourceExportStatus.PROCESSING.value, updated_at=utcnow())
-        .execution_options(synchronize_session=False))
+    unit = session.get(SourceUnit, source_export_id)
+    if unit is not None and SourceUnitStatus(unit.status) in SETTLED:
+        transition_unit(session, unit, SourceUnitStatus.PROCESSING, actor=actor,
+                        reason="an export of it runs again")
 
 
-def requeue_export(session: Session, export: SourceExport) -> None:
-    enqueue_after_commit(session, TASK_PROCESS_SOURCE_EXPORT, export.id,
+def requeue_unit(session: Session, export: SourceUnit) -> None:
+    enqueue_after_commit(session, TASK_INGEST_SOURCE_UNIT, export.id,
                          queue=get_settings().export_queue)
 
 
@@ -236,23 +293,23 @@ def enqueue_report(session: Session, source_export_id: str) -> None:
                          queue=get_settings().report_queue)
 
 
-def _find(session: Session, connection_id: str, external_export_id: str) -> SourceExport | None:
-    return session.scalar(select(SourceExport).where(
-        SourceExport.source_connection_id == connection_id,
-        SourceExport.external_export_id == external_export_id))
+def _find(session: Session, connection_id: str, external_export_id: str) -> SourceUnit | None:
+    return session.scalar(select(SourceUnit).where(
+        SourceUnit.source_connection_id == connection_id,
+        SourceUnit.external_export_id == external_export_id))
 
 
 def record_webhook(session: Session, connection: SourceConnection, external_export_id: str,
-                   body: dict[str, Any]) -> tuple[SourceExport, bool]:
-    export, new = announce_export(session, connection, external_export_id, via="webhook")
+                   body: dict[str, Any]) -> tuple[SourceUnit, bool]:
+    export, new = announce_unit(session, connection, external_export_id, via="webhook")
     session.add(WebhookDelivery(source_connection_id=connection.id,
                                 external_export_id=external_export_id, body=body,
                                 duplicate=not new))
     return export, new
 
 
-def get_source_export(session: Session, org_id: str, source_export_id: str) -> SourceExport:
-    export = session.get(SourceExport, source_export_id)
+def get_source_unit(session: Session, org_id: str, source_export_id: str) -> SourceUnit:
+    export = session.get(SourceUnit, source_export_id)
     if export is None or export.organization_id != org_id:
         raise NotFound(f"source export {source_export_id} does not exist")
     return export

@@ -131,16 +131,16 @@ def transition(
     )
     session.flush()
     session.refresh(export)
-    if export.source_export_id is not None:
+    if export.source_unit_id is not None:
         from shared.domain.sources import enqueue_report, reopen_package
 
         if to_status is P:
             # failed -> processing (an operator's retry): the package is not done until this
             # export ends again, and the source must then be told the new outcome.
-            reopen_package(session, export.source_export_id)
+            reopen_package(session, export.source_unit_id, actor=actor)
         else:
             # Every way an export ends (worker, DELETE, PUT callback) owes its source a report.
-            enqueue_report(session, export.source_export_id)
+            enqueue_report(session, export.source_unit_id)
     return export
 
 

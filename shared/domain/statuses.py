@@ -26,3 +26,15 @@ class ExpenseStatus(str, enum.Enum):
     SUBMITTED = "submitted"
     APPROVED = "approved"
     REJECTED = "rejected"
+
+
+class SourceUnitStatus(str, enum.Enum):
+    """A source unit's progress (not an accounting export status); it changes only through
+    ``shared.domain.source_units.transition_unit``, whose docstring has the allowed moves."""
+
+    RECEIVED = "received"
+    INGESTING = "ingesting"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    COMPLETED_WITH_FAILURES = "completed_with_failures"
+    REJECTED = "rejected"

@@ -20,10 +20,11 @@ from sqlalchemy import or_, select, update
 
 from shared.config import get_settings
 from shared.db.clock import database_now
-from shared.db.models import AccountingExport, SourceExport, SourceExportStatus
+from shared.db.models import AccountingExport, SourceUnit
 from shared.db.session import session_scope
 from shared.domain import sources
 from shared.domain.exports import stuck_export_conditions
+from shared.domain.source_units import SourceUnitStatus, record_unit_event
 from shared.domain.state_machine import record_event
 from shared.domain.statuses import ExportStatus
 from shared.jobs import enqueue_after_commit
@@ -62,30 +63,35 @@ def requeue_stuck_exports(now=None) -> int:
             record_event(session, export, "requeued", actor="sweeper", reason=reason, at=now)
             enqueue_after_commit(session, TASK_EXPORT, export.id, queue=settings.export_queue)
             requeued += 1
-    requeued += _sweep_source_exports(now)
+    requeued += _sweep_source_units(now)
     if requeued:
         log.warning("stuck work re-queued", count=requeued)
     return requeued
 
 
-def _sweep_source_exports(now) -> int:
+def _sweep_source_units(now) -> int:
     """Source packages: ingestion that never finished, and reports still owed to the source."""
     settings = get_settings()
     overdue = now - timedelta(seconds=settings.source_stuck_after_seconds)
     count = 0
     with session_scope() as session:
-        stuck = session.scalars(select(SourceExport).where(
-            SourceExport.status.in_([SourceExportStatus.RECEIVED.value,
-                                     SourceExportStatus.INGESTING.value,
-                                     SourceExportStatus.PROCESSING.value]),
-            SourceExport.updated_at < overdue,
-            or_(SourceExport.lease_expires_at.is_(None), SourceExport.lease_expires_at < now),
+        stuck = session.scalars(select(SourceUnit).where(
+            SourceUnit.status.in_([SourceUnitStatus.RECEIVED.value,
+                                     SourceUnitStatus.INGESTING.value,
+                                     SourceUnitStatus.PROCESSING.value]),
+            SourceUnit.updated_at < overdue,
+            or_(SourceUnit.lease_expires_at.is_(None), SourceUnit.lease_expires_at < now),
         ).limit(SWEEP_LIMIT)).all()
         for source_export in stuck:
             source_export.updated_at = now  # once per stuck period, not every sweep
-            if source_export.status == SourceExportStatus.PROCESSING.value:
+            if source_export.status == SourceUnitStatus.PROCESSING.value:
                 sources.enqueue_report(session, source_export.id)
+                what = "its reports are owed"
             else:
-                sources.requeue_export(session, source_export)
+                sources.requeue_unit(session, source_export)
+                what = "its ingestion never finished"
+            record_unit_event(session, source_export.id, "requeued", actor="sweeper",
+                              reason=f"{source_export.status} for over "
+                                     f"{settings.source_stuck_after_seconds}s: {what}")
             count += 1
     return count

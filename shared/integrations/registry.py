@@ -53,6 +53,10 @@ class CredentialField:
     description: str
     secret: bool = True
     required: bool = True
+    # A URL the other credentials are sent to (Findity's OAuth2 token endpoint): it must be
+    # http(s), and like ``base_url`` it can only change together with the secrets, which holds
+    # for every credential field since credentials are replaced as a whole.
+    url: bool = False
 
 
 class ReportGranularity(str, Enum):
@@ -137,6 +141,9 @@ class SourceSystem(_System):
     # (raises ``MalformedAnnouncement``). Needs no credentials: it runs before the delivery's
     # connection is known. None: the source sends no webhooks (no route is mounted).
     parse_webhook: Callable[[bytes], Any] | None = None
+    # The option (of ``options_model``) holding our organization's id in the source: a webhook
+    # whose ``Announcement.organization_id`` differs from it is refused. None: not checked.
+    organization_option: str | None = None
 
 
 System = Union[TargetSystem, SourceSystem]

@@ -41,7 +41,10 @@ class Announcement:
     expense): the engine records it once per (connection, ``external_id``)."""
 
     external_id: str
-    payload: dict[str, Any]  # kept with the delivery for operators; never trusted for content
+    # A webhook's: kept with the delivery for operators, never trusted for content. A poll's
+    # (read with our own credentials): stored on the unit and handed to ``fetch_unit`` as
+    # ``listed``, for sources whose listing is the content (TRAEDE).
+    payload: dict[str, Any]
     # The source's organization the announcement names; a webhook naming another organization
     # than its URL's connection is refused (None: the source does not say).
     organization_id: str | None = None
@@ -58,9 +61,14 @@ class Announcement:
 
 @dataclass(frozen=True)
 class PendingPage:
-    """One poll's answer: what is pending, and where the next poll starts (None: a feed of
-    "not exported yet" items, which needs no cursor; the engine stores the cursor per
-    connection)."""
+    """One poll's answer: what is pending, and where the next poll starts.
+
+    The engine stores ``next_cursor`` on the connection (``poll_cursor``) in the transaction
+    that records the page's announcements, and passes it to the next ``list_pending``; while a
+    page moves the cursor on and announces something, the same poll asks for the next page (up
+    to ``MAX_POLL_PAGES``). None keeps the stored cursor: a feed of "not exported yet" items
+    needs none.
+    """
 
     announcements: list[Announcement]
     next_cursor: str | None
@@ -114,6 +122,8 @@ class ItemOutcome:
 
 
 SUCCEEDED, FAILED = "SUCCESS", "FAILED"
+# Pages one poll of one connection reads at most; the rest waits for the next poll.
+MAX_POLL_PAGES = 20
 
 
 @dataclass(frozen=True)
@@ -176,28 +186,31 @@ class SourceAdapter(Protocol):
     # connection's options (the entry's ``options_model``).
     attachment_noun: str
 
-    # ``listed``: the announcement's payload from our own poll (None for a webhook's, which is
-    # never trusted for content); a source without a GET-one endpoint reads the item from it.
-    def fetch_unit(self, external_id: str, listed: dict[str, Any] | None = None
-                   ) -> FetchedUnit: ...
+    # ``listed``: the payload of the unit's last poll listing (``Announcement.payload``), for
+    # sources with no GET of one unit (the listing is the content); None when only a webhook
+    # announced it (a webhook body is never content). Sources that can fetch ignore it.
+    def fetch_unit(self, external_id: str, listed: dict[str, Any] | None) -> FetchedUnit: ...
     def download_attachment(self, url: str, sink: Any, *, max_bytes: int) -> None: ...
     def to_source_item(self, unit: FetchedUnit, item: FetchedItem, *,
                        target_display_name: str, options: dict[str, Any]) -> SourceItem: ...
 
-    # Reporting (ReportGranularity.PER_ITEM: any number per call; CHUNKED: at most
-    # ``report_chunk_size``; NONE: never called). ``report_for`` words an outcome,
-    # ``read_report`` reads back a stored wire. ``send_reports`` sends them in one request (the
-    # engine sends a batch once, and each report alone when the batch is refused or the source
-    # may already hold it); it must be harmless to repeat with the same outcome.
-    # ``already_holds``: whether the refusal of a repeat says the source holds it already.
+    # Reporting, only once the item's export is booked and committed (or has finally failed).
+    # ReportGranularity.PER_ITEM: a unit's reports, any number per call, ``external_id`` is the
+    # unit's. CHUNKED: reports gathered across the connection's units, at most
+    # ``report_chunk_size`` per call, ``external_id`` is None (each report names its item).
+    # NONE: none of these is called; the engine records outcomes and completes units.
+    # ``report_for`` words an outcome, ``read_report`` reads back a stored wire.
+    # ``send_reports`` sends them in one request (the engine sends a batch once, and each report
+    # alone when the batch is refused or the source may already hold it); it must be harmless to
+    # repeat with the same outcome. ``already_holds``: whether the refusal of a repeat says the
+    # source holds it already.
     def report_for(self, outcome: ItemOutcome) -> ItemReport: ...
     def read_report(self, wire: dict[str, Any]) -> ItemReport: ...
-    def send_reports(self, external_id: str, reports: list[ItemReport]) -> None: ...
+    def send_reports(self, external_id: str | None, reports: list[ItemReport]) -> None: ...
     def already_holds(self, report: ItemReport, error: Exception) -> bool: ...
 
     # Called once every outcome of the unit is held by the source (Findity: the optional SIE 4 /
     # CSV file). Returns what it did (None: nothing to do); raises CompletionFailed.
-    def completed(self, external_id: str, options: dict[str, Any],
-                  organization_name: str) -> str | None: ...
+    def completed(self, external_id: str, options: dict[str, Any]) -> str | None: ...
 
     def close(self) -> None: ...

@@ -175,9 +175,8 @@ def test_sie4_file_of_the_package_is_attached_when_configured(findity_tenant, wo
     ft = findity_tenant
     response = admin.put(
         f"/api/v1/admin/organizations/{ft.tenant.organization_id}/sources/findity",
-        json={"base_url": ft.org["base_url"], "token_url": ft.org["token_url"],
-              "external_organization_id": ft.org["organization_id"],
-              "options": {"content_file": "sie4"}})
+        json={"base_url": ft.org["base_url"],
+              "options": {"organization_id": ft.org["organization_id"], "content_file": "sie4"}})
     assert response.status_code == 200, response.text
     created = ft.create_export(REPORTS)
     ft.wait_reported(created["export_id"], created["voucher_ids"])

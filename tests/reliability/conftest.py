@@ -401,9 +401,11 @@ class Stack:
         org = findity_sandbox.create_organization(name=name)
         response = self.admin.put(
             f"/api/v1/admin/organizations/{tenant.organization_id}/sources/findity",
-            json={"base_url": org["base_url"], "token_url": org["token_url"],
-                  "external_organization_id": org["organization_id"],
-                  "client_id": org["client_id"], "client_secret": org["client_secret"]})
+            json={"base_url": org["base_url"],
+                  "credentials": {"client_id": org["client_id"],
+                                  "client_secret": org["client_secret"],
+                                  "token_url": org["token_url"]},
+                  "options": {"organization_id": org["organization_id"]}})
         assert response.status_code == 200, response.text
         webhook_url = self.api_url + response.json()["webhook_path"]
         findity_sandbox.update_organization(org["organization_id"], webhook_url=webhook_url)

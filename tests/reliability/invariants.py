@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from shared.db.models import AccountingExport, ExportEvent, SourceExport
+from shared.db.models import AccountingExport, ExportEvent, SourceUnit
 from shared.db.session import session_scope
 from shared.db.types import utcnow
 
@@ -110,8 +110,8 @@ def _packages_done(findity: list[tuple[Any, list[str]]]) -> bool:
     with session_scope() as session:
         for ft, external_ids in findity:
             statuses = dict(session.execute(select(
-                SourceExport.external_export_id, SourceExport.status).where(
-                SourceExport.organization_id == ft.tenant.organization_id)).all())
+                SourceUnit.external_export_id, SourceUnit.status).where(
+                SourceUnit.organization_id == ft.tenant.organization_id)).all())
             if any(statuses.get(e) not in PACKAGE_DONE for e in external_ids):
                 return False
     return True
@@ -259,8 +259,8 @@ def check_invariants(tenants: list[Any], figures=None, *, settle_timeout: float 
 def _check_findity(ft, external_ids: list[str], rows: dict[str, _Row]) -> list[str]:
     problems: list[str] = []
     with session_scope() as session:
-        packages = {s.external_export_id: s for s in session.scalars(select(SourceExport).where(
-            SourceExport.organization_id == ft.tenant.organization_id))}
+        packages = {s.external_export_id: s for s in session.scalars(select(SourceUnit).where(
+            SourceUnit.organization_id == ft.tenant.organization_id))}
         ours = {ext: [(v.external_voucher_id, v.export_id, v.outcome_error)
                       for v in packages[ext].vouchers] if ext in packages else None
                 for ext in external_ids}

@@ -31,7 +31,7 @@ import redis
 
 from shared.queue import (
     TASK_EXPORT,
-    TASK_PROCESS_SOURCE_EXPORT,
+    TASK_INGEST_SOURCE_UNIT,
     TASK_REPORT_TO_SOURCE,
     TASK_SWEEP,
 )
@@ -54,8 +54,8 @@ SENT = [
     ("worker.tasks.no_such_task", ["exp_xp_1"], None, "exports"),
     (TASK_REPORT_TO_SOURCE, [None], None, "reports"),
     (TASK_REPORT_TO_SOURCE, ["srcexp_000000"], None, "reports"),
-    (TASK_PROCESS_SOURCE_EXPORT, [None], None, "exports"),
-    (TASK_PROCESS_SOURCE_EXPORT, ["z" * 1000], None, "exports"),
+    (TASK_INGEST_SOURCE_UNIT, [None], None, "exports"),
+    (TASK_INGEST_SOURCE_UNIT, ["z" * 1000], None, "exports"),
     (TASK_SWEEP, ["unexpected"], None, "maintenance"),
 ]
 

@@ -351,7 +351,7 @@ def _wait_package_completed(ft, external_export_id: str, since: float, limit: fl
 
 def _unfinished(tenants) -> list[str]:
     """Exports in processing that nothing will run, and packages still owing reports."""
-    from shared.db.models import SourceExport
+    from shared.db.models import SourceUnit
     from shared.db.session import session_scope
     from shared.db.types import utcnow
     from sqlalchemy import select
@@ -362,9 +362,9 @@ def _unfinished(tenants) -> list[str]:
              and not (r.lease_expires_at and r.lease_expires_at > now)
              and not (r.next_attempt_at and r.next_attempt_at > now)]
     with session_scope() as session:
-        stuck += [s.id for s in session.scalars(select(SourceExport).where(
-            SourceExport.organization_id.in_([t.organization_id for t in tenants]),
-            SourceExport.status.not_in(["completed", "completed_with_failures", "rejected"])))]
+        stuck += [s.id for s in session.scalars(select(SourceUnit).where(
+            SourceUnit.organization_id.in_([t.organization_id for t in tenants]),
+            SourceUnit.status.not_in(["completed", "completed_with_failures", "rejected"])))]
     return stuck
 
 
@@ -451,7 +451,7 @@ class _RecordingBlocked:
 
             self._connection = psycopg.connect(
                 self.url.set(drivername="postgresql").render_as_string(hide_password=False))
-            self._connection.execute("SELECT id FROM source_vouchers WHERE source_export_id = %s "
+            self._connection.execute("SELECT id FROM source_unit_items WHERE source_unit_id = %s "
                                      "FOR UPDATE", (self.source_export_id,))
         else:
             import sqlite3

@@ -227,9 +227,10 @@ def signed_webhook(new_org, admin, api_server) -> Iterator[tuple[OrgHandle, str]
     org = new_org()
     source = admin.put(f"/api/v1/admin/organizations/{org.organization_id}/sources/findity",
                        json={"base_url": "http://127.0.0.1:9/api",
-                             "token_url": "http://127.0.0.1:9/token",
-                             "external_organization_id": FINDITY_ORG, "client_id": "c",
-                             "client_secret": "s", "webhook_secret": WEBHOOK_SECRET})
+                             "credentials": {"client_id": "c", "client_secret": "s",
+                                             "token_url": "http://127.0.0.1:9/token"},
+                             "options": {"organization_id": FINDITY_ORG},
+                             "webhook_secret": WEBHOOK_SECRET})
     assert source.status_code == 200, source.text
     assert source.json()["signed_webhooks"] is True
     assert WEBHOOK_SECRET not in source.text
@@ -314,8 +315,8 @@ def test_removing_the_webhook_secret_accepts_unsigned_deliveries_again(anonymous
     assert unsigned.status_code == 401
     removed = admin.put(f"/api/v1/admin/organizations/{org.organization_id}/sources/findity",
                         json={"base_url": "http://127.0.0.1:9/api",
-                              "token_url": "http://127.0.0.1:9/token",
-                              "external_organization_id": FINDITY_ORG, "webhook_secret": ""})
+                              "options": {"organization_id": FINDITY_ORG},
+                              "webhook_secret": ""})
     assert removed.status_code == 200 and removed.json()["signed_webhooks"] is False
     accepted = anonymous.post(url, content=_delivery("e-unsigned"),
                               headers={"Content-Type": "application/json"})

@@ -266,21 +266,23 @@ CORPUS = [
     Bad("file url", "PUT", ORG + "/connections/tripletex", 422, "validation_failed",
         auth="admin", json={"base_url": "file:///etc/passwd"}, mentions="base_url"),
     Bad("source with a javascript url", "PUT", ORG + "/sources/findity", 422, "validation_failed",
-        auth="admin", json={"base_url": "javascript:alert(1)", "token_url": "https://x.example",
-                            "external_organization_id": "f", "client_id": "c",
-                            "client_secret": "s"}, mentions="base_url"),
+        auth="admin", json={"base_url": "javascript:alert(1)",
+                            "credentials": {"client_id": "c", "client_secret": "s",
+                                            "token_url": "https://x.example"},
+                            "options": {"organization_id": "f"}}, mentions="base_url"),
     Bad("connection moved to another host without its credentials", "PUT",
         ORG + "/connections/tripletex", 422, "validation_failed", auth="admin",
         json={"base_url": "https://collector.example/v2"}, mentions="send the credentials"),
     Bad("source token_url moved without its credentials", "PUT", ORG + "/sources/findity", 422,
         "validation_failed", auth="admin",
-        json={"base_url": "http://127.0.0.1:9/api", "token_url": "https://collector.example/t",
-              "external_organization_id": "sec-findity-org", "client_id": "c"},
+        json={"base_url": "http://127.0.0.1:9/api",
+              "credentials": {"client_id": "c", "token_url": "https://collector.example/t"},
+              "options": {"organization_id": "sec-findity-org"}},
         mentions="client_secret"),
     Bad("source base_url moved without its credentials", "PUT", ORG + "/sources/findity", 422,
         "validation_failed", auth="admin",
-        json={"base_url": "https://collector.example/api", "token_url": "http://127.0.0.1:9/token",
-              "external_organization_id": "sec-findity-org"}, mentions="base_url"),
+        json={"base_url": "https://collector.example/api",
+              "options": {"organization_id": "sec-findity-org"}}, mentions="base_url"),
     Bad("api key with an unknown scope", "POST", ORG + "/api-keys", 422, "validation_failed",
         auth="admin", json={"scopes": ["exports", "admin"]}, mentions="scopes"),
     Bad("api key with no scope", "POST", ORG + "/api-keys", 422, "validation_failed",
@@ -340,8 +342,10 @@ def seeded(no_workers, admin: httpx.Client, api_server: str) -> Iterator[Seeded]
                                                        "external_reference": "TTX-1"})
     assert done.status_code == 200, done.text
     source = admin.put(f"/api/v1/admin/organizations/{org.organization_id}/sources/findity", json={
-        "base_url": "http://127.0.0.1:9/api", "token_url": "http://127.0.0.1:9/token",
-        "external_organization_id": "sec-findity-org", "client_id": "c", "client_secret": "s"})
+        "base_url": "http://127.0.0.1:9/api",
+        "credentials": {"client_id": "c", "client_secret": "s",
+                        "token_url": "http://127.0.0.1:9/token"},
+        "options": {"organization_id": "sec-findity-org"}})
     assert source.status_code == 200, source.text
     ids = {"expense_id": expense_id, "export_id": export_id, "org_id": org.organization_id,
            "token": source.json()["webhook_path"].rsplit("/", 1)[1]}

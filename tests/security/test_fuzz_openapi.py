@@ -58,9 +58,10 @@ def fuzz_ids(admin: httpx.Client, api_server: str) -> Iterator[dict[str, str]]:
     org = make_org(admin, api_server, "Fuzz AS")
     spare_key = admin.post(f"/api/v1/admin/organizations/{org.organization_id}/api-keys").json()
     source = admin.put(f"/api/v1/admin/organizations/{org.organization_id}/sources/findity", json={
-        "base_url": "http://127.0.0.1:9/api", "token_url": "http://127.0.0.1:9/token",
-        "external_organization_id": "fuzz-findity-org", "client_id": "fuzz-client",
-        "client_secret": "fuzz-secret"})
+        "base_url": "http://127.0.0.1:9/api",
+        "credentials": {"client_id": "fuzz-client", "client_secret": "fuzz-secret",
+                        "token_url": "http://127.0.0.1:9/token"},
+        "options": {"organization_id": "fuzz-findity-org"}})
     assert source.status_code == 200, source.text
     webhook_path = source.json()["webhook_path"]
     expense_ids = [org.add_expense() for _ in range(3)]

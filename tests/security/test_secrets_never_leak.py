@@ -195,9 +195,11 @@ def flow(production_api, tripletex_sandbox, findity_sandbox, workers) -> Iterato
     findity_org = findity_sandbox.create_organization(name="Secrets Findity AS")
     flow.secrets["Findity client secret"] = findity_org["client_secret"]
     source = admin.put(f"/api/v1/admin/organizations/{org_id}/sources/findity", json={
-        "base_url": findity_org["base_url"], "token_url": findity_org["token_url"],
-        "external_organization_id": findity_org["organization_id"],
-        "client_id": findity_org["client_id"], "client_secret": findity_org["client_secret"]})
+        "base_url": findity_org["base_url"],
+        "credentials": {"client_id": findity_org["client_id"],
+                        "client_secret": findity_org["client_secret"],
+                        "token_url": findity_org["token_url"]},
+        "options": {"organization_id": findity_org["organization_id"]}})
     assert source.status_code == 200, source.text
     webhook_path = source.json()["webhook_path"]
     flow.webhook_token = webhook_path.rsplit("/", 1)[1]
@@ -219,9 +221,11 @@ def flow(production_api, tripletex_sandbox, findity_sandbox, workers) -> Iterato
     wrong_findity = findity_sandbox.create_organization(name="Wrong Secret Findity AS")
     flow.secrets["wrong Findity client secret"] = WRONG_FINDITY_SECRET
     wrong_source = admin.put(f"/api/v1/admin/organizations/{other_id}/sources/findity", json={
-        "base_url": wrong_findity["base_url"], "token_url": wrong_findity["token_url"],
-        "external_organization_id": wrong_findity["organization_id"],
-        "client_id": wrong_findity["client_id"], "client_secret": WRONG_FINDITY_SECRET})
+        "base_url": wrong_findity["base_url"],
+        "credentials": {"client_id": wrong_findity["client_id"],
+                        "client_secret": WRONG_FINDITY_SECRET,
+                        "token_url": wrong_findity["token_url"]},
+        "options": {"organization_id": wrong_findity["organization_id"]}})
     assert wrong_source.status_code == 200, wrong_source.text
     findity_sandbox.update_organization(
         wrong_findity["organization_id"],
@@ -235,8 +239,7 @@ def flow(production_api, tripletex_sandbox, findity_sandbox, workers) -> Iterato
     # Signed webhooks: a valid redelivery and a forged one.
     flow.secrets["webhook secret"] = WEBHOOK_SECRET
     assert admin.put(f"/api/v1/admin/organizations/{org_id}/sources/findity", json={
-        "base_url": findity_org["base_url"], "token_url": findity_org["token_url"],
-        "external_organization_id": findity_org["organization_id"],
+        "base_url": findity_org["base_url"],
         "webhook_secret": WEBHOOK_SECRET}).json()["signed_webhooks"] is True
     body = (b'{"exportId": "%s", "organizationId": "%s"}'
             % (packages[0]["export_id"].encode(), findity_org["organization_id"].encode()))

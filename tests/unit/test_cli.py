@@ -69,14 +69,12 @@ def test_connection_set_refuses_a_new_base_url_without_the_credentials(capsys, o
 
 
 def _source(org_id: str):
-    from sqlalchemy import select
-
-    from shared.db.models import SourceConnection
+    from shared import crypto
+    from shared.domain import sources
 
     with session_scope() as session:
-        c = session.scalar(select(SourceConnection).where(
-            SourceConnection.organization_id == org_id))
-        return c.base_url, c.token_url, c.credentials_encrypted, c.updated_at
+        c = sources.source_connection_for(session, org_id, "findity")
+        return c.base_url, crypto.decrypt_json(c.credentials_encrypted), c.options, c.updated_at
 
 
 SOURCE = {"--base-url": "http://127.0.0.1:9/api", "--token-url": "http://127.0.0.1:9/token",
@@ -87,26 +85,43 @@ def _flags(values: dict[str, str]) -> list[str]:
     return [part for flag, value in values.items() for part in (flag, value)]
 
 
-@pytest.mark.parametrize("moved,extra", [
-    ({"--base-url": "https://collector.example/api"}, []),
-    ({"--token-url": "https://collector.example/token"}, []),
-    ({"--token-url": "https://collector.example/token"}, ["--client-id", "c",
-                                                          "--keep-credentials"]),
-], ids=["base_url", "token_url", "token_url with --keep-credentials"])
-def test_source_set_refuses_a_new_url_without_the_credentials(capsys, org, moved, extra):
+@pytest.mark.parametrize("moved,expected", [
+    ({"--base-url": "https://collector.example/api"}, "base_url would change from"),
+    ({"--token-url": "https://collector.example/token"}, "--token-url cannot be combined"),
+], ids=["base_url", "token_url"])
+def test_source_set_refuses_a_new_url_without_the_credentials(capsys, org, moved, expected):
     """Fails on the old code, which kept the stored client secret for the new URL (exit 0)."""
     assert main(["source", "set", org.id, *_flags(SOURCE), "--client-id", "c",
                  "--client-secret", "s"]) == 0
     before = _source(org.id)
+    assert before[1] == {"client_id": "c", "client_secret": "s",
+                         "token_url": "http://127.0.0.1:9/token"}
+    assert before[2] == {"organization_id": "f-1"}
     values = {**SOURCE, **moved}
-    assert main(["source", "set", org.id, *_flags(values), *extra]) == 2
+    if "--token-url" not in moved:
+        del values["--token-url"]
+    assert main(["source", "set", org.id, *_flags(values), "--keep-credentials"]) == 2
     err = capsys.readouterr().err
-    assert f"{next(iter(moved))[2:].replace('-', '_')} from" in err
-    assert "send client_id and client_secret together with the new URL" in err
+    assert expected in err
     assert _source(org.id) == before
+    values = {**SOURCE, **moved}
     assert main(["source", "set", org.id, *_flags(values), "--client-id", "c",
                  "--client-secret", "s2"]) == 0
-    assert _source(org.id)[:2] == (values["--base-url"], values["--token-url"])
+    after = _source(org.id)
+    assert after[0] == values["--base-url"] and after[1]["token_url"] == values["--token-url"]
+
+
+def test_source_set_keeps_options_it_is_not_told_about(org):
+    assert main(["source", "set", org.id, *_flags(SOURCE), "--client-id", "c",
+                 "--client-secret", "s", "--option", "content_file=sie4",
+                 "--option", 'vat_rates={"1": 25}']) == 0
+    assert main(["source", "set", org.id, "--base-url", SOURCE["--base-url"],
+                 "--keep-credentials", "--findity-org", "f-2"]) == 0
+    assert _source(org.id)[2] == {"organization_id": "f-2", "content_file": "sie4",
+                                  "vat_rates": {"1": 25}}
+    assert main(["source", "set", org.id, "--base-url", SOURCE["--base-url"],
+                 "--keep-credentials", "--option", "content_file="]) == 0
+    assert _source(org.id)[2] == {"organization_id": "f-2", "vat_rates": {"1": 25}}
 
 
 def test_apikey_create_takes_scopes_and_list_shows_them(capsys, org):

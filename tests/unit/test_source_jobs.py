@@ -32,8 +32,8 @@ from shared.db.models import (
     AccountingExport,
     Expense,
     ExportEvent,
-    SourceExport,
-    SourceVoucher,
+    SourceUnit,
+    SourceUnitItem,
 )
 from shared.db.session import session_scope
 from shared.db.types import utcnow
@@ -43,7 +43,7 @@ from shared.domain.state_machine import transition
 from shared.integrations.errors import PermanentError
 from shared.integrations.findity import VoucherSuccessUpdate
 from shared.integrations.findity.adapter import read_report, source_already_holds
-from shared.queue import TASK_PROCESS_SOURCE_EXPORT, TASK_REPORT_TO_SOURCE
+from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
 from worker import source_jobs
 
 FLIGHT = {"text": "Flight", "account": "7140", "amount": "1000.00", "vat_rate": 0}
@@ -105,15 +105,16 @@ def source(findity_sandbox, jobs) -> Source:
             session, org.id, "tripletex", base_url="http://127.0.0.1:9/v2",
             credentials={"consumer_token": "c", "employee_token": "e"})
         connection = sources.upsert_source_connection(
-            session, org.id, "findity", base_url=forg["base_url"], token_url=forg["token_url"],
-            external_organization_id=forg["organization_id"], client_id=forg["client_id"],
-            client_secret=forg["client_secret"])
+            session, org.id, "findity", base_url=forg["base_url"],
+            credentials={"client_id": forg["client_id"], "client_secret": forg["client_secret"],
+                         "token_url": forg["token_url"]},
+            options={"organization_id": forg["organization_id"]})
         return Source(org.id, connection.id, findity_sandbox, forg)
 
 
 def _package(source_export_id: str) -> dict:
     with session_scope() as session:
-        package = session.get(SourceExport, source_export_id)
+        package = session.get(SourceUnit, source_export_id)
         return {"status": package.status, "last_error": package.last_error,
                 "received_at": package.received_at,
                 "vouchers": [{"id": v.external_voucher_id, "export_id": v.export_id,
@@ -126,7 +127,7 @@ def _package(source_export_id: str) -> dict:
 def _age(source_export_id: str, seconds: float) -> None:
     """The package was received ``seconds`` ago (its not-found grace counts from then)."""
     with session_scope() as session:
-        session.get(SourceExport, source_export_id).received_at = (
+        session.get(SourceUnit, source_export_id).received_at = (
             utcnow() - timedelta(seconds=seconds))
 
 
@@ -163,7 +164,7 @@ def _export(export_id: str) -> AccountingExport:
 def _ingest_until_done(source_export_id: str, timeout: float = 15) -> source_jobs.StepOutcome:
     deadline = time.monotonic() + timeout
     while True:
-        outcome = source_jobs.ingest_source_export(source_export_id)
+        outcome = source_jobs.ingest_source_unit(source_export_id)
         if outcome.kind != "retry" or time.monotonic() > deadline:
             return outcome
         time.sleep(min(outcome.retry_in or 0.5, 1.0))
@@ -178,7 +179,7 @@ def test_an_export_that_answers_404_at_first_is_ingested_once_readable(source, j
     created = source.send(FLIGHT, not_found_for_seconds=1.5)
     package = source.announce(created["export_id"])
 
-    first = source_jobs.ingest_source_export(package)
+    first = source_jobs.ingest_source_unit(package)
     assert first.kind == "retry" and first.retry_in is not None
     assert 0 < first.retry_in <= get_settings().source_not_found_grace_seconds + 0.5
     state = _package(package)
@@ -197,7 +198,7 @@ def test_a_basis_pdf_that_answers_404_at_first_is_waited_for(source):
     created = source.send(FLIGHT, TAXI, basis_not_found_for_seconds=1.5)
     package = source.announce(created["export_id"])
 
-    first = source_jobs.ingest_source_export(package)
+    first = source_jobs.ingest_source_unit(package)
     assert first.kind == "retry" and first.retry_in is not None
     assert "basis PDF" in first.detail and _package(package)["vouchers"] == []
 
@@ -212,11 +213,11 @@ def test_a_basis_pdf_that_answers_404_at_first_is_waited_for(source):
 
 def test_a_forged_export_id_is_rejected_once_the_grace_has_passed(source):
     package = source.announce("forged-export-id")
-    inside = source_jobs.ingest_source_export(package)
+    inside = source_jobs.ingest_source_unit(package)
     assert inside.kind == "retry" and _package(package)["status"] == "received"
 
     _age(package, get_settings().source_not_found_grace_seconds + 1)
-    after = source_jobs.ingest_source_export(package)
+    after = source_jobs.ingest_source_unit(package)
     assert after.kind == "rejected" and after.detail == "EXPORT_NOT_FOUND"
     state = _package(package)
     assert state["status"] == "rejected"
@@ -229,7 +230,7 @@ def test_the_poll_takes_back_a_rejected_package_that_findity_lists(source, jobs)
     created = source.send(FLIGHT, not_found_for_seconds=3)
     package = source.announce(created["export_id"])
     _age(package, get_settings().source_not_found_grace_seconds + 1)
-    assert source_jobs.ingest_source_export(package).kind == "rejected"
+    assert source_jobs.ingest_source_unit(package).kind == "rejected"
 
     jobs.clear()
     with session_scope() as session:
@@ -242,7 +243,7 @@ def test_the_poll_takes_back_a_rejected_package_that_findity_lists(source, jobs)
     state = _package(package)
     assert state["status"] == "received" and "rejected" in state["last_error"]
     assert (utcnow() - state["received_at"]).total_seconds() < 5  # a fresh grace
-    assert [(j.task_name, j.args) for j in jobs] == [(TASK_PROCESS_SOURCE_EXPORT, [package])]
+    assert [(j.task_name, j.args) for j in jobs] == [(TASK_INGEST_SOURCE_UNIT, [package])]
     time.sleep(3.1)
     assert _ingest_until_done(package).kind == "done"
     assert len(_package(package)["vouchers"]) == 1
@@ -257,7 +258,7 @@ def test_a_failed_voucher_booked_after_a_retry_is_reported_success(source, jobs)
     voucher was never reported again, and Findity kept FAILED."""
     created = source.send(MYSTERY, FLIGHT)
     package = source.announce(created["export_id"])
-    assert source_jobs.ingest_source_export(package).kind == "done"
+    assert source_jobs.ingest_source_unit(package).kind == "done"
     bad, good = _package(package)["vouchers"]
     _fail(bad["export_id"], "account 9999 does not exist in Tripletex")
     _book(good["export_id"], 41)
@@ -291,12 +292,12 @@ def _forget_recording(source_export_id: str, voucher_id: str) -> None:
     """The database as a worker killed between Findity's 200 and our commit leaves it: the
     update marked in flight, nothing recorded as reported."""
     with session_scope() as session:
-        voucher = session.scalar(select(SourceVoucher).where(
-            SourceVoucher.source_export_id == source_export_id,
-            SourceVoucher.external_voucher_id == voucher_id))
+        voucher = session.scalar(select(SourceUnitItem).where(
+            SourceUnitItem.source_unit_id == source_export_id,
+            SourceUnitItem.external_voucher_id == voucher_id))
         voucher.report_in_flight = voucher.report_payload
         voucher.reported_status = voucher.reported_number = voucher.reported_at = None
-        session.get(SourceExport, source_export_id).status = "processing"
+        session.get(SourceUnit, source_export_id).status = "processing"
 
 
 @pytest.mark.parametrize("answer", ["409", "200", "400"])
@@ -308,7 +309,7 @@ def test_a_repeated_success_is_harmless_whatever_findity_answers(source, findity
     findity_sandbox.update_organization(source.findity_org, repeated_success_answer=answer)
     created = source.send(FLIGHT, TAXI)
     package = source.announce(created["export_id"])
-    assert source_jobs.ingest_source_export(package).kind == "done"
+    assert source_jobs.ingest_source_unit(package).kind == "done"
     a, b = _package(package)["vouchers"]
     _book(a["export_id"], 7)
     assert source_jobs.report_to_source(package).kind == "done"
@@ -344,7 +345,7 @@ def test_already_processed_counts_only_for_a_success_we_may_have_sent(source):
     a first report (someone else booked the voucher with another number) is a refusal."""
     created = source.send(FLIGHT)
     package = source.announce(created["export_id"])
-    source_jobs.ingest_source_export(package)
+    source_jobs.ingest_source_unit(package)
     [voucher] = _package(package)["vouchers"]
     with source.findity.client_for(source.forg) as findity:  # another system reports first
         findity.update_status(created["export_id"], [VoucherSuccessUpdate(
@@ -370,7 +371,7 @@ def test_a_killed_reporters_lock_frees_itself_within_seconds(source, findity_san
     code before this change: its lock lived 120 s, holding the package's report back."""
     created = source.send(FLIGHT)
     package = source.announce(created["export_id"])
-    source_jobs.ingest_source_export(package)
+    source_jobs.ingest_source_unit(package)
     [voucher] = _package(package)["vouchers"]
     _book(voucher["export_id"], 3)
     findity_sandbox.set_faults(source.findity_org, latency_ms=20_000)
@@ -414,14 +415,14 @@ def test_a_corrected_voucher_replaces_a_version_that_was_never_booked(source):
     would book (or fail on) what Findity had corrected."""
     first = source.send({"owner_name": "Kari", "expenses": [MYSTERY]})
     p1 = source.announce(first["export_id"])
-    source_jobs.ingest_source_export(p1)
+    source_jobs.ingest_source_unit(p1)
     [old] = _package(p1)["vouchers"]
     _fail(old["export_id"], "account 9999 does not exist in Tripletex")
 
     again = source.send({"owner_name": "Kari", "expenses": [FIXED]},
                         voucher_ids=first["voucher_ids"])
     p2 = source.announce(again["export_id"])
-    assert source_jobs.ingest_source_export(p2).kind == "done"
+    assert source_jobs.ingest_source_unit(p2).kind == "done"
 
     [new] = _package(p2)["vouchers"]
     assert new["expense_id"] == old["expense_id"] and new["export_id"] != old["export_id"]
@@ -435,13 +436,13 @@ def test_a_corrected_voucher_cancels_an_export_that_has_not_started_posting(sour
     of the old rows."""
     first = source.send({"owner_name": "Kari", "expenses": [MYSTERY]})
     p1 = source.announce(first["export_id"])
-    source_jobs.ingest_source_export(p1)
+    source_jobs.ingest_source_unit(p1)
     [old] = _package(p1)["vouchers"]
 
     again = source.send({"owner_name": "Kari", "expenses": [FIXED]},
                         voucher_ids=first["voucher_ids"])
     p2 = source.announce(again["export_id"])
-    assert source_jobs.ingest_source_export(p2).kind == "done"
+    assert source_jobs.ingest_source_unit(p2).kind == "done"
 
     cancelled = _export(old["export_id"])
     assert cancelled.status == "cancelled" and "superseded" in cancelled.error_message
@@ -460,7 +461,7 @@ def test_a_corrected_voucher_already_booked_is_flagged_not_booked_again(source):
     this change: the new package was linked at once, silently."""
     first = source.send({"owner_name": "Kari", "expenses": [MYSTERY]})
     p1 = source.announce(first["export_id"])
-    source_jobs.ingest_source_export(p1)
+    source_jobs.ingest_source_unit(p1)
     [old] = _package(p1)["vouchers"]
     with session_scope() as session:  # the worker has started posting it
         session.get(AccountingExport, old["export_id"]).posting_started_at = utcnow()
@@ -468,12 +469,12 @@ def test_a_corrected_voucher_already_booked_is_flagged_not_booked_again(source):
     again = source.send({"owner_name": "Kari", "expenses": [FIXED]},
                         voucher_ids=first["voucher_ids"])
     p2 = source.announce(again["export_id"])
-    waiting = source_jobs.ingest_source_export(p2)
+    waiting = source_jobs.ingest_source_unit(p2)
     assert waiting.kind == "retry" and "being posted" in waiting.detail
     assert _package(p2)["vouchers"] == [] and _package(p2)["status"] == "received"
 
     _book(old["export_id"], 12)
-    assert source_jobs.ingest_source_export(p2).kind == "done"
+    assert source_jobs.ingest_source_unit(p2).kind == "done"
     [linked] = _package(p2)["vouchers"]
     assert linked["export_id"] == old["export_id"]
     assert "already booked as voucher 12" in linked["note"]
@@ -511,11 +512,11 @@ def test_a_bad_basis_pdf_costs_only_its_voucher_the_attachment(source, findity_s
                           bad_basis={"1": "not_pdf", "2": "missing", "3": "oversized"},
                           oversized_basis_bytes=3 * 1024 * 1024)
     package = source.announce(created["export_id"])
-    waiting = source_jobs.ingest_source_export(package)
+    waiting = source_jobs.ingest_source_unit(package)
     assert waiting.kind == "retry" and "not found yet" in waiting.detail  # 404: may still come
 
     _age(package, get_settings().source_not_found_grace_seconds + 1)
-    assert source_jobs.ingest_source_export(package).kind == "done"
+    assert source_jobs.ingest_source_unit(package).kind == "done"
     vouchers = _package(package)["vouchers"]
     assert all(v["export_id"] for v in vouchers)
     with session_scope() as session:

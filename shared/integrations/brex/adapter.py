@@ -275,8 +275,7 @@ class BrexSource(BrexClient):
             return False
         return report.wire["memo_tag"] in (current.memo or "")
 
-    def completed(self, external_id: str, options: dict[str, Any],
-                  organization_name: str) -> str | None:
+    def completed(self, external_id: str, options: dict[str, Any]) -> str | None:
         return None  # nothing to attach to a Brex expense when its unit is done
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.integrations.registry import (
     CredentialField,
@@ -57,6 +57,9 @@ class FindityOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    # Our organization's id in Findity: in the API's paths, and a webhook naming another
+    # organization is refused.
+    organization_id: str = Field(min_length=1, max_length=100)
     # Also attach an SIE 4 or CSV file of each completed package to the Findity export.
     content_file: Literal["sie4", "csv"] | None = None
     # VAT code -> rate (percent), over the Norwegian defaults, for merging Findity's VAT rows.
@@ -64,10 +67,10 @@ class FindityOptions(BaseModel):
 
 
 def _build_client(connection, credentials) -> FinditySource:
-    return FinditySource(connection.base_url, token_url=connection.token_url,
+    return FinditySource(connection.base_url, token_url=credentials["token_url"],
                          client_id=credentials["client_id"],
                          client_secret=credentials["client_secret"],
-                         organization_id=connection.external_organization_id)
+                         organization_id=connection.options["organization_id"])
 
 
 SYSTEM = SourceSystem(
@@ -76,7 +79,10 @@ SYSTEM = SourceSystem(
     credentials=(
         CredentialField("client_id", "OAuth2 client id", secret=False),
         CredentialField("client_secret", "OAuth2 client secret"),
+        # The client secret is sent there: a credential, so it never changes without the secret.
+        CredentialField("token_url", "OAuth2 token endpoint", secret=False, url=True),
     ),
+    organization_option="organization_id",
     options_model=FindityOptions,
     base_url_example="https://api.findity.com/api",
     build_client=_build_client,

@@ -97,7 +97,8 @@ class FinditySource(FindityClient):
 
     attachment_noun = "basis PDF"
 
-    def fetch_unit(self, external_id: str) -> FetchedUnit:
+    def fetch_unit(self, external_id: str, listed: dict | None = None) -> FetchedUnit:
+        # Always fetched with our credentials; the listing (empty for Findity) is not needed.
         self.get_export(external_id)
         package = self.get_voucher_package(external_id)
         return FetchedUnit(
@@ -155,15 +156,16 @@ class FinditySource(FindityClient):
     def send_reports(self, external_id: str, reports: list[ItemReport]) -> None:
         self.update_status(external_id, [r.payload for r in reports])
 
-    def completed(self, external_id: str, options: dict, organization_name: str) -> str | None:
-        """The optional SIE 4 / CSV file of the package, for administrators in Findity."""
+    def completed(self, external_id: str, options: dict) -> str | None:
+        """The optional SIE 4 / CSV file of the package, for administrators in Findity (its
+        company name: our organization's id in Findity, as before the registry)."""
         fmt = (options or {}).get("content_file")
         if not fmt:
             return None
         try:
             package = self.get_voucher_package(external_id)
             filename, content, content_type = package_file(
-                package, fmt, company_name=organization_name, generated_at=utcnow())
+                package, fmt, company_name=self.organization_id, generated_at=utcnow())
             self.put_content(external_id, filename, content, content_type)
         except (IntegrationError, ValueError) as error:
             raise CompletionFailed(f"the {fmt} file could not be attached: {error}") from error

@@ -191,6 +191,5 @@ class TraedeSource(TraedeClient):
             return False
         return all(str(entry["id"]) != report.external_id for entry in listed)
 
-    def completed(self, external_id: str, options: dict[str, Any],
-                  organization_name: str | None = None) -> str | None:
+    def completed(self, external_id: str, options: dict[str, Any]) -> str | None:
         return None  # nothing to complete: the mark is the whole report

@@ -241,21 +241,21 @@ def _stored(org_id: str) -> tuple:
     with session_scope() as session:
         rows = [session.scalar(select(model).where(model.organization_id == org_id))
                 for model in (TargetConnection, SourceConnection)]
-        return tuple((r.base_url, getattr(r, "token_url", None), r.credentials_encrypted,
-                      r.updated_at) if r else None for r in rows)
+        return tuple((r.base_url, r.credentials_encrypted, r.options, r.updated_at) if r else None
+                     for r in rows)
 
 
 def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
-    """A new base_url (token_url) without credentials is a 422 that says to send them, and
-    changes nothing. Fails on the old code: it answered 200 and the worker would have sent the
-    stored tokens to the new host."""
+    """A new base_url (or token_url, one of Findity's credentials) without every secret is a
+    422 that says what to send, and changes nothing. Fails on the old code: it answered 200 and
+    the worker would have sent the stored tokens to the new host."""
     connections = f"/api/v1/admin/organizations/{org.id}/connections/tripletex"
     source = f"/api/v1/admin/organizations/{org.id}/sources/findity"
-    findity = {"base_url": "http://127.0.0.1:9/api", "token_url": "http://127.0.0.1:9/token",
-               "external_organization_id": "f-1"}
-    created = client.put(source, headers=_admin(), json={**findity, "client_id": "c",
-                                                         "client_secret": "s"})
+    findity = {"base_url": "http://127.0.0.1:9/api", "options": {"organization_id": "f-1"}}
+    created = client.put(source, headers=_admin(), json={**findity, "credentials": {
+        "client_id": "c", "client_secret": "s", "token_url": "http://127.0.0.1:9/token"}})
     assert created.status_code == 200, created.text
+    assert created.json()["has_credentials"] and "credentials" not in created.json()
     before = _stored(org.id)
 
     refused = [
@@ -263,20 +263,21 @@ def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
                    json={"base_url": "https://collector.example/v2"}),
         client.put(source, headers=_admin(), json={**findity,
                                                    "base_url": "https://collector.example/api"}),
-        client.put(source, headers=_admin(), json={**findity, "client_id": "c",
-                                                   "token_url": "https://collector.example/t"}),
+        client.put(source, headers=_admin(), json={**findity, "credentials": {
+            "client_id": "c", "token_url": "https://collector.example/t"}}),
     ]
     for response in refused:
         assert response.status_code == 422, response.text
-        error = response.json()["error"]
-        assert error["code"] == "validation_failed"
-        assert "together with the new" in error["message"]
-        assert "Nothing was changed" in error["message"]
+        assert response.json()["error"]["code"] == "validation_failed"
+    for response in refused[:2]:
+        message = response.json()["error"]["message"]
+        assert "together with the new base_url" in message and "Nothing was changed" in message
     assert "send the credentials" in refused[0].json()["error"]["message"]
-    assert "send client_id and client_secret" in refused[2].json()["error"]["message"]
+    assert "client_id, client_secret, token_url" in refused[1].json()["error"]["message"]
+    assert "need: client_secret" in refused[2].json()["error"]["message"]
     assert _stored(org.id) == before
 
-    # The same URLs without credentials keep the stored ones (a trailing slash is no move)...
+    # The same URL without credentials keeps the stored ones (a trailing slash is no move)...
     same = client.put(connections, headers=_admin(), json={"base_url": before[0][0] + "/"})
     assert same.status_code == 200 and same.json()["has_credentials"], same.text
     assert client.put(source, headers=_admin(), json=findity).status_code == 200
@@ -285,10 +286,33 @@ def test_admin_cannot_point_stored_credentials_at_another_host(client, org):
         "base_url": "https://api-test.tripletex.tech/v2",
         "credentials": {"consumer_token": "c2", "employee_token": "e2"}})
     assert moved.status_code == 200 and moved.json()["base_url"].endswith("tech/v2")
-    moved = client.put(source, headers=_admin(), json={
-        **findity, "token_url": "https://auth.findity.example/token", "client_id": "c",
-        "client_secret": "s2"})
+    moved = client.put(source, headers=_admin(), json={**findity, "credentials": {
+        "client_id": "c", "client_secret": "s2",
+        "token_url": "https://auth.findity.example/token"}})
     assert moved.status_code == 200, moved.text
+
+
+def test_source_credentials_and_options_are_checked_against_the_registry(client, org):
+    """The source's registry entry says which credentials and options it takes: a misspelt
+    credential, a token URL that is not http(s) and a missing required option are refused with
+    the field to fix, and nothing is stored."""
+    source = f"/api/v1/admin/organizations/{org.id}/sources/findity"
+    good = {"client_id": "c", "client_secret": "s", "token_url": "http://127.0.0.1:9/token"}
+    cases = [
+        ({"credentials": {**good, "client_sercet": "x"}, "options": {"organization_id": "f"}},
+         "no field client_sercet"),
+        ({"credentials": {**good, "token_url": "ftp://x"}, "options": {"organization_id": "f"}},
+         "credentials.token_url must start with http"),
+        ({"credentials": good}, "options.organization_id"),
+        ({"credentials": good, "options": {"organization_id": "f", "content_file": "pdf"}},
+         "options.content_file"),
+    ]
+    for body, expected in cases:
+        response = client.put(source, headers=_admin(),
+                              json={"base_url": "http://127.0.0.1:9/api", **body})
+        assert response.status_code == 422, response.text
+        assert expected in response.json()["error"]["message"], response.text
+    assert _stored(org.id)[1] is None
 
 
 def _export_state(export_id: str) -> tuple:

@@ -1,0 +1,94 @@
+"""The one way to change a source unit's status, and its event log.
+
+A source unit is one piece of work a source announced (a Findity export package, a TRAEDE entry,
+a Brex expense); it is not an accounting export. Allowed moves:
+
+    received   -> ingesting                  (a worker claims it, with a lease)
+    ingesting  -> ingesting                  (re-claimed after the lease ran out)
+    ingesting  -> received                   (waits: not found yet, a transient error)
+    ingesting  -> rejected                   (not found past the grace: a forged or stale id)
+    ingesting  -> processing                 (its items are ingested; their exports run)
+    rejected   -> received                   (the source's own listing names it again)
+    processing -> completed | completed_with_failures   (every outcome final and, unless the
+                                                        source is told nothing, held by it)
+    completed, completed_with_failures -> processing    (an export of it runs again)
+    completed <-> completed_with_failures               (an outcome changed while settled)
+
+``transition_unit()`` is a compare-and-set on the status the caller read (plus any guard, e.g.
+the claim's attempt as a fencing token), and writes a ``status_changed`` event in the caller's
+transaction, so two actors (a worker, the poller, the sweeper, an operator's retry) cannot both
+win. Finer steps are events written with ``record_unit_event()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import SourceUnit, SourceUnitEvent
+from shared.db.types import utcnow
+from shared.domain.statuses import SourceUnitStatus
+
+__all__ = ["SourceUnitStatus", "transition_unit", "record_unit_event", "SETTLED",
+           "ALLOWED_TRANSITIONS", "IllegalUnitTransition"]
+
+
+R, I, P, C, CF, X = (SourceUnitStatus.RECEIVED, SourceUnitStatus.INGESTING,
+                     SourceUnitStatus.PROCESSING, SourceUnitStatus.COMPLETED,
+                     SourceUnitStatus.COMPLETED_WITH_FAILURES, SourceUnitStatus.REJECTED)
+
+ALLOWED_TRANSITIONS: dict[SourceUnitStatus, frozenset[SourceUnitStatus]] = {
+    R: frozenset({I}),
+    I: frozenset({I, R, X, P}),
+    X: frozenset({R}),
+    P: frozenset({C, CF}),
+    C: frozenset({P, CF}),
+    CF: frozenset({P, C}),
+}
+SETTLED = frozenset({C, CF})
+
+
+class IllegalUnitTransition(ValueError):
+    """A move not in the table: a programming error, never a race."""
+
+
+def transition_unit(session: Session, unit: SourceUnit, to: SourceUnitStatus, *, actor: str,
+                    reason: str | None = None, guard: tuple[ColumnElement[bool], ...] = (),
+                    values: dict[str, Any] | None = None,
+                    data: dict[str, Any] | None = None) -> bool:
+    """Move ``unit`` from the status it was read with to ``to`` (setting ``values`` too) if
+    nobody changed it meanwhile and every ``guard`` holds. False, and nothing written, if not.
+
+    The unit's changed attributes are expired, so reading them again (in this transaction)
+    sees what was written, SQL expressions in ``values`` included.
+    """
+    current = SourceUnitStatus(unit.status)
+    to = SourceUnitStatus(to)
+    if to not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalUnitTransition(f"source unit {unit.id} is {current.value}; it cannot "
+                                    f"become {to.value}")
+    now = utcnow()
+    values = {"status": to.value, "updated_at": now, **(values or {})}
+    moved = session.execute(
+        update(SourceUnit)
+        .where(SourceUnit.id == unit.id, SourceUnit.status == current.value, *guard)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        return False
+    session.expire(unit, list(values))
+    session.add(SourceUnitEvent(
+        unit_id=unit.id, kind="status_changed" if to != current else "reclaimed",
+        from_status=current.value, to_status=to.value, actor=actor, reason=reason, data=data,
+        created_at=now))
+    return True
+
+
+def record_unit_event(session: Session, unit_id: str, kind: str, *, actor: str,
+                      reason: str | None = None, data: dict[str, Any] | None = None) -> None:
+    """A step that changes no status (announced, listed again, re-queued by the sweeper)."""
+    session.add(SourceUnitEvent(unit_id=unit_id, kind=kind, actor=actor, reason=reason,
+                                data=data, created_at=utcnow()))
