@@ -25,10 +25,10 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
-from shared.db.models import AccountingExport, ExportEvent, WebhookDelivery
+from shared.db.models import AccountingExport, ExportEvent, SourceUnitItem, WebhookDelivery
 
 __all__ = ["CONTENT_TYPE_LATEST", "latest", "register_queue_depths",
            "start_worker_metrics_server"]
@@ -51,6 +51,12 @@ POSTING_SECONDS = Histogram(
 RATE_LIMIT_WAIT_SECONDS = Histogram(
     "aic_rate_limit_wait_seconds", "Time a request waited for the shared rate limiter.",
     ["system"], buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30))
+SOURCE_ITEMS_RECEIVED = Counter(
+    "aic_source_items_received_total", "Items of source units recorded (a voucher of a package, "
+    "an entry, an expense), by whether they can be booked or were refused.", ["outcome"])
+SOURCE_ITEMS_REPORTED = Counter(
+    "aic_source_items_reported_total", "Outcomes a source accepted from us, by status.",
+    ["status"])
 WEBHOOK_DELIVERIES = Counter(
     "aic_webhook_deliveries_total", "Webhook deliveries stored, by whether they repeated one "
     "already known.", ["result"])
@@ -80,6 +86,12 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
                             _target_of(session, obj.export_id), obj.data or {}))
         elif isinstance(obj, WebhookDelivery):
             pending.append(("webhook", "duplicate" if obj.duplicate else "new"))
+        elif isinstance(obj, SourceUnitItem):
+            pending.append(("item_received", "refused" if obj.outcome_error else "bookable"))
+    for obj in session.dirty:
+        if isinstance(obj, SourceUnitItem) and obj.reported_status is not None:
+            if inspect(obj).attrs.reported_status.history.has_changes():
+                pending.append(("item_reported", obj.reported_status))
 
 
 @event.listens_for(Session, "after_commit")
@@ -87,6 +99,12 @@ def _count(session: Session) -> None:
     for item in session.info.pop(_PENDING_KEY, []):
         if item[0] == "webhook":
             WEBHOOK_DELIVERIES.labels(item[1]).inc()
+            continue
+        if item[0] == "item_received":
+            SOURCE_ITEMS_RECEIVED.labels(item[1]).inc()
+            continue
+        if item[0] == "item_reported":
+            SOURCE_ITEMS_REPORTED.labels(item[1]).inc()
             continue
         _, kind, to_status, export_id, target, data = item
         EXPORT_EVENTS.labels(f"{kind}:{to_status}" if kind == "status_changed" else kind,

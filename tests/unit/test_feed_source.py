@@ -132,6 +132,15 @@ def test_a_unit_no_poll_listed_is_never_fetched_from_an_announcement_body(feed):
 def test_chunked_reports_gather_units_of_the_connection_after_their_bookings(feed):
     """Each entry is its own unit; reports go out in chunks of at most two across units, only
     for exports that are booked (or refused at ingest), and every unit completes."""
+    from prometheus_client import REGISTRY
+
+    def counted(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    received = (counted("aic_source_items_received_total", outcome="bookable"),
+                counted("aic_source_items_received_total", outcome="refused"))
+    reported = (counted("aic_source_items_reported_total", status="SUCCESS"),
+                counted("aic_source_items_reported_total", status="FAILED"))
     _, connection_id = _connect(feed)
     for amount in ("100.00", "200.00", "300.00", "400.00"):
         feed.add(amount)
@@ -139,6 +148,9 @@ def test_chunked_reports_gather_units_of_the_connection_after_their_bookings(fee
                          "date": "2026-11-02"})
     source_jobs.poll_sources()
     units = _ingest_all(connection_id)
+    # The metrics (shared/metrics.py) count items as the engine records them.
+    assert (counted("aic_source_items_received_total", outcome="bookable") - received[0],
+            counted("aic_source_items_received_total", outcome="refused") - received[1]) == (4, 1)
 
     # Nothing booked yet: only the refusal is owed.
     assert source_jobs.report_to_source(units["1"].id).kind == "done"
@@ -159,6 +171,8 @@ def test_chunked_reports_gather_units_of_the_connection_after_their_bookings(fee
     # Nothing is owed any more: a repeated report sends nothing.
     assert source_jobs.report_to_source(units["1"].id).detail == "0 reported"
     assert len(feed.results_calls) == 3
+    assert (counted("aic_source_items_reported_total", status="SUCCESS") - reported[0],
+            counted("aic_source_items_reported_total", status="FAILED") - reported[1]) == (4, 1)
 
 
 def test_chunked_reports_that_may_be_held_already_go_out_alone(feed):
