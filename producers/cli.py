@@ -396,7 +396,24 @@ def cmd_exports_show(args) -> int:
         detail = ExportDetail.of(exports.get_export(session, org_id, args.export_id))
         events = [EventOut.of(e).model_dump() for e in exports.export_events(session, org_id,
                                                                              args.export_id)]
-    _print_json({**detail.model_dump(), "events": events})
+    if args.json:
+        _print_json({**detail.model_dump(), "events": events})
+        return 0
+    d = detail
+    print(f"{d.export_id}  {d.status.upper()}  to {d.target_system}  ({d.organization_id})")
+    print(f"  expense {d.expense_id}   attempts {d.attempts}   reference "
+          f"{d.external_reference or '-'}   batch {d.batch_id or '-'}")
+    print(f"  created {d.initiated_at:%Y-%m-%d %H:%M:%S}   updated {d.updated_at:%Y-%m-%d %H:%M:%S}"
+          + (f"   exported {d.exported_at:%Y-%m-%d %H:%M:%S}" if d.exported_at else ""))
+    if d.error_message:
+        print(f"  message {d.error_message}")
+    print("  events (oldest first):")
+    for e in events:
+        step = (f"{e['from_status'] or '-'} -> {e['to_status']}" if e["kind"] == "status_changed"
+                else e["kind"] + (" -> " + e["to_status"] if e["to_status"] else ""))
+        attempt = f"#{e['attempt']}" if e["attempt"] else ""
+        print(f"    {e['at']:%H:%M:%S.%f}"[:-3] + f"  {step:<30} {attempt:<4} {e['actor']}"
+              + (f"  {e['reason']}" if e["reason"] else ""))
     return 0
 
 
@@ -714,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     ew.set_defaults(func=cmd_exports_wait)
     es = ex.add_parser("show", help="an export and its event log")
     es.add_argument("export_id")
+    es.add_argument("--json", action="store_true", help="JSON (the API's fields and events)")
     es.set_defaults(func=cmd_exports_show)
     er = ex.add_parser("retry", help="queue a failed export again")
     er.add_argument("export_id")
@@ -721,11 +739,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redacted_database() -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(get_settings().database_url).render_as_string(hide_password=True)
+
+
 def _shown(path: Path) -> str:
     return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.exc import DBAPIError
+
     from shared.domain.errors import DomainError
     from shared.logs import configure_logging
 
@@ -746,6 +772,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DBAPIError as error:
+        # An unreachable database, or one older than this code (a column it does not have yet).
+        reason = str(error.orig).splitlines()[0] if error.orig else type(error).__name__
+        print(f"error: the database at {_redacted_database()} could not answer ({reason}). "
+              "Is it running? If this code is newer than the database, run `aic migrate`.",
+              file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `aic ... | head`: the reader left; not an error worth a traceback. stdout is
         # pointed at /dev/null so the interpreter's final flush does not fail again.

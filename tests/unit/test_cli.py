@@ -14,9 +14,14 @@ def test_org_create_prints_id_and_key_once(capsys):
 def test_exports_show_prints_the_event_log_and_retry_requeues_a_failed_export(capsys, org, make_expense):
     with session_scope() as session:
         export = exports.create_export(session, org.id, make_expense(), "tripletex", actor="t")
-    assert main(["exports", "show", export.id]) == 0
+    assert main(["exports", "show", export.id, "--json"]) == 0
     out = capsys.readouterr().out
     assert '"kind": "created"' in out and '"kind": "queued"' in out
+    assert main(["exports", "show", export.id]) == 0  # for people: one line per event
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{export.id}  PROCESSING  to tripletex")
+    assert any("created -> processing" in line and "t" in line for line in lines)
+    assert any(line.strip().split()[1] == "queued" for line in lines[4:])
     # only a failed export can be retried: refused with a message, exit code 2
     assert main(["exports", "retry", export.id]) == 2
     assert "only a failed export can be retried" in capsys.readouterr().err
@@ -371,3 +376,21 @@ def test_aic_uses_the_running_stacks_broker_for_what_it_queues(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "BROKER redis://127.0.0.1:6399/5" in done.stdout
     assert "using the running local stack's AIC_REDIS_URL" in done.stderr
+
+
+def test_a_database_older_than_the_code_is_a_clear_error_not_a_traceback(
+        capsys, monkeypatch, tmp_path):
+    from shared.config import reset_settings_cache
+    from shared.db.session import reset_engines
+
+    monkeypatch.setenv("AIC_DATABASE_URL", f"sqlite:///{tmp_path / 'never-migrated.db'}")
+    reset_settings_cache()
+    reset_engines()
+    try:
+        assert main(["exports", "list", "--all"]) == 1
+    finally:
+        monkeypatch.undo()
+        reset_settings_cache()
+        reset_engines()
+    err = capsys.readouterr().err
+    assert "run `aic migrate`" in err and "no such table" in err and "Traceback" not in err
