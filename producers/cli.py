@@ -582,6 +582,30 @@ def _option_value(raw: str):
         return raw
 
 
+def cmd_source_retry(args) -> int:
+    from shared.db.models import SourceUnit
+    from shared.db.session import session_scope
+    from shared.domain import sources
+    from shared.jobs import unsent_jobs
+
+    with session_scope() as session:
+        unit = session.get(SourceUnit, args.source_export_id)
+        if unit is None:
+            print(f"error: source export {args.source_export_id} does not exist "
+                  "(`GET /api/v1/source-exports` lists them)", file=sys.stderr)
+            return 2
+        sources.retry_source_unit(session, unit.organization_id, args.source_export_id,
+                                  actor="cli")
+    if unsent_jobs(session):
+        print(f"error: {args.source_export_id} is to be retried, but the broker at "
+              f"{_redacted_broker()} could not be reached, so nothing is queued yet; the next "
+              "poll or sweep sends it. Is the stack running?", file=sys.stderr)
+        return 1
+    print(f"{args.source_export_id}: what failed in it is retried (refused items converted "
+          "again with the connection's current options, failed exports queued again)")
+    return 0
+
+
 def cmd_source_poll(args) -> int:
     # Polling speaks to the sources' APIs and takes the poll's Redis lock: worker work, so the
     # CLI asks a worker for it through the queue, as beat does, instead of running worker code.
@@ -705,6 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the expenses are booked (default: the only target system)")
     ss.set_defaults(func=cmd_source_set)
     src.add_parser("poll", help="ask a worker to poll every source once now").set_defaults(func=cmd_source_poll)
+    sr = src.add_parser("retry", help="retry what failed in a completed source export (after "
+                                      "fixing the mapping): refused items and failed exports")
+    sr.add_argument("source_export_id")
+    sr.set_defaults(func=cmd_source_retry)
 
     ex = sub.add_parser("exports", help="accounting exports").add_subparsers(
         dest="ex_cmd", required=True)

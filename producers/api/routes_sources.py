@@ -76,6 +76,25 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
                                 pagination=Pagination(page=page, limit=limit, total=total or 0))
 
 
+@router.post("/{source_export_id}/retry", response_model=SourceExportOut, status_code=202,
+             responses=error_responses(404, 409),
+             summary="Retry what failed in a completed package",
+             description="For a package `completed_with_failures`: its items that were refused "
+                         "before anything was posted (an unmapped account, say) are converted "
+                         "again with the connection's current options, and its failed exports "
+                         "are retried. Booked items are never touched. 409 while the package is "
+                         "still being worked on or when nothing in it failed. `aic source retry` "
+                         "does the same.")
+def retry_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
+                        caller: Caller = Depends(exports_caller)):
+    with session_scope() as session:
+        row = sources.retry_source_unit(session, caller.organization_id, source_export_id,
+                                        actor=caller.actor)
+        session.flush()
+        session.refresh(row)
+        return _out(row, with_vouchers=True)
+
+
 @router.get("/{source_export_id}", response_model=SourceExportOut, responses=error_responses(404),
             summary="A package with every voucher's export and report status")
 def get_source_export(source_export_id: str = Path(pattern=ID_PATTERN),

@@ -21,13 +21,16 @@ from sqlalchemy.orm import Session
 from shared import crypto, ids
 from shared.config import get_settings
 from shared.db.models import (
+    AccountingExport,
+    ExportStatus,
     SourceConnection,
     SourceUnit,
     TargetConnection,
     WebhookDelivery,
 )
 from shared.db.types import utcnow
-from shared.domain.errors import DomainError, NotFound, ValidationFailed
+from shared.domain import exports as export_service
+from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
 from shared.domain.organizations import get_organization
 from shared.domain.source_units import (
     SETTLED,
@@ -271,6 +274,25 @@ def reannounce_rejected(session: Session, export: SourceUnit) -> bool:
     return True
 
 
+def report_again(session: Session, unit: SourceUnit) -> bool:
+    """The source's own pending listing names a unit we completed: it does not hold our reports
+    (a mark lost on its side, a crash between booking and the recorded answer, a stale read).
+
+    Only the poll calls this, for a ``completed`` unit (every item booked and reported): its
+    reports are sent again, never its bookings; repeating a report is harmless (the same
+    outcome, the same number). Compare-and-set, so two polls reopen it once. True if it did.
+    """
+    if not transition_unit(session, unit, SourceUnitStatus.PROCESSING, actor="poll",
+                           reason="the source lists it as pending again: its reports are sent "
+                                  "again (nothing is booked again)"):
+        return False
+    for item in unit.vouchers:
+        item.reported_status = None
+        item.reported_number = None
+    enqueue_report(session, unit.id)
+    return True
+
+
 def reopen_package(session: Session, source_export_id: str, *, actor: str) -> None:
     """A package's export is running again (an operator's retry): the package is not done.
 
@@ -313,3 +335,45 @@ def get_source_unit(session: Session, org_id: str, source_export_id: str) -> Sou
     if export is None or export.organization_id != org_id:
         raise NotFound(f"source export {source_export_id} does not exist")
     return export
+
+
+def retry_source_unit(session: Session, org_id: str, source_export_id: str, *,
+                      actor: str) -> SourceUnit:
+    """An operator's retry of what failed in a settled unit (after fixing a mapping, say).
+
+    Items refused at ingest (nothing was ever posted for them: an unmapped account, a date
+    before go-live) are forgotten and the unit goes back to ``received``: the next ingest
+    converts them again with the connection's current options, and only those (the others are
+    known and skipped). Items whose export failed in the target are retried as exports
+    (``retry_export``). Nothing booked is touched, so nothing can be booked twice. Refused with
+    409 while the unit is still working, or when nothing in it failed.
+    """
+    unit = get_source_unit(session, org_id, source_export_id)
+    if unit.status not in {s.value for s in SETTLED}:
+        raise Conflict(f"source export {source_export_id} is {unit.status}; only a completed "
+                       "one is retried (its items are still being worked on)")
+    refused = [v for v in unit.vouchers if v.outcome_error is not None and v.export_id is None]
+    failed_exports = [
+        v.export_id for v in unit.vouchers if v.export_id is not None
+        and session.scalar(select(AccountingExport.status).where(
+            AccountingExport.id == v.export_id)) == ExportStatus.FAILED.value]
+    if not refused and not failed_exports:
+        raise Conflict(f"nothing failed in source export {source_export_id}: nothing to retry")
+    if refused:
+        reasons = {v.external_voucher_id: v.outcome_error for v in refused}
+        if not transition_unit(
+                session, unit, SourceUnitStatus.RECEIVED, actor=actor,
+                reason="retried on request: the items refused at ingest are converted again",
+                # The listing is read again (fetch_unit without ``listed``): the entry may have
+                # been corrected in the source rather than in our mapping.
+                values={"received_at": utcnow(), "attempts": 0, "lease_expires_at": None,
+                        "last_error": None, "listed_payload": None},
+                data={"refused": reasons}):
+            raise Conflict(f"source export {source_export_id} changed meanwhile; try again")
+        for item in refused:
+            session.delete(item)
+        session.flush()
+        requeue_unit(session, unit)
+    for export_id in failed_exports:
+        export_service.retry_export(session, org_id, export_id, actor=actor)
+    return unit
