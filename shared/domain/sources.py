@@ -282,9 +282,10 @@ def report_again(session: Session, unit: SourceUnit) -> bool:
     reports are sent again, never its bookings; repeating a report is harmless (the same
     outcome, the same number). Compare-and-set, so two polls reopen it once. True if it did.
     """
-    if not transition_unit(session, unit, SourceUnitStatus.PROCESSING, actor="poll",
-                           reason="the source lists it as pending again: its reports are sent "
-                                  "again (nothing is booked again)"):
+    if unit.status != SourceUnitStatus.COMPLETED.value or not transition_unit(
+            session, unit, SourceUnitStatus.PROCESSING, actor="poll",
+            reason="the source lists it as pending again: its reports are sent again (nothing "
+                   "is booked again)"):
         return False
     for item in unit.vouchers:
         item.reported_status = None
