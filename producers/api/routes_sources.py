@@ -26,6 +26,9 @@ class SourceVoucherOut(BaseModel):
     error: str | None
     reported_status: str | None
     reported_at: datetime | None
+    # What an operator should know: a receipt not attached, or a change the source made after
+    # we took the item (a correction to make by hand; never a second booking).
+    note: str | None = None
 
 
 class SourceExportOut(BaseModel):
@@ -54,7 +57,8 @@ def _out(row: SourceUnit, with_vouchers: bool = False) -> SourceExportOut:
         updated_at=row.updated_at,
         vouchers=[SourceVoucherOut(voucher_id=v.external_voucher_id, expense_id=v.expense_id,
                                    export_id=v.export_id, error=v.outcome_error,
-                                   reported_status=v.reported_status, reported_at=v.reported_at)
+                                   reported_status=v.reported_status, reported_at=v.reported_at,
+                                   note=v.note)
                   for v in row.vouchers] if with_vouchers else None)
 
 

@@ -210,7 +210,8 @@ def verify_signature(connection: SourceConnection, header: str | None, body: byt
 
 
 def announce_unit(session: Session, connection: SourceConnection, external_export_id: str, *,
-                    via: str, listed: dict[str, Any] | None = None) -> tuple[SourceUnit, bool]:
+                  via: str, listed: dict[str, Any] | None = None,
+                  version: str | None = None) -> tuple[SourceUnit, bool]:
     """Record that the source has a unit for us; queue it once. Returns (row, newly_known).
 
     ``listed``: a poll listing's payload (read with our own credentials), kept on the unit for
@@ -225,7 +226,7 @@ def announce_unit(session: Session, connection: SourceConnection, external_expor
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
         status=SourceUnitStatus.RECEIVED.value, received_via=via, attempts=0,
-        received_at=utcnow(), listed_payload=listed)
+        received_at=utcnow(), listed_payload=listed, listed_version=version)
     try:
         with session.begin_nested():
             session.add(export)

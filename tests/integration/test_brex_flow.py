@@ -105,3 +105,45 @@ def test_expenses_are_booked_once_with_receipts_and_the_memo_written_back(
     assert sorted(u["source_export_ref"] for u in units) == sorted(ids)
     child_ids = {c["id"] for c in children["children"]}
     assert len(child_ids) == 2 and not child_ids & {u["source_export_ref"] for u in units}
+
+
+def test_an_expense_changed_after_booking_is_a_correction_for_a_human_never_a_second_voucher(
+        tenant, brex_sandbox, admin, worker):
+    account = brex_sandbox.create_account(billing_currency="NOK")
+    account_id = account["account_id"]
+    [changed, voided] = brex_sandbox.add_expenses(account_id, [
+        {"original_amount": 40000, "currency": "NOK", "billing_amount": 40000},
+        {"original_amount": 7000, "currency": "NOK", "billing_amount": 7000},
+    ])
+    response = admin.put(
+        f"/api/v1/admin/organizations/{tenant.organization_id}/sources/brex",
+        json={"base_url": account["base_url"], "credentials": {"user_token": account["token"]},
+              "target_system": "tripletex", "options": {**OPTIONS, "memo_write_back": False}})
+    assert response.status_code == 200, response.text
+    _wait("two vouchers", lambda: len(tenant.vouchers()) >= 2)
+
+    # After booking: the amount settles differently, the other is voided.
+    brex_sandbox.change_expense(account_id, changed, billing_amount=41500,
+                                original_amount=41500)
+    brex_sandbox.change_expense(account_id, voided, status="VOID")
+
+    def units_with_notes():
+        rows = tenant.api.get("/api/v1/source-exports?limit=100").json()["data"]
+        details = [tenant.api.get(f"/api/v1/source-exports/{r['source_export_id']}").json()
+                   for r in rows]
+        noted = {d["source_export_ref"]: d for d in details
+                 if any(v.get("note") for v in d["vouchers"])}
+        return noted if len(noted) == 2 else None
+
+    noted = _wait("both changes surfaced as corrections", units_with_notes)
+    for _ in range(2):
+        _poll()
+        time.sleep(2)
+    assert len(tenant.vouchers()) == 2  # never a second voucher
+    for unit_id in (changed, voided):
+        [item] = noted[unit_id]["vouchers"]
+        assert "after it was booked" in item["note"] and "correct" in item["note"], item
+        assert noted[unit_id]["last_error"]
+        events = [e["kind"] for e in tenant.events(item["export_id"])]
+        assert events.count("source_changed_after_booking") == 1, events
+        assert tenant.get(item["export_id"])["status"] == "success"
