@@ -40,7 +40,10 @@ from shared.domain.source_units import (
 )
 from shared.integrations import registry
 from shared.jobs import enqueue_after_commit
+from shared.logs import get_logger
 from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
+
+log = get_logger(__name__)
 
 SIGNATURE_HEADER = "X-AIC-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -275,7 +278,7 @@ def reannounce_rejected(session: Session, export: SourceUnit) -> bool:
     return True
 
 
-def report_again(session: Session, unit: SourceUnit) -> bool:
+def report_again(session: Session, unit: SourceUnit, *, actor: str = "poll") -> bool:
     """The source's own pending listing names a unit we completed: it does not hold our reports
     (a mark lost on its side, a crash between booking and the recorded answer, a stale read).
 
@@ -284,7 +287,7 @@ def report_again(session: Session, unit: SourceUnit) -> bool:
     outcome, the same number). Compare-and-set, so two polls reopen it once. True if it did.
     """
     if unit.status != SourceUnitStatus.COMPLETED.value or not transition_unit(
-            session, unit, SourceUnitStatus.PROCESSING, actor="poll",
+            session, unit, SourceUnitStatus.PROCESSING, actor=actor,
             reason="the source lists it as pending again: its reports are sent again (nothing "
                    "is booked again)"):
         return False
@@ -379,3 +382,34 @@ def retry_source_unit(session: Session, org_id: str, source_export_id: str, *,
     for export_id in failed_exports:
         export_service.retry_export(session, org_id, export_id, actor=actor)
     return unit
+
+
+def resend_since(session: Session, connection: SourceConnection, announcements: list[Any], *,
+                 actor: str, since: Any) -> dict[str, list[str]]:
+    """An operator's re-send: what the source lists as not exported since ``since`` (TRAEDE's
+    ``not_exported_since``: also entries marked for our system before then). Our own table,
+    not the source, decides what is a duplicate, so nothing is ever posted a second time:
+
+    - unknown to us -> announced like a poll's entry (ingested and booked as usual);
+    - known and completed (booked and reported) -> its report is sent again (``report_again``:
+      the same voucher number as before);
+    - anything else (failed, still working) -> left as it is, still visible as it was.
+
+    Returns the external ids per outcome. Logged, and each re-reported unit's event names the
+    actor. The caller lists the announcements with its own credentials (``list_pending``'s
+    rules: a poll-like listing, so ``listed`` content may be stored).
+    """
+    outcome: dict[str, list[str]] = {"announced": [], "reported_again": [], "left": []}
+    for item in announcements:
+        unit, new = announce_unit(session, connection, item.external_id, via="resend",
+                                  listed=item.payload or None, version=item.version)
+        if new:
+            outcome["announced"].append(item.external_id)
+        elif unit.status == SourceUnitStatus.COMPLETED.value and report_again(
+                session, unit, actor=actor):
+            outcome["reported_again"].append(item.external_id)
+        else:
+            outcome["left"].append(item.external_id)
+    log.warning("source re-send since a date", connection_id=connection.id, actor=actor,
+                since=str(since), **{key: len(ids) for key, ids in outcome.items()})
+    return outcome

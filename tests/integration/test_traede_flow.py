@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+from producers import cli
 from shared.queue import TASK_POLL_SOURCES, celery_app
 
 pytestmark = pytest.mark.timeout(300)
@@ -137,6 +138,20 @@ def test_entries_are_booked_once_and_marked_in_chunks_and_a_failing_one_books_af
     assert marks[bad]["note"] in {str(v["number"]) for v in vouchers}
     for entry_id in good:  # nothing was posted twice, nothing marked with another number
         assert tt.marks()[entry_id]["note"] == marks[entry_id]["note"]
+
+    # The operator's re-send since a date: TRAEDE lists the entries marked before it again;
+    # ours are only marked again (same note), never posted again.
+    time.sleep(1.5)
+    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    before = {i: m["times"] for i, m in tt.marks().items()}
+    assert cli.main(["source", "resend", tt.tenant.organization_id, "--system", "traede",
+                     "--not-exported-since", since, "--yes"]) == 0
+    deadline = time.monotonic() + 60
+    while not all(tt.marks()[i]["times"] > before[i] for i in good):
+        assert time.monotonic() < deadline, tt.marks()
+        time.sleep(0.5)
+    assert len(tt.tenant.vouchers()) == 12
+    assert {i: m["note"] for i, m in tt.marks().items()} == {i: m["note"] for i, m in marks.items()}
 
 
 def test_failing_and_redelivering_marks_still_book_each_entry_once(traede_tenant, worker):

@@ -141,3 +141,32 @@ def test_a_completed_unit_listed_again_is_reported_again_once(org, unit_id, sent
         assert unit.status == "processing"
         assert [(v.reported_status, v.reported_number) for v in unit.vouchers] == [(None, None)]
     assert len(sent_jobs) == 1
+
+
+def test_a_resend_since_books_only_unknown_items_and_reports_booked_ones_again(org, unit_id,
+                                                                               sent_jobs):
+    from shared.integrations.sources import Announcement
+
+    _settle_with(unit_id, SourceUnitStatus.COMPLETED,
+                 {"external_voucher_id": "v1", "reported_status": "SUCCESS",
+                  "reported_number": "7"})
+    with session_scope() as session:
+        connection = session.get(SourceUnit, unit_id).connection
+        failed, _ = sources.announce_unit(session, connection, "exp-failed", via="poll")
+        failed_id = failed.id
+    _settle_with(failed_id, SourceUnitStatus.COMPLETED_WITH_FAILURES,
+                 {"external_voucher_id": "v2", "outcome_error": "unmapped"})
+    sent_jobs.clear()
+    with session_scope() as session:
+        connection = session.get(SourceUnit, unit_id).connection
+        outcome = sources.resend_since(
+            session, connection,
+            [Announcement("exp-1", {}), Announcement("exp-failed", {}),
+             Announcement("exp-new", {"id": "exp-new"})], actor="cli", since="2026-11-01")
+    assert outcome == {"announced": ["exp-new"], "reported_again": ["exp-1"],
+                       "left": ["exp-failed"]}
+    with session_scope() as session:
+        assert session.get(SourceUnit, unit_id).status == "processing"
+        assert session.get(SourceUnit, failed_id).status == "completed_with_failures"
+    assert _events(unit_id)[-1] == ("status_changed", "completed", "processing", "cli")
+    assert len(sent_jobs) == 2  # the new unit's ingest, the completed one's report
