@@ -790,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("source_export_id")
     sr.set_defaults(func=cmd_source_retry)
     rs = src.add_parser("resend", help="re-send what the source lists as not exported since a "
-                                       "date (TRAEDE's not_exported_since): unknown items are "
+                                       "date (sources that offer it): unknown items are "
                                        "booked, booked ones only reported again, never posted "
                                        "twice")
     rs.add_argument("org")
