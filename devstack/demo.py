@@ -25,6 +25,7 @@ import time
 
 import httpx
 
+from devstack import sources_demo
 from devstack.findity_demo import send_demo_export, wait_until_reported
 from devstack.stack import Stack, StackError, stop_on_signals
 from shared.config import DEFAULT_VAR_DIR
@@ -171,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                                    organization_id=seed.organization_id)
         say(f"Findity export {findity.export_id} sent by webhook "
             f"({len(findity.voucher_ids)} vouchers)")
+        polled = sources_demo.connect_and_seed(
+            api_url=stack.api_url, traede_url=stack.traede_url, brex_url=stack.brex_url,
+            admin_token=stack.settings.admin_token, organization_id=seed.organization_id)
+        say(f"TRAEDE: {len(polled.traede_entry_ids)} entries, Brex: "
+            f"{len(polled.brex_expense_ids)} purchases seeded; polled as beat would")
         targets = [
             ("tripletex", "Tripletex", seed.expenses,
              lambda: sandbox_vouchers(stack.tripletex_url, seed.sandbox_company_id)),
@@ -209,6 +215,34 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Findity export {findity.export_id}: "
             + ("every voucher booked and reported SUCCESS" if findity_ok else "NOT OK"))
         ok = ok and findity_ok
+        marks, memos = sources_demo.wait_until_reported(
+            traede_url=stack.traede_url, brex_url=stack.brex_url, demo=polled,
+            timeout=args.timeout, poll=lambda: sources_demo.queue_poll(
+                stack.redis_url, stack.settings.maintenance_queue))
+        ledger = sandbox_vouchers(stack.tripletex_url, seed.sandbox_company_id)
+        voucher_numbers = {str(v["number"]): ref for ref, vs in ledger.items() for v in vs}
+        per_ref = {ref: len(vs) for ref, vs in ledger.items()}
+        rows, sources_ok = [], True
+        for entry_id in polled.traede_entry_ids:
+            note = marks.get(entry_id)
+            once = note in voucher_numbers and per_ref[voucher_numbers[note]] == 1
+            sources_ok = sources_ok and once
+            rows.append([f"TRAEDE entry {entry_id}", "marked exported" if note else "not marked",
+                         note or "-", "1" if once else "?"])
+        for expense_id in polled.brex_expense_ids:
+            memo = memos.get(expense_id, "")
+            number = (memo.split("[Booked as voucher ", 1)[1].split(" ", 1)[0]
+                      if "[Booked as voucher " in memo else None)
+            once = number in voucher_numbers and per_ref[voucher_numbers[number]] == 1
+            sources_ok = sources_ok and once
+            rows.append([f"Brex purchase {expense_id}", "memo written" if number else "no memo",
+                         number or "-", "1" if once else "?"])
+        print(table(rows, ["source item", "reported back", "voucher number",
+                           "Tripletex vouchers"]))
+        print()
+        say("TRAEDE and Brex: " + ("every item booked once and reported back"
+                                   if sources_ok else "NOT OK"))
+        ok = ok and sources_ok
         say(f"{len(by_expense)} exports to two targets finished in {elapsed:.1f}s"
             + ("; each is one record in its sandbox (Tripletex voucher, BillDiary expense)"
                if ok else

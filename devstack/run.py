@@ -12,11 +12,13 @@ import shlex
 import sys
 import time
 
+from devstack import sources_demo
 from devstack.findity_demo import FindityDemo, send_demo_export
 from devstack.stack import SeedResult, Stack, StackError, redact_url, stop_on_signals
 
 
-def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
+def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None,
+           polled: sources_demo.SourcesDemo | None = None) -> str:
     key = seed.api_key
     exports = f"{stack.api_url}/api/v1/accounting-exports"
     fresh = [e for e in seed.expenses if not e["live_export_status"]]
@@ -39,6 +41,8 @@ def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
         f" Tripletex sandbox  {stack.tripletex_url}/v2   (company {seed.sandbox_company_id})",
         f" Findity sandbox    {stack.findity_url}",
         f" BillDiary sandbox  {stack.billdiary_url}/api   (business {seed.billdiary_business_id})",
+        f" TRAEDE sandbox     {stack.traede_url}/v10",
+        f" Brex sandbox       {stack.brex_url}/v1",
         f" Redis              {redis}",
         f" Database           {redact_url(stack.database_url)}",
         f" Logs               {stack.log_dir}/",
@@ -84,6 +88,15 @@ def banner(stack: Stack, seed: SeedResult, findity: FindityDemo | None) -> str:
             " Watch it arrive, get booked in the Tripletex sandbox and reported back:",
             f"   curl -s {stack.api_url}/api/v1/source-exports -H {auth}",
         ]
+    if polled is not None:
+        lines += [
+            "",
+            f" TRAEDE: {len(polled.traede_entry_ids)} entries (company "
+            f"{polled.traede_company_id}) and Brex: {len(polled.brex_expense_ids)} purchases "
+            f"(account {polled.brex_account_id}) were seeded and a poll queued (beat polls every "
+            "AIC_POLL_INTERVAL_SECONDS; `aic source poll` asks for one now). They land in the "
+            "same list; the entries get marked exported, the purchases' memos name the voucher.",
+        ]
     lines += ["=" * 78, ""]
     return "\n".join(lines)
 
@@ -97,7 +110,11 @@ def main() -> int:
         findity = send_demo_export(api_url=stack.api_url, findity_url=stack.findity_url,
                                    admin_token=stack.settings.admin_token,
                                    organization_id=seed.organization_id)
-        print(banner(stack, seed, findity), flush=True)
+        polled = sources_demo.connect_and_seed(
+            api_url=stack.api_url, traede_url=stack.traede_url, brex_url=stack.brex_url,
+            admin_token=stack.settings.admin_token, organization_id=seed.organization_id)
+        sources_demo.queue_poll(stack.redis_url, stack.settings.maintenance_queue)
+        print(banner(stack, seed, findity, polled), flush=True)
         while True:
             dead = stack.first_dead()
             if dead is not None:

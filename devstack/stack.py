@@ -1,4 +1,5 @@
-"""The whole system on one machine: Redis, the sandboxes (Tripletex, Findity, BillDiary), the API, a Celery worker, beat, Flower.
+"""The whole system on one machine: Redis, the sandboxes (Tripletex, Findity, BillDiary, TRAEDE,
+Brex), the API, a Celery worker, beat, Flower.
 
 ``make run`` (devstack.run) and ``make demo`` (devstack.demo) start it through this one class,
 so the two cannot drift apart::
@@ -49,7 +50,8 @@ API_APP = "producers.api.app:app"
 # Ports ``make run`` tries first, so the URLs stay the same from one run to the next. A port that
 # is taken falls back to a free one (the banner prints whatever was chosen).
 PREFERRED_PORTS = {"api": 8000, "flower": 5555, "tripletex": 8100, "findity": 8200,
-                   "billdiary": 8300, "worker_metrics": 9540}
+                   "billdiary": 8300, "traede": 8400, "brex": 8500,
+                   "worker_metrics": 9540}
 
 STARTUP_TIMEOUT = 60.0
 
@@ -181,6 +183,8 @@ class Stack:
         self.tripletex_port = port("tripletex")
         self.findity_port = port("findity")
         self.billdiary_port = port("billdiary")
+        self.traede_port = port("traede")
+        self.brex_port = port("brex")
         self.processes: list[ManagedProcess] = []
 
     # --- URLs -------------------------------------------------------------------------------------
@@ -221,6 +225,16 @@ class Stack:
     def billdiary_url(self) -> str:
         """The sandbox's root; BillDiary's API base is ``/api``, its control API ``/_sandbox``."""
         return f"http://127.0.0.1:{self.billdiary_port}"
+
+    @property
+    def traede_url(self) -> str:
+        """The sandbox's root; TRAEDE's API base is ``/v10``, its control API ``/_sandbox``."""
+        return f"http://127.0.0.1:{self.traede_port}"
+
+    @property
+    def brex_url(self) -> str:
+        """The sandbox's root: Brex's API (``/v1``) and its control API ``/_sandbox``."""
+        return f"http://127.0.0.1:{self.brex_port}"
 
     def child_env(self) -> dict[str, str]:
         return {
@@ -312,6 +326,16 @@ class Stack:
                 "billdiary-sandbox",
                 python_argv("-m", "sandbox.billdiary", "--port", str(self.billdiary_port)),
                 self._http_ready(f"{self.billdiary_url}/_sandbox/healthz"),
+            ),
+            (
+                "traede-sandbox",
+                python_argv("-m", "sandbox.traede", "--port", str(self.traede_port)),
+                self._http_ready(f"{self.traede_url}/_sandbox/healthz"),
+            ),
+            (
+                "brex-sandbox",
+                python_argv("-m", "sandbox.brex", "--port", str(self.brex_port)),
+                self._http_ready(f"{self.brex_url}/_sandbox/healthz"),
             ),
             (
                 "api",

@@ -582,6 +582,86 @@ def _option_value(raw: str):
         return raw
 
 
+def cmd_source_retry(args) -> int:
+    from shared.db.models import SourceUnit
+    from shared.db.session import session_scope
+    from shared.domain import sources
+    from shared.jobs import unsent_jobs
+
+    with session_scope() as session:
+        unit = session.get(SourceUnit, args.source_export_id)
+        if unit is None:
+            print(f"error: source export {args.source_export_id} does not exist "
+                  "(`GET /api/v1/source-exports` lists them)", file=sys.stderr)
+            return 2
+        sources.retry_source_unit(session, unit.organization_id, args.source_export_id,
+                                  actor="cli")
+    if unsent_jobs(session):
+        print(f"error: {args.source_export_id} is to be retried, but the broker at "
+              f"{_redacted_broker()} could not be reached, so nothing is queued yet; the next "
+              "poll or sweep sends it. Is the stack running?", file=sys.stderr)
+        return 1
+    print(f"{args.source_export_id}: what failed in it is retried (refused items converted "
+          "again with the connection's current options, failed exports queued again)")
+    return 0
+
+
+def cmd_source_resend(args) -> int:
+    """Deliberate and logged: an explicit UTC time, a count and a confirmation first."""
+    from datetime import UTC, datetime
+
+    from shared.db.session import session_scope
+    from shared.domain import sources
+    from shared.integrations.errors import IntegrationError
+    from shared.integrations.sources import source_client_for
+
+    try:
+        since = datetime.fromisoformat(args.not_exported_since.replace("Z", "+00:00"))
+    except ValueError:
+        print(f"--not-exported-since {args.not_exported_since!r} is not a date-time like "
+              "2026-11-01T00:00:00Z", file=sys.stderr)
+        return 2
+    if since.tzinfo is None:
+        print("--not-exported-since needs a time zone (e.g. 2026-11-01T00:00:00Z)",
+              file=sys.stderr)
+        return 2
+    if since > datetime.now(UTC):
+        print("--not-exported-since is in the future: nothing can have been exported since",
+              file=sys.stderr)
+        return 2
+    with session_scope() as session:
+        connection = sources.source_connection_for(session, args.org, args.system)
+        if connection is None:
+            print(f"{args.org} has no {args.system} connection", file=sys.stderr)
+            return 1
+        session.expunge(connection)
+    adapter = source_client_for(connection)
+    if not hasattr(adapter, "list_not_exported_since"):
+        print(f"{registry.display_name(args.system)} cannot list what was exported since a date",
+              file=sys.stderr)
+        return 2
+    try:
+        page = adapter.list_not_exported_since(since)
+    except IntegrationError as error:
+        print(f"listing failed: {error.message}", file=sys.stderr)
+        return 1
+    print(f"{registry.display_name(args.system)} lists {len(page.announcements)} items not "
+          f"exported to this connection since {since.isoformat()}: unknown ones are booked, "
+          "booked ones are only reported again, failed ones are left as they are")
+    if not args.yes and input("go ahead? [y/N] ").strip().lower() != "y":
+        print("nothing done")
+        return 1
+    with session_scope() as session:
+        connection = sources.source_connection_for(session, args.org, args.system)
+        outcome = sources.resend_since(session, connection, page.announcements, actor="cli",
+                                       since=since)
+    for key, ids in outcome.items():
+        print(f"{key.replace('_', ' ')}: {len(ids)}" + (f" ({', '.join(ids[:20])}"
+                                                        f"{' ...' if len(ids) > 20 else ''})"
+                                                        if ids else ""))
+    return 0
+
+
 def cmd_source_poll(args) -> int:
     # Polling speaks to the sources' APIs and takes the poll's Redis lock: worker work, so the
     # CLI asks a worker for it through the queue, as beat does, instead of running worker code.
@@ -705,6 +785,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the expenses are booked (default: the only target system)")
     ss.set_defaults(func=cmd_source_set)
     src.add_parser("poll", help="ask a worker to poll every source once now").set_defaults(func=cmd_source_poll)
+    sr = src.add_parser("retry", help="retry what failed in a completed source export (after "
+                                      "fixing the mapping): refused items and failed exports")
+    sr.add_argument("source_export_id")
+    sr.set_defaults(func=cmd_source_retry)
+    rs = src.add_parser("resend", help="re-send what the source lists as not exported since a "
+                                       "date (sources that offer it): unknown items are "
+                                       "booked, booked ones only reported again, never posted "
+                                       "twice")
+    rs.add_argument("org")
+    rs.add_argument("--system", choices=source_names, required=True)
+    rs.add_argument("--not-exported-since", required=True, metavar="UTC_DATETIME",
+                    help="e.g. 2026-11-01T00:00:00Z (required: no default)")
+    rs.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rs.set_defaults(func=cmd_source_resend)
 
     ex = sub.add_parser("exports", help="accounting exports").add_subparsers(
         dest="ex_cmd", required=True)

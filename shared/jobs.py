@@ -66,6 +66,11 @@ def send_now(job: Job) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _send_pending_jobs(session: Session) -> None:
+    # SQLAlchemy also fires after_commit when a SAVEPOINT (``begin_nested``) is released: the
+    # outer transaction is not committed then, and a job sent now would name a row a worker
+    # cannot see yet (a poll announcing a page of units queued each one before its commit).
+    if session.in_nested_transaction():
+        return
     jobs: list[Job] = session.info.pop(_PENDING_KEY, [])
     for job in jobs:
         try:

@@ -332,7 +332,8 @@ def _ingest_package(session, client, source_export_id: str, unit: FetchedUnit,
 
 def _ingest_voucher(session, source_export: SourceUnit, connection: SourceConnection,
                     item: SourceItem, receipts: _Receipts) -> SourceUnitItem:
-    record = SourceUnitItem(source_unit_id=source_export.id, external_voucher_id=item.external_id)
+    record = SourceUnitItem(source_unit_id=source_export.id, external_voucher_id=item.external_id,
+                            content_fingerprint=item.content_fingerprint)
     if item.refusal is not None:  # a payment format, an unbalanced voucher: reported, not booked
         record.outcome_error = item.refusal
         return record
@@ -906,6 +907,8 @@ class PollResult:
     recovered: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     reannounced: list[str] = field(default_factory=list)
+    reported_again: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # known units whose content changed
     errors: list[str] = field(default_factory=list)
     skipped_locked: bool = False
 
@@ -943,9 +946,13 @@ def poll_sources() -> PollResult:
             lock.release()
         except redis.exceptions.LockError:
             pass  # the lock expired during a long poll; the next poll simply runs
-    if result.recovered or result.requeued or result.reannounced:
+    if result.changed:
+        log.warning("poll found items changed in their source after we took them",
+                    changed=len(result.changed))
+    if result.recovered or result.requeued or result.reannounced or result.reported_again:
         log.warning("poll recovered exports", recovered=len(result.recovered),
-                    requeued=len(result.requeued), reannounced=len(result.reannounced))
+                    requeued=len(result.requeued), reannounced=len(result.reannounced),
+                    reported_again=len(result.reported_again))
     return result
 
 
@@ -963,12 +970,16 @@ def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
             log.warning("poll failed", connection_id=connection.id, error=error.message)
             _record_poll(connection.id, error=error.message)
             return
+        changed: list[tuple[str, str]] = []
         with session_scope() as session:
             for item in page.announcements:
-                _take_listed(session, connection, item, result)
+                if (version := _take_listed(session, connection, item, result)) is not None:
+                    changed.append(version)
             moved = page.next_cursor is not None and page.next_cursor != cursor
             _record_poll(connection.id, cursor=page.next_cursor if moved else None,
                          session=session)
+        for unit_id, version in changed:
+            _recheck_unit(adapter, connection, unit_id, version, result)
         if not moved or not page.announcements:
             return
         cursor = page.next_cursor
@@ -986,18 +997,37 @@ def _record_poll(connection_id: str, *, cursor: str | None = None, error: str | 
                     .values(**values).execution_options(synchronize_session=False))
 
 
-def _take_listed(session, connection: SourceConnection, item, result: PollResult) -> None:
+def _take_listed(session, connection: SourceConnection, item,
+                 result: PollResult) -> tuple[str, str] | None:
+    """Record one listed unit. Returns (unit id, listed version) when a unit whose items are
+    ingested is listed with another version than the one stored: the caller fetches it again
+    after the page's commit (``_recheck_unit``)."""
     settings = get_settings()
     stuck_before = utcnow() - timedelta(seconds=settings.source_stuck_after_seconds)
     result.listed += 1
     source_export, new = sources.announce_unit(session, connection, item.external_id,
-                                                 via="poll", listed=item.payload or None)
+                                               via="poll", listed=item.payload or None,
+                                               version=item.version)
+    if not new and item.version is not None and source_export.listed_version != item.version:
+        if source_export.listed_version is None or source_export.status in (
+                SourceUnitStatus.RECEIVED.value, SourceUnitStatus.INGESTING.value,
+                SourceUnitStatus.REJECTED.value):
+            # Not ingested yet (the ingest fetches what is there now), or a unit recorded
+            # before versions were kept: the version only needs recording.
+            source_export.listed_version = item.version
+        else:
+            return source_export.id, item.version
     if new:
         result.recovered.append(item.external_id)
     elif source_export.status == SourceUnitStatus.REJECTED.value:
         # We believed a 404 (past the grace), yet the source lists the unit: take it again.
         if sources.reannounce_rejected(session, source_export):
             result.reannounced.append(item.external_id)
+    elif source_export.status == SourceUnitStatus.COMPLETED.value:
+        # Booked and reported, yet listed as pending: the source lost our report (TRAEDE: an
+        # entry that comes back unmarked). Report it again; it is never booked again.
+        if sources.report_again(session, source_export):
+            result.reported_again.append(item.external_id)
     elif (source_export.status in (SourceUnitStatus.RECEIVED.value,
                                    SourceUnitStatus.INGESTING.value)
           and source_export.updated_at < stuck_before
@@ -1005,3 +1035,76 @@ def _take_listed(session, connection: SourceConnection, item, result: PollResult
                or source_export.lease_expires_at < utcnow())):
         sources.requeue_unit(session, source_export)
         result.requeued.append(item.external_id)
+
+
+def _recheck_unit(adapter, connection: SourceConnection, unit_id: str, version: str,
+                  result: PollResult) -> None:
+    """A unit whose items are ingested was listed with another version: fetch it again and
+    compare each item's content fingerprint with the one it was ingested with.
+
+    A difference is a change in the source after we took the item (Brex: VOID, another amount,
+    a refund, a split). It is never booked a second time: the item gets a note, its export an
+    event (``source_changed_after_booking`` when it is booked), and the unit's ``last_error``
+    says what to correct, all visible in the API and ``aic exports show``. The new fingerprint
+    and version are stored so one change is surfaced once. A fetch that fails leaves the stored
+    version, so the next poll tries again.
+    """
+    with session_scope() as session:
+        unit = session.get(SourceUnit, unit_id)
+        external_id, listed = unit.external_export_id, unit.listed_payload
+    try:
+        fetched = adapter.fetch_unit(external_id, listed)
+    except IntegrationError as error:
+        result.errors.append(f"{connection.id}: re-check of {external_id}: {error.message}")
+        log.warning("changed unit not re-checked", source_export_id=unit_id, error=error.message)
+        return
+    source = registry.display_name(connection.source_system)
+    target = registry.display_name(connection.target_system)
+    items = []
+    for fetched_item in fetched.items:
+        try:
+            items.append(adapter.to_source_item(fetched, fetched_item, target_display_name=target,
+                                                options=connection.options or {}))
+        except IntegrationError as error:
+            result.errors.append(f"{connection.id}: re-check of {external_id}: {error.message}")
+            return
+    with session_scope() as session:
+        unit = session.get(SourceUnit, unit_id)
+        known = {v.external_voucher_id: v for v in unit.vouchers}
+        notes = []
+        for item in items:
+            record = known.get(item.external_id)
+            if (record is None or record.content_fingerprint is None
+                    or item.content_fingerprint is None
+                    or record.content_fingerprint == item.content_fingerprint):
+                continue
+            what = (f"it is now refused: {item.refusal}" if item.refusal
+                    else "its content changed")
+            export = session.get(AccountingExport, record.export_id) if record.export_id else None
+            if export is not None and export.status == ExportStatus.SUCCESS.value:
+                note = (f"{source} changed item {item.external_id} after it was booked in "
+                        f"{target} as {export.external_reference} (export {export.id}): {what}. "
+                        "It was not booked again: correct that booking by hand")
+                record_event(session, export, "source_changed_after_booking",
+                             actor=connection.source_system, reason=note,
+                             data={"source_export_id": unit.id,
+                                   "voucher_id": item.external_id})
+            else:
+                note = (f"{source} changed item {item.external_id} after we took it "
+                        f"({what}); what we hold was not changed: check it before it is "
+                        "booked or retried")
+                if export is not None:
+                    record_event(session, export, "source_note", actor=connection.source_system,
+                                 reason=note, data={"source_export_id": unit.id,
+                                                    "voucher_id": item.external_id})
+            record.note = "; ".join(n for n in (record.note, note) if n)[:4000]
+            record.content_fingerprint = item.content_fingerprint
+            notes.append(note)
+            log.warning("source item changed after we took it", source_export_id=unit.id,
+                        voucher=item.external_id)
+        if notes:
+            unit.last_error = "; ".join(notes)[:2000]
+            record_unit_event(session, unit.id, "changed_in_source", actor="poll",
+                              reason="; ".join(notes)[:2000], data={"version": version})
+            result.changed.append(external_id)
+        unit.listed_version = version

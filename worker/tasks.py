@@ -141,5 +141,6 @@ def poll_sources() -> dict:
     return {"connections": result.connections, "listed": result.listed,
             "recovered": len(result.recovered), "requeued": len(result.requeued),
             "reannounced": len(result.reannounced),
+            "reported_again": len(result.reported_again), "changed": len(result.changed),
             "errors": len(result.errors), "skipped_locked": result.skipped_locked}
 

@@ -26,6 +26,9 @@ class SourceVoucherOut(BaseModel):
     error: str | None
     reported_status: str | None
     reported_at: datetime | None
+    # What an operator should know: a receipt not attached, or a change the source made after
+    # we took the item (a correction to make by hand; never a second booking).
+    note: str | None = None
 
 
 class SourceExportOut(BaseModel):
@@ -54,7 +57,8 @@ def _out(row: SourceUnit, with_vouchers: bool = False) -> SourceExportOut:
         updated_at=row.updated_at,
         vouchers=[SourceVoucherOut(voucher_id=v.external_voucher_id, expense_id=v.expense_id,
                                    export_id=v.export_id, error=v.outcome_error,
-                                   reported_status=v.reported_status, reported_at=v.reported_at)
+                                   reported_status=v.reported_status, reported_at=v.reported_at,
+                                   note=v.note)
                   for v in row.vouchers] if with_vouchers else None)
 
 
@@ -74,6 +78,25 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
                                .offset((page - 1) * limit).limit(limit)).all()
         return SourceExportList(data=[_out(r) for r in rows],
                                 pagination=Pagination(page=page, limit=limit, total=total or 0))
+
+
+@router.post("/{source_export_id}/retry", response_model=SourceExportOut, status_code=202,
+             responses=error_responses(404, 409),
+             summary="Retry what failed in a completed package",
+             description="For a package `completed_with_failures`: its items that were refused "
+                         "before anything was posted (an unmapped account, say) are converted "
+                         "again with the connection's current options, and its failed exports "
+                         "are retried. Booked items are never touched. 409 while the package is "
+                         "still being worked on or when nothing in it failed. `aic source retry` "
+                         "does the same.")
+def retry_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
+                        caller: Caller = Depends(exports_caller)):
+    with session_scope() as session:
+        row = sources.retry_source_unit(session, caller.organization_id, source_export_id,
+                                        actor=caller.actor)
+        session.flush()
+        session.refresh(row)
+        return _out(row, with_vouchers=True)
 
 
 @router.get("/{source_export_id}", response_model=SourceExportOut, responses=error_responses(404),

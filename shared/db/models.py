@@ -264,6 +264,10 @@ class SourceUnit(Base):
     # adapter's ``fetch_unit``. NULL when only a webhook announced it: a webhook body is never
     # trusted for content.
     listed_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The version the last poll listed (``Announcement.version``; NULL: the source cannot
+    # tell). Another version of a unit whose items are ingested makes the poll fetch it again
+    # and compare each item's ``content_fingerprint``.
+    listed_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -304,6 +308,9 @@ class SourceUnitItem(Base):
     # What operators should know about a booked voucher: its basis PDF was not attached, or
     # the source sent it again with other content after it was booked.
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the booking depended on, hashed (``SourceItem.content_fingerprint``; NULL: the
+    # source cannot tell): a re-fetch with another fingerprint is a change in the source.
+    content_fingerprint: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     unit: Mapped[SourceUnit] = relationship(back_populates="vouchers")
 

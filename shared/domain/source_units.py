@@ -13,6 +13,8 @@ a Brex expense); it is not an accounting export. Allowed moves:
                                                         source is told nothing, held by it)
     completed, completed_with_failures -> processing    (an export of it runs again)
     completed <-> completed_with_failures               (an outcome changed while settled)
+    completed_with_failures -> received                 (an operator retries the items refused
+                                                        at ingest, e.g. after a mapping fix)
 
 ``transition_unit()`` is a compare-and-set on the status the caller read (plus any guard, e.g.
 the claim's attempt as a fencing token), and writes a ``status_changed`` event in the caller's
@@ -45,7 +47,7 @@ ALLOWED_TRANSITIONS: dict[SourceUnitStatus, frozenset[SourceUnitStatus]] = {
     X: frozenset({R}),
     P: frozenset({C, CF}),
     C: frozenset({P, CF}),
-    CF: frozenset({P, C}),
+    CF: frozenset({P, C, R}),
 }
 SETTLED = frozenset({C, CF})
 

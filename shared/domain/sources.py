@@ -21,13 +21,16 @@ from sqlalchemy.orm import Session
 from shared import crypto, ids
 from shared.config import get_settings
 from shared.db.models import (
+    AccountingExport,
+    ExportStatus,
     SourceConnection,
     SourceUnit,
     TargetConnection,
     WebhookDelivery,
 )
 from shared.db.types import utcnow
-from shared.domain.errors import DomainError, NotFound, ValidationFailed
+from shared.domain import exports as export_service
+from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
 from shared.domain.organizations import get_organization
 from shared.domain.source_units import (
     SETTLED,
@@ -37,7 +40,10 @@ from shared.domain.source_units import (
 )
 from shared.integrations import registry
 from shared.jobs import enqueue_after_commit
+from shared.logs import get_logger
 from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
+
+log = get_logger(__name__)
 
 SIGNATURE_HEADER = "X-AIC-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -207,7 +213,8 @@ def verify_signature(connection: SourceConnection, header: str | None, body: byt
 
 
 def announce_unit(session: Session, connection: SourceConnection, external_export_id: str, *,
-                    via: str, listed: dict[str, Any] | None = None) -> tuple[SourceUnit, bool]:
+                  via: str, listed: dict[str, Any] | None = None,
+                  version: str | None = None) -> tuple[SourceUnit, bool]:
     """Record that the source has a unit for us; queue it once. Returns (row, newly_known).
 
     ``listed``: a poll listing's payload (read with our own credentials), kept on the unit for
@@ -222,7 +229,7 @@ def announce_unit(session: Session, connection: SourceConnection, external_expor
         id=ids.new_id("srcexp", 6), organization_id=connection.organization_id,
         source_connection_id=connection.id, external_export_id=external_export_id,
         status=SourceUnitStatus.RECEIVED.value, received_via=via, attempts=0,
-        received_at=utcnow(), listed_payload=listed)
+        received_at=utcnow(), listed_payload=listed, listed_version=version)
     try:
         with session.begin_nested():
             session.add(export)
@@ -271,6 +278,26 @@ def reannounce_rejected(session: Session, export: SourceUnit) -> bool:
     return True
 
 
+def report_again(session: Session, unit: SourceUnit, *, actor: str = "poll") -> bool:
+    """The source's own pending listing names a unit we completed: it does not hold our reports
+    (a mark lost on its side, a crash between booking and the recorded answer, a stale read).
+
+    Only the poll calls this, for a ``completed`` unit (every item booked and reported): its
+    reports are sent again, never its bookings; repeating a report is harmless (the same
+    outcome, the same number). Compare-and-set, so two polls reopen it once. True if it did.
+    """
+    if unit.status != SourceUnitStatus.COMPLETED.value or not transition_unit(
+            session, unit, SourceUnitStatus.PROCESSING, actor=actor,
+            reason="the source lists it as pending again: its reports are sent again (nothing "
+                   "is booked again)"):
+        return False
+    for item in unit.vouchers:
+        item.reported_status = None
+        item.reported_number = None
+    enqueue_report(session, unit.id)
+    return True
+
+
 def reopen_package(session: Session, source_export_id: str, *, actor: str) -> None:
     """A package's export is running again (an operator's retry): the package is not done.
 
@@ -313,3 +340,76 @@ def get_source_unit(session: Session, org_id: str, source_export_id: str) -> Sou
     if export is None or export.organization_id != org_id:
         raise NotFound(f"source export {source_export_id} does not exist")
     return export
+
+
+def retry_source_unit(session: Session, org_id: str, source_export_id: str, *,
+                      actor: str) -> SourceUnit:
+    """An operator's retry of what failed in a settled unit (after fixing a mapping, say).
+
+    Items refused at ingest (nothing was ever posted for them: an unmapped account, a date
+    before go-live) are forgotten and the unit goes back to ``received``: the next ingest
+    converts them again with the connection's current options, and only those (the others are
+    known and skipped). Items whose export failed in the target are retried as exports
+    (``retry_export``). Nothing booked is touched, so nothing can be booked twice. Refused with
+    409 while the unit is still working, or when nothing in it failed.
+    """
+    unit = get_source_unit(session, org_id, source_export_id)
+    if unit.status not in {s.value for s in SETTLED}:
+        raise Conflict(f"source export {source_export_id} is {unit.status}; only a completed "
+                       "one is retried (its items are still being worked on)")
+    refused = [v for v in unit.vouchers if v.outcome_error is not None and v.export_id is None]
+    failed_exports = [
+        v.export_id for v in unit.vouchers if v.export_id is not None
+        and session.scalar(select(AccountingExport.status).where(
+            AccountingExport.id == v.export_id)) == ExportStatus.FAILED.value]
+    if not refused and not failed_exports:
+        raise Conflict(f"nothing failed in source export {source_export_id}: nothing to retry")
+    if refused:
+        reasons = {v.external_voucher_id: v.outcome_error for v in refused}
+        if not transition_unit(
+                session, unit, SourceUnitStatus.RECEIVED, actor=actor,
+                reason="retried on request: the items refused at ingest are converted again",
+                # The listing is read again (fetch_unit without ``listed``): the entry may have
+                # been corrected in the source rather than in our mapping.
+                values={"received_at": utcnow(), "attempts": 0, "lease_expires_at": None,
+                        "last_error": None, "listed_payload": None},
+                data={"refused": reasons}):
+            raise Conflict(f"source export {source_export_id} changed meanwhile; try again")
+        for item in refused:
+            session.delete(item)
+        session.flush()
+        requeue_unit(session, unit)
+    for export_id in failed_exports:
+        export_service.retry_export(session, org_id, export_id, actor=actor)
+    return unit
+
+
+def resend_since(session: Session, connection: SourceConnection, announcements: list[Any], *,
+                 actor: str, since: Any) -> dict[str, list[str]]:
+    """An operator's re-send: what the source lists as not exported since ``since`` (TRAEDE's
+    ``not_exported_since``: also entries marked for our system before then). Our own table,
+    not the source, decides what is a duplicate, so nothing is ever posted a second time:
+
+    - unknown to us -> announced like a poll's entry (ingested and booked as usual);
+    - known and completed (booked and reported) -> its report is sent again (``report_again``:
+      the same voucher number as before);
+    - anything else (failed, still working) -> left as it is, still visible as it was.
+
+    Returns the external ids per outcome. Logged, and each re-reported unit's event names the
+    actor. The caller lists the announcements with its own credentials (``list_pending``'s
+    rules: a poll-like listing, so ``listed`` content may be stored).
+    """
+    outcome: dict[str, list[str]] = {"announced": [], "reported_again": [], "left": []}
+    for item in announcements:
+        unit, new = announce_unit(session, connection, item.external_id, via="resend",
+                                  listed=item.payload or None, version=item.version)
+        if new:
+            outcome["announced"].append(item.external_id)
+        elif unit.status == SourceUnitStatus.COMPLETED.value and report_again(
+                session, unit, actor=actor):
+            outcome["reported_again"].append(item.external_id)
+        else:
+            outcome["left"].append(item.external_id)
+    log.warning("source re-send since a date", connection_id=connection.id, actor=actor,
+                since=str(since), **{key: len(ids) for key, ids in outcome.items()})
+    return outcome

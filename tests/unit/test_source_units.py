@@ -96,3 +96,77 @@ def test_an_ingest_message_queued_before_the_rename_still_runs(unit_id):
     assert [e[:3] for e in _events(unit_id)][1:3] == [
         ("status_changed", "received", "ingesting"), ("status_changed", "ingesting", "received")]
     assert new.name != old.name
+
+
+def _settle_with(unit_id: str, status: SourceUnitStatus, item: dict) -> None:
+    from shared.db.models import SourceUnitItem
+
+    with session_scope() as session:
+        unit = session.get(SourceUnit, unit_id)
+        for step in (SourceUnitStatus.INGESTING, SourceUnitStatus.PROCESSING, status):
+            assert transition_unit(session, unit, step, actor="test")
+        session.add(SourceUnitItem(source_unit_id=unit_id, **item))
+
+
+def test_a_retry_forgets_only_refused_items_and_ingests_the_unit_again(org, unit_id, sent_jobs):
+    from shared.domain.errors import Conflict
+
+    with session_scope() as session, pytest.raises(Conflict, match="only a completed"):
+        sources.retry_source_unit(session, org.id, unit_id, actor="test")
+    _settle_with(unit_id, SourceUnitStatus.COMPLETED_WITH_FAILURES,
+                 {"external_voucher_id": "v1", "outcome_error": "account 4444 is not mapped",
+                  "reported_status": "FAILED"})
+    sent_jobs.clear()
+    with session_scope() as session:
+        sources.retry_source_unit(session, org.id, unit_id, actor="test")
+    with session_scope() as session:
+        unit = session.get(SourceUnit, unit_id)
+        assert unit.status == "received" and unit.vouchers == [] and unit.attempts == 0
+    assert [job.args for job in sent_jobs] == [[unit_id]]  # its ingest is queued again
+    kinds = _events(unit_id)
+    assert kinds[-1] == ("status_changed", "completed_with_failures", "received", "test")
+
+
+def test_a_completed_unit_listed_again_is_reported_again_once(org, unit_id, sent_jobs):
+    _settle_with(unit_id, SourceUnitStatus.COMPLETED,
+                 {"external_voucher_id": "v1", "reported_status": "SUCCESS",
+                  "reported_number": "7"})
+    sent_jobs.clear()
+    with session_scope() as session:
+        unit = session.get(SourceUnit, unit_id)
+        assert sources.report_again(session, unit)
+        assert not sources.report_again(session, session.get(SourceUnit, unit_id))
+    with session_scope() as session:
+        unit = session.get(SourceUnit, unit_id)
+        assert unit.status == "processing"
+        assert [(v.reported_status, v.reported_number) for v in unit.vouchers] == [(None, None)]
+    assert len(sent_jobs) == 1
+
+
+def test_a_resend_since_books_only_unknown_items_and_reports_booked_ones_again(org, unit_id,
+                                                                               sent_jobs):
+    from shared.integrations.sources import Announcement
+
+    _settle_with(unit_id, SourceUnitStatus.COMPLETED,
+                 {"external_voucher_id": "v1", "reported_status": "SUCCESS",
+                  "reported_number": "7"})
+    with session_scope() as session:
+        connection = session.get(SourceUnit, unit_id).connection
+        failed, _ = sources.announce_unit(session, connection, "exp-failed", via="poll")
+        failed_id = failed.id
+    _settle_with(failed_id, SourceUnitStatus.COMPLETED_WITH_FAILURES,
+                 {"external_voucher_id": "v2", "outcome_error": "unmapped"})
+    sent_jobs.clear()
+    with session_scope() as session:
+        connection = session.get(SourceUnit, unit_id).connection
+        outcome = sources.resend_since(
+            session, connection,
+            [Announcement("exp-1", {}), Announcement("exp-failed", {}),
+             Announcement("exp-new", {"id": "exp-new"})], actor="cli", since="2026-11-01")
+    assert outcome == {"announced": ["exp-new"], "reported_again": ["exp-1"],
+                       "left": ["exp-failed"]}
+    with session_scope() as session:
+        assert session.get(SourceUnit, unit_id).status == "processing"
+        assert session.get(SourceUnit, failed_id).status == "completed_with_failures"
+    assert _events(unit_id)[-1] == ("status_changed", "completed", "processing", "cli")
+    assert len(sent_jobs) == 2  # the new unit's ingest, the completed one's report
