@@ -456,7 +456,7 @@ def cmd_status(args) -> int:
     import time
 
     from shared.db.session import session_scope
-    from shared.domain.status import export_status
+    from shared.domain.overview import export_status
     from shared.queue import broker_overview
 
     while True:

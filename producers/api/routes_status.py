@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from producers.api.deps import require_admin
 from producers.api.errors import error_responses
 from shared.db.session import session_scope
-from shared.domain.status import export_status
+from shared.domain.overview import export_status
 from shared.queue import broker_overview
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],

@@ -16,7 +16,7 @@ from shared.db.clock import database_now
 from shared.db.models import AccountingExport
 from shared.db.session import session_scope
 from shared.domain import exports
-from shared.domain.status import export_status
+from shared.domain.overview import export_status
 from shared.queue import broker_overview
 
 
