@@ -73,17 +73,25 @@ def test_status_counts_stuck_in_doubt_failures_and_troubled_connections(org, mak
     assert ours[0].target_system == "tripletex"
 
 
-def test_broker_overview_counts_every_priority_list_of_a_queue():
-    settings = get_settings()
-    client = redis_lib.Redis.from_url(settings.redis_url)
+def test_broker_overview_counts_every_priority_list_of_a_queue(monkeypatch):
+    from shared.config import reset_settings_cache
+
+    # A queue no worker reads: workers an integration test of this session left running
+    # consume the real queues.
+    queue = "aic-test-overview-idle"
+    monkeypatch.setenv("AIC_REPORT_QUEUE", queue)
+    reset_settings_cache()
+    client = redis_lib.Redis.from_url(get_settings().redis_url)
     try:
-        client.lpush(settings.report_queue, "m1")
-        client.lpush(f"{settings.report_queue}\x06\x163", "m2")
+        client.lpush(queue, "m1")
+        client.lpush(f"{queue}\x06\x163", "m2")
         overview = broker_overview()
     finally:
-        client.delete(settings.report_queue, f"{settings.report_queue}\x06\x163")
+        client.delete(queue, f"{queue}\x06\x163")
         client.close()
-    assert overview["reachable"] and overview["queues"][settings.report_queue] == 2
+        monkeypatch.undo()
+        reset_settings_cache()
+    assert overview["reachable"] and overview["queues"][queue] == 2
 
 
 def test_broker_overview_reports_an_unreachable_broker_instead_of_raising(monkeypatch):
