@@ -177,9 +177,14 @@ def _check_options(system: registry.TargetSystem, options: dict[str, Any]) -> No
     """The target's options model must accept ``options``, so a connection that cannot post
     (a BillDiary connection without its location, say) is refused when it is configured
     instead of failing every export later."""
-    own = {k: v for k, v in options.items() if k not in ENGINE_OPTIONS}
+    check_system_options(system, {k: v for k, v in options.items() if k not in ENGINE_OPTIONS})
+
+
+def check_system_options(system: registry.System, options: dict[str, Any]) -> None:
+    """``options`` as the system's options model accepts them, or ValidationFailed naming each
+    field (targets and sources alike)."""
     try:
-        system.options_model.model_validate(own)
+        system.options_model.model_validate(options)
     except PydanticValidationError as error:
         details = [{"field": "options." + ".".join(map(str, e["loc"])), "message": e["msg"]}
                    for e in error.errors()]

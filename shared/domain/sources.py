@@ -13,7 +13,6 @@ import secrets
 import time
 from typing import Any
 
-from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -31,7 +30,7 @@ from shared.db.models import (
 from shared.db.types import utcnow
 from shared.domain import exports as export_service
 from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
-from shared.domain.organizations import get_organization
+from shared.domain.organizations import check_system_options, get_organization
 from shared.domain.source_units import (
     SETTLED,
     SourceUnitStatus,
@@ -97,7 +96,7 @@ def upsert_source_connection(
         )
         raise ValidationFailed(message, details=[{"field": "credentials", "message": message}])
     if options is not None or connection is None:
-        _check_options(system, options or {})
+        check_system_options(system, options or {})
     if connection is None:
         if credentials is None:
             raise ValidationFailed(f"credentials are required for a new {source_system} "
@@ -138,18 +137,6 @@ def _check_credentials(system: registry.SourceSystem, credentials: dict[str, Any
             raise ValidationFailed(f"credentials.{name} must be a string")
         if known[name].url and not value.startswith(("http://", "https://")):
             raise ValidationFailed(f"credentials.{name} must start with http:// or https://")
-
-
-def _check_options(system: registry.SourceSystem, options: dict[str, Any]) -> None:
-    try:
-        system.options_model.model_validate(options)
-    except PydanticValidationError as invalid:
-        details = [{"field": "options." + ".".join(map(str, e["loc"])), "message": e["msg"]}
-                   for e in invalid.errors()]
-        raise ValidationFailed(
-            f"options for {system.name} are invalid: "
-            + "; ".join(f"{d['field']}: {d['message']}" for d in details),
-            details=details) from None
 
 
 def _default_target(session: Session, org_id: str, existing: SourceConnection | None) -> str:
