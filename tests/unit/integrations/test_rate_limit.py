@@ -169,11 +169,15 @@ import json, sys, threading, time
 import redis
 from shared.config import get_settings
 from shared.integrations.rate_limit import RateLimiter, RateLimitPolicy
-name, rps, burst, concurrent, start_at, stop_at, threads, hold = sys.argv[1:]
-start_at, stop_at, hold = float(start_at), float(stop_at), float(hold)
+name, rps, burst, concurrent, duration, threads, hold = sys.argv[1:]
+duration, hold = float(duration), float(hold)
 limiter = RateLimiter(name, RateLimitPolicy(float(rps), int(burst), int(concurrent)),
                       max_wait_seconds=30)
 counter = redis.Redis.from_url(get_settings().redis_url)
+counter.ping()
+print("ready", flush=True)
+start_at = float(sys.stdin.readline())  # the parent's go, once every child is ready
+stop_at = start_at + duration
 seen, lock = [], threading.Lock()
 def hammer():
     time.sleep(max(0.0, start_at - time.time()))
@@ -197,14 +201,25 @@ print(json.dumps(seen))
 def run_children(name: str, policy: RateLimitPolicy, *, processes: int, threads: int,
                  duration: float, hold: float) -> list[list[float]]:
     """Start ``processes`` Python processes that hammer one limiter from ``threads`` threads
-    each, all beginning at the same wall-clock moment; return their (start, in-flight) pairs."""
-    start_at = time.time() + 2.0  # after every interpreter has imported the project
+    each, all beginning at the same wall-clock moment; return their (start, in-flight) pairs.
+
+    The moment is given only once every child has imported the project and reached Redis (each
+    says "ready"): on a loaded machine an interpreter can take seconds to start, and a fixed
+    start time would let the window pass before a child begins."""
     argv = [name, str(policy.requests_per_second), str(policy.burst), str(policy.max_concurrent),
-            str(start_at), str(start_at + duration), str(threads), str(hold)]
+            str(duration), str(threads), str(hold)]
     children = [subprocess.Popen([sys.executable, "-c", CHILD, *argv], cwd=PROJECT_ROOT,
-                                 env=dict(os.environ), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                 env=dict(os.environ), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(processes)]
+    for child in children:
+        line = child.stdout.readline()
+        assert line.strip() == "ready", (line, child.stderr.read() if child.poll() is not None
+                                         else "")
+    start_at = time.time() + 0.2
+    for child in children:
+        child.stdin.write(f"{start_at}\n")
+        child.stdin.flush()
     seen: list[list[float]] = []
     for child in children:
         out, err = child.communicate(timeout=60)
