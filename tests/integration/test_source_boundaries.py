@@ -98,7 +98,15 @@ def _new_tenant(admin: httpx.Client, api_url: str, tripletex_sandbox, name: str)
 
 
 def _units(tenant: Tenant) -> list[dict]:
-    return tenant.api.get("/api/v1/source-exports?limit=200").json()["data"]
+    units: list[dict] = []
+    for page in range(1, 10):
+        response = tenant.api.get(f"/api/v1/source-exports?limit=100&page={page}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        units += body["data"]
+        if len(units) >= body["pagination"]["total"]:
+            return units
+    raise AssertionError("more units than expected")
 
 
 def _booked_exports(org_id: str) -> int:
