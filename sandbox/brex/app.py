@@ -32,6 +32,8 @@ Control API (ours):
   POST   /_sandbox/accounts/{id}/expenses/{eid}/refund   {amount?}
   POST   /_sandbox/accounts/{id}/expenses/{eid}/split    {parts: [minor units, ...]}
   GET    /_sandbox/accounts/{id}/memo-writes       every PUT: key, memo, replayed, applied
+  GET    /_sandbox/accounts/{id}/list-calls        every list page served: limit, cursor
+                                                    given, updated_at_start, ids, next_cursor
   GET    /_sandbox/accounts/{id}/receipt-events    link downloads (with status), uploads
   PUT    /_sandbox/accounts/{id}/faults            knobs (see ``FaultsIn``); DELETE resets
   GET    /_sandbox/accounts/{id}/requests          {"METHOD /path": count}; DELETE resets
@@ -399,6 +401,15 @@ def _brex_api(state: BrexState, presigner: Presigner) -> APIRouter:
             next_cursor = encode_cursor(0, fingerprint) if loop == "restart" else None
         else:
             next_cursor = encode_cursor(next_after, fingerprint)
+        with state.lock:
+            # One record per page served, so a test can count the pages of one walk (the walk
+            # starts with a page asked for without a cursor) and see each page's limit.
+            account.list_calls.append({
+                "at": iso_ms(datetime.now(UTC)), "path": request.url.path, "limit": limit,
+                "cursor": cursor is not None, "updated_at_start": single(params,
+                                                                         "updated_at_start"),
+                "parent_filter": bool(query.parent_ids), "ids": [e.id for e in page],
+                "next_cursor": next_cursor is not None})
         return JSONResponse({
             "next_cursor": next_cursor,
             "items": [_expense_json(request, account, e, expand, custom) for e in page],
@@ -686,6 +697,12 @@ def _control_api(state: BrexState) -> APIRouter:
         account = account_or_404(account_id)
         with state.lock:
             return list(account.memo_writes)
+
+    @router.get("/accounts/{account_id}/list-calls")
+    async def list_calls(account_id: str) -> list[dict[str, Any]]:
+        account = account_or_404(account_id)
+        with state.lock:
+            return list(account.list_calls)
 
     @router.get("/accounts/{account_id}/receipt-events")
     async def receipt_events(account_id: str) -> list[dict[str, Any]]:

@@ -176,6 +176,7 @@ class Account:
     requests: RequestCounter = field(default_factory=RequestCounter)
     ignored_params: Counter = field(default_factory=Counter)
     memo_writes: list[dict[str, Any]] = field(default_factory=list)
+    list_calls: list[dict[str, Any]] = field(default_factory=list)  # every list page served
     receipt_events: list[dict[str, Any]] = field(default_factory=list)
     idempotency: dict[str, StoredAnswer] = field(default_factory=dict)
     last_stamp: datetime = field(default_factory=lambda: datetime.fromtimestamp(0, UTC))

@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -97,6 +97,8 @@ def upsert_source_connection(
         raise ValidationFailed(message, details=[{"field": "credentials", "message": message}])
     if options is not None or connection is None:
         check_system_options(system, options or {})
+    if options is not None and connection is not None:
+        _check_fixed_options(session, system, connection, options)
     if connection is None:
         if credentials is None:
             raise ValidationFailed(f"credentials are required for a new {source_system} "
@@ -117,6 +119,32 @@ def upsert_source_connection(
     connection.updated_at = utcnow()
     session.flush()
     return connection
+
+
+def _check_fixed_options(session: Session, system: registry.SourceSystem,
+                         connection: SourceConnection, options: dict[str, Any]) -> None:
+    """Refuse changing an option the entry declares fixed once used
+    (``SourceSystem.options_fixed_once_used``) when the connection has received work: the
+    source keeps its state under that value, so a new one would hand us again what was already
+    booked, or no longer see what we report. The first value, the same value again, and any
+    change before the first unit pass."""
+    stored = connection.options or {}
+    changed = [name for name in system.options_fixed_once_used
+               if stored.get(name) is not None and options.get(name) != stored[name]]
+    if not changed:
+        return
+    units = session.scalar(select(func.count()).select_from(SourceUnit).where(
+        SourceUnit.source_connection_id == connection.id))
+    if not units:
+        return
+    details = [{"field": f"options.{name}", "message": (
+        f"options.{name} is fixed once the connection has received work: it is "
+        f"{stored[name]!r}, and {units} unit(s) were received from {system.display_name} under "
+        f"it. {system.display_name} keeps its own state under this value, so another one "
+        "would hand over again what was already booked (or no longer see what we report). "
+        f"Keep {stored[name]!r}; to start over, use a new connection. Nothing was changed.")}
+        for name in changed]
+    raise ValidationFailed("; ".join(d["message"] for d in details), details=details)
 
 
 def _check_credentials(system: registry.SourceSystem, credentials: dict[str, Any]) -> None:

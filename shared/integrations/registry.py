@@ -144,6 +144,12 @@ class SourceSystem(_System):
     # The option (of ``options_model``) holding our organization's id in the source: a webhook
     # whose ``Announcement.organization_id`` differs from it is refused. None: not checked.
     organization_option: str | None = None
+    # Options (of ``options_model``) that are fixed once the connection has received work
+    # (has any unit): the source keeps its own state under them (TRAEDE marks entries as
+    # exported per ``system_id``), so a new value would make it hand over again everything
+    # already booked, or lose track of what we report. ``upsert_source_connection`` refuses
+    # changing them then; setting one the first time, or before any unit, is allowed.
+    options_fixed_once_used: tuple[str, ...] = ()
 
 
 System = Union[TargetSystem, SourceSystem]
@@ -180,6 +186,12 @@ def _add(systems: dict[str, System], system: System, origin: str) -> None:
     if isinstance(system, TargetSystem) and not system.capabilities.lookup_by_reference:
         raise ValueError(f"target {system.name!r} cannot be searched by our reference: "
                          "exactly-once is impossible, so it cannot be a target")
+    if isinstance(system, SourceSystem):
+        unknown = [name for name in system.options_fixed_once_used
+                   if name not in system.options_model.model_fields]
+        if unknown:
+            raise ValueError(f"source {system.name!r} declares options_fixed_once_used "
+                             f"{', '.join(unknown)}, which its options model does not have")
     systems[system.name] = system
 
 

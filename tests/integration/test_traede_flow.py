@@ -71,6 +71,25 @@ class TraedeTenant:
                 next_poll = time.monotonic() + 3
             time.sleep(0.3)
 
+    def wait_until(self, what: str, check, *, poll: bool, timeout: float = 120):
+        """Wait for an observable state; with ``poll``, send the poll every 3 s as beat would."""
+        deadline = time.monotonic() + timeout
+        next_poll = 0.0
+        while not (value := check()):
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}; units: {self.units()}; "
+                f"mark calls: {self.mark_calls()}")
+            if poll and time.monotonic() >= next_poll:
+                self.poll()
+                next_poll = time.monotonic() + 3
+            time.sleep(0.3)
+        return value
+
+    def all_completed(self, count: int) -> bool:
+        """Every unit booked and its report recorded by us (not only marked in TRAEDE)."""
+        units = self.units()
+        return len(units) == count and all(u["status"] == "completed" for u in units)
+
     def units(self) -> list[dict]:
         return self.tenant.api.get("/api/v1/source-exports?limit=100").json()["data"]
 
@@ -165,11 +184,20 @@ def test_failing_and_redelivering_marks_still_book_each_entry_once(traede_tenant
                          redeliver_marked_fetches=3, redeliver_ids=[ids[0]])
     tt.connect(MAPPING)
     tt.wait_marked(ids)
+    # Settled on our side too, without polling (each poll lists ids[0] again and reopens it):
+    # the next poll then reopens every unit, so a mark call must follow. The test used to poll
+    # four times 1.5 s apart and look: a poll queued by the wait above could spend the
+    # redelivered fetches while the units were still reporting (a unit is reopened only once
+    # completed), and a slow worker could send the next mark call after the test had looked,
+    # so the "after" knob sometimes never bit ({'partial', None}).
+    tt.wait_until("every unit completed", lambda: tt.all_completed(13), poll=False)
     tt.traede.set_faults(company, mark_failure={"mode": "after", "count": 1, "status": 502},
                          redeliver_marked_fetches=2, redeliver_ids=[ids[0]])
-    for _ in range(4):
-        tt.poll()
-        time.sleep(1.5)
+    tt.wait_until("a mark call failing after it applied everything",
+                  lambda: any(c.get("fault") == "after" for c in tt.mark_calls()), poll=True)
+    # The failed call is retried by the report task itself (its items alone, as maybe held).
+    tt.wait_until("every unit completed again", lambda: tt.all_completed(13), poll=False)
+    tt.wait_marked(ids)
     vouchers = tt.tenant.vouchers()
     assert len(vouchers) == 13, [v["externalVoucherNumber"] for v in vouchers]
     assert len({v["externalVoucherNumber"] for v in vouchers}) == 13

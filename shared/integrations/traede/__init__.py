@@ -57,6 +57,9 @@ SYSTEM = SourceSystem(
     options_model=TraedeOptions,
     base_url_example="https://api.traede.com/v10",
     build_client=_build_client,
+    # TRAEDE keeps its export marks per system_id: a new one lists every entry as never
+    # exported (seed 001), so it cannot change once the connection has received entries.
+    options_fixed_once_used=("system_id",),
     capabilities=SourceCapabilities(
         # A "not exported yet" feed per system_id; TRAEDE sends no webhooks.
         discovery=frozenset({Discovery.POLL_FEED}),

@@ -22,8 +22,9 @@ class TraedeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The name TRAEDE keeps our export marks under [seed]: a new one sees every entry as never
-    # exported, so it is fixed once the connection has booked an entry. Refusing a change then
-    # is the engine's job (the connection update), not this model's: it cannot see the history.
+    # exported, so it is fixed once the connection has received an entry. Refusing a change
+    # then is the engine's job (``options_fixed_once_used`` in the registry entry, checked by
+    # the connection update), not this model's: it cannot see the history.
     # Suggested form: ``aic-<target>-<connection id>``.
     system_id: str = Field(min_length=1, max_length=SYSTEM_ID_MAX_LENGTH,
                            pattern=r"^\S(.*\S)?$")

@@ -105,6 +105,17 @@ def test_a_cursor_walk_returns_every_expense_once(brex_sandbox, brex_account, ap
     assert pages == math.ceil(101 / limit)
 
 
+def test_every_list_page_served_is_recorded_for_tests_to_count(brex_sandbox, brex_account, api):
+    made = brex_sandbox.generate_expenses(account_id(brex_account), 101)["expense_ids"]
+    walk(api, limit=100, **{"updated_at_start": "2000-01-01T00:00:00Z"})
+    calls = brex_sandbox.list_calls(account_id(brex_account))
+    assert [(c["limit"], c["cursor"], c["next_cursor"], len(c["ids"])) for c in calls] == [
+        (100, False, True, 100), (100, True, False, 1)]
+    assert [i for c in calls for i in c["ids"]] == made
+    assert calls[0]["updated_at_start"] == "2000-01-01T00:00:00Z"
+    assert not calls[0]["parent_filter"]
+
+
 @pytest.mark.parametrize("limit", ["101", "0", "-1", "1000", "ten"])
 def test_a_limit_outside_1_to_100_is_400(api, limit):
     response = api.get(LIST, params={"limit": limit})
