@@ -915,11 +915,9 @@ class PollResult:
 
 def poll_sources() -> PollResult:
     """Safe to run twice at once (beat started twice): a Redis lock lets one poll through."""
-    settings = get_settings()
-    lock = redis.Redis.from_url(settings.redis_url).lock(
-        "aic:poll-lock", timeout=max(60, int(settings.poll_interval_seconds // 2)))
     result = PollResult()
-    if not lock.acquire(blocking=False):
+    lock = _PollLock()
+    if not lock.acquire():
         result.skipped_locked = True
         return result
     try:
@@ -939,13 +937,14 @@ def poll_sources() -> PollResult:
             if not system.capabilities.discovery & {
                     registry.Discovery.POLL_FEED, registry.Discovery.POLL_CURSOR}:
                 continue  # announces by webhook only: nothing to list
+            if not lock.renew():
+                result.errors.append("the poll's lock expired and another poll holds it now; "
+                                     "this poll stopped and leaves the rest to that one")
+                break
             result.connections += 1
-            _poll_connection(connection, result)
+            _poll_connection(connection, result, lock)
     finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            pass  # the lock expired during a long poll; the next poll simply runs
+        lock.release()
     if result.changed:
         log.warning("poll found items changed in their source after we took them",
                     changed=len(result.changed))
@@ -956,10 +955,57 @@ def poll_sources() -> PollResult:
     return result
 
 
-def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
+class _PollLock:
+    """One poll at a time, held only while a live worker polls.
+
+    A Redis lock of AIC_POLL_LOCK_SECONDS, renewed after each page and each connection polled.
+    It used to live half the poll interval (450 s) with no renewal: a worker SIGKILLed while
+    polling held every later poll back that long, the redelivered poll included. Renewal is
+    owner-checked (redis-py's ``reacquire`` compares our token in a script): a poll that stalled
+    past its lock while another took it cannot extend the other's lock; it stops instead.
+    """
+
+    KEY = "aic:poll-lock"
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._lock = self._redis.lock(self.KEY, timeout=settings.poll_lock_seconds)
+
+    def acquire(self) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self._redis.close()
+        return False
+
+    def renew(self) -> bool:
+        """Another AIC_POLL_LOCK_SECONDS from now, if the lock is still ours. A Redis error is
+        not a loss: the poll goes on and the lock frees itself in time."""
+        try:
+            self._lock.reacquire()
+        except redis.exceptions.LockError:
+            log.warning("poll lock lost to another poll; this poll stops")
+            return False
+        except redis.exceptions.RedisError:
+            pass
+        return True
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        except redis.exceptions.LockError:
+            pass  # the lock expired during a long poll; the next poll simply runs
+        except redis.exceptions.RedisError:
+            pass  # Redis away: the lock frees itself within AIC_POLL_LOCK_SECONDS
+        self._redis.close()
+
+
+def _poll_connection(connection: SourceConnection, result: PollResult,
+                     lock: _PollLock | None = None) -> None:
     """Read the connection's pending pages from its stored cursor on. Each page's announcements
     and the cursor after it are committed together, so a crash re-reads at most one page
-    (announcing twice is harmless) and never skips one."""
+    (announcing twice is harmless) and never skips one. The poll's lock is renewed after each
+    page; a poll that lost it stops after the page it committed."""
     adapter = source_client_for(connection)
     cursor = connection.poll_cursor
     for _ in range(MAX_POLL_PAGES):
@@ -981,6 +1027,10 @@ def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
         for unit_id, version in changed:
             _recheck_unit(adapter, connection, unit_id, version, result)
         if not moved or not page.announcements:
+            return
+        if lock is not None and not lock.renew():
+            result.errors.append(f"{connection.id}: the poll's lock was lost; the walk goes "
+                                 "on at the next poll from the cursor just stored")
             return
         cursor = page.next_cursor
 
