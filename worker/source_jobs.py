@@ -532,7 +532,11 @@ class _ReportLock:
         settings = get_settings()
         self.seconds = settings.report_lock_seconds
         self._redis = redis.Redis.from_url(settings.redis_url)
-        self._lock = self._redis.lock(f"aic:report-lock:{source_export_id}", timeout=self.seconds)
+        # Not thread-local: redis-py keeps a lock's token per thread by default, and the renewer
+        # is another thread. It died on its first renewal (AttributeError: no token in that
+        # thread), so a report longer than the lock lost it and stopped as "report_lock_lost".
+        self._lock = self._redis.lock(f"aic:report-lock:{source_export_id}", timeout=self.seconds,
+                                      thread_local=False)
         self._stop = threading.Event()
         self._lost = False
         self._renewer: threading.Thread | None = None

@@ -1,5 +1,6 @@
 """The poll's Redis lock (``worker.source_jobs._PollLock``): it lives AIC_POLL_LOCK_SECONDS,
-is renewed after each connection (and page) polled, and only by its owner.
+is renewed after each connection (and page) polled, and only by its owner. And the report's
+lock (``_ReportLock``), renewed by a thread of its own.
 
 It used to live half the poll interval (450 s by default) without renewal: a worker SIGKILLed
 while polling made every later poll skip for that long (tests/reliability/
@@ -129,5 +130,26 @@ def test_a_poll_after_a_dead_pollers_lock_runs_once_the_lock_lived_its_seconds(m
         assert not source_jobs.poll_sources().skipped_locked
     finally:
         client.delete(KEY)
+        client.close()
+        reset_settings_cache()
+
+
+def test_a_reports_lock_is_renewed_by_its_renewer_thread_while_the_report_runs(monkeypatch):
+    """The report lock's renewer is another thread: with redis-py's default thread-local token
+    it died on its first renewal, and a report longer than AIC_REPORT_LOCK_SECONDS lost its
+    lock (found by tests/reliability/test_feed_source_kills.py, a traceback in a worker log)."""
+    monkeypatch.setenv("AIC_REPORT_LOCK_SECONDS", "3")
+    reset_settings_cache()
+    lock = source_jobs._ReportLock("unit-test-report")
+    client = _redis()
+    try:
+        assert lock.acquire()
+        time.sleep(4.5)  # renewed at 1 s, 2 s, 3 s, 4 s
+        assert lock.held
+        assert client.pttl("aic:report-lock:unit-test-report") > 1_500
+        assert lock._renewer.is_alive()
+    finally:
+        lock.release()
+        assert client.get("aic:report-lock:unit-test-report") is None
         client.close()
         reset_settings_cache()
