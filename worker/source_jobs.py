@@ -1011,6 +1011,11 @@ def _poll_connection(connection: SourceConnection, result: PollResult,
     (announcing twice is harmless) and never skips one. The poll's lock is renewed after each
     page; a poll that lost it stops after the page it committed."""
     adapter = source_client_for(connection)
+    # Only a feed of "not exported yet" items (Findity, TRAEDE) says, by listing a completed
+    # unit, that the source lacks our report. A list of what changed since a cursor (Brex, with
+    # its overlap) names completed units all the time, our own memo write among the changes.
+    pending_feed = registry.Discovery.POLL_FEED in registry.source(
+        connection.source_system).capabilities.discovery
     cursor = connection.poll_cursor
     for _ in range(MAX_POLL_PAGES):
         try:
@@ -1023,7 +1028,8 @@ def _poll_connection(connection: SourceConnection, result: PollResult,
         changed: list[tuple[str, str]] = []
         with session_scope() as session:
             for item in page.announcements:
-                if (version := _take_listed(session, connection, item, result)) is not None:
+                if (version := _take_listed(session, connection, item, result,
+                                            pending_feed=pending_feed)) is not None:
                     changed.append(version)
             moved = page.next_cursor is not None and page.next_cursor != cursor
             _record_poll(connection.id, cursor=page.next_cursor if moved else None,
@@ -1051,8 +1057,8 @@ def _record_poll(connection_id: str, *, cursor: str | None = None, error: str | 
                     .values(**values).execution_options(synchronize_session=False))
 
 
-def _take_listed(session, connection: SourceConnection, item,
-                 result: PollResult) -> tuple[str, str] | None:
+def _take_listed(session, connection: SourceConnection, item, result: PollResult, *,
+                 pending_feed: bool = True) -> tuple[str, str] | None:
     """Record one listed unit. Returns (unit id, listed version) when a unit whose items are
     ingested is listed with another version than the one stored: the caller fetches it again
     after the page's commit (``_recheck_unit``)."""
@@ -1077,9 +1083,11 @@ def _take_listed(session, connection: SourceConnection, item,
         # We believed a 404 (past the grace), yet the source lists the unit: take it again.
         if sources.reannounce_rejected(session, source_export):
             result.reannounced.append(item.external_id)
-    elif source_export.status == SourceUnitStatus.COMPLETED.value:
+    elif source_export.status == SourceUnitStatus.COMPLETED.value and pending_feed:
         # Booked and reported, yet listed as pending: the source lost our report (TRAEDE: an
-        # entry that comes back unmarked). Report it again; it is never booked again.
+        # entry that comes back unmarked). Report it again; it is never booked again. Not for
+        # a cursor listing (Brex): it re-sent the reports of every unit in its overlap window
+        # on every poll, and the units went back to processing again and again.
         if sources.report_again(session, source_export):
             result.reported_again.append(item.external_id)
     elif (source_export.status in (SourceUnitStatus.RECEIVED.value,
