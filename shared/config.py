@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     celery_task_events: bool = False
     # Findity is polled this often as a backstop for lost webhooks (documented fallback: 15 min).
     poll_interval_seconds: float = 900.0
+    # One poll at a time (beat started twice): its Redis lock lives this long and is renewed
+    # after each page and each connection polled, so a worker killed while polling holds polls
+    # back at most this long. A bit over what one connection's page of listing may take (a
+    # request's connect + read timeouts, 35 s by default, with room for a slow page's work); a
+    # live poll that still outlasts it only lets a second poll overlap, which is harmless
+    # (announcing a unit twice creates it once) but wasted work.
+    poll_lock_seconds: int = Field(default=120, ge=5)
     # A source package not finished this long after it was received is picked up again.
     source_stuck_after_seconds: int = 900
     # Findity's webhook can arrive before its export (or a basis PDF) is readable: a 404 is

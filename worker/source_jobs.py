@@ -532,7 +532,11 @@ class _ReportLock:
         settings = get_settings()
         self.seconds = settings.report_lock_seconds
         self._redis = redis.Redis.from_url(settings.redis_url)
-        self._lock = self._redis.lock(f"aic:report-lock:{source_export_id}", timeout=self.seconds)
+        # Not thread-local: redis-py keeps a lock's token per thread by default, and the renewer
+        # is another thread. It died on its first renewal (AttributeError: no token in that
+        # thread), so a report longer than the lock lost it and stopped as "report_lock_lost".
+        self._lock = self._redis.lock(f"aic:report-lock:{source_export_id}", timeout=self.seconds,
+                                      thread_local=False)
         self._stop = threading.Event()
         self._lost = False
         self._renewer: threading.Thread | None = None
@@ -915,11 +919,9 @@ class PollResult:
 
 def poll_sources() -> PollResult:
     """Safe to run twice at once (beat started twice): a Redis lock lets one poll through."""
-    settings = get_settings()
-    lock = redis.Redis.from_url(settings.redis_url).lock(
-        "aic:poll-lock", timeout=max(60, int(settings.poll_interval_seconds // 2)))
     result = PollResult()
-    if not lock.acquire(blocking=False):
+    lock = _PollLock()
+    if not lock.acquire():
         result.skipped_locked = True
         return result
     try:
@@ -939,13 +941,14 @@ def poll_sources() -> PollResult:
             if not system.capabilities.discovery & {
                     registry.Discovery.POLL_FEED, registry.Discovery.POLL_CURSOR}:
                 continue  # announces by webhook only: nothing to list
+            if not lock.renew():
+                result.errors.append("the poll's lock expired and another poll holds it now; "
+                                     "this poll stopped and leaves the rest to that one")
+                break
             result.connections += 1
-            _poll_connection(connection, result)
+            _poll_connection(connection, result, lock)
     finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            pass  # the lock expired during a long poll; the next poll simply runs
+        lock.release()
     if result.changed:
         log.warning("poll found items changed in their source after we took them",
                     changed=len(result.changed))
@@ -956,11 +959,63 @@ def poll_sources() -> PollResult:
     return result
 
 
-def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
+class _PollLock:
+    """One poll at a time, held only while a live worker polls.
+
+    A Redis lock of AIC_POLL_LOCK_SECONDS, renewed after each page and each connection polled.
+    It used to live half the poll interval (450 s) with no renewal: a worker SIGKILLed while
+    polling held every later poll back that long, the redelivered poll included. Renewal is
+    owner-checked (redis-py's ``reacquire`` compares our token in a script): a poll that stalled
+    past its lock while another took it cannot extend the other's lock; it stops instead.
+    """
+
+    KEY = "aic:poll-lock"
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._lock = self._redis.lock(self.KEY, timeout=settings.poll_lock_seconds)
+
+    def acquire(self) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self._redis.close()
+        return False
+
+    def renew(self) -> bool:
+        """Another AIC_POLL_LOCK_SECONDS from now, if the lock is still ours. A Redis error is
+        not a loss: the poll goes on and the lock frees itself in time."""
+        try:
+            self._lock.reacquire()
+        except redis.exceptions.LockError:
+            log.warning("poll lock lost to another poll; this poll stops")
+            return False
+        except redis.exceptions.RedisError:
+            pass
+        return True
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        except redis.exceptions.LockError:
+            pass  # the lock expired during a long poll; the next poll simply runs
+        except redis.exceptions.RedisError:
+            pass  # Redis away: the lock frees itself within AIC_POLL_LOCK_SECONDS
+        self._redis.close()
+
+
+def _poll_connection(connection: SourceConnection, result: PollResult,
+                     lock: _PollLock | None = None) -> None:
     """Read the connection's pending pages from its stored cursor on. Each page's announcements
     and the cursor after it are committed together, so a crash re-reads at most one page
-    (announcing twice is harmless) and never skips one."""
+    (announcing twice is harmless) and never skips one. The poll's lock is renewed after each
+    page; a poll that lost it stops after the page it committed."""
     adapter = source_client_for(connection)
+    # Only a feed of "not exported yet" items (Findity, TRAEDE) says, by listing a completed
+    # unit, that the source lacks our report. A list of what changed since a cursor (Brex, with
+    # its overlap) names completed units all the time, our own memo write among the changes.
+    pending_feed = registry.Discovery.POLL_FEED in registry.source(
+        connection.source_system).capabilities.discovery
     cursor = connection.poll_cursor
     for _ in range(MAX_POLL_PAGES):
         try:
@@ -973,7 +1028,8 @@ def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
         changed: list[tuple[str, str]] = []
         with session_scope() as session:
             for item in page.announcements:
-                if (version := _take_listed(session, connection, item, result)) is not None:
+                if (version := _take_listed(session, connection, item, result,
+                                            pending_feed=pending_feed)) is not None:
                     changed.append(version)
             moved = page.next_cursor is not None and page.next_cursor != cursor
             _record_poll(connection.id, cursor=page.next_cursor if moved else None,
@@ -981,6 +1037,10 @@ def _poll_connection(connection: SourceConnection, result: PollResult) -> None:
         for unit_id, version in changed:
             _recheck_unit(adapter, connection, unit_id, version, result)
         if not moved or not page.announcements:
+            return
+        if lock is not None and not lock.renew():
+            result.errors.append(f"{connection.id}: the poll's lock was lost; the walk goes "
+                                 "on at the next poll from the cursor just stored")
             return
         cursor = page.next_cursor
 
@@ -997,8 +1057,8 @@ def _record_poll(connection_id: str, *, cursor: str | None = None, error: str | 
                     .values(**values).execution_options(synchronize_session=False))
 
 
-def _take_listed(session, connection: SourceConnection, item,
-                 result: PollResult) -> tuple[str, str] | None:
+def _take_listed(session, connection: SourceConnection, item, result: PollResult, *,
+                 pending_feed: bool = True) -> tuple[str, str] | None:
     """Record one listed unit. Returns (unit id, listed version) when a unit whose items are
     ingested is listed with another version than the one stored: the caller fetches it again
     after the page's commit (``_recheck_unit``)."""
@@ -1023,9 +1083,11 @@ def _take_listed(session, connection: SourceConnection, item,
         # We believed a 404 (past the grace), yet the source lists the unit: take it again.
         if sources.reannounce_rejected(session, source_export):
             result.reannounced.append(item.external_id)
-    elif source_export.status == SourceUnitStatus.COMPLETED.value:
+    elif source_export.status == SourceUnitStatus.COMPLETED.value and pending_feed:
         # Booked and reported, yet listed as pending: the source lost our report (TRAEDE: an
-        # entry that comes back unmarked). Report it again; it is never booked again.
+        # entry that comes back unmarked). Report it again; it is never booked again. Not for
+        # a cursor listing (Brex): it re-sent the reports of every unit in its overlap window
+        # on every poll, and the units went back to processing again and again.
         if sources.report_again(session, source_export):
             result.reported_again.append(item.external_id)
     elif (source_export.status in (SourceUnitStatus.RECEIVED.value,

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from sandbox.findity.records import accepted_voucher_updates
 from shared.config import PROJECT_ROOT
 from tests.fixtures.stack import CELERY_APP, Workers
 from tests.fixtures.tenants import BillDiaryTenant, Tenant, new_billdiary_tenant
+from tests.reliability.invariants import BrexFeed, TraedeFeed
 
 SCALE = float(os.environ.get("AIC_RELIABILITY_SCALE", "1") or "1")
 REPORT_DIR = Path(os.environ.get("AIC_RELIABILITY_REPORT_DIR") or PROJECT_ROOT / "var" / "reliability")
@@ -138,6 +139,7 @@ SCENARIOS = {  # module -> the scenario's number and name in docs/RELIABILITY.md
     "test_concurrency": "6. concurrency",
     "test_poison_messages": "7. poison messages",
     "test_ambiguous_answers": "8. ambiguous answers",
+    "test_feed_source_kills": "9. TRAEDE and Brex under worker kills",
 }
 
 
@@ -411,6 +413,53 @@ class Stack:
         findity_sandbox.update_organization(org["organization_id"], webhook_url=webhook_url)
         return FindityTenant(tenant=tenant, findity=findity_sandbox, org=org,
                              webhook_url=webhook_url, stack=self)
+
+    def new_traede_feed(self, tripletex_sandbox, traede_sandbox,
+                        name: str = "Reliability TRAEDE AS") -> TraedeFeed:
+        """An organization whose TRAEDE company's entries (accounts 5820 / 1010, mapped to
+        1920 / 2930) are booked into a fresh Tripletex company and marked back."""
+        tenant = self.new_tenant(tripletex_sandbox, name)
+        company = traede_sandbox.create_company(name=name)
+        system_id = f"aic-tripletex-{tenant.organization_id}"[:60]
+        response = self.admin.put(
+            f"/api/v1/admin/organizations/{tenant.organization_id}/sources/traede",
+            json={"base_url": company["base_url"], "target_system": "tripletex",
+                  "credentials": {"access_token": company["access_token"],
+                                  "app_key": company["app_key"]},
+                  "options": {"system_id": system_id,
+                              "go_live_date": (datetime.now(UTC) - timedelta(days=30))
+                              .date().isoformat(),
+                              "account_mapping": {"5820": "1920", "1010": "2930"},
+                              "time_zone": "Europe/Oslo"}})
+        assert response.status_code == 200, response.text
+        return TraedeFeed(tenant=tenant, traede=traede_sandbox,
+                          company_id=company["company_id"], system_id=system_id,
+                          source_connection_id=response.json()["source_connection_id"])
+
+    def new_brex_feed(self, tripletex_sandbox, brex_sandbox, name: str = "Reliability Brex AS",
+                      memo_write_back: bool = True) -> BrexFeed:
+        """An organization whose Brex account's expenses (NOK, account 7770 against 1920) are
+        booked into a fresh Tripletex company, the memo written back when asked."""
+        tenant = self.new_tenant(tripletex_sandbox, name)
+        account = brex_sandbox.create_account(billing_currency="NOK")
+        response = self.admin.put(
+            f"/api/v1/admin/organizations/{tenant.organization_id}/sources/brex",
+            json={"base_url": account["base_url"], "target_system": "tripletex",
+                  "credentials": {"user_token": account["token"]},
+                  "options": {"default_account": "7770",
+                              "credit_accounts": {"CARD": "1920", "REIMBURSEMENT": "2930"},
+                              "ledger_currency": "NOK", "memo_write_back": memo_write_back,
+                              "overlap_seconds": 60}})
+        assert response.status_code == 200, response.text
+        return BrexFeed(tenant=tenant, brex=brex_sandbox, account_id=account["account_id"],
+                        source_connection_id=response.json()["source_connection_id"],
+                        memo_write_back=memo_write_back)
+
+    def poll_sources(self) -> None:
+        """What beat sends every AIC_POLL_INTERVAL_SECONDS."""
+        from shared.queue import TASK_POLL_SOURCES
+
+        self.send_task(TASK_POLL_SOURCES, queue="maintenance")
 
     # teardown -------------------------------------------------------------------------------
     def stop(self) -> None:

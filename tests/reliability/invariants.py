@@ -24,6 +24,23 @@ test database) and each tenant's records in its target's sandbox (control API:
 
 It fills ``figures`` (exports, statuses, duplicates, lost, illegal paths) *before* asserting, so a
 failing run still reports what it found.
+
+``check_feed_sources(feeds, figures)`` extends them to the sources we poll, whose outcome goes
+back to the item itself: TRAEDE entries (``TraedeFeed``) and Brex expenses (``BrexFeed``). Every
+entry / expense the sandbox holds for the test (the ids it created, all bookable) must end as
+
+5. exactly one source unit with one item, linked to one export of the organization that
+   succeeded, and no unit, item or export beyond those (nothing booked twice under another unit);
+6. exactly one voucher in the Tripletex sandbox carrying that export's id as its reference
+   (fewer: lost; more: a duplicate);
+7. reported as it ended, with that voucher's number: the TRAEDE entry marked exported for our
+   ``system_id`` with the number as its ``note``; the Brex memo holding our tag
+   ``[Booked as voucher <number> (export <id>)]`` once and no tag of another voucher (when the
+   connection writes memos back; otherwise nothing written).
+
+It waits (``settle_timeout``, calling ``poll`` every few seconds as beat would) until they hold
+or time runs out, then fills ``figures`` and asserts; ``check_invariants`` over the same tenants
+still checks the exports' own story (one voucher per export, legal paths).
 """
 
 from __future__ import annotations
@@ -315,3 +332,201 @@ def _check_findity(ft, external_ids: list[str], rows: dict[str, _Row]) -> list[s
                 problems.append(f"Findity voucher {voucher_id}: export {export_id} is "
                                 f"{row.status} but Findity holds {last['status']}")
     return problems
+
+
+# --- polled sources whose outcome goes back to the item (TRAEDE marks, Brex memos) ------------
+
+@dataclass
+class TraedeFeed:
+    """An organization booking a TRAEDE company's entries into its Tripletex sandbox company."""
+
+    tenant: Any  # tests.fixtures.tenants.Tenant
+    traede: Any  # tests.fixtures.traede_sandbox.TraedeSandbox
+    company_id: str
+    system_id: str
+    source_connection_id: str
+    entry_ids: list[int] = field(default_factory=list)
+
+    kind = "TRAEDE entry"
+
+    @property
+    def expected(self) -> list[str]:
+        return [str(i) for i in self.entry_ids]
+
+    def reported(self) -> dict[str, list[str]]:
+        """entry id -> the notes of our marks (one mark per entry and system_id, or none)."""
+        return {str(e["id"]): [e["exports"][self.system_id].get("note") or ""]
+                for e in self.traede.entries(self.company_id)
+                if self.system_id in (e.get("exports") or {})}
+
+    def reported_problem(self, external_id: str, number: str, export_id: str,
+                         reported: dict[str, list[str]]) -> tuple[str, str] | None:
+        notes = reported.get(external_id)
+        if not notes:
+            return "lost", f"booked as voucher {number} but never marked exported"
+        if notes != [number]:
+            return "duplicates", f"marked with note {notes[0]!r}, but its voucher is {number}"
+        return None
+
+
+@dataclass
+class BrexFeed:
+    """An organization booking a Brex account's expenses into its Tripletex sandbox company."""
+
+    tenant: Any
+    brex: Any  # tests.fixtures.brex_sandbox.BrexSandbox
+    account_id: str
+    source_connection_id: str
+    memo_write_back: bool = True
+    expense_ids: list[str] = field(default_factory=list)
+
+    kind = "Brex expense"
+
+    @property
+    def expected(self) -> list[str]:
+        return list(self.expense_ids)
+
+    def reported(self) -> dict[str, list[str]]:
+        """expense id -> our tags found in its memo."""
+        from shared.integrations.brex.adapter import MEMO_TAG_PREFIX
+
+        tags: dict[str, list[str]] = {}
+        for expense in self.brex.expenses(self.account_id):
+            memo = expense.get("memo") or ""
+            found = []
+            start = memo.find(MEMO_TAG_PREFIX)
+            while start >= 0:
+                end = memo.find("]", start)
+                found.append(memo[start:end + 1] if end >= 0 else memo[start:])
+                start = memo.find(MEMO_TAG_PREFIX, start + 1)
+            tags[expense["id"]] = found
+        return tags
+
+    def reported_problem(self, external_id: str, number: str, export_id: str,
+                         reported: dict[str, list[str]]) -> tuple[str, str] | None:
+        from shared.integrations.brex.adapter import MEMO_TAG_PREFIX
+
+        tags = reported.get(external_id, [])
+        if not self.memo_write_back:
+            return ("duplicates", f"memo written ({tags}) though write-back is off") if tags \
+                else None
+        wanted = f"{MEMO_TAG_PREFIX}{number} (export {export_id})]"
+        if not tags:
+            return "lost", f"booked as voucher {number} but its memo was never written"
+        if tags != [wanted]:
+            return "duplicates", f"memo tags {tags}, expected exactly {wanted!r}"
+        return None
+
+
+@dataclass
+class FeedReport:
+    items: int = 0
+    lost: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[str]:
+        return [*self.lost, *self.duplicates]
+
+
+def _feed_problems(feed: Any) -> FeedReport:
+    from shared.db.models import SourceUnitItem
+
+    report = FeedReport(items=len(feed.expected))
+    org_id = feed.tenant.organization_id
+    exports = {r.id: r for r in load_exports([org_id])}
+    with session_scope() as session:
+        units = session.scalars(select(SourceUnit).where(
+            SourceUnit.source_connection_id == feed.source_connection_id)).all()
+        by_external: dict[str, list[tuple[str, list[tuple[str, str | None, str | None]]]]] = (
+            defaultdict(list))
+        for unit in units:
+            items = [(i.external_voucher_id, i.export_id, i.outcome_error)
+                     for i in session.scalars(select(SourceUnitItem).where(
+                         SourceUnitItem.source_unit_id == unit.id))]
+            by_external[unit.external_export_id].append((unit.status, items))
+    vouchers: dict[str, list[dict]] = defaultdict(list)
+    for voucher in feed.tenant.vouchers():
+        vouchers[voucher.get("externalVoucherNumber") or ""].append(voucher)
+    reported = feed.reported()
+    linked: set[str] = set()
+    expected = set(feed.expected)
+    for external_id in sorted(set(by_external) - expected):
+        report.duplicates.append(f"{feed.kind} {external_id}: a unit for an item the sandbox "
+                                 "never held for this test")
+    for external_id in feed.expected:
+        where = f"{feed.kind} {external_id}"
+        found = by_external.get(external_id, [])
+        if not found:
+            report.lost.append(f"{where}: never received (no unit)")
+            continue
+        if len(found) > 1:
+            report.duplicates.append(f"{where}: {len(found)} units")
+        status, items = found[0]
+        if len(items) != 1:
+            report.duplicates.append(f"{where}: {len(items)} items {items}")
+            if not items:
+                continue
+        _, export_id, outcome_error = items[0]
+        if export_id is None:
+            report.lost.append(f"{where}: refused at ingest ({outcome_error}), never booked")
+            continue
+        linked.add(export_id)
+        row = exports.get(export_id)
+        if row is None or row.status != "success":
+            report.lost.append(f"{where}: its export {export_id} is "
+                               f"{row.status if row else 'missing'}, not success")
+            continue
+        booked = vouchers.get(export_id, [])
+        if len(booked) > 1:
+            report.duplicates.append(f"{where}: {len(booked)} vouchers for export {export_id}: "
+                                     f"{sorted(str(v['number']) for v in booked)}")
+            continue
+        if not booked:
+            report.lost.append(f"{where}: export {export_id} succeeded but Tripletex holds "
+                               "no voucher for it")
+            continue
+        number = str(booked[0]["number"])
+        if status != "completed":
+            report.lost.append(f"{where}: booked as voucher {number}, but its unit is {status}")
+        problem = feed.reported_problem(external_id, number, export_id, reported)
+        if problem is not None:
+            getattr(report, problem[0]).append(f"{where}: {problem[1]}")
+    for export_id in sorted(set(exports) - linked):
+        report.duplicates.append(f"export {export_id} of {org_id} belongs to no item of the "
+                                 f"test ({exports[export_id].status})")
+    for reference in sorted(set(vouchers) - set(exports)):
+        report.duplicates.append(f"voucher(s) with reference {reference!r} in {org_id}'s "
+                                 "Tripletex company belong to no export")
+    return report
+
+
+def check_feed_sources(feeds: list[Any], figures=None, *, settle_timeout: float = 60.0,
+                       poll=None, poll_every: float = 2.0) -> FeedReport:
+    """Assert invariants 5-7 over ``feeds`` (``TraedeFeed`` / ``BrexFeed``), waiting up to
+    ``settle_timeout`` for them to hold; ``poll()`` is called every ``poll_every`` seconds
+    meanwhile (what beat does). Returns the combined report."""
+    started = time.monotonic()
+    next_poll = 0.0
+    while True:
+        total = FeedReport()
+        for feed in feeds:
+            one = _feed_problems(feed)
+            total.items += one.items
+            total.lost += one.lost
+            total.duplicates += one.duplicates
+        if not total.violations or time.monotonic() - started > settle_timeout:
+            break
+        if poll is not None and time.monotonic() >= next_poll:
+            poll()
+            next_poll = time.monotonic() + poll_every
+        time.sleep(0.5)
+    if figures is not None:
+        figures.duplicates += len(total.duplicates)
+        figures.lost += len(total.lost)
+        figures.note("source items (TRAEDE entries, Brex expenses)", total.items)
+        figures.note("seconds until the source items settled", round(time.monotonic() - started, 1))
+    problems = total.violations
+    assert not problems, (f"{len(problems)} source invariant violation(s) over {total.items} "
+                          "items:\n" + "\n".join(problems[:30]))
+    return total

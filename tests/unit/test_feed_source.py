@@ -219,3 +219,24 @@ def test_a_source_that_is_told_nothing_completes_its_units_without_reports(feed)
     assert after["2"].status == "completed_with_failures"
     assert feed.results_calls == [] and feed.refused_calls == []
     assert [v.reported_status for u in after.values() for v in u.vouchers] == [None, None]
+
+
+def test_a_completed_unit_a_cursor_listing_names_again_is_not_reported_again(feed):
+    """A list of what changed since a cursor (Brex, with its overlap window; this feed) names
+    completed units as a matter of course: that is no sign that the source lacks our report,
+    unlike a "not exported yet" feed (TRAEDE). The poll used to reopen such a unit and re-send
+    its reports on every poll, so Brex units flapped between completed and processing."""
+    _, connection_id = _connect(feed)
+    feed.add("100.00")
+    source_jobs.poll_sources()
+    units = _ingest_all(connection_id)
+    _book(units["1"].vouchers[0].export_id, 1)
+    assert source_jobs.report_to_source(units["1"].id).kind == "done"
+    assert _units(connection_id)["1"].status == "completed"
+    calls = len(feed.results_calls)
+    with session_scope() as session:  # listed again from the start, as an overlap would
+        session.get(SourceConnection, connection_id).poll_cursor = None
+    result = source_jobs.poll_sources()
+    assert "1" not in result.reported_again and result.listed >= 1
+    assert _units(connection_id)["1"].status == "completed"
+    assert len(feed.results_calls) == calls
