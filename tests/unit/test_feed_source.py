@@ -134,6 +134,10 @@ def test_chunked_reports_gather_units_of_the_connection_after_their_bookings(fee
     for exports that are booked (or refused at ingest), and every unit completes."""
     from prometheus_client import REGISTRY
 
+    # The counting listeners are attached when shared.metrics is imported (the worker's and the
+    # API's entry points do); run alone, nothing else in this file imports it.
+    import shared.metrics  # noqa: F401
+
     def counted(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
