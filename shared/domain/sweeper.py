@@ -68,8 +68,9 @@ def requeue_stuck_exports(now=None) -> int:
 
 
 def stuck_export_candidates(session, now, stuck_after_seconds: int) -> list[AccountingExport]:
-    """The sweeper's scan: at most ``SWEEP_LIMIT`` stuck exports (``bench.list_pages`` times it
-    on a million rows; the partial index of migration 0010 keeps it to the processing rows)."""
+    """The sweeper's scan: at most ``SWEEP_LIMIT`` stuck exports. ``ix_exports_status_due``
+    (status, next_attempt_at) keeps it to the processing rows however many others there are;
+    ``bench.list_pages`` times it on a million rows."""
     return list(session.scalars(
         select(AccountingExport).where(*stuck_export_conditions(now, stuck_after_seconds))
         .limit(SWEEP_LIMIT)
