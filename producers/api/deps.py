@@ -1,17 +1,23 @@
-"""Request dependencies: who is calling.
+"""Request dependencies: who is calling, and the request's one database session.
 
-Endpoints open their own ``session_scope()`` so the commit happens before the response is sent
-(and the job is enqueued after that commit), never in a dependency's teardown after the client
-already read "202 Accepted".
+A request is one unit of work in one session (``RequestSession``): the API key lookup and the
+endpoint's work share it, so a request checks out one pooled connection (one pre-ping) and
+commits once. The session is a ``scope="function"`` dependency: its ``session_scope`` commits
+when the endpoint returns and before the response is sent (and jobs are enqueued after that
+commit), never after the client already read "202 Accepted"; an error in the commit is the
+response. (Two sessions per request, the lookup's and the endpoint's, cost the list about as much
+as its query did: issue 12, target 7.)
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastapi import Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db.session import session_scope
@@ -57,17 +63,26 @@ class Caller:
         return f"api_key:{self.api_key_id}"
 
 
-def current_caller(request: Request) -> Caller:
+def request_session() -> Iterator[Session]:
+    with session_scope() as session:
+        yield session
+
+
+# The request's session: ``session: Session = RequestSession``. FastAPI gives every dependency of
+# one request the same one (dependencies are cached per request).
+RequestSession = Depends(request_session, scope="function")
+
+
+def current_caller(request: Request, session: Session) -> Caller:
     """Whoever holds a valid key, whatever its scopes: use ``require_scope`` on endpoints."""
     plaintext = _bearer(request)
-    with session_scope() as session:
-        key = active_api_key(session, plaintext)
-        if key is None:
-            raise ApiError(401, "invalid_api_key",
-                           "this API key is unknown or revoked; ask an administrator for a new one",
-                           headers={"WWW-Authenticate": "Bearer"})
-        return Caller(organization_id=key.organization_id, api_key_id=key.id,
-                      scopes=frozenset(key.scopes))
+    key = active_api_key(session, plaintext)
+    if key is None:
+        raise ApiError(401, "invalid_api_key",
+                       "this API key is unknown or revoked; ask an administrator for a new one",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return Caller(organization_id=key.organization_id, api_key_id=key.id,
+                  scopes=frozenset(key.scopes))
 
 
 def require_scope(scope: str):
@@ -76,9 +91,9 @@ def require_scope(scope: str):
     if scope not in API_KEY_SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    def caller_with_scope(request: Request,
-                          _declared: Declared = Security(api_key_scheme)) -> Caller:
-        caller = current_caller(request)
+    def caller_with_scope(request: Request, _declared: Declared = Security(api_key_scheme),
+                          session: Session = RequestSession) -> Caller:
+        caller = current_caller(request, session)
         if scope not in caller.scopes:
             raise ApiError(
                 403, "missing_scope",

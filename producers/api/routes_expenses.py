@@ -7,12 +7,12 @@ operators. Ingest is idempotent per (source, source_ref).
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Response
+from sqlalchemy.orm import Session
 
-from producers.api.deps import Caller, exports_caller
+from producers.api.deps import Caller, RequestSession, exports_caller
 from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import ID_PATTERN, CreateExpense, ExpenseOut
 from shared.db.models import Expense
-from shared.db.session import session_scope
 from shared.domain import expenses as service
 from shared.domain.errors import NotFound
 
@@ -35,20 +35,20 @@ def _out(expense: Expense, created: bool = False) -> ExpenseOut:
                        "description": "Already ingested: its status was updated, nothing else"},
                  **error_responses(*BODY_ERROR_STATUSES)})
 def ingest_expense(body: CreateExpense, response: Response,
-                   caller: Caller = Depends(exports_caller)) -> ExpenseOut:
+                   caller: Caller = Depends(exports_caller),
+                   session: Session = RequestSession) -> ExpenseOut:
     data = service.require_valid(service.ExpenseIn, {"source": API_SOURCE, **body.model_dump()})
-    with session_scope() as session:
-        expense, created = service.ingest_expense(session, caller.organization_id, data)
-        if not created:
-            response.status_code = 200
-        return _out(expense, created)
+    expense, created = service.ingest_expense(session, caller.organization_id, data)
+    if not created:
+        response.status_code = 200
+    return _out(expense, created)
 
 
 @router.get("/{expense_id}", response_model=ExpenseOut, responses=error_responses(404))
 def get_expense(expense_id: str = Path(pattern=ID_PATTERN),
-                caller: Caller = Depends(exports_caller)) -> ExpenseOut:
-    with session_scope() as session:
-        expense = service.get_expense(session, caller.organization_id, expense_id)
-        if expense is None:
-            raise NotFound(f"expense {expense_id} does not exist")
-        return _out(expense)
+                caller: Caller = Depends(exports_caller),
+                session: Session = RequestSession) -> ExpenseOut:
+    expense = service.get_expense(session, caller.organization_id, expense_id)
+    if expense is None:
+        raise NotFound(f"expense {expense_id} does not exist")
+    return _out(expense)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends, Path, Query
+from sqlalchemy.orm import Session
 
-from producers.api.deps import Caller, callbacks_caller, exports_caller
+from producers.api.deps import Caller, RequestSession, callbacks_caller, exports_caller
 from producers.api.errors import BODY_ERROR_STATUSES, error_responses
 from producers.api.schemas import (
     ID_PATTERN,
@@ -26,7 +27,6 @@ from producers.api.schemas import (
     TargetSystem,
     UpdateStatus,
 )
-from shared.db.session import session_scope
 from shared.domain import exports as service
 from shared.domain.errors import ValidationFailed
 from shared.domain.statuses import ExportStatus
@@ -44,6 +44,7 @@ BODY_ERRORS = {**ERRORS, **error_responses(*BODY_ERROR_STATUSES)}
 @router.get("", response_model=ExportList, summary="List export records", responses=ERRORS)
 def list_exports(
     caller: Caller = Depends(exports_caller),
+    session: Session = RequestSession,
     page: int = Query(1, ge=1, le=100_000),
     limit: int = Query(20, ge=1, le=100),
     status: ExportStatus | None = None,
@@ -58,65 +59,64 @@ def list_exports(
         expense_id=expense_id, batch_id=batch_id,
         initiated_from=_aware(initiated_from, "initiated_from"),
         initiated_to=_aware(initiated_to, "initiated_to"))
-    with session_scope() as session:
-        rows, total = service.list_exports(session, caller.organization_id, filters,
-                                           page=page, limit=limit)
-        return ExportList(data=[ExportSummary.of(r) for r in rows],
-                          pagination=Pagination(page=page, limit=limit, total=total))
+    rows, total = service.list_exports(session, caller.organization_id, filters,
+                                       page=page, limit=limit)
+    return ExportList(data=[ExportSummary.of(r) for r in rows],
+                      pagination=Pagination(page=page, limit=limit, total=total))
 
 
 @router.post("", status_code=202, response_model=CreatedExport, responses=BODY_ERRORS,
              summary="Export a single approved expense to accounting system")
-def create_export(body: CreateExport, caller: Caller = Depends(exports_caller)) -> CreatedExport:
-    with session_scope() as session:
-        export = service.create_export(session, caller.organization_id, body.expense_id,
-                                       body.target_system.value, actor=caller.actor,
-                                       reexport=body.reexport)
-        return CreatedExport(export_id=export.id, expense_id=export.expense_id,
-                             target_system=export.target_system, status=export.status,
-                             initiated_at=export.created_at)
+def create_export(body: CreateExport, caller: Caller = Depends(exports_caller),
+                  session: Session = RequestSession) -> CreatedExport:
+    export = service.create_export(session, caller.organization_id, body.expense_id,
+                                   body.target_system.value, actor=caller.actor,
+                                   reexport=body.reexport)
+    return CreatedExport(export_id=export.id, expense_id=export.expense_id,
+                         target_system=export.target_system, status=export.status,
+                         initiated_at=export.created_at)
 
 
 @router.post("/batch", status_code=202, response_model=CreatedBatch, responses={
     **BODY_ERRORS, **error_responses(413, descriptions={
         413: "Too many expenses in one batch, or the body is too large"})},
     summary="Batch export multiple approved expenses")
-def create_batch(body: CreateBatch, caller: Caller = Depends(exports_caller)) -> CreatedBatch:
-    with session_scope() as session:
-        batch, exports = service.create_batch(session, caller.organization_id, body.expense_ids,
-                                              body.target_system.value, actor=caller.actor,
-                                              reexport=body.reexport)
-        return CreatedBatch(batch_id=batch.id, expense_ids=body.expense_ids,
-                            export_ids=[e.id for e in exports],
-                            target_system=batch.target_system, status=ExportStatus.PROCESSING,
-                            initiated_at=batch.created_at)
+def create_batch(body: CreateBatch, caller: Caller = Depends(exports_caller),
+                 session: Session = RequestSession) -> CreatedBatch:
+    batch, exports = service.create_batch(session, caller.organization_id, body.expense_ids,
+                                          body.target_system.value, actor=caller.actor,
+                                          reexport=body.reexport)
+    return CreatedBatch(batch_id=batch.id, expense_ids=body.expense_ids,
+                        export_ids=[e.id for e in exports],
+                        target_system=batch.target_system, status=ExportStatus.PROCESSING,
+                        initiated_at=batch.created_at)
 
 
 @router.get("/batch/{batch_id}", response_model=BatchProgress, responses=ERRORS,
             summary="Progress of a batch: exports per status")
 def get_batch(batch_id: str = Path(pattern=ID_PATTERN),
-              caller: Caller = Depends(exports_caller)) -> BatchProgress:
-    with session_scope() as session:
-        batch, counts = service.batch_progress(session, caller.organization_id, batch_id)
-        return BatchProgress(batch_id=batch.id, target_system=batch.target_system,
-                             total=batch.export_count, counts=counts,
-                             done=counts[ExportStatus.PROCESSING.value] == 0,
-                             initiated_at=batch.created_at)
+              caller: Caller = Depends(exports_caller),
+              session: Session = RequestSession) -> BatchProgress:
+    batch, counts = service.batch_progress(session, caller.organization_id, batch_id)
+    return BatchProgress(batch_id=batch.id, target_system=batch.target_system,
+                         total=batch.export_count, counts=counts,
+                         done=counts[ExportStatus.PROCESSING.value] == 0,
+                         initiated_at=batch.created_at)
 
 
 @router.get("/{export_id}", response_model=ExportDetail, responses=ERRORS,
             summary="Get export status and external reference")
-def get_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> ExportDetail:
-    with session_scope() as session:
-        return ExportDetail.of(service.get_export(session, caller.organization_id, export_id))
+def get_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller),
+               session: Session = RequestSession) -> ExportDetail:
+    return ExportDetail.of(service.get_export(session, caller.organization_id, export_id))
 
 
 @router.get("/{export_id}/events", response_model=EventList, responses=ERRORS,
             summary="The export's event log, oldest first")
-def get_events(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> EventList:
-    with session_scope() as session:
-        events = service.export_events(session, caller.organization_id, export_id)
-        return EventList(export_id=export_id, events=[EventOut.of(e) for e in events])
+def get_events(export_id: str = ExportId, caller: Caller = Depends(exports_caller),
+               session: Session = RequestSession) -> EventList:
+    events = service.export_events(session, caller.organization_id, export_id)
+    return EventList(export_id=export_id, events=[EventOut.of(e) for e in events])
 
 
 @router.put("/{export_id}", response_model=StatusUpdated, responses=BODY_ERRORS,
@@ -128,15 +128,15 @@ def get_events(export_id: str = ExportId, caller: Caller = Depends(exports_calle
                         "`success` books nothing, so only the system that books should hold it. "
                         "The event log records the key (`actor`: `api_key:<key id>`).")
 def update_status(body: UpdateStatus, export_id: str = ExportId,
-                  caller: Caller = Depends(callbacks_caller)) -> StatusUpdated:
-    with session_scope() as session:
-        export = service.apply_status_callback(
-            session, caller.organization_id, export_id, status=body.status,
-            external_reference=body.external_reference, error_message=body.error_message,
-            actor=caller.actor)
-        return StatusUpdated(export_id=export.id, status=export.status,
-                             external_reference=export.external_reference,
-                             exported_at=export.exported_at)
+                  caller: Caller = Depends(callbacks_caller),
+                  session: Session = RequestSession) -> StatusUpdated:
+    export = service.apply_status_callback(
+        session, caller.organization_id, export_id, status=body.status,
+        external_reference=body.external_reference, error_message=body.error_message,
+        actor=caller.actor)
+    return StatusUpdated(export_id=export.id, status=export.status,
+                         external_reference=export.external_reference,
+                         exported_at=export.exported_at)
 
 
 @router.post("/{export_id}/retry", response_model=ExportDetail, responses=ERRORS,
@@ -147,11 +147,11 @@ def update_status(body: UpdateStatus, export_id: str = ExportId,
                          "otherwise). The event log records who asked. `aic exports retry` "
                          "does the same.")
 def retry_export(export_id: str = ExportId,
-                 caller: Caller = Depends(exports_caller)) -> ExportDetail:
-    with session_scope() as session:
-        export = service.retry_export(session, caller.organization_id, export_id,
-                                      actor=caller.actor)
-        return ExportDetail.of(export)
+                 caller: Caller = Depends(exports_caller),
+                 session: Session = RequestSession) -> ExportDetail:
+    export = service.retry_export(session, caller.organization_id, export_id,
+                                  actor=caller.actor)
+    return ExportDetail.of(export)
 
 
 @router.delete("/{export_id}", response_model=Cancelled, responses=ERRORS,
@@ -161,11 +161,11 @@ def retry_export(export_id: str = ExportId,
                            "`cancelled`, and returned; `deleted: true` is the contract's word "
                            "for it. Repeating it is harmless; an export that may already be "
                            "in the target cannot be cancelled (409 `not_cancellable`).")
-def cancel_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller)) -> Cancelled:
-    with session_scope() as session:
-        export = service.cancel_export(session, caller.organization_id, export_id,
-                                       actor=caller.actor)
-        return Cancelled.of(export)
+def cancel_export(export_id: str = ExportId, caller: Caller = Depends(exports_caller),
+                  session: Session = RequestSession) -> Cancelled:
+    export = service.cancel_export(session, caller.organization_id, export_id,
+                                   actor=caller.actor)
+    return Cancelled.of(export)
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:

@@ -7,12 +7,12 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from producers.api.deps import Caller, exports_caller
+from producers.api.deps import Caller, RequestSession, exports_caller
 from producers.api.errors import error_responses
 from producers.api.schemas import ID_PATTERN, Pagination
 from shared.db.models import SourceUnit
-from shared.db.session import session_scope
 from shared.domain import sources
 
 router = APIRouter(prefix="/api/v1/source-exports", tags=["source-exports"],
@@ -64,6 +64,7 @@ def _out(row: SourceUnit, with_vouchers: bool = False) -> SourceExportOut:
 
 @router.get("", response_model=SourceExportList, summary="Packages received from sources")
 def list_source_exports(caller: Caller = Depends(exports_caller),
+                        session: Session = RequestSession,
                         page: int = Query(1, ge=1, le=100_000),
                         limit: int = Query(20, ge=1, le=100),
                         source_export_ref: str | None = Query(None, max_length=100,
@@ -71,13 +72,12 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
     conditions = [SourceUnit.organization_id == caller.organization_id]
     if source_export_ref:
         conditions.append(SourceUnit.external_export_id == source_export_ref)
-    with session_scope() as session:
-        total = session.scalar(select(func.count()).select_from(SourceUnit).where(*conditions))
-        rows = session.scalars(select(SourceUnit).where(*conditions)
-                               .order_by(SourceUnit.created_at.desc())
-                               .offset((page - 1) * limit).limit(limit)).all()
-        return SourceExportList(data=[_out(r) for r in rows],
-                                pagination=Pagination(page=page, limit=limit, total=total or 0))
+    total = session.scalar(select(func.count()).select_from(SourceUnit).where(*conditions))
+    rows = session.scalars(select(SourceUnit).where(*conditions)
+                           .order_by(SourceUnit.created_at.desc())
+                           .offset((page - 1) * limit).limit(limit)).all()
+    return SourceExportList(data=[_out(r) for r in rows],
+                            pagination=Pagination(page=page, limit=limit, total=total or 0))
 
 
 @router.post("/{source_export_id}/retry", response_model=SourceExportOut, status_code=202,
@@ -90,19 +90,18 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
                          "still being worked on or when nothing in it failed. `aic source retry` "
                          "does the same.")
 def retry_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
-                        caller: Caller = Depends(exports_caller)):
-    with session_scope() as session:
-        row = sources.retry_source_unit(session, caller.organization_id, source_export_id,
-                                        actor=caller.actor)
-        session.flush()
-        session.refresh(row)
-        return _out(row, with_vouchers=True)
+                        caller: Caller = Depends(exports_caller),
+                        session: Session = RequestSession):
+    row = sources.retry_source_unit(session, caller.organization_id, source_export_id,
+                                    actor=caller.actor)
+    session.flush()
+    session.refresh(row)
+    return _out(row, with_vouchers=True)
 
 
 @router.get("/{source_export_id}", response_model=SourceExportOut, responses=error_responses(404),
             summary="A package with every voucher's export and report status")
 def get_source_export(source_export_id: str = Path(pattern=ID_PATTERN),
-                      caller: Caller = Depends(exports_caller)):
-    with session_scope() as session:
-        row = sources.get_source_unit(session, caller.organization_id, source_export_id)
-        return _out(row, with_vouchers=True)
+                      caller: Caller = Depends(exports_caller), session: Session = RequestSession):
+    row = sources.get_source_unit(session, caller.organization_id, source_export_id)
+    return _out(row, with_vouchers=True)

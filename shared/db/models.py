@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     LargeBinary,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -129,8 +130,11 @@ class AccountingExport(Base):
     """
 
     __tablename__ = "accounting_exports"
+    # The list reads an organization's exports ORDER BY created_at DESC, id (migration 0010).
     __table_args__ = (
-        Index("ix_exports_org_status", "organization_id", "status"),
+        Index("ix_exports_org_created", "organization_id", text("created_at DESC"), "id"),
+        Index("ix_exports_org_status_created", "organization_id", "status",
+              text("created_at DESC"), "id"),
         Index("ix_exports_status_due", "status", "next_attempt_at"),
     )
 

@@ -44,6 +44,10 @@ def _create_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
+    # pool_pre_ping: a connection the server closed (a restart, a failover, a proxy's idle
+    # timeout) is replaced at checkout instead of failing the request that draws it
+    # (tests/reliability/test_database_outage.py). It is one round trip per checkout, so an API
+    # request checks out once (producers.api.deps.RequestSession), not once per session.
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 

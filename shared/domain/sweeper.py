@@ -41,9 +41,7 @@ def requeue_stuck_exports(now=None) -> int:
     with session_scope() as session:
         now = now or database_now(session)
         stuck_conditions = stuck_export_conditions(now, settings.stuck_after_seconds)
-        candidates = session.scalars(
-            select(AccountingExport).where(*stuck_conditions).limit(SWEEP_LIMIT)
-        ).all()
+        candidates = stuck_export_candidates(session, now, settings.stuck_after_seconds)
         for export in candidates:
             # Compare-and-set so two sweepers (beat started twice) queue each export once.
             # The lease is cleared too, so the export is requeued once per stuck period.
@@ -67,6 +65,16 @@ def requeue_stuck_exports(now=None) -> int:
     if requeued:
         log.warning("stuck work re-queued", count=requeued)
     return requeued
+
+
+def stuck_export_candidates(session, now, stuck_after_seconds: int) -> list[AccountingExport]:
+    """The sweeper's scan: at most ``SWEEP_LIMIT`` stuck exports. ``ix_exports_status_due``
+    (status, next_attempt_at) keeps it to the processing rows however many others there are;
+    ``bench.list_pages`` times it on a million rows."""
+    return list(session.scalars(
+        select(AccountingExport).where(*stuck_export_conditions(now, stuck_after_seconds))
+        .limit(SWEEP_LIMIT)
+    ).all())
 
 
 def _sweep_source_units(now) -> int:

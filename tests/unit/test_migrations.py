@@ -151,3 +151,87 @@ def test_0008_renames_source_packages_to_source_units_without_loss(tmp_path):
             "SELECT a.id FROM source_exports s JOIN source_vouchers v ON v.source_export_id = s.id "
             "JOIN accounting_exports a ON a.source_export_id = s.id")).scalars().all() == ["aex_1"]
     engine.dispose()
+
+
+def _scratch_database(tmp_path):
+    """A database of this test's own on the test suite's server: a SQLite file, or on
+    PostgreSQL (CI) a database next to the test one, dropped afterwards."""
+    import os
+    from contextlib import contextmanager
+
+    from sqlalchemy.engine import make_url
+
+    suite_url = os.environ.get("AIC_DATABASE_URL", "")
+
+    @contextmanager
+    def scratch():
+        if not suite_url.startswith("postgresql"):
+            yield f"sqlite:///{tmp_path / 'upgrade.db'}"
+            return
+        url = make_url(suite_url)
+        name = f"{url.database}_migration_0010"
+        admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+    return scratch()
+
+
+def test_0010_indexes_the_list_in_its_order_and_comes_back_down(tmp_path):
+    """(organization_id, created_at DESC, id) and (organization_id, status, created_at DESC, id)
+    on a table that holds rows; the second replaces (organization_id, status). Down restores it.
+    On SQLite, and on PostgreSQL when the suite runs there."""
+    from alembic import command
+
+    from shared.db.migrate import alembic_config
+
+    with _scratch_database(tmp_path) as url:
+        upgrade(url, "0009")
+        engine = create_engine(url)
+        at = "'2026-01-01 00:00:00+00'"
+        with engine.begin() as connection:
+            for sql in (
+                f"INSERT INTO organizations (id, name, created_at) VALUES ('org_1', 'A', {at})",
+                "INSERT INTO target_connections (id, organization_id, target_system, base_url, "
+                "credentials_encrypted, account_mapping, options, created_at, updated_at) VALUES "
+                f"('con_1', 'org_1', 'tripletex', 'http://t', 'x', '{{}}', '{{}}', {at}, {at})",
+                "INSERT INTO expenses (id, organization_id, source, source_ref, status, "
+                "description, expense_date, currency, amount, rows, created_at) VALUES ('exp_1', "
+                f"'org_1', 'unit', 'r-1', 'approved', 'Taxi', '2026-01-01', 'NOK', 100, '[]', {at})",
+                "INSERT INTO accounting_exports (id, organization_id, expense_id, connection_id, "
+                "target_system, status, attempts, created_at, updated_at) VALUES ('aex_1', "
+                f"'org_1', 'exp_1', 'con_1', 'tripletex', 'failed', 1, {at}, {at})",
+            ):
+                connection.execute(text(sql))
+
+        def indexes() -> dict[str, list[str]]:
+            with engine.connect() as connection:
+                return {i["name"]: i["column_names"]
+                        for i in inspect(connection).get_indexes("accounting_exports")}
+
+        upgrade(url, "0010")
+        after = indexes()
+        assert "ix_exports_org_status" not in after
+        # The DESC of created_at is checked by the EXPLAIN test (tests/unit/api/
+        # test_export_list.py): the page needs no sort.
+        assert after["ix_exports_org_created"] == ["organization_id", "created_at", "id"]
+        assert after["ix_exports_org_status_created"] == ["organization_id", "status",
+                                                          "created_at", "id"]
+        with engine.connect() as connection:
+            assert connection.execute(text(
+                "SELECT id FROM accounting_exports WHERE organization_id = 'org_1' "
+                "ORDER BY created_at DESC, id")).scalars().all() == ["aex_1"]
+
+        command.downgrade(alembic_config(url), "0009")
+        before = indexes()
+        assert before["ix_exports_org_status"] == ["organization_id", "status"]
+        assert not {"ix_exports_org_created", "ix_exports_org_status_created"} & set(before)
+        upgrade(url, "head")
+        engine.dispose()
