@@ -81,6 +81,7 @@ MAX_CONNECTIONS = 512
 REQUEST_TIMEOUT = 5.0
 STARTUP_TIMEOUT = 90.0
 RECENT_IDS = 64
+IDLE_SECONDS = 2.0
 INGEST_TASK = "worker.tasks.ingest_source_unit"
 __all__ = ["main"]
 
@@ -130,12 +131,19 @@ class Client:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.open = 0
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        now = time.monotonic()
+        # uvicorn closes a connection idle for 5 s (--timeout-keep-alive); one idle for a while
+        # (the other app's step ran meanwhile) is closed here first, so no request meets a
+        # connection the server is closing.
+        while self.idle and now - self.idle[0][2] > IDLE_SECONDS:
+            self.open -= 1
+            self.idle.pop(0)[1].close()
         if self.idle:
-            reader, writer = self.idle.pop()
+            reader, writer, _ = self.idle.pop()
         else:
             if self.open >= MAX_CONNECTIONS:
                 raise ConnectionError("client connection cap")
@@ -173,11 +181,11 @@ class Client:
             self.open -= 1
             writer.close()
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.monotonic()))
         return status, payload
 
     def close(self) -> None:
-        for _reader, writer in self.idle:
+        for _reader, writer, _ in self.idle:
             writer.close()
         self.idle.clear()
 
@@ -436,7 +444,8 @@ def verify_bare(stack: Stack, app: AppUnderTest) -> str:
 # --- the search -------------------------------------------------------------------------------
 
 class Search:
-    """Rates to try for one app: x1.25 until a confirmed fail, then two bisections."""
+    """Rates to try for one app: x1.25 up until a confirmed fail (or /1.25 down until a pass
+    when the first rate fails), then two bisections between the last pass and the first fail."""
 
     def __init__(self, start: float) -> None:
         self.next_rate: float | None = start
@@ -457,13 +466,19 @@ class Search:
             return
         else:
             self.failed_at = min(self.failed_at or rate, rate)
+            if self.best is None:  # nothing passed yet: step down
+                lower = round(rate / RATE_FACTOR, 1)
+                self.next_rate = lower if lower >= 1 else None
+                self.retried.add(lower)  # steps down are not retried
+                return
         if self.bisections >= 2 or self.failed_at is None:
             self.next_rate = None
             return
-        low = self.best or self.failed_at / RATE_FACTOR
         self.bisections += 1
-        self.next_rate = round((low * self.failed_at) ** 0.5, 1)
+        self.next_rate = round((self.best * self.failed_at) ** 0.5, 1)
         self.retried.add(self.next_rate)  # bisection probes are not retried
+        if self.next_rate in (self.best, self.failed_at):
+            self.next_rate = None
 
 
 def run_worker_count(stack: Stack, workers: int, args: argparse.Namespace,

@@ -17,7 +17,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from shared.logs import log_context
-from shared.queue import celery_app
+from shared.config import get_settings
+from shared.queue import celery_app, list_producer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ def enqueue_after_commit(
 def send_now(job: Job) -> None:
     # The request (or task) that caused this job: its id follows into the worker's log lines.
     request_id = log_context().get("request_id")
+    # Celery builds the message; RedisListProducer puts it on the queue's list with one LPUSH
+    # (kombu's own producer costs a webhook delivery more CPU than its database work). With task
+    # events on (Flower), Celery's producer goes, as only it sends the "task-sent" event.
+    producer = None if get_settings().celery_task_events else list_producer()
     celery_app.send_task(
         job.task_name,
         args=job.args,
@@ -61,6 +66,7 @@ def send_now(job: Job) -> None:
         countdown=job.countdown,
         task_id=job.task_id,
         headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        producer=producer,
     )
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
 from producers.api.errors import ApiError, error_responses
-from shared.db.session import session_scope
+from shared.db.session import one_sqlite_writer, session_scope
 from shared.domain import sources
 from shared.domain.errors import NotFound
 from shared.integrations import registry
@@ -65,7 +65,7 @@ def _mount(system: registry.SourceSystem) -> None:
 
 def _store_delivery(system: registry.SourceSystem, token: str, signature: str | None,
                     raw: bytes, announcement: Announcement) -> tuple[str, bool]:
-    with session_scope() as session:
+    with one_sqlite_writer(), session_scope() as session:
         connection = sources.connection_for_webhook(session, token)
         # A token is unguessable per connection; a token of another system's connection is as
         # unknown here as no token at all.
@@ -80,10 +80,8 @@ def _store_delivery(system: registry.SourceSystem, token: str, signature: str | 
             raise ApiError(400, "organization_mismatch",
                            f"{announcement.organization_field} does not belong to this webhook "
                            f"URL; check the recipient configured in {system.display_name}")
-        source_export, new = sources.record_webhook(session, connection,
-                                                    announcement.external_id,
-                                                    announcement.payload)
-        return source_export.id, new
+        return sources.record_webhook(session, connection, announcement.external_id,
+                                      announcement.payload)
 
 
 for _system in registry.sources().values():
