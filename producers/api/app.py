@@ -83,12 +83,14 @@ def create_app() -> FastAPI:
     # Added before BodySizeLimit, so inside it (a 413 carries no request id, as before).
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
+    # The webhooks first: routes are matched in order, and sources deliver many more requests
+    # than operators make (matching past every API route cost a delivery ~0.25 ms of CPU).
+    app.include_router(webhook_receiver.router)
     app.include_router(routes_exports.router)
     app.include_router(routes_expenses.router)
     app.include_router(routes_sources.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_status.router)
-    app.include_router(webhook_receiver.router)
 
     metrics.register_queue_depths()
 
