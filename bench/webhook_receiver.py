@@ -446,13 +446,13 @@ def verify_bare(stack: Stack, app: AppUnderTest) -> str:
 # --- the load generator's priority ---
 
 @contextmanager
-def generator_priority():
+def generator_priority(nice: int):
     """While the steps run (the apps already started, so they do not inherit it), the load
     generator asks the kernel to schedule it before the equal-priority apps and everything else
     on a busy machine: it must not be what is late. Its CPU is small and printed; its lateness
     ("lag ms") is printed per step and counted in the latencies anyway."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, GENERATOR_NICE)
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     except OSError:
         yield
         return
@@ -486,7 +486,8 @@ def _priority_note(nice: int) -> str:
             "work; compare with a run without it)" if nice else
             "apps, Redis and database at normal priority")
     if os.geteuid() == 0:
-        return f"load generator at nice {GENERATOR_NICE} during the steps; {apps}"
+        return (f"load generator at nice {min(GENERATOR_NICE, nice - 5)} during the steps; "
+                f"{apps}")
     return f"load generator at normal priority (renice needs root); {apps}"
 
 
@@ -591,7 +592,7 @@ def run_worker_count(stack: Stack, workers: int, args: argparse.Namespace,
                      f"{ours_best or 0:.1f} requests/s, bare {bare_best or 0:.1f} requests/s")
         ours.capacity, bare.capacity = ours_best or 0.0, bare_best or 0.0  # type: ignore[attr-defined]
 
-    with generator_priority():
+    with generator_priority(min(GENERATOR_NICE, args.nice - 5)):
         asyncio.run(search())
     for app in (ours, bare):
         stack.stop_app(app)
