@@ -10,6 +10,8 @@ BENCHMARKS = {
     "list_pages": "p50/p99 of the export list (page 1, page 400, status and date filters) at "
                   "10,000 and 1,000,000 rows on PostgreSQL, and the sweeper's scan "
                   "(target: p99 within 1.5x, scan < 100 ms)",
+    "webhook_receiver": "capacity (p99 < 50 ms) of the Findity webhook against a bare FastAPI "
+                        "INSERT + LPUSH, 1 and 2 uvicorn workers (target: >= 0.70)",
 }
 
 

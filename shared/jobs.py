@@ -17,7 +17,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from shared.logs import log_context
-from shared.queue import celery_app
+from shared.config import get_settings
+from shared.queue import celery_app, list_producer
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ _PENDING_KEY = "aic_jobs_after_commit"
 # A message header, read back by the worker (worker.celery_app) into its log context.
 REQUEST_ID_HEADER = "aic_request_id"
 _UNSENT_KEY = "aic_jobs_unsent"
+_HELD_KEY = "aic_jobs_held"
 
 
 @dataclass
@@ -53,6 +55,10 @@ def enqueue_after_commit(
 def send_now(job: Job) -> None:
     # The request (or task) that caused this job: its id follows into the worker's log lines.
     request_id = log_context().get("request_id")
+    # Celery builds the message; RedisListProducer puts it on the queue's list with one LPUSH
+    # (kombu's own producer costs a webhook delivery more CPU than its database work). With task
+    # events on (Flower), Celery's producer goes, as only it sends the "task-sent" event.
+    producer = None if get_settings().celery_task_events else list_producer()
     celery_app.send_task(
         job.task_name,
         args=job.args,
@@ -61,6 +67,7 @@ def send_now(job: Job) -> None:
         countdown=job.countdown,
         task_id=job.task_id,
         headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        producer=producer,
     )
 
 
@@ -72,14 +79,37 @@ def _send_pending_jobs(session: Session) -> None:
     if session.in_nested_transaction():
         return
     jobs: list[Job] = session.info.pop(_PENDING_KEY, [])
+    held = session.info.get(_HELD_KEY)
+    if held is not None:  # committed; the caller sends them once out of its lock
+        held.extend(jobs)
+        return
+    for job, error in send_jobs(jobs):
+        session.info.setdefault(_UNSENT_KEY, []).append((job, error))
+
+
+def send_jobs(jobs: list[Job]) -> list[tuple[Job, Exception]]:
+    """Send jobs of committed transactions; returns those the broker did not take (logged)."""
+    unsent = []
     for job in jobs:
         try:
             send_now(job)
         except Exception as error:  # broker unreachable: the sweeper re-sends from the database
-            session.info.setdefault(_UNSENT_KEY, []).append((job, error))
+            unsent.append((job, error))
             # Not "args": that is a LogRecord attribute, and logging refuses to overwrite it.
             log.exception("enqueue failed after commit; the sweeper will re-send", extra={
                 "task": job.task_name, "task_args": job.args})
+    return unsent
+
+
+def hold_jobs(session: Session, into: list[Job]) -> None:
+    """The jobs this session commits are put ``into`` the list instead of being sent at the
+    commit; the caller sends them with ``send_jobs`` when it is ready. Still only the jobs of
+    committed transactions (a rollback drops them as always).
+
+    For a caller that commits under a lock and must not hold it while the broker answers (the
+    webhook receiver takes turns on SQLite's one writer: with the publish inside, every
+    delivery of the process waited for Redis's answer to the one before)."""
+    session.info[_HELD_KEY] = into
 
 
 def unsent_jobs(session: Session) -> list[tuple[Job, Exception]]:

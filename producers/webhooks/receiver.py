@@ -14,8 +14,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 
+from sqlalchemy.orm import Session
+
 from producers.api.errors import ApiError, error_responses
-from shared.db.session import session_scope
+from shared import jobs
+from shared.db.session import one_sqlite_writer, session_scope
 from shared.domain import sources
 from shared.domain.errors import NotFound
 from shared.integrations import registry
@@ -65,25 +68,35 @@ def _mount(system: registry.SourceSystem) -> None:
 
 def _store_delivery(system: registry.SourceSystem, token: str, signature: str | None,
                     raw: bytes, announcement: Announcement) -> tuple[str, bool]:
-    with session_scope() as session:
-        connection = sources.connection_for_webhook(session, token)
-        # A token is unguessable per connection; a token of another system's connection is as
-        # unknown here as no token at all.
-        if connection.source_system != system.name:
-            raise NotFound("no webhook is registered at this URL; copy the URL from "
-                                   "`aic source show`")
-        sources.verify_signature(connection, signature, raw)
-        ours = ((connection.options or {}).get(system.organization_option)
-                if system.organization_option else None)
-        if (announcement.organization_id is not None and system.organization_option
-                and announcement.organization_id != ours):
-            raise ApiError(400, "organization_mismatch",
-                           f"{announcement.organization_field} does not belong to this webhook "
-                           f"URL; check the recipient configured in {system.display_name}")
-        source_export, new = sources.record_webhook(session, connection,
-                                                    announcement.external_id,
-                                                    announcement.payload)
-        return source_export.id, new
+    committed: list[jobs.Job] = []
+    # On SQLite the deliveries of this process take turns (one_sqlite_writer); the job of a new
+    # unit is sent after the commit, as always, but once out of that turn, so no delivery
+    # waits for Redis's answer to another one.
+    with one_sqlite_writer(), session_scope() as session:
+        jobs.hold_jobs(session, committed)
+        stored = _record(session, system, token, signature, raw, announcement)
+    jobs.send_jobs(committed)
+    return stored
+
+
+def _record(session: Session, system: registry.SourceSystem, token: str, signature: str | None,
+            raw: bytes, announcement: Announcement) -> tuple[str, bool]:
+    connection = sources.connection_for_webhook(session, token)
+    # A token is unguessable per connection; a token of another system's connection is as
+    # unknown here as no token at all.
+    if connection.source_system != system.name:
+        raise NotFound("no webhook is registered at this URL; copy the URL from "
+                       "`aic source show`")
+    sources.verify_signature(connection, signature, raw)
+    ours = ((connection.options or {}).get(system.organization_option)
+            if system.organization_option else None)
+    if (announcement.organization_id is not None and system.organization_option
+            and announcement.organization_id != ours):
+        raise ApiError(400, "organization_mismatch",
+                       f"{announcement.organization_field} does not belong to this webhook "
+                       f"URL; check the recipient configured in {system.display_name}")
+    return sources.record_webhook(session, connection, announcement.external_id,
+                                  announcement.payload)
 
 
 for _system in registry.sources().values():

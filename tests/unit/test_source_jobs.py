@@ -83,9 +83,9 @@ class Source:
     def announce(self, external_export_id: str) -> str:
         with session_scope() as session:
             connection = session.get(sources.SourceConnection, self.connection_id)
-            package, _ = sources.record_webhook(session, connection, external_export_id,
+            unit_id, _ = sources.record_webhook(session, connection, external_export_id,
                                                 {"exportId": external_export_id})
-            return package.id
+            return unit_id
 
     def updates(self, external_export_id: str) -> list[dict]:
         """Every updatestatus call Findity received for the export, refused ones included."""

@@ -1,0 +1,187 @@
+"""The webhook receiver's behaviour under redeliveries, concurrency, bad input and a broker that
+fails after the commit (its speed is ``bench.webhook_receiver``'s business, not these tests')."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis as redis_lib
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+import shared.jobs
+from producers.api.app import create_app
+from shared.config import get_settings
+from shared.db.models import SourceUnit, SourceUnitEvent, WebhookDelivery
+from shared.db.session import session_scope
+from shared.db.types import utcnow
+from shared.domain import sources, sweeper
+from shared.queue import TASK_INGEST_SOURCE_UNIT, RedisListProducer, celery_app, list_producer
+
+FINDITY_ORG = "f-receiver"
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def connection(org):
+    with session_scope() as session:
+        found = sources.upsert_source_connection(
+            session, org.id, "findity", base_url="http://127.0.0.1:9/api",
+            credentials={"client_id": "c", "client_secret": "s",
+                         "token_url": "http://127.0.0.1:9/token"},
+            options={"organization_id": FINDITY_ORG})
+        return found.id, found.webhook_token
+
+
+def _deliver(client, token: str, export_id: str, org: str = FINDITY_ORG):
+    return client.post(f"/webhooks/findity/{token}",
+                       json={"exportId": export_id, "organizationId": org})
+
+
+def _rows(connection_id: str) -> tuple[list[str], int, list[str]]:
+    """(the units' external ids, the deliveries logged, the 'announced' events)."""
+    with session_scope() as session:
+        units = session.scalars(select(SourceUnit.external_export_id).where(
+            SourceUnit.source_connection_id == connection_id)).all()
+        deliveries = session.scalar(select(func.count()).select_from(WebhookDelivery).where(
+            WebhookDelivery.source_connection_id == connection_id))
+        announced = session.scalars(
+            select(SourceUnitEvent.unit_id).join(SourceUnit,
+                                                 SourceUnit.id == SourceUnitEvent.unit_id)
+            .where(SourceUnit.source_connection_id == connection_id,
+                   SourceUnitEvent.kind == "announced")).all()
+        return sorted(units), deliveries, announced
+
+
+def test_a_redelivery_is_answered_200_logged_and_announces_nothing(client, connection,
+                                                                   sent_jobs):
+    connection_id, token = connection
+    first = _deliver(client, token, "exp-1")
+    again = _deliver(client, token, "exp-1")
+    assert (first.status_code, first.json()) == (200, {"received": True, "duplicate": False})
+    assert (again.status_code, again.json()) == (200, {"received": True, "duplicate": True})
+    units, deliveries, announced = _rows(connection_id)
+    assert units == ["exp-1"] and deliveries == 2 and len(announced) == 1
+    assert [(j.task_name, j.args) for j in sent_jobs] == [(TASK_INGEST_SOURCE_UNIT, announced)]
+
+
+def test_concurrent_copies_of_one_delivery_make_one_unit_and_one_job(client, connection,
+                                                                     sent_jobs):
+    """Findity may deliver the same webhook several times at once: the unique constraint decides
+    in the INSERT ... ON CONFLICT, whichever thread gets there first."""
+    connection_id, token = connection
+    copies, barrier = 12, threading.Barrier(12)
+    answers: list = []
+
+    def deliver(export_id: str) -> None:
+        barrier.wait()
+        answers.append(_deliver(client, token, export_id))
+
+    threads = [threading.Thread(target=deliver, args=(f"exp-{i % 3}",)) for i in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(a.status_code for a in answers) == [200] * copies
+    assert sum(not a.json()["duplicate"] for a in answers) == 3
+    units, deliveries, announced = _rows(connection_id)
+    assert units == ["exp-0", "exp-1", "exp-2"] and deliveries == copies
+    assert sorted(j.args[0] for j in sent_jobs) == sorted(announced) and len(announced) == 3
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"not json", "malformed_webhook"),
+    (b'{"organizationId": "f-receiver"}', "malformed_webhook"),
+    (json.dumps({"exportId": "x" * 101, "organizationId": FINDITY_ORG}).encode(),
+     "malformed_webhook"),
+    (json.dumps({"exportId": "exp-9", "organizationId": "someone-else"}).encode(),
+     "organization_mismatch"),
+])
+def test_bad_input_gets_a_clear_400_and_changes_nothing(client, connection, sent_jobs, body,
+                                                        code):
+    connection_id, token = connection
+    response = client.post(f"/webhooks/findity/{token}", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == code
+    assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
+
+
+def test_an_unknown_token_is_a_404_and_changes_nothing(client, connection, sent_jobs):
+    connection_id, _ = connection
+    response = _deliver(client, "x" * 32, "exp-1")
+    assert response.status_code == 404
+    assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
+
+
+def test_a_publish_that_fails_after_the_commit_is_sent_again_by_the_sweeper(
+        client, connection, monkeypatch):
+    """The row committed, the broker refused the job: the delivery is still answered 200 (the
+    source must not send it again for nothing), and the stuck-work sweeper queues the unit."""
+    connection_id, token = connection
+
+    def broker_down(job):
+        raise redis_lib.ConnectionError("Error 111 connecting to the broker")
+
+    monkeypatch.setattr(shared.jobs, "send_now", broker_down)
+    response = _deliver(client, token, "exp-lost")
+    assert response.status_code == 200 and response.json()["duplicate"] is False
+    units, _, announced = _rows(connection_id)
+    assert units == ["exp-lost"]
+
+    requeued: list = []
+    monkeypatch.setattr(shared.jobs, "send_now", requeued.append)
+    later = utcnow() + timedelta(seconds=get_settings().source_stuck_after_seconds + 1)
+    assert sweeper._sweep_source_units(later) >= 1
+    assert (TASK_INGEST_SOURCE_UNIT, announced) in [(j.task_name, j.args) for j in requeued]
+
+
+def test_the_list_producer_puts_what_kombus_producer_puts(monkeypatch):
+    """A worker reads our LPUSHed message as kombu's own: the same envelope, headers and body
+    (ids, tags and times aside). Celery builds both."""
+    queue = f"test-list-producer-{uuid.uuid4().hex[:8]}"
+    client = redis_lib.Redis.from_url(get_settings().redis_url)
+    try:
+        for producer in (None, list_producer()):
+            celery_app.send_task(TASK_INGEST_SOURCE_UNIT, args=["srcexp_1"], queue=queue,
+                                 headers={"aic_request_id": "req-1"}, producer=producer)
+        ours, kombus = (json.loads(raw) for raw in client.lrange(queue, 0, -1))
+    finally:
+        client.delete(queue)
+        client.close()
+
+    def comparable(message: dict) -> dict:
+        headers = {k: v for k, v in message["headers"].items()
+                   if k not in ("id", "root_id")}
+        properties = {k: v for k, v in message["properties"].items()
+                      if k not in ("correlation_id", "delivery_tag")}
+        return {**message, "headers": headers, "properties": properties,
+                "body": base64.b64decode(message["body"])}
+
+    assert comparable(ours) == comparable(kombus)
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
+    assert json.loads(base64.b64decode(ours["body"]))[0] == ["srcexp_1"]
+
+
+def test_the_list_producer_fails_fast_when_the_broker_is_unreachable():
+    producer = RedisListProducer("redis://127.0.0.1:1/0")
+    with pytest.raises(redis_lib.ConnectionError):
+        celery_app.send_task(TASK_INGEST_SOURCE_UNIT, args=["srcexp_1"], queue="exports",
+                             producer=producer)
+
+
+def test_the_list_producer_refuses_what_it_does_not_put_on_the_wire():
+    from shared.queue import UnsupportedPublish
+
+    with pytest.raises(UnsupportedPublish, match="priority"):
+        celery_app.send_task(TASK_INGEST_SOURCE_UNIT, args=["srcexp_1"], queue="exports",
+                             priority=5, producer=list_producer())
