@@ -15,9 +15,12 @@ connection whose client-side budget is ``--rate`` requests/s (burst 1), N approv
 their K batches are posted back to back, so the broker's queue holds all of organization 1's
 exports, then all of organization 2's, ... Printed and judged:
 
-- throughput: Tripletex requests the sandbox counted / wall time, over the sum of the budgets
-  (K x rate). PASS >= 0.90. (Exports/s over the same sum is printed too: each export is one POST,
-  each fresh client also makes one session and three lookups.)
+- throughput while every tenant has work queued: the vouchers the sandbox stored (one POST each)
+  between the last organization's first voucher and the first organization's last voucher (the
+  sandbox's clock), per second, over the sum of the budgets (K x rate). PASS >= 0.90. This is the
+  fairness figure: a thread sleeping on one budget while others' work waits shows as a shortfall
+  here. Also printed, not judged: the whole window's requests/s (the API creating the batches,
+  each fresh client's session and three lookups, and the tail included) over the same sum.
 - first start: per organization, its first export's ``started`` event minus its batch's first
   ``initiated_at`` (both the server's clock). PASS when the worst is <= ``--first-start-bound``.
 - attempts spent by refusals: every export must succeed with exactly one attempt (``attempts``
@@ -268,16 +271,31 @@ def _common_lines(r: RunFigures) -> list[str]:
     ]
 
 
+def all_backlogged(r: RunFigures) -> tuple[float, float, int]:
+    """(start, end, vouchers stored in between) of the span in which every organization was
+    posting: from the last organization's first voucher to the first organization's last."""
+    start = max(t.voucher_times[0] for t in r.tenants)
+    end = min(t.voucher_times[-1] for t in r.tenants)
+    stored = sum(1 for t in r.tenants for v in t.voucher_times if start <= v <= end)
+    return start, end, stored
+
+
 def fairness_report(r: RunFigures, *, rate: float, first_start_bound: float
                     ) -> tuple[str, bool]:
     budgets = rate * len(r.tenants)
-    requests_ratio = r.requests / r.wall_s / budgets
-    exports_ratio = r.exports / r.wall_s / budgets
+    window_ratio = r.requests / r.wall_s / budgets
+    start, end, stored = all_backlogged(r)
+    span = end - start
+    # Intervals, not points: an organization's n vouchers in the span are n - 1 intervals of its
+    # spacing (conservative: the edges of the span are left out).
+    intervals = stored - len(r.tenants)
+    busy_rate = intervals / span if span > 0 else 0.0
+    busy_ratio = busy_rate / budgets
     worst_start = max(t.first_start_s for t in r.tenants)
     extra_attempts = sum(t.attempts - t.exports for t in r.tenants)
     counted = sum(t.counted_rate_limit_retries for t in r.tenants)
     spent = extra_attempts + counted
-    ok_rate = requests_ratio >= FAIR_THROUGHPUT
+    ok_rate = busy_ratio >= FAIR_THROUGHPUT
     ok_start = worst_start <= first_start_bound
     ok_spent = spent == 0
     lines = [
@@ -289,11 +307,13 @@ def fairness_report(r: RunFigures, *, rate: float, first_start_bound: float
         lines.append(f"{n:>4}{t.exports:>9}{t.requests:>10}{t.first_start_s:>15.2f}"
                      f"{t.last_success_s:>13.2f}{t.attempts:>10}{t.rate_limit_retries:>20}")
     lines += _common_lines(r) + [
-        f"target 4 : throughput {r.requests} requests / {r.wall_s:.2f} s = "
-        f"{r.requests / r.wall_s:.2f}/s over the budgets' sum {budgets:g}/s "
-        f"({len(r.tenants)} x {rate:g}) = {requests_ratio:.2f} (target >= {FAIR_THROUGHPUT}) "
-        f"{_verdict(ok_rate)}   [exports/s {r.exports / r.wall_s:.2f} = {exports_ratio:.2f} of "
-        "the sum]",
+        f"window   : {r.requests} requests / {r.wall_s:.2f} s = {r.requests / r.wall_s:.2f}/s = "
+        f"{window_ratio:.2f} of the budgets' sum (batch creation, cold lookups and tail "
+        f"included; not judged); exports/s {r.exports / r.wall_s:.2f}",
+        f"target 4 : throughput while every organization had work queued: {stored} vouchers in "
+        f"{span:.2f} s (sandbox clock) = {busy_rate:.2f}/s over the budgets' sum {budgets:g}/s "
+        f"({len(r.tenants)} x {rate:g}) = {busy_ratio:.2f} (target >= {FAIR_THROUGHPUT}) "
+        f"{_verdict(ok_rate)}",
         f"target 4 : worst first start {worst_start:.2f} s after its batch (target <= "
         f"{first_start_bound:g} s) {_verdict(ok_start)}",
         f"target 4 : attempts spent by refusals {spent} (attempts beyond one per export "
@@ -383,9 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-org", type=int, default=50, help="exports per organization")
     parser.add_argument("--rate", type=float, default=2.0,
                         help="each connection's client-side budget, requests/s (burst 1)")
-    parser.add_argument("--first-start-bound", type=float, default=3.0,
+    parser.add_argument("--first-start-bound", type=float, default=5.0,
                         help="PASS when every organization's first export started within this "
-                             "many seconds of its batch (default 3)")
+                             "many seconds of its batch (default 5: 'a few seconds')")
     _add_stack_arguments(parser)
     args = parser.parse_args(argv)
     if args.orgs < 1 or args.per_org < 1 or args.per_org > 500 or args.rate <= 0:
