@@ -227,6 +227,7 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             .execution_options(synchronize_session=False)
         ).one_or_none()
         if claimed is None:
+            admission.__exit__(None, None, None)  # withdrawn: this attempt sends nothing
             # A second delivery while an attempt is running (a redelivery, a duplicate). It must
             # not simply be acknowledged: if the running attempt's worker dies, this may be the
             # only message left. Come back when the lease runs out; by then the export is
