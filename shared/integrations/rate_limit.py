@@ -67,6 +67,8 @@ to come back; the worker hands the thread back and re-schedules the export for t
 used, nothing posted; ``worker.export_job``). Refused exports are given *distinct* return times,
 one request interval apart along a per-connection ``line``, so a backlog of hundreds comes back
 one at a time at the rate the budget frees instead of as a herd that is refused again together.
+A turn beyond the longest countdown the broker may hold (``retry_max_seconds``) gets no place in
+the line: that export comes back after the longest countdown and asks again.
 An admission is an estimate, not a permit: an export needing several requests (a cold client's
 session and lookups) may still wait in ``acquire`` for the later ones, boundedly.
 
@@ -176,12 +178,14 @@ return {0, wait}
 """
 
 # KEYS: window, pause, pending, line
-# ARGV: limit, window_us, max_wait_us, admission id, pending_ttl_us
+# ARGV: limit, window_us, max_wait_us, admission id, pending_ttl_us, max_turn_us
 # -> {status, wait_us}: GRANTED (admitted) with the estimated wait of its first request;
-#    TOO_LATE with the wait until this export's own return time along the line.
+#    TOO_LATE with the wait until this export's own return time along the line, or max_turn
+#    (the longest countdown the caller can keep) without a place in the line.
 _ADMIT = _NOW + """
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_wait, member, ttl = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local max_turn = tonumber(ARGV[6])
 local spacing = window / limit
 local now = now_us()
 
@@ -204,6 +208,12 @@ if estimate - now <= max_wait then
   return {0, estimate - now}
 end
 local at = math.max(estimate, tonumber(redis.call('GET', KEYS[4]) or '0') + spacing)
+if at - now > max_turn then
+  -- Beyond the longest countdown: come back then and ask again, without a place in the line.
+  -- (Taking one would push the line ahead of the real backlog at every such return, until
+  -- every refused export waited the longest countdown while the budget sat idle.)
+  return {2, max_turn}
+end
 redis.call('SET', KEYS[4], int(at), 'PX', math.ceil((at - now) / 1000) + 1000)
 return {2, at - now}
 """
@@ -525,18 +535,21 @@ class RateLimiter:
             backend.failed(error, self.name)
             return Permit(None, None)
 
-    def admit(self, timeout: float | None = None) -> Admission:
+    def admit(self, timeout: float | None = None, *, max_turn: float | None = None) -> Admission:
         """May a worker start an export on this connection now? (See "Admission" above.)
 
         Returns an ``Admission`` to hold (``with``) while the export runs when the connection's
         next free start, after everything reserved and admitted, is within ``timeout`` seconds
         (default ``rate_limit_admit_wait_seconds``). Otherwise raises ``RateLimitedError`` whose
         ``retry_after`` is this export's own turn along the connection's line: come back then.
+        A turn later than ``max_turn`` seconds (default ``retry_max_seconds``, the longest
+        countdown the broker may hold) is not given: ``retry_after`` is ``max_turn``, ask again.
         Reserves no request start and sends nothing. A policy without a rate (a concurrency cap
         alone) and an unreachable Redis admit everything.
         """
-        budget = (get_settings().rate_limit_admit_wait_seconds if timeout is None
-                  else max(0.0, timeout))
+        settings = get_settings()
+        budget = settings.rate_limit_admit_wait_seconds if timeout is None else max(0.0, timeout)
+        horizon = settings.retry_max_seconds if max_turn is None else max_turn
         policy = self.policy
         if not policy.requests_per_second:
             return Admission(None, "")
@@ -549,7 +562,7 @@ class RateLimiter:
                 keys=[self.keys["window"], self.keys["pause"], self.keys["pending"],
                       self.keys["line"]],
                 args=[policy.burst, round(policy.window_seconds * 1e6), round(budget * 1e6),
-                      member, round(PENDING_TTL_SECONDS * 1e6)],
+                      member, round(PENDING_TTL_SECONDS * 1e6), round(horizon * 1e6)],
             )
         except redis.RedisError as error:
             backend.failed(error, self.name)

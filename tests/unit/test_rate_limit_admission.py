@@ -147,3 +147,17 @@ def test_after_its_turn_the_export_posts_once_with_one_attempt(target, export_id
     row, kinds = _state(export_id)
     assert row.attempts == 1 and len(target.stored) == 1
     assert kinds.count("started") == 1 and "retry_scheduled" not in kinds
+
+
+def test_a_turn_beyond_the_longest_countdown_takes_no_place_in_the_line():
+    limiter = _limiter()
+    limiter.pause(1.0)
+    turns = []
+    for _ in range(8):
+        with pytest.raises(RateLimitedError) as refused:
+            limiter.admit(timeout=0.1, max_turn=1.5)
+        turns.append(refused.value.retry_after)
+    # Turns at ~1.0, 1.2, 1.4 s; the rest come back after the longest countdown and ask again
+    # instead of pushing the line ever further (it would outrun the real backlog).
+    assert [t for t in turns if t < 1.5 - 1e-6] == turns[:3], turns
+    assert turns[3:] == [1.5] * 5, turns
