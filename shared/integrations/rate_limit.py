@@ -470,7 +470,8 @@ class RateLimiter:
         self.lease_seconds = settings.rate_limit_lease_seconds if lease_seconds is None else lease_seconds
         self._redis_url = redis_url
         base = f"{KEY_PREFIX}:{{{name}}}"
-        self.keys = {part: f"{base}:{part}" for part in ("window", "slots", "released", "pause", "pending", "line")}
+        self.keys = {part: f"{base}:{part}"
+                     for part in ("window", "slots", "released", "pause", "pending", "line")}
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.name!r}, {self.policy})"
