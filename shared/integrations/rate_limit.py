@@ -67,6 +67,9 @@ to come back; the worker hands the thread back and re-schedules the export for t
 used, nothing posted; ``worker.export_job``). Refused exports are given *distinct* return times,
 one request interval apart along a per-connection ``line``, so a backlog of hundreds comes back
 one at a time at the rate the budget frees instead of as a herd that is refused again together.
+Each comes back half the wait bound before its turn: a countdown fires late on a busy worker, and
+a start nobody takes on time is budget lost; early, it is admitted and waits the rest in
+``acquire``.
 A turn beyond the longest countdown the broker may hold (``retry_max_seconds``) gets no place in
 the line: that export comes back after the longest countdown and asks again.
 An admission is an estimate, not a permit: an export needing several requests (a cold client's
@@ -215,7 +218,10 @@ if at - now > max_turn then
   return {2, max_turn}
 end
 redis.call('SET', KEYS[4], int(at), 'PX', math.ceil((at - now) / 1000) + 1000)
-return {2, at - now}
+-- Come back half the wait bound early: a countdown fires late on a busy worker, and a turn
+-- nobody takes on time is budget lost; early, the export is admitted and waits the rest in
+-- acquire (within the bound).
+return {2, math.max(0, at - now - max_wait / 2)}
 """
 
 # KEYS: pending   ARGV: admission id
