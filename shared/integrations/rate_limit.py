@@ -93,6 +93,7 @@ their own.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 import uuid
@@ -577,6 +578,11 @@ class RateLimiter:
         if status == _GRANTED:
             return Admission(self, member)
         wait = int(wait_us) / 1e6
+        if wait >= horizon:
+            # No place in the line: spread these returns over the second half of the longest
+            # countdown, or a backlog beyond it comes back as one herd that takes every thread
+            # at once while the exports whose turn it is wait behind it.
+            wait = horizon * random.uniform(0.5, 1.0)
         raise RateLimitedError(
             f"rate limit of the {self.system} connection: its request budget is taken for the "
             f"next {wait:.1f}s (more than the {budget:g}s a worker may wait); the export waits "

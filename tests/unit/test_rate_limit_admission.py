@@ -160,5 +160,5 @@ def test_a_turn_beyond_the_longest_countdown_takes_no_place_in_the_line():
         turns.append(refused.value.retry_after)
     # Turns at ~1.0, 1.2, 1.4 s; the rest come back after the longest countdown and ask again
     # instead of pushing the line ever further (it would outrun the real backlog).
-    assert [t for t in turns if t < 1.5 - 1e-6] == turns[:3], turns
-    assert turns[3:] == [1.5] * 5, turns
+    assert 0.9 < turns[0] < turns[1] < turns[2] < 1.5, turns
+    assert all(0.75 <= t <= 1.5 for t in turns[3:]), turns  # spread, not one herd
