@@ -71,7 +71,8 @@ Each comes back half the wait bound before its turn: a countdown fires late on a
 a start nobody takes on time is budget lost; early, it is admitted and waits the rest in
 ``acquire``.
 A turn beyond the longest countdown the broker may hold (``retry_max_seconds``) gets no place in
-the line: that export comes back after the longest countdown and asks again.
+the line: that export comes back within the second half of the longest countdown (spread, not a
+herd) and asks again.
 An admission is an estimate, not a permit: an export needing several requests (a cold client's
 session and lookups) may still wait in ``acquire`` for the later ones, boundedly.
 
