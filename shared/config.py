@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     # A worker thread waits at most this long for its turn, then the export is retried later
     # (RateLimitedError) instead of holding the thread. Well under ``export_lease_seconds``.
     rate_limit_max_wait_seconds: float = Field(default=30.0, gt=0)
+    # Before a worker claims an export it asks the connection's limiter for admission: granted
+    # when the connection's next free start (after what is reserved and admitted) is at most
+    # this far away; otherwise the export is re-scheduled for its turn and the thread takes
+    # other work (other tenants'). Small: it bounds how long a thread sleeps on one budget.
+    rate_limit_admit_wait_seconds: float = Field(default=0.5, ge=0)
     # A concurrency slot is a lease: a killed worker's slot frees itself after this long. Longer
     # than any request (connect + read timeouts) so a live request never loses its slot.
     rate_limit_lease_seconds: float = Field(default=60.0, gt=0)

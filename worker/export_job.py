@@ -6,7 +6,10 @@ the next attempt where to resume:
 
 1. claim   - take the export's lease (a compare-and-set on the database's clock); skip if it is
              terminal, cancelled or not yet due; if another attempt holds the lease, come back
-             when it runs out (that worker may die).
+             when it runs out (that worker may die). Before the claim the connection's rate
+             limiter admits the export, or says when its turn comes: then the export is only
+             re-scheduled (no attempt, no event, nothing sent) and the thread is free for other
+             tenants' work (``_admit``).
 2. settle  - an export in doubt (an earlier request may have booked it) is looked up by our
              reference first. Found: booked. Not found: trusted only after the earlier request's
              deadline plus the target's search delay; until then the export waits.
@@ -26,7 +29,8 @@ else -> in doubt), then ``retry_policy.decide``. An export in doubt or booked ne
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, select, update
@@ -35,7 +39,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from shared.config import get_settings
 from shared.db.clock import AttemptClock
-from shared.db.models import AccountingExport
+from shared.db.models import AccountingExport, TargetConnection
 from shared.db.session import session_scope
 from shared.domain.errors import MappingError
 from shared.domain.mapping import build_voucher_draft
@@ -50,6 +54,7 @@ from shared.domain.vouchers import PostedVoucher
 from shared.integrations.errors import (
     IntegrationError,
     PermanentError,
+    RateLimitedError,
     SendWithdrawn,
     TransientError,
 )
@@ -89,6 +94,11 @@ class _Work:
     receipt_attached: bool
     receipt_upload_started: bool
     last_error: str | None = None
+    # Held while the attempt runs: the connection's rate-limit admission (see ``_admit``).
+    admission: AbstractContextManager = field(default_factory=nullcontext)
+    # The connection row the claim read for the admission (sessions keep objects loaded after
+    # commit): loading the draft uses it instead of reading it again.
+    connection: TargetConnection | None = None
 
     @property
     def in_doubt(self) -> bool:
@@ -116,7 +126,8 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
     work = work_or_outcome
     log.info("export started", export_id=export_id, attempt=work.attempt)
     try:
-        return _post_and_finish(work)
+        with work.admission:
+            return _post_and_finish(work)
     except _PostFailed as failed:
         if isinstance(failed.error, SendWithdrawn):
             return Outcome("skipped", "the export changed before the request left (cancelled, "
@@ -161,6 +172,30 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
         now = clock.now()
         if export.next_attempt_at is not None and export.next_attempt_at > now + EARLY_TOLERANCE:
             return Outcome("skipped", "not due yet (duplicate delivery of a scheduled retry)")
+        admission: AbstractContextManager = nullcontext()
+        connection = None
+        if export.lease_expires_at is None or export.lease_expires_at < now:
+            connection = export.connection
+            admitted = _admit(connection)
+            if isinstance(admitted, RateLimitedError):
+                delay = min(admitted.retry_after or 0.0, settings.retry_max_seconds)
+                # Only the due time moves (the sweeper and the duplicate check read it): no
+                # attempt, no event (a long backlog would write one per turn it waited), no lease.
+                moved = session.execute(
+                    update(AccountingExport)
+                    .where(AccountingExport.id == export_id,
+                           AccountingExport.status == ExportStatus.PROCESSING.value,
+                           (AccountingExport.lease_expires_at.is_(None)
+                            | (AccountingExport.lease_expires_at < now)))
+                    .values(next_attempt_at=now + timedelta(seconds=delay))
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if moved == 1:
+                    log.debug("export waits for its connection's rate budget",
+                              export_id=export_id, in_seconds=round(delay, 2))
+                    return Outcome("retry", admitted.message, retry_in=delay)
+            else:
+                admission = admitted
         lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
         # RETURNING gives the claimed row's state in the same statement (SQLite >= 3.35 and
         # PostgreSQL): no second read of the row we just wrote.
@@ -192,6 +227,7 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             .execution_options(synchronize_session=False)
         ).one_or_none()
         if claimed is None:
+            admission.__exit__(None, None, None)  # withdrawn: this attempt sends nothing
             # A second delivery while an attempt is running (a redelivery, a duplicate). It must
             # not simply be acknowledged: if the running attempt's worker dies, this may be the
             # only message left. Come back when the lease runs out; by then the export is
@@ -218,7 +254,33 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             receipt_attached=claimed.receipt_attached_at is not None,
             receipt_upload_started=claimed.receipt_upload_started_at is not None,
             last_error=claimed.error_message,
+            admission=admission,
+            connection=connection,
         )
+
+
+def _admit(connection: TargetConnection) -> AbstractContextManager | RateLimitedError:
+    """Ask the export's connection's rate limiter whether this export may start now.
+
+    Why before the claim and not only in the request's own ``acquire``: worker threads are shared
+    by every tenant, budgets are per connection. Sleeping in ``acquire`` until one tenant's
+    budget frees would hold the thread while other tenants' exports wait behind it in the queue
+    (with batches queued back to back the whole pool slept on the first tenant). A refusal here
+    hands the thread back at the cost of one Redis call and one UPDATE; the export comes back
+    at its own turn (``RateLimiter.admit`` spaces the turns at the connection's rate). The
+    request still takes its permit in ``acquire`` before the send gate opens: admission is an
+    estimate, the permit is the promise.
+    """
+    try:
+        limiter = client_for(connection).limiter
+    except Exception:  # noqa: BLE001 - the attempt builds the client again and reports why
+        return nullcontext()
+    if limiter is None:
+        return nullcontext()
+    try:
+        return limiter.admit()
+    except RateLimitedError as refused:
+        return refused
 
 
 def _owned(work: _Work):
@@ -268,7 +330,7 @@ def _load(work: _Work):
     with session_scope() as session:
         export = session.get(AccountingExport, work.export_id)
         expense = export.expense
-        connection = export.connection
+        connection = work.connection or export.connection
         draft = build_voucher_draft(export, expense, connection.account_mapping or {})
         client = client_for(connection)
         receipt = None

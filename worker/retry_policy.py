@@ -33,8 +33,10 @@ Why they differ:
   is taken for done when sent again). They hold no database lease, so an outage just backs off.
 
 Waits a step computes itself (the export's own decision, "another attempt holds the lease",
-the not-found grace of a source package) are not failures: they come back as ``retry_in`` and
-are outside every budget. Every backoff is capped by ``AIC_RETRY_MAX_SECONDS`` for every kind,
+the rate limiter's admission saying when the connection's budget frees, the not-found grace of a
+source package) are not failures: they come back as ``retry_in`` and are outside every budget.
+(An admission refusal comes before the claim, so it has no attempt to refund; a request the
+limiter refuses after the claim is the "told to wait" row above, refunded.) Every backoff is capped by ``AIC_RETRY_MAX_SECONDS`` for every kind,
 because a countdown longer than the broker's visibility timeout would be delivered twice.
 """
 

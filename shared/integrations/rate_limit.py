@@ -53,6 +53,29 @@ refused POST to learn that nothing was booked, which keeps the export cancellabl
 ``RateLimitedError(retry_after=<the wait>)`` goes to the retry policy: the export retries later
 instead of holding a worker thread.
 
+**Admission: a tenant out of budget holds no worker thread.** Threads are shared by every
+tenant, the budgets are not. A worker that took one tenant's export and then slept in
+``acquire`` until that tenant's budget freed would hold the thread while other tenants' exports
+wait in the queue behind it: with batches queued back to back, the whole pool would sleep on the
+first tenant's budget. So before a worker *claims* an export it asks ``admit()``: is this
+connection's next free start (after the requests already reserved and the exports already
+admitted but not yet sending, ``pending``) within ``rate_limit_admit_wait_seconds``? Yes: the
+export is admitted (it joins ``pending`` until its first request reserves a start, which removes
+it in the same atomic step) and runs; its requests still take permits as above, so the
+sliding-window promise is untouched. No: nothing is reserved and ``RateLimitedError`` says when
+to come back; the worker hands the thread back and re-schedules the export for then (no attempt
+used, nothing posted; ``worker.export_job``). Refused exports are given *distinct* return times,
+one request interval apart along a per-connection ``line``, so a backlog of hundreds comes back
+one at a time at the rate the budget frees instead of as a herd that is refused again together.
+Each comes back half the wait bound before its turn: a countdown fires late on a busy worker, and
+a start nobody takes on time is budget lost; early, it is admitted and waits the rest in
+``acquire``.
+A turn beyond the longest countdown the broker may hold (``retry_max_seconds``) gets no place in
+the line: that export comes back within the second half of the longest countdown (spread, not a
+herd) and asks again.
+An admission is an estimate, not a permit: an export needing several requests (a cold client's
+session and lookups) may still wait in ``acquire`` for the later ones, boundedly.
+
 **Redis down: fail open.** If Redis cannot be reached the request is sent unthrottled and Redis is
 left alone for ``rate_limit_redis_retry_seconds`` (one warning per outage, not a timeout per
 request). The limiter only keeps us polite; the target still enforces its limit with 429s, which
@@ -63,12 +86,15 @@ published to the same Redis (it is the Celery broker), so it would buy nothing.
 Keys (one hash tag per connection, so a Redis Cluster keeps them on one node):
 ``aic:ratelimit:{<connection id>}:window`` (sorted set of reserved start times),
 ``...:slots`` (sorted set of permit ids by lease expiry), ``...:released`` (wake-up list),
-``...:pause`` (paused until, microseconds of Redis time). All of them expire on their own.
+``...:pause`` (paused until, microseconds of Redis time), ``...:pending`` (admitted exports by
+expiry), ``...:line`` (the last return time handed to a refused export). All of them expire on
+their own.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 import uuid
@@ -92,6 +118,10 @@ MAX_PAUSE_SECONDS = 3600.0
 _BLOCK_CHUNK_SECONDS = 1.0
 
 _GRANTED, _SLOT_BUSY, _TOO_LATE = 0, 1, 2
+# An admitted export leaves ``pending`` when its first request reserves a start, or when its task
+# ends. Longer than the database work between the two; a SIGKILLed worker's admission stops
+# counting after it (until then the connection's estimate is one interval too long: harmless).
+PENDING_TTL_SECONDS = 30.0
 
 _NOW = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -102,9 +132,9 @@ end
 local function int(x) return string.format('%.0f', x) end
 """
 
-# KEYS: window, slots, pause
+# KEYS: window, slots, pause, pending
 # ARGV: limit (0 = no rate), window_us, max_wait_us, permit id, max_concurrent (0 = no cap),
-#       lease_us
+#       lease_us, admission id ('' = none: removed from pending once this request has its start)
 # -> {status, wait_us}: GRANTED with the wait until the reserved start; SLOT_BUSY with the time
 #    until the earliest lease expires; TOO_LATE with the wait it would have taken.
 _RESERVE = _NOW + """
@@ -146,7 +176,59 @@ if max_concurrent > 0 then
   redis.call('ZADD', KEYS[2], int(t + lease), member)
   redis.call('PEXPIRE', KEYS[2], math.ceil((wait + lease) / 1000) + 1000)
 end
+if ARGV[7] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[7])
+end
 return {0, wait}
+"""
+
+# KEYS: window, pause, pending, line
+# ARGV: limit, window_us, max_wait_us, admission id, pending_ttl_us, max_turn_us
+# -> {status, wait_us}: GRANTED (admitted) with the estimated wait of its first request;
+#    TOO_LATE with the wait until this export's own return time along the line, or max_turn
+#    (the longest countdown the caller can keep) without a place in the line.
+_ADMIT = _NOW + """
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_wait, member, ttl = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local max_turn = tonumber(ARGV[6])
+local spacing = window / limit
+local now = now_us()
+
+local t = math.max(now, tonumber(redis.call('GET', KEYS[2]) or '0'))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now - window))
+local n = redis.call('ZCARD', KEYS[1])
+if n > 0 then
+  t = math.max(t, tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]))
+  if n >= limit then
+    local nth = redis.call('ZRANGE', KEYS[1], -limit, -limit, 'WITHSCORES')
+    t = math.max(t, tonumber(nth[2]) + window)
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', int(now))
+-- Every admitted export that has not reserved its first start yet will take one interval.
+local estimate = t + redis.call('ZCARD', KEYS[3]) * spacing
+if estimate - now <= max_wait then
+  redis.call('ZADD', KEYS[3], int(now + ttl), member)
+  redis.call('PEXPIRE', KEYS[3], math.ceil(ttl / 1000) + 1000)
+  return {0, estimate - now}
+end
+local at = math.max(estimate, tonumber(redis.call('GET', KEYS[4]) or '0') + spacing)
+if at - now > max_turn then
+  -- Beyond the longest countdown: come back then and ask again, without a place in the line.
+  -- (Taking one would push the line ahead of the real backlog at every such return, until
+  -- every refused export waited the longest countdown while the budget sat idle.)
+  return {2, max_turn}
+end
+redis.call('SET', KEYS[4], int(at), 'PX', math.ceil((at - now) / 1000) + 1000)
+-- Come back half the wait bound early: a countdown fires late on a busy worker, and a turn
+-- nobody takes on time is budget lost; early, the export is admitted and waits the rest in
+-- acquire (within the bound).
+return {2, math.max(0, at - now - max_wait / 2)}
+"""
+
+# KEYS: pending   ARGV: admission id
+_WITHDRAW = """
+return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
 # KEYS: slots, released   ARGV: permit id, max_concurrent, lease_ms
@@ -280,6 +362,8 @@ class _Backend:
         self.release = self.client.register_script(_RELEASE)
         self.pause = self.client.register_script(_PAUSE)
         self.pause_left = self.client.register_script(_PAUSE_LEFT)
+        self.admit = self.client.register_script(_ADMIT)
+        self.withdraw = self.client.register_script(_WITHDRAW)
         self.retry_after_failure = settings.rate_limit_redis_retry_seconds
         self._down_until = 0.0
         self._lock = threading.Lock()
@@ -334,6 +418,43 @@ class Permit:
         self.release()
 
 
+_thread_state = threading.local()
+
+
+def _admissions_of_thread() -> dict[str, Admission]:
+    admissions = getattr(_thread_state, "admissions", None)
+    if admissions is None:
+        admissions = _thread_state.admissions = {}
+    return admissions
+
+
+class Admission:
+    """An export admitted to a connection's budget (``RateLimiter.admit``). While the ``with``
+    lasts, the first request this thread starts through the limiter takes the export out of
+    ``pending`` (atomically with its reservation); leaving the ``with`` withdraws an admission
+    that no request used (the export was skipped, failed while preparing...)."""
+
+    __slots__ = ("_limiter", "member", "used")
+
+    def __init__(self, limiter: RateLimiter | None, member: str) -> None:
+        self._limiter = limiter  # None: nothing was recorded (no rate, or Redis down)
+        self.member = member
+        self.used = limiter is None
+
+    def __enter__(self) -> Admission:
+        if self._limiter is not None:
+            _admissions_of_thread()[self._limiter.name] = self
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._limiter is None:
+            return
+        _admissions_of_thread().pop(self._limiter.name, None)
+        if not self.used:
+            self.used = True
+            self._limiter._withdraw(self.member)
+
+
 class RateLimiter:
     """The budget of one target connection, shared through Redis by every process."""
 
@@ -357,7 +478,8 @@ class RateLimiter:
         self.lease_seconds = settings.rate_limit_lease_seconds if lease_seconds is None else lease_seconds
         self._redis_url = redis_url
         base = f"{KEY_PREFIX}:{{{name}}}"
-        self.keys = {part: f"{base}:{part}" for part in ("window", "slots", "released", "pause")}
+        self.keys = {part: f"{base}:{part}"
+                     for part in ("window", "slots", "released", "pause", "pending", "line")}
 
     def __repr__(self) -> str:
         return f"RateLimiter({self.name!r}, {self.policy})"
@@ -385,17 +507,23 @@ class RateLimiter:
             return Permit(None, None)
         policy = self.policy
         member = uuid.uuid4().hex
+        admission = _admissions_of_thread().get(self.name)
         try:
             while True:
                 left = max(0.0, deadline - time.monotonic())
                 status, wait_us = backend.reserve(
-                    keys=[self.keys["window"], self.keys["slots"], self.keys["pause"]],
+                    keys=[self.keys["window"], self.keys["slots"], self.keys["pause"],
+                          self.keys["pending"]],
                     args=[policy.burst if policy.requests_per_second else 0,
                           round(policy.window_seconds * 1e6), round(left * 1e6), member,
-                          policy.max_concurrent, round(self.lease_seconds * 1e6)],
+                          policy.max_concurrent, round(self.lease_seconds * 1e6),
+                          admission.member if admission is not None and not admission.used
+                          else ""],
                 )
                 wait = int(wait_us) / 1e6
                 if status == _GRANTED:
+                    if admission is not None:
+                        admission.used = True
                     permit = Permit(self, member if policy.max_concurrent else None)
                     if wait > 0:
                         time.sleep(wait)
@@ -415,6 +543,61 @@ class RateLimiter:
         except redis.RedisError as error:
             backend.failed(error, self.name)
             return Permit(None, None)
+
+    def admit(self, timeout: float | None = None, *, max_turn: float | None = None) -> Admission:
+        """May a worker start an export on this connection now? (See "Admission" above.)
+
+        Returns an ``Admission`` to hold (``with``) while the export runs when the connection's
+        next free start, after everything reserved and admitted, is within ``timeout`` seconds
+        (default ``rate_limit_admit_wait_seconds``). Otherwise raises ``RateLimitedError`` whose
+        ``retry_after`` is this export's own turn along the connection's line: come back then.
+        A turn later than ``max_turn`` seconds (default ``retry_max_seconds``, the longest
+        countdown the broker may hold) is not given: ``retry_after`` is ``max_turn``, ask again.
+        Reserves no request start and sends nothing. A policy without a rate (a concurrency cap
+        alone) and an unreachable Redis admit everything.
+        """
+        settings = get_settings()
+        budget = settings.rate_limit_admit_wait_seconds if timeout is None else max(0.0, timeout)
+        horizon = settings.retry_max_seconds if max_turn is None else max_turn
+        policy = self.policy
+        if not policy.requests_per_second:
+            return Admission(None, "")
+        backend = _backend(self._redis_url)
+        if not backend.available():
+            return Admission(None, "")
+        member = uuid.uuid4().hex
+        try:
+            status, wait_us = backend.admit(
+                keys=[self.keys["window"], self.keys["pause"], self.keys["pending"],
+                      self.keys["line"]],
+                args=[policy.burst, round(policy.window_seconds * 1e6), round(budget * 1e6),
+                      member, round(PENDING_TTL_SECONDS * 1e6), round(horizon * 1e6)],
+            )
+        except redis.RedisError as error:
+            backend.failed(error, self.name)
+            return Admission(None, "")
+        if status == _GRANTED:
+            return Admission(self, member)
+        wait = int(wait_us) / 1e6
+        if wait >= horizon:
+            # No place in the line: spread these returns over the second half of the longest
+            # countdown, or a backlog beyond it comes back as one herd that takes every thread
+            # at once while the exports whose turn it is wait behind it.
+            wait = horizon * random.uniform(0.5, 1.0)
+        raise RateLimitedError(
+            f"rate limit of the {self.system} connection: its request budget is taken for the "
+            f"next {wait:.1f}s (more than the {budget:g}s a worker may wait); the export waits "
+            "its turn without holding a worker",
+            retry_after=wait, system=self.system, code="rate_limit_deferred", sent=False)
+
+    def _withdraw(self, member: str) -> None:
+        backend = _backend(self._redis_url)
+        if not backend.available():
+            return
+        try:
+            backend.withdraw(keys=[self.keys["pending"]], args=[member])
+        except redis.RedisError as error:  # the entry expires on its own
+            backend.failed(error, self.name)
 
     def _wait_out_pause(
         self, backend: _Backend, permit: Permit, deadline: float, budget: float
@@ -482,6 +665,7 @@ def limiter_for(
 
 
 __all__ = [
+    "Admission",
     "Permit",
     "RateLimitOptions",
     "RateLimitPolicy",

@@ -17,7 +17,7 @@ from shared.domain.organizations import connection_credentials
 from shared.domain.vouchers import PostedVoucher, VoucherDraft
 from shared.integrations import registry
 from shared.integrations.client_cache import ClientCache
-from shared.integrations.rate_limit import limiter_for
+from shared.integrations.rate_limit import RateLimiter, limiter_for
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class TargetClient(Protocol):
     """
 
     system: str
+    # The connection's shared request budget (``shared.integrations.rate_limit``), or None. The
+    # worker asks it to admit an export before claiming it (``worker.export_job._admit``).
+    limiter: RateLimiter | None
     # How long after a request's answer (or deadline) a record it stored may still be missing
     # from ``find_voucher``. Until then "not found" proves nothing.
     search_delay_seconds: float

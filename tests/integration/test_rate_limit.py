@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.timeout(240)
@@ -129,3 +130,76 @@ def test_control_without_the_limiter_does_see_429s(admin, tenant, two_workers):
           f"{len(too_many)} retries after a 429, counts={progress['counts']}")
     assert too_many, "the same batch without a limiter should run into the server's limit"
     assert requests[VOUCHER_POST] > COUNT, requests  # some POSTs were answered with 429
+
+
+def _second_tenant(admin, tripletex_sandbox, api_url: str):
+    """Another organization with its own sandbox company and connection (its own budget)."""
+    from tests.fixtures.tenants import Tenant
+
+    org = admin.post("/api/v1/admin/organizations", json={"name": "Other AS"}).json()
+    company = tripletex_sandbox.create_company("Other AS")
+    response = admin.put(
+        f"/api/v1/admin/organizations/{org['organization_id']}/connections/tripletex",
+        json={"base_url": tripletex_sandbox.base_url,
+              "credentials": {"consumer_token": company["consumer_token"],
+                              "employee_token": company["employee_token"], "company_id": "0"}})
+    assert response.status_code == 200, response.text
+    return Tenant(api=httpx.Client(base_url=api_url, timeout=30,
+                                   headers={"Authorization": f"Bearer {org['api_key']}"}),
+                  organization_id=org["organization_id"], api_key=org["api_key"],
+                  company_id=company["company_id"], sandbox=tripletex_sandbox)
+
+
+def _post_batch(tenant, expense_ids: list[str]) -> dict:
+    response = tenant.api.post("/api/v1/accounting-exports/batch",
+                               json={"expense_ids": expense_ids, "target_system": "tripletex"})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_a_tenant_out_of_budget_does_not_hold_the_workers(admin, tenant, two_workers,
+                                                           tripletex_sandbox, api_server):
+    """Tenant A's batch (1 request/s: 16 exports take ~20 s) is queued before tenant B's. Before
+    the admission, all 8 threads took A's exports and slept on A's budget (their turns were
+    within the 30 s wait bound), so B's exports waited in the queue behind A's. Now A's exports
+    beyond its next turn are re-scheduled and hand the thread back: B finishes at once, while A
+    is still working through its budget, and no export spent more than its one attempt."""
+    other = _second_tenant(admin, tripletex_sandbox, api_server)
+    try:
+        _set_rate_limit(admin, tenant, {"requests_per_second": 1, "burst": 1})
+        slow = [tenant.add_expense(f"{100 + i}.25", account="7140", vat_code=None)
+                for i in range(16)]
+        fast = [other.add_expense(f"{200 + i}.25", account="7140", vat_code=None)
+                for i in range(4)]
+        slow_batch = _post_batch(tenant, slow)
+        fast_batch = _post_batch(other, fast)
+        posted = time.monotonic()
+        while True:
+            progress = other.api.get(
+                f"/api/v1/accounting-exports/batch/{fast_batch['batch_id']}").json()
+            if progress["done"]:
+                break
+            assert time.monotonic() - posted < 8, ("tenant B waited behind tenant A's budget",
+                                                    progress)
+            time.sleep(0.2)
+        fast_took = time.monotonic() - posted
+        slow_progress = tenant.api.get(
+            f"/api/v1/accounting-exports/batch/{slow_batch['batch_id']}").json()
+        assert progress["counts"].get("success") == 4, progress
+        # A's backlog was still there: B did not simply come after it.
+        assert slow_progress["counts"].get("processing", 0) >= 4, (slow_progress, fast_took)
+
+        deadline = time.monotonic() + 90
+        while not tenant.api.get(
+                f"/api/v1/accounting-exports/batch/{slow_batch['batch_id']}").json()["done"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        for export_id in slow_batch["export_ids"]:
+            export = tenant.get(export_id)
+            assert export["status"] == "success", export
+            assert export["attempts"] == 1, export  # waiting for the budget cost no attempt
+        assert len(tenant.vouchers()) == 16
+        print(f"\ntenant B's 4 exports done {fast_took:.1f}s after its batch, while tenant A had "
+              f"{slow_progress['counts']}")
+    finally:
+        other.api.close()

@@ -54,6 +54,7 @@ class StoredVoucher:
 
 class FakeTarget:
     system = SYSTEM
+    limiter = None  # no rate budget: every export is admitted at once
 
     def __init__(self, *, visibility_delay: float = 0.0, search_delay_seconds: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
