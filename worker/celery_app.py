@@ -18,7 +18,7 @@ from celery.signals import (
 
 from shared.config import require_safe_settings
 from shared.integrations.client_cache import release_clients
-from shared.logs import install_redaction_on_existing_handlers
+from shared.logs import install_redaction_on_existing_handlers, quiet_library_loggers
 from shared.queue import celery_app
 
 celery_app.conf.include = ["worker.tasks"]
@@ -61,6 +61,7 @@ def _refuse_development_secrets_in_beat(**_kwargs) -> None:
 @after_setup_logger.connect
 def _redact_celery_logs(**_kwargs) -> None:
     install_redaction_on_existing_handlers()
+    quiet_library_loggers()
 
 
 # The ids every line of a task carries (shared/logs.py): the task, the export (or other unit of
