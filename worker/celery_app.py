@@ -12,6 +12,7 @@ from celery.signals import (
     celeryd_init,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_ready,
 )
@@ -33,6 +34,16 @@ def _refuse_development_secrets_in_worker(**_kwargs) -> None:
     # celeryd_init is the worker's first signal, sent before it connects to the broker or takes a
     # task. Not at import: Flower, `celery inspect` and --help load this module too.
     require_safe_settings("the Celery worker")
+
+
+@worker_init.connect
+def _load_systems(**_kwargs) -> None:
+    # Import every registered system (its client, mapping, models) before the first task, not
+    # inside the first export of each connection (issue 12: the imports showed in a benchmark's
+    # window). A system that does not load stops the worker here, with its error.
+    from shared.integrations import registry
+
+    registry.targets()
 
 
 @worker_ready.connect

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import Row, and_, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -54,7 +54,7 @@ from shared.integrations.errors import (
     SendWithdrawn,
     TransientError,
 )
-from shared.integrations.targets import TargetClient, client_for
+from shared.integrations.targets import ConnectionVersion, TargetClient, client_for
 from shared.logs import get_logger
 from worker import posting, retry_policy
 
@@ -90,9 +90,10 @@ class _Work:
     receipt_attached: bool
     receipt_upload_started: bool
     last_error: str | None = None
-    # Read in the claim's transaction (detached after it; nothing lazy is touched).
-    expense: Expense | None = None
-    connection: TargetConnection | None = None
+    # Read in the claim's transaction: the expense's columns the draft needs; the connection's
+    # id, updated_at and account mapping.
+    expense: Row | None = None
+    connection: Row | None = None
     receipt: tuple | None = None  # (filename, content type, bytes) while not yet attached
 
     @property
@@ -179,6 +180,12 @@ _CLAIM = (
                _T.error_message, _T.target_system, _T.expense_id, _T.connection_id,
                _T.source_unit_id)
 )
+_X = Expense.__table__.c
+_EXPENSE = select(_X.description, _X.employee_name, _X.rows, _X.expense_date, _X.currency,
+                  _X.receipt_filename, _X.receipt_content_type).where(_X.id == bindparam("w_id"))
+_RECEIPT = select(_X.receipt_data).where(_X.id == bindparam("w_id"))
+_C = TargetConnection.__table__.c
+_CONNECTION = select(_C.id, _C.updated_at, _C.account_mapping).where(_C.id == bindparam("w_id"))
 _WHY_NOT_CLAIMED = select(_T.status, _T.next_attempt_at, _T.lease_expires_at).where(
     _T.id == bindparam("w_id"))
 
@@ -203,13 +210,15 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
                                 export_id, now)
         insert_event(session, export_id, claimed.target_system, "started", actor=ACTOR,
                      attempt=claimed.attempts, celery_task_id=celery_task_id, at=now)
-        # Read in the claim's transaction, used after it (the session does not expire them).
-        expense = session.get(Expense, claimed.expense_id)
-        connection = session.get(TargetConnection, claimed.connection_id)
+        # Read in the claim's transaction: what the draft needs of the expense, and of the
+        # connection what tells whether the cached client is current (the whole row is read
+        # only to build a client: shared.integrations.targets.ConnectionVersion).
+        expense = db.execute(_EXPENSE, {"w_id": claimed.expense_id}).one()
+        connection = db.execute(_CONNECTION, {"w_id": claimed.connection_id}).one()
         receipt = None
         if expense.receipt_filename is not None and claimed.receipt_attached_at is None:
             receipt = (expense.receipt_filename, expense.receipt_content_type,
-                       expense.receipt_data)
+                       db.execute(_RECEIPT, {"w_id": claimed.expense_id}).scalar_one())
         return _Work(
             export_id=export_id,
             key=ExportKey(export_id, claimed.expense_id, claimed.target_system,
@@ -314,7 +323,7 @@ def _post_and_finish(work: _Work) -> Outcome:
     # A mapping problem (MappingError) fails the export here, before anything is sent.
     draft = build_voucher_draft(work.key, work.expense,
                                 work.connection.account_mapping or {})
-    client = client_for(work.connection)
+    client = _client(work)
     receipt = work.receipt
 
     posted: PostedVoucher | None = None
@@ -349,6 +358,14 @@ def _post_and_finish(work: _Work) -> Outcome:
     log.info("export succeeded", export_id=work.export_id, reference=posted.reference,
              attempt=work.attempt)
     return Outcome("success", posted.reference)
+
+
+def _client(work: _Work) -> TargetClient:
+    def load() -> TargetConnection:
+        with session_scope() as session:
+            return session.get(TargetConnection, work.connection.id)
+
+    return client_for(ConnectionVersion(work.connection.id, work.connection.updated_at, load))
 
 
 def _succeed(session: Session, work: _Work, posted: PostedVoucher) -> None:
@@ -541,7 +558,7 @@ def _settle_post_answer(work: _Work, error: IntegrationError) -> None:
 def _look_before_failing(work: _Work, error: IntegrationError) -> Outcome:
     settings = get_settings()
     try:
-        posted = _settle_doubt(work, client_for(work.connection))
+        posted = _settle_doubt(work, _client(work))
     # The waits below count as attempts: the next attempt is past max_attempts and, once the
     # doubt is settled as "not booked", fails instead of posting again.
     except posting.NotYetKnowable as wait:
