@@ -372,8 +372,9 @@ def _succeed(session: Session, work: _Work, posted: PostedVoucher) -> None:
     """processing -> success with the voucher, a compare-and-set on our lease."""
     transition_known(session, work.key, ExportStatus.PROCESSING, ExportStatus.SUCCESS,
                      actor=ACTOR, attempt=work.attempt, celery_task_id=work.celery_task_id,
-                     lease_owner=work.lease, external_reference=posted.reference,
-                     external_id=posted.id, error_message=None, error_code=None)
+                     lease_owner=work.lease, at=work.clock.now(),
+                     external_reference=posted.reference, external_id=posted.id,
+                     error_message=None, error_code=None)
 
 
 # --- 2. settle a doubt ------------------------------------------------------------------------
@@ -623,7 +624,7 @@ def _fail(work: _Work, error: IntegrationError, *, counted: bool = True) -> Outc
             transition_known(session, work.key, ExportStatus.PROCESSING, ExportStatus.FAILED,
                              actor=ACTOR, attempt=work.attempt,
                              celery_task_id=work.celery_task_id, reason=message,
-                             lease_owner=work.lease, error_message=message,
+                             lease_owner=work.lease, at=work.clock.now(), error_message=message,
                              error_code=f"{error.system}:{error.code}",
                              data={"details": error.details} if error.details else None,
                              **fields)

@@ -116,6 +116,7 @@ def transition_known(
     lease_owner: str | None = None,
     guard: ColumnElement[bool] | None = None,
     data: dict[str, Any] | None = None,
+    at: datetime | None = None,
     **fields: Any,
 ) -> None:
     """``transition()`` for a caller that knows the status it saw and ``export``'s key (the
@@ -123,13 +124,15 @@ def transition_known(
 
     ``lease_owner`` is the guard "the row's lease is still this one" as a bound parameter, so
     the statement is built once per shape and reused (``guard`` builds it anew every time).
+    ``at``: the time to record (the worker's attempt clock, which its other steps' events use,
+    so the log stays in order); this process's clock by default.
     """
     current = ExportStatus(current)
     to_status = ExportStatus(to_status)
     if not is_allowed(current, to_status):
         raise IllegalTransition(export.id, current, to_status)
 
-    now = utcnow()
+    now = at or utcnow()
     values: dict[str, Any] = {"status": to_status.value, "updated_at": now, **fields}
     values["active_key"] = (
         f"{export.expense_id}:{export.target_system}" if to_status in (P, S) else None
