@@ -380,7 +380,9 @@ def connection_options(rate_limit: str) -> dict | None:
 
 
 def set_up_tenants(stack: BenchStack, control: httpx.Client, *, exports: int, orgs: int,
-                   latency_ms: int, rate_limit: str, warmup: int = 0) -> list[Tenant]:
+                   latency_ms: int, rate_limit: str, options: dict | None = None,
+                   warmup: int = 0) -> list[Tenant]:
+    """``options``: the connections' options instead of those ``rate_limit`` implies."""
     tenants: list[Tenant] = []
     with httpx.Client(base_url=stack.api_url, timeout=60,
                       headers={"Authorization": f"Bearer {stack.admin_token}"}) as admin:
@@ -395,9 +397,9 @@ def set_up_tenants(stack: BenchStack, control: httpx.Client, *, exports: int, or
                     "credentials": {"consumer_token": company["consumer_token"],
                                     "employee_token": company["employee_token"],
                                     "company_id": "0"}}
-            options = connection_options(rate_limit)
-            if options is not None:
-                body["options"] = options
+            chosen = options if options is not None else connection_options(rate_limit)
+            if chosen is not None:
+                body["options"] = chosen
             _check(admin.put(
                 f"/api/v1/admin/organizations/{org['organization_id']}/connections/tripletex",
                 json=body), 200, "create Tripletex connection")

@@ -6,7 +6,10 @@ the next attempt where to resume:
 
 1. claim   - take the export's lease (a compare-and-set on the database's clock); skip if it is
              terminal, cancelled or not yet due; if another attempt holds the lease, come back
-             when it runs out (that worker may die).
+             when it runs out (that worker may die). Before the claim the connection's rate
+             limiter admits the export, or says when its turn comes: then the export is only
+             re-scheduled (no attempt, no event, nothing sent) and the thread is free for other
+             tenants' work (``_admit``).
 2. settle  - an export in doubt (an earlier request may have booked it) is looked up by our
              reference first. Found: booked. Not found: trusted only after the earlier request's
              deadline plus the target's search delay; until then the export waits.
@@ -26,7 +29,8 @@ else -> in doubt), then ``retry_policy.decide``. An export in doubt or booked ne
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Row, and_, bindparam, or_, select, update
@@ -51,6 +55,7 @@ from shared.domain.vouchers import PostedVoucher
 from shared.integrations.errors import (
     IntegrationError,
     PermanentError,
+    RateLimitedError,
     SendWithdrawn,
     TransientError,
 )
@@ -93,8 +98,10 @@ class _Work:
     # Read in the claim's transaction: the expense's columns the draft needs; the connection's
     # id, updated_at and account mapping.
     expense: Row | None = None
-    connection: Row | None = None
+    connection: _ConnectionRow | None = None
     receipt: tuple | None = None  # (filename, content type, bytes) while not yet attached
+    # Held while the attempt runs: the connection's rate-limit admission (see ``_admit``).
+    admission: AbstractContextManager = field(default_factory=nullcontext)
 
     @property
     def in_doubt(self) -> bool:
@@ -122,7 +129,8 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
     work = work_or_outcome
     log.info("export started", export_id=export_id, attempt=work.attempt)
     try:
-        return _post_and_finish(work)
+        with work.admission:
+            return _post_and_finish(work)
     except _PostFailed as failed:
         if isinstance(failed.error, SendWithdrawn):
             return Outcome("skipped", "the export changed before the request left (cancelled, "
@@ -185,7 +193,20 @@ _EXPENSE = select(_X.description, _X.employee_name, _X.rows, _X.expense_date, _X
                   _X.receipt_filename, _X.receipt_content_type).where(_X.id == bindparam("w_id"))
 _RECEIPT = select(_X.receipt_data).where(_X.id == bindparam("w_id"))
 _C = TargetConnection.__table__.c
-_CONNECTION = select(_C.id, _C.updated_at, _C.account_mapping).where(_C.id == bindparam("w_id"))
+# Before the claim: whether it may be claimed (to say why not), and the connection whose rate
+# limiter admits it (id and updated_at tell whether the cached client is current).
+_BEFORE_CLAIM = select(
+    _T.status, _T.next_attempt_at, _T.lease_expires_at,
+    _C.id.label("connection_id"), _C.updated_at.label("connection_updated_at"),
+    _C.account_mapping,
+).join_from(_EXPORTS, TargetConnection.__table__, _C.id == _T.connection_id).where(
+    _T.id == bindparam("w_id"))
+# Refused by the limiter: only the due time moves (the sweeper and the duplicate check read it):
+# no attempt, no event (a long backlog would write one per turn it waited), no lease.
+_DEFER = update(_EXPORTS).where(
+    _T.id == bindparam("w_id"), _T.status == ExportStatus.PROCESSING.value,
+    or_(_T.lease_expires_at.is_(None), _T.lease_expires_at < bindparam("w_now")),
+).values(next_attempt_at=bindparam("v_next_attempt_at"))
 _WHY_NOT_CLAIMED = select(_T.status, _T.next_attempt_at, _T.lease_expires_at).where(
     _T.id == bindparam("w_id"))
 
@@ -197,8 +218,29 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
     with session_scope() as session:
         clock = AttemptClock.measure(session)
         now = clock.now()
-        lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
         db = session.connection()
+        before = db.execute(_BEFORE_CLAIM, {"w_id": export_id}).one_or_none()
+        if before is None:
+            return _not_claimed(None, export_id, now)
+        if (before.status != ExportStatus.PROCESSING.value or (
+                before.next_attempt_at is not None
+                and before.next_attempt_at > now + EARLY_TOLERANCE)):
+            return _not_claimed(before, export_id, now)
+        connection = _ConnectionRow(before.connection_id, before.connection_updated_at,
+                                    before.account_mapping)
+        admission: AbstractContextManager = nullcontext()
+        if before.lease_expires_at is None or before.lease_expires_at < now:
+            admitted = _admit(connection)
+            if isinstance(admitted, RateLimitedError):
+                delay = min(admitted.retry_after or 0.0, settings.retry_max_seconds)
+                if db.execute(_DEFER, {"w_id": export_id, "w_now": now, "v_next_attempt_at":
+                                       now + timedelta(seconds=delay)}).rowcount == 1:
+                    log.debug("export waits for its connection's rate budget",
+                              export_id=export_id, in_seconds=round(delay, 2))
+                    return Outcome("retry", admitted.message, retry_in=delay)
+            else:
+                admission = admitted
+        lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
         claimed = db.execute(_CLAIM, {
             "w_id": export_id, "w_now": now, "w_due": now + EARLY_TOLERANCE,
             "v_lease_owner": lease,
@@ -206,15 +248,15 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             "v_celery_task_id": celery_task_id, "v_updated_at": now,
         }).one_or_none()
         if claimed is None:
+            admission.__exit__(None, None, None)  # withdrawn: this attempt sends nothing
             return _not_claimed(db.execute(_WHY_NOT_CLAIMED, {"w_id": export_id}).one_or_none(),
                                 export_id, now)
         insert_event(session, export_id, claimed.target_system, "started", actor=ACTOR,
                      attempt=claimed.attempts, celery_task_id=celery_task_id, at=now)
-        # Read in the claim's transaction: what the draft needs of the expense, and of the
-        # connection what tells whether the cached client is current (the whole row is read
-        # only to build a client: shared.integrations.targets.ConnectionVersion).
+        # Read in the claim's transaction: what the draft needs of the expense (the connection
+        # was read before the claim; its whole row only to build a client:
+        # shared.integrations.targets.ConnectionVersion).
         expense = db.execute(_EXPENSE, {"w_id": claimed.expense_id}).one()
-        connection = db.execute(_CONNECTION, {"w_id": claimed.connection_id}).one()
         receipt = None
         if expense.receipt_filename is not None and claimed.receipt_attached_at is None:
             receipt = (expense.receipt_filename, expense.receipt_content_type,
@@ -237,14 +279,48 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             expense=expense,
             connection=connection,
             receipt=receipt,
+            admission=admission,
         )
+
+
+@dataclass(frozen=True)
+class _ConnectionRow:
+    """What the attempt uses of its connection: the cached client's version and the mapping."""
+
+    id: str
+    updated_at: datetime
+    account_mapping: dict | None
+
+
+def _admit(connection: _ConnectionRow) -> AbstractContextManager | RateLimitedError:
+    """Ask the export's connection's rate limiter whether this export may start now.
+
+    Why before the claim and not only in the request's own ``acquire``: worker threads are shared
+    by every tenant, budgets are per connection. Sleeping in ``acquire`` until one tenant's
+    budget frees would hold the thread while other tenants' exports wait behind it in the queue
+    (with batches queued back to back the whole pool slept on the first tenant). A refusal here
+    hands the thread back at the cost of one Redis call and one UPDATE; the export comes back
+    at its own turn (``RateLimiter.admit`` spaces the turns at the connection's rate). The
+    request still takes its permit in ``acquire`` before the send gate opens: admission is an
+    estimate, the permit is the promise.
+    """
+    try:
+        limiter = _client_of(connection).limiter
+    except Exception:  # noqa: BLE001 - the attempt builds the client again and reports why
+        return nullcontext()
+    if limiter is None:
+        return nullcontext()
+    try:
+        return limiter.admit()
+    except RateLimitedError as refused:
+        return refused
 
 
 def _not_claimed(row, export_id: str, now: datetime) -> Outcome:
     if row is None:
         log.warning("unknown export id; message dropped", export_id=export_id)
         return Outcome("skipped", "unknown export")
-    status, next_attempt_at, lease_expires_at = row
+    status, next_attempt_at, lease_expires_at = row[0], row[1], row[2]
     if status != ExportStatus.PROCESSING.value:
         return Outcome("skipped", f"already {status}")
     if next_attempt_at is not None and next_attempt_at > now + EARLY_TOLERANCE:
@@ -361,11 +437,15 @@ def _post_and_finish(work: _Work) -> Outcome:
 
 
 def _client(work: _Work) -> TargetClient:
+    return _client_of(work.connection)
+
+
+def _client_of(connection: _ConnectionRow) -> TargetClient:
     def load() -> TargetConnection:
         with session_scope() as session:
-            return session.get(TargetConnection, work.connection.id)
+            return session.get(TargetConnection, connection.id)
 
-    return client_for(ConnectionVersion(work.connection.id, work.connection.updated_at, load))
+    return client_for(ConnectionVersion(connection.id, connection.updated_at, load))
 
 
 def _succeed(session: Session, work: _Work, posted: PostedVoucher) -> None:
