@@ -126,6 +126,9 @@ class RunResult:
     cpu_bench: float
     cpu_machine: float
     log_dir: Path
+    # First 'started' event -> last success event of the timed batch(es): the workers' own span,
+    # without the batch POST and the poll (bench.latency_bound compares it with its bound).
+    worker_span_s: float = 0.0
 
     @property
     def throughput(self) -> float:
@@ -361,6 +364,9 @@ class Tenant:
     expense_ids: list[str] = field(default_factory=list)
     batch_id: str = ""
     export_ids: list[str] = field(default_factory=list)
+    # Exported before the timed window (``warmup``), so every worker's client is warm.
+    warmup_expense_ids: list[str] = field(default_factory=list)
+    warmup_export_ids: list[str] = field(default_factory=list)
 
 
 def connection_options(rate_limit: str) -> dict | None:
@@ -374,8 +380,8 @@ def connection_options(rate_limit: str) -> dict | None:
 
 
 def set_up_tenants(stack: BenchStack, control: httpx.Client, *, exports: int, orgs: int,
-                   latency_ms: int, rate_limit: str, options: dict | None = None
-                   ) -> list[Tenant]:
+                   latency_ms: int, rate_limit: str, options: dict | None = None,
+                   warmup: int = 0) -> list[Tenant]:
     """``options``: the connections' options instead of those ``rate_limit`` implies."""
     tenants: list[Tenant] = []
     with httpx.Client(base_url=stack.api_url, timeout=60,
@@ -402,7 +408,15 @@ def set_up_tenants(stack: BenchStack, control: httpx.Client, *, exports: int, or
                                  headers={"Authorization": f"Bearer {org['api_key']}"}),
                 company_id=company["company_id"]))
     # N expenses dealt out as evenly as possible: tenant k gets expenses k, k+orgs, ...
-    work = [(tenants[i % orgs], i) for i in range(exports)]
+    for tenant, expense_id in create_expenses([tenants[i % orgs] for i in range(exports)]):
+        tenant.expense_ids.append(expense_id)
+    for tenant, expense_id in create_expenses([t for t in tenants for _ in range(warmup)]):
+        tenant.warmup_expense_ids.append(expense_id)
+    return tenants
+
+
+def create_expenses(owners: list[Tenant]) -> list[tuple[Tenant, str]]:
+    """One approved expense through the API for each entry of ``owners``."""
 
     def create(item: tuple[Tenant, int]) -> tuple[Tenant, str]:
         tenant, i = item
@@ -411,11 +425,42 @@ def set_up_tenants(stack: BenchStack, control: httpx.Client, *, exports: int, or
 
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bench-expense")
     try:
-        for tenant, expense_id in pool.map(create, work):
-            tenant.expense_ids.append(expense_id)
+        return list(pool.map(create, list(zip(owners, itertools.count()))))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return tenants
+
+
+def post_batch(tenant: Tenant, expense_ids: list[str]) -> dict:
+    return _check(tenant.api.post("/api/v1/accounting-exports/batch", json={
+        "expense_ids": expense_ids, "target_system": "tripletex"}), 202, "post batch")
+
+
+def wait_for_batches(stack: BenchStack, batches: list[tuple[Tenant, str]], started: float,
+                     timeout: float) -> dict[str, int]:
+    """Poll until every batch is done; the status counts of all of them."""
+    counts: dict[str, int] = {}
+    # One GET per tick whatever the number of batches (the poll is load on the same two
+    # cores): ask the first unfinished batch; when it is done, move on to the next at once.
+    pending = list(batches)
+    while pending:
+        tenant, batch_id = pending[0]
+        progress = _check(tenant.api.get(f"/api/v1/accounting-exports/batch/{batch_id}"), 200,
+                          "batch progress")
+        if progress["done"]:
+            for status, n in progress["counts"].items():
+                counts[status] = counts.get(status, 0) + n
+            pending.pop(0)
+            continue
+        dead = stack.first_dead()
+        if dead is not None:
+            raise BenchFailure(f"{dead.name} died during the run (exit "
+                               f"{dead.popen.returncode}); log {dead.log_path}:\n"
+                               f"{dead.tail()}")
+        if time.perf_counter() - started > timeout:
+            raise BenchFailure(f"not finished after {timeout:.0f}s (finished batches: "
+                               f"{counts}); logs in {stack.log_dir}")
+        time.sleep(POLL_INTERVAL)
+    return counts
 
 
 def _parse_time(value: str) -> datetime:
@@ -429,7 +474,10 @@ def _cpu_sample(stack: BenchStack) -> CpuSample:
 
 
 def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, rate_limit: str,
-             timeout: float, run_dir: Path, database_url: str | None, say) -> RunResult:
+             timeout: float, run_dir: Path, database_url: str | None, say,
+             warmup: int = 0) -> RunResult:
+    """``warmup``: that many exports per organization are exported first, untimed, so every
+    worker starts the timed window with warm clients (session, lookups)."""
     stack = BenchStack(run_dir, config, database_url)
     tenants: list[Tenant] = []
     control: httpx.Client | None = None
@@ -440,7 +488,17 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
         say(f"[{config.label}] creating {orgs} organization(s) and {exports} approved expenses "
             "through the API")
         tenants = set_up_tenants(stack, control, exports=exports, orgs=orgs,
-                                 latency_ms=latency_ms, rate_limit=rate_limit)
+                                 latency_ms=latency_ms, rate_limit=rate_limit, warmup=warmup)
+        if warmup:
+            say(f"[{config.label}] warming up: {warmup} export(s) per organization, untimed")
+            warm = []
+            for tenant in tenants:
+                batch = post_batch(tenant, tenant.warmup_expense_ids)
+                tenant.warmup_export_ids = batch["export_ids"]
+                warm.append((tenant, batch["batch_id"]))
+            counts = wait_for_batches(stack, warm, time.perf_counter(), timeout)
+            if counts.get("success", 0) != warmup * orgs:
+                raise BenchFailure(f"warm-up: not every export succeeded: {counts}")
         for tenant in tenants:
             _check(control.delete(f"/_sandbox/companies/{tenant.company_id}/requests"), 200,
                    "reset sandbox request counts")
@@ -451,33 +509,10 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
         cpu_before = _cpu_sample(stack)
         started = time.perf_counter()
         for tenant in tenants:  # one batch per organization, back to back
-            batch = _check(tenant.api.post("/api/v1/accounting-exports/batch", json={
-                "expense_ids": tenant.expense_ids, "target_system": "tripletex"}), 202,
-                "post batch")
+            batch = post_batch(tenant, tenant.expense_ids)
             tenant.batch_id, tenant.export_ids = batch["batch_id"], batch["export_ids"]
         batch_post_s = time.perf_counter() - started
-        counts: dict[str, int] = {}
-        # One GET per tick whatever the number of batches (the poll is load on the same two
-        # cores): ask the first unfinished batch; when it is done, move on to the next at once.
-        pending = list(tenants)
-        while pending:
-            progress = _check(pending[0].api.get(
-                f"/api/v1/accounting-exports/batch/{pending[0].batch_id}"), 200,
-                "batch progress")
-            if progress["done"]:
-                for status, n in progress["counts"].items():
-                    counts[status] = counts.get(status, 0) + n
-                pending.pop(0)
-                continue
-            dead = stack.first_dead()
-            if dead is not None:
-                raise BenchFailure(f"{dead.name} died during the run (exit "
-                                   f"{dead.popen.returncode}); log {dead.log_path}:\n"
-                                   f"{dead.tail()}")
-            if time.perf_counter() - started > timeout:
-                raise BenchFailure(f"not finished after {timeout:.0f}s (finished batches: "
-                                   f"{counts}); logs in {stack.log_dir}")
-            time.sleep(POLL_INTERVAL)
+        counts = wait_for_batches(stack, [(t, t.batch_id) for t in tenants], started, timeout)
         wall_s = time.perf_counter() - started
         cpu_after = _cpu_sample(stack)
         load_after = os.getloadavg()
@@ -495,6 +530,7 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
                 raise BenchFailure(f"the list API shows {len(listed)} exports of batch "
                                    f"{tenant.batch_id}, expected exactly the {len(export_ids)} "
                                    "it created")
+            export_ids |= set(tenant.warmup_export_ids)
             vouchers = _check(control.get(f"/_sandbox/companies/{tenant.company_id}/vouchers"),
                               200, "sandbox vouchers")
             numbers = [v.get("externalVoucherNumber") for v in vouchers]
@@ -512,12 +548,15 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
         latencies = [(exported[i] - initiated[i]).total_seconds() for i in initiated]
         span = (max(exported.values()) - min(initiated.values())).total_seconds()
         queue_waits, service_times, retries, attempts = [], [], 0, 0
+        first_start, last_done = [], []
         for tenant in tenants:
-            q, s, r, a = _event_timings(tenant.api, tenant.export_ids, initiated)
+            q, s, r, a, ends = _event_timings(tenant.api, tenant.export_ids, initiated)
             queue_waits += q
             service_times += s
             retries += r
             attempts += a
+            first_start.append(ends[0])
+            last_done.append(ends[1])
 
         return RunResult(
             config=config, exports=exports, orgs=orgs, batch_post_s=batch_post_s, wall_s=wall_s,
@@ -529,6 +568,7 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
             cpu_bench=cpu_after.bench - cpu_before.bench,
             cpu_machine=cpu_after.machine_busy - cpu_before.machine_busy,
             log_dir=stack.log_dir,
+            worker_span_s=(max(last_done) - min(first_start)).total_seconds(),
         )
     finally:
         with signals_held():
@@ -699,9 +739,10 @@ def _list_batch(api: httpx.Client, batch_id: str) -> list[dict]:
 
 
 def _event_timings(api: httpx.Client, export_ids: list[str], initiated: dict[str, datetime]
-                   ) -> tuple[list[float], list[float], int, int]:
+                   ) -> tuple[list[float], list[float], int, int, tuple[datetime, datetime]]:
     """Per export: queue wait (initiated -> first ``started``) and service time (last
-    ``started`` -> ``success``), plus retries and attempts across the batch."""
+    ``started`` -> ``success``), plus retries and attempts across the batch, and the batch's
+    first ``started`` and last ``success``."""
 
     def events(export_id: str) -> list[dict]:
         return _check(api.get(f"/api/v1/accounting-exports/{export_id}/events"), 200,
@@ -713,6 +754,8 @@ def _event_timings(api: httpx.Client, export_ids: list[str], initiated: dict[str
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     queue_waits, service_times, retries, attempts = [], [], 0, 0
+    first: datetime | None = None
+    last: datetime | None = None
     for export_id, log in all_events.items():
         starts = [_parse_time(e["at"]) for e in log if e["kind"] == "started"]
         done = [_parse_time(e["at"]) for e in log
@@ -722,7 +765,9 @@ def _event_timings(api: httpx.Client, export_ids: list[str], initiated: dict[str
         if starts and done:
             queue_waits.append((starts[0] - initiated[export_id]).total_seconds())
             service_times.append((done[-1] - starts[-1]).total_seconds())
-    return queue_waits, service_times, retries, attempts
+            first = starts[0] if first is None else min(first, starts[0])
+            last = done[-1] if last is None else max(last, done[-1])
+    return queue_waits, service_times, retries, attempts, (first, last)
 
 
 # --- reporting --------------------------------------------------------------------------------

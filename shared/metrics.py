@@ -94,6 +94,14 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
                 pending.append(("item_reported", obj.reported_status))
 
 
+def count_export_event(session: Session, kind: str, to_status: str | None, export_id: str,
+                       target: str, data: dict | None) -> None:
+    """An event row written without an ORM object (``state_machine.insert_event``): counted
+    after the commit like the others."""
+    session.info.setdefault(_PENDING_KEY, []).append(
+        ("export", kind, to_status, export_id, target, data or {}))
+
+
 @event.listens_for(Session, "after_commit")
 def _count(session: Session) -> None:
     for item in session.info.pop(_PENDING_KEY, []):

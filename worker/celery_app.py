@@ -12,13 +12,14 @@ from celery.signals import (
     celeryd_init,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_ready,
 )
 
 from shared.config import require_safe_settings
 from shared.integrations.client_cache import release_clients
-from shared.logs import install_redaction_on_existing_handlers
+from shared.logs import install_redaction_on_existing_handlers, quiet_library_loggers
 from shared.queue import celery_app
 
 celery_app.conf.include = ["worker.tasks"]
@@ -33,6 +34,16 @@ def _refuse_development_secrets_in_worker(**_kwargs) -> None:
     # celeryd_init is the worker's first signal, sent before it connects to the broker or takes a
     # task. Not at import: Flower, `celery inspect` and --help load this module too.
     require_safe_settings("the Celery worker")
+
+
+@worker_init.connect
+def _load_systems(**_kwargs) -> None:
+    # Import every registered system (its client, mapping, models) before the first task, not
+    # inside the first export of each connection (issue 12: the imports showed in a benchmark's
+    # window). A system that does not load stops the worker here, with its error.
+    from shared.integrations import registry
+
+    registry.targets()
 
 
 @worker_ready.connect
@@ -61,6 +72,7 @@ def _refuse_development_secrets_in_beat(**_kwargs) -> None:
 @after_setup_logger.connect
 def _redact_celery_logs(**_kwargs) -> None:
     install_redaction_on_existing_handlers()
+    quiet_library_loggers()
 
 
 # The ids every line of a task carries (shared/logs.py): the task, the export (or other unit of

@@ -33,21 +33,22 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Row, and_, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db.clock import AttemptClock
-from shared.db.models import AccountingExport, TargetConnection
+from shared.db.models import AccountingExport, Expense, TargetConnection
 from shared.db.session import session_scope
 from shared.domain.errors import MappingError
 from shared.domain.mapping import build_voucher_draft
 from shared.domain.state_machine import (
     ConcurrentTransition,
+    ExportKey,
     IllegalTransition,
-    record_event,
-    transition,
+    insert_event,
+    transition_known,
 )
 from shared.domain.statuses import ExportStatus
 from shared.domain.vouchers import PostedVoucher
@@ -58,7 +59,7 @@ from shared.integrations.errors import (
     SendWithdrawn,
     TransientError,
 )
-from shared.integrations.targets import TargetClient, client_for
+from shared.integrations.targets import ConnectionVersion, TargetClient, client_for
 from shared.logs import get_logger
 from worker import posting, retry_policy
 
@@ -82,7 +83,7 @@ class Outcome:
 @dataclass
 class _Work:
     export_id: str
-    target_system: str
+    key: ExportKey
     lease: str
     attempt: int
     celery_task_id: str | None
@@ -94,11 +95,13 @@ class _Work:
     receipt_attached: bool
     receipt_upload_started: bool
     last_error: str | None = None
+    # Read in the claim's transaction: the expense's columns the draft needs; the connection's
+    # id, updated_at and account mapping.
+    expense: Row | None = None
+    connection: _ConnectionRow | None = None
+    receipt: tuple | None = None  # (filename, content type, bytes) while not yet attached
     # Held while the attempt runs: the connection's rate-limit admission (see ``_admit``).
     admission: AbstractContextManager = field(default_factory=nullcontext)
-    # The connection row the claim read for the admission (sessions keep objects loaded after
-    # commit): loading the draft uses it instead of reading it again.
-    connection: TargetConnection | None = None
 
     @property
     def in_doubt(self) -> bool:
@@ -158,91 +161,110 @@ def run_export(export_id: str, *, celery_task_id: str | None = None) -> Outcome:
 
 # --- 1. claim -------------------------------------------------------------------------------
 
+_EXPORTS = AccountingExport.__table__
+_T = _EXPORTS.c
+# The claim: a compare-and-set on a free (or run-out) lease of a due export in processing. It
+# returns the claimed row's state in the same statement (UPDATE ... RETURNING, SQLite >= 3.35
+# and PostgreSQL). Built once: building statements costs more CPU than running them (issue 12).
+_CLAIM = (
+    update(_EXPORTS)
+    .where(
+        _T.id == bindparam("w_id"),
+        _T.status == ExportStatus.PROCESSING.value,
+        or_(_T.lease_expires_at.is_(None), _T.lease_expires_at < bindparam("w_now")),
+        # A delivery that arrives well before the export is due is a duplicate of a scheduled
+        # retry (checked again below, to say why it skips).
+        or_(_T.next_attempt_at.is_(None), _T.next_attempt_at <= bindparam("w_due")),
+    )
+    .values(
+        lease_owner=bindparam("v_lease_owner"),
+        lease_expires_at=bindparam("v_lease_expires_at"),
+        attempts=_T.attempts + 1,
+        celery_task_id=bindparam("v_celery_task_id"),
+        updated_at=bindparam("v_updated_at"),
+    )
+    .returning(_T.attempts, _T.external_id, _T.external_reference, _T.posting_started_at,
+               _T.post_deadline_at, _T.receipt_attached_at, _T.receipt_upload_started_at,
+               _T.error_message, _T.target_system, _T.expense_id, _T.connection_id,
+               _T.source_unit_id)
+)
+_X = Expense.__table__.c
+_EXPENSE = select(_X.description, _X.employee_name, _X.rows, _X.expense_date, _X.currency,
+                  _X.receipt_filename, _X.receipt_content_type).where(_X.id == bindparam("w_id"))
+_RECEIPT = select(_X.receipt_data).where(_X.id == bindparam("w_id"))
+_C = TargetConnection.__table__.c
+# Before the claim: whether it may be claimed (to say why not), and the connection whose rate
+# limiter admits it (id and updated_at tell whether the cached client is current).
+_BEFORE_CLAIM = select(
+    _T.status, _T.next_attempt_at, _T.lease_expires_at,
+    _C.id.label("connection_id"), _C.updated_at.label("connection_updated_at"),
+    _C.account_mapping,
+).join_from(_EXPORTS, TargetConnection.__table__, _C.id == _T.connection_id).where(
+    _T.id == bindparam("w_id"))
+# Refused by the limiter: only the due time moves (the sweeper and the duplicate check read it):
+# no attempt, no event (a long backlog would write one per turn it waited), no lease.
+_DEFER = update(_EXPORTS).where(
+    _T.id == bindparam("w_id"), _T.status == ExportStatus.PROCESSING.value,
+    or_(_T.lease_expires_at.is_(None), _T.lease_expires_at < bindparam("w_now")),
+).values(next_attempt_at=bindparam("v_next_attempt_at"))
+_WHY_NOT_CLAIMED = select(_T.status, _T.next_attempt_at, _T.lease_expires_at).where(
+    _T.id == bindparam("w_id"))
+
 
 def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
+    """Take the lease, write the "started" event and read what the attempt works with (the
+    expense and the connection), in one transaction."""
     settings = get_settings()
     with session_scope() as session:
         clock = AttemptClock.measure(session)
-        export = session.get(AccountingExport, export_id)
-        if export is None:
-            log.warning("unknown export id; message dropped", export_id=export_id)
-            return Outcome("skipped", "unknown export")
-        if export.status != ExportStatus.PROCESSING.value:
-            return Outcome("skipped", f"already {export.status}")
         now = clock.now()
-        if export.next_attempt_at is not None and export.next_attempt_at > now + EARLY_TOLERANCE:
-            return Outcome("skipped", "not due yet (duplicate delivery of a scheduled retry)")
+        db = session.connection()
+        before = db.execute(_BEFORE_CLAIM, {"w_id": export_id}).one_or_none()
+        if before is None:
+            return _not_claimed(None, export_id, now)
+        if (before.status != ExportStatus.PROCESSING.value or (
+                before.next_attempt_at is not None
+                and before.next_attempt_at > now + EARLY_TOLERANCE)):
+            return _not_claimed(before, export_id, now)
+        connection = _ConnectionRow(before.connection_id, before.connection_updated_at,
+                                    before.account_mapping)
         admission: AbstractContextManager = nullcontext()
-        connection = None
-        if export.lease_expires_at is None or export.lease_expires_at < now:
-            connection = export.connection
+        if before.lease_expires_at is None or before.lease_expires_at < now:
             admitted = _admit(connection)
             if isinstance(admitted, RateLimitedError):
                 delay = min(admitted.retry_after or 0.0, settings.retry_max_seconds)
-                # Only the due time moves (the sweeper and the duplicate check read it): no
-                # attempt, no event (a long backlog would write one per turn it waited), no lease.
-                moved = session.execute(
-                    update(AccountingExport)
-                    .where(AccountingExport.id == export_id,
-                           AccountingExport.status == ExportStatus.PROCESSING.value,
-                           (AccountingExport.lease_expires_at.is_(None)
-                            | (AccountingExport.lease_expires_at < now)))
-                    .values(next_attempt_at=now + timedelta(seconds=delay))
-                    .execution_options(synchronize_session=False)
-                ).rowcount
-                if moved == 1:
+                if db.execute(_DEFER, {"w_id": export_id, "w_now": now, "v_next_attempt_at":
+                                       now + timedelta(seconds=delay)}).rowcount == 1:
                     log.debug("export waits for its connection's rate budget",
                               export_id=export_id, in_seconds=round(delay, 2))
                     return Outcome("retry", admitted.message, retry_in=delay)
             else:
                 admission = admitted
         lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
-        # RETURNING gives the claimed row's state in the same statement (SQLite >= 3.35 and
-        # PostgreSQL): no second read of the row we just wrote.
-        claimed = session.execute(
-            update(AccountingExport)
-            .where(
-                AccountingExport.id == export_id,
-                AccountingExport.status == ExportStatus.PROCESSING.value,
-                (AccountingExport.lease_expires_at.is_(None)
-                 | (AccountingExport.lease_expires_at < now)),
-            )
-            .values(
-                lease_owner=lease,
-                lease_expires_at=now + timedelta(seconds=settings.export_lease_seconds),
-                attempts=AccountingExport.attempts + 1,
-                celery_task_id=celery_task_id,
-                updated_at=now,
-            )
-            .returning(
-                AccountingExport.attempts,
-                AccountingExport.external_id,
-                AccountingExport.external_reference,
-                AccountingExport.posting_started_at,
-                AccountingExport.post_deadline_at,
-                AccountingExport.receipt_attached_at,
-                AccountingExport.receipt_upload_started_at,
-                AccountingExport.error_message,
-            )
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
+        claimed = db.execute(_CLAIM, {
+            "w_id": export_id, "w_now": now, "w_due": now + EARLY_TOLERANCE,
+            "v_lease_owner": lease,
+            "v_lease_expires_at": now + timedelta(seconds=settings.export_lease_seconds),
+            "v_celery_task_id": celery_task_id, "v_updated_at": now,
+        }).one_or_none()
         if claimed is None:
             admission.__exit__(None, None, None)  # withdrawn: this attempt sends nothing
-            # A second delivery while an attempt is running (a redelivery, a duplicate). It must
-            # not simply be acknowledged: if the running attempt's worker dies, this may be the
-            # only message left. Come back when the lease runs out; by then the export is
-            # finished (and this copy ends as "already done") or its worker is gone.
-            remaining = ((export.lease_expires_at - now).total_seconds()
-                         if export.lease_expires_at is not None else 0.0)
-            log.info("export leased by another attempt; checking back when the lease ends",
-                     export_id=export_id, in_seconds=round(remaining, 1))
-            return Outcome("retry", "another worker holds the lease",
-                           retry_in=max(1.0, remaining + 1.0))
-        record_event(session, export, "started", actor=ACTOR, attempt=claimed.attempts,
-                     celery_task_id=celery_task_id, at=now)
+            return _not_claimed(db.execute(_WHY_NOT_CLAIMED, {"w_id": export_id}).one_or_none(),
+                                export_id, now)
+        insert_event(session, export_id, claimed.target_system, "started", actor=ACTOR,
+                     attempt=claimed.attempts, celery_task_id=celery_task_id, at=now)
+        # Read in the claim's transaction: what the draft needs of the expense (the connection
+        # was read before the claim; its whole row only to build a client:
+        # shared.integrations.targets.ConnectionVersion).
+        expense = db.execute(_EXPENSE, {"w_id": claimed.expense_id}).one()
+        receipt = None
+        if expense.receipt_filename is not None and claimed.receipt_attached_at is None:
+            receipt = (expense.receipt_filename, expense.receipt_content_type,
+                       db.execute(_RECEIPT, {"w_id": claimed.expense_id}).scalar_one())
         return _Work(
-            export_id=export.id,
-            target_system=export.target_system,
+            export_id=export_id,
+            key=ExportKey(export_id, claimed.expense_id, claimed.target_system,
+                          claimed.source_unit_id),
             lease=lease,
             attempt=claimed.attempts,
             celery_task_id=celery_task_id,
@@ -254,12 +276,23 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             receipt_attached=claimed.receipt_attached_at is not None,
             receipt_upload_started=claimed.receipt_upload_started_at is not None,
             last_error=claimed.error_message,
-            admission=admission,
+            expense=expense,
             connection=connection,
+            receipt=receipt,
+            admission=admission,
         )
 
 
-def _admit(connection: TargetConnection) -> AbstractContextManager | RateLimitedError:
+@dataclass(frozen=True)
+class _ConnectionRow:
+    """What the attempt uses of its connection: the cached client's version and the mapping."""
+
+    id: str
+    updated_at: datetime
+    account_mapping: dict | None
+
+
+def _admit(connection: _ConnectionRow) -> AbstractContextManager | RateLimitedError:
     """Ask the export's connection's rate limiter whether this export may start now.
 
     Why before the claim and not only in the request's own ``acquire``: worker threads are shared
@@ -272,7 +305,7 @@ def _admit(connection: TargetConnection) -> AbstractContextManager | RateLimited
     estimate, the permit is the promise.
     """
     try:
-        limiter = client_for(connection).limiter
+        limiter = _client_of(connection).limiter
     except Exception:  # noqa: BLE001 - the attempt builds the client again and reports why
         return nullcontext()
     if limiter is None:
@@ -283,66 +316,94 @@ def _admit(connection: TargetConnection) -> AbstractContextManager | RateLimited
         return refused
 
 
-def _owned(work: _Work):
-    return and_(
-        AccountingExport.id == work.export_id,
-        AccountingExport.status == ExportStatus.PROCESSING.value,
-        AccountingExport.lease_owner == work.lease,
-    )
+def _not_claimed(row, export_id: str, now: datetime) -> Outcome:
+    if row is None:
+        log.warning("unknown export id; message dropped", export_id=export_id)
+        return Outcome("skipped", "unknown export")
+    status, next_attempt_at, lease_expires_at = row[0], row[1], row[2]
+    if status != ExportStatus.PROCESSING.value:
+        return Outcome("skipped", f"already {status}")
+    if next_attempt_at is not None and next_attempt_at > now + EARLY_TOLERANCE:
+        return Outcome("skipped", "not due yet (duplicate delivery of a scheduled retry)")
+    # A second delivery while an attempt is running (a redelivery, a duplicate). It must not
+    # simply be acknowledged: if the running attempt's worker dies, this may be the only message
+    # left. Come back when the lease runs out; by then the export is finished (and this copy
+    # ends as "already done") or its worker is gone.
+    remaining = (lease_expires_at - now).total_seconds() if lease_expires_at is not None else 0.0
+    log.info("export leased by another attempt; checking back when the lease ends",
+             export_id=export_id, in_seconds=round(remaining, 1))
+    return Outcome("retry", "another worker holds the lease", retry_in=max(1.0, remaining + 1.0))
 
 
-def _event(work: _Work, kind: str, *, reason: str | None = None, data: dict | None = None,
-           where=None, **fields) -> bool:
-    """Append an event and update fields, only while we still own the export (or ``where``
-    holds). False if not.
+# Which rows a step's compare-and-set may change (``_event``'s ``where``).
+OWNED = "owned"  # still ours: in processing, our lease
+OWNED_UNBOOKED = "owned_unbooked"  # ours and no voucher recorded yet
+UNBOOKED = "unbooked"  # any attempt's, no voucher recorded yet (recording a voucher we lost)
+_WHERE = {
+    OWNED: lambda: and_(_T.id == bindparam("w_id"),
+                        _T.status == ExportStatus.PROCESSING.value,
+                        _T.lease_owner == bindparam("w_lease")),
+    OWNED_UNBOOKED: lambda: and_(_WHERE[OWNED](), _T.external_id.is_(None)),
+    UNBOOKED: lambda: and_(_T.id == bindparam("w_id"), _T.external_id.is_(None)),
+}
+_step_statements: dict[tuple, object] = {}
 
-    Every step recorded also renews the lease: it runs ``export_lease_seconds`` from the last
-    step, not from the claim (``fields`` may set a longer one).
+
+def _step_update(where: str, names: tuple[str, ...], refund: bool):
+    shape = (where, names, refund)
+    statement = _step_statements.get(shape)
+    if statement is None:
+        values = {name: bindparam(f"v_{name}") for name in names}
+        if refund:
+            # Being told to wait is not a failure: this attempt does not count.
+            values["attempts"] = _T.attempts - 1
+        statement = update(_EXPORTS).where(_WHERE[where]()).values(values)
+        _step_statements[shape] = statement
+    return statement
+
+
+def _step(session: Session, work: _Work, kind: str, *, reason: str | None = None,
+          data: dict | None = None, where: str = OWNED, renew_lease: bool = True,
+          refund: bool = False, **fields) -> bool:
+    """In ``session``'s transaction: update fields only while ``where`` holds (a compare-and-set)
+    and append the step's event. False, writing nothing, if it does not hold.
+
+    Every step recorded also renews the lease (unless ``renew_lease`` is False): it runs
+    ``export_lease_seconds`` from the last step, not from the claim (``fields`` may set a longer
+    one). ``refund`` gives the attempt back (``attempts - 1``).
     """
+    now = work.clock.now()
+    values = {"updated_at": now}
+    if renew_lease:
+        values["lease_expires_at"] = now + timedelta(seconds=get_settings().export_lease_seconds)
+    values.update(fields)
+    params = {"w_id": work.export_id, "w_lease": work.lease,
+              **{f"v_{name}": value for name, value in values.items()}}
+    updated = session.connection().execute(
+        _step_update(where, tuple(values), refund), params).rowcount
+    if updated != 1:
+        return False
+    insert_event(session, work.export_id, work.key.target_system, kind, actor=ACTOR,
+                 attempt=work.attempt, reason=reason, celery_task_id=work.celery_task_id,
+                 data=data, at=now)
+    return True
+
+
+def _event(work: _Work, kind: str, **step) -> bool:
+    """One step in a transaction of its own (``_step``)."""
     with session_scope() as session:
-        now = work.clock.now()
-        values = {"updated_at": now,
-                  "lease_expires_at": now + timedelta(seconds=get_settings().export_lease_seconds),
-                  **fields}
-        updated = session.execute(
-            update(AccountingExport).where(_owned(work) if where is None else where)
-            .values(**values).execution_options(synchronize_session=False)
-        ).rowcount
-        if updated != 1:
-            return False
-        record_event(session, _export_known(session, work), kind, actor=ACTOR, attempt=work.attempt, reason=reason,
-                     celery_task_id=work.celery_task_id, data=data, at=now)
-        return True
-
-
-def _export_known(session: Session, work: _Work) -> AccountingExport:
-    """The export as an object of ``session`` without reading its row: after a compare-and-set
-    that matched, ``record_event`` needs only its id and the metrics (``shared.metrics``) its
-    target system, both known to this attempt. Any other attribute would be loaded on access;
-    nothing is written for it (it has no changes)."""
-    export = AccountingExport(id=work.export_id, target_system=work.target_system)
-    make_transient_to_detached(export)
-    session.add(export)
-    return export
-
-
-def _load(work: _Work):
-    with session_scope() as session:
-        export = session.get(AccountingExport, work.export_id)
-        expense = export.expense
-        connection = work.connection or export.connection
-        draft = build_voucher_draft(export, expense, connection.account_mapping or {})
-        client = client_for(connection)
-        receipt = None
-        if expense.receipt_filename is not None and not work.receipt_attached:
-            receipt = (expense.receipt_filename, expense.receipt_content_type, expense.receipt_data)
-        return draft, client, receipt
+        return _step(session, work, kind, **step)
 
 
 def _post_and_finish(work: _Work) -> Outcome:
-    draft, client, receipt = _load(work)
+    # A mapping problem (MappingError) fails the export here, before anything is sent.
+    draft = build_voucher_draft(work.key, work.expense,
+                                work.connection.account_mapping or {})
+    client = _client(work)
+    receipt = work.receipt
 
     posted: PostedVoucher | None = None
+    finished = False
     if work.external_id is not None:
         posted = PostedVoucher(id=work.external_id,
                                reference=work.external_reference or work.external_id)
@@ -355,27 +416,45 @@ def _post_and_finish(work: _Work) -> Outcome:
                 f"voucher for this export (last: {work.last_error})", system="worker",
                 code="gave_up"), counted=False)
     if posted is None:
-        posted = _post(work, client, draft)
+        # With no receipt to attach, recording the voucher also finishes the export (one
+        # transaction, two events).
+        posted, finished = _post(work, client, draft, finish=receipt is None)
     work.external_id = posted.id
     work.external_reference = posted.reference
 
-    if receipt is not None:
-        _attach_receipt(work, client, posted, receipt)
-
-    with session_scope() as session:
-        export = session.get(AccountingExport, work.export_id)
-        try:
-            transition(session, export, ExportStatus.SUCCESS, actor=ACTOR, attempt=work.attempt,
-                       celery_task_id=work.celery_task_id,
-                       guard=AccountingExport.lease_owner == work.lease,
-                       external_reference=posted.reference, external_id=posted.id,
-                       error_message=None, error_code=None)
-        except (ConcurrentTransition, IllegalTransition):
-            # Another attempt (whose lease ran out under us) or a PUT callback finished it.
-            return Outcome("skipped", "export changed while finishing")
+    if not finished:
+        if receipt is not None:
+            _attach_receipt(work, client, posted, receipt)
+        with session_scope() as session:
+            try:
+                _succeed(session, work, posted)
+            except (ConcurrentTransition, IllegalTransition):
+                # Another attempt (whose lease ran out under us) or a PUT callback finished it.
+                return Outcome("skipped", "export changed while finishing")
     log.info("export succeeded", export_id=work.export_id, reference=posted.reference,
              attempt=work.attempt)
     return Outcome("success", posted.reference)
+
+
+def _client(work: _Work) -> TargetClient:
+    return _client_of(work.connection)
+
+
+def _client_of(connection: _ConnectionRow) -> TargetClient:
+    def load() -> TargetConnection:
+        with session_scope() as session:
+            return session.get(TargetConnection, connection.id)
+
+    return client_for(ConnectionVersion(connection.id, connection.updated_at, load))
+
+
+def _succeed(session: Session, work: _Work, posted: PostedVoucher) -> None:
+    """processing -> success with the voucher, a compare-and-set on our lease."""
+    transition_known(session, work.key, ExportStatus.PROCESSING, ExportStatus.SUCCESS,
+                     actor=ACTOR, attempt=work.attempt, celery_task_id=work.celery_task_id,
+                     lease_owner=work.lease, at=work.clock.now(),
+                     external_reference=posted.reference, external_id=posted.id,
+                     error_message=None, error_code=None)
 
 
 # --- 2. settle a doubt ------------------------------------------------------------------------
@@ -412,7 +491,10 @@ def _deadline(work: _Work) -> datetime:
 # --- 3 and 4. prepare and post ----------------------------------------------------------------
 
 
-def _post(work: _Work, client: TargetClient, draft) -> PostedVoucher:
+def _post(work: _Work, client: TargetClient, draft, *, finish: bool = False
+          ) -> tuple[PostedVoucher, bool]:
+    """Post the voucher and record it; with ``finish``, in the same transaction move the export
+    to success. Returns the voucher and whether the export was finished."""
     # Unknown accounts, VAT codes the account refuses, missing dimensions: found here, so the
     # export fails with a precise message and nothing was sent. Lookups and a session renewal
     # happen here too, before the mark: the request behind the gate is the POST alone.
@@ -425,8 +507,7 @@ def _post(work: _Work, client: TargetClient, draft) -> PostedVoucher:
         # The lease outlives the request, so no other attempt can start while it is on its way.
         marked = _event(
             work, "posting_started", data={"deadline": deadline.isoformat()},
-            where=and_(_owned(work), AccountingExport.external_id.is_(None)),
-            posting_started_at=now, post_deadline_at=deadline,
+            where=OWNED_UNBOOKED, posting_started_at=now, post_deadline_at=deadline,
             lease_expires_at=deadline + timedelta(seconds=settings.export_lease_seconds))
         if marked:
             work.posting_started_at, work.post_deadline_at = now, deadline
@@ -442,25 +523,29 @@ def _post(work: _Work, client: TargetClient, draft) -> PostedVoucher:
         raise _PostFailed(TransientError(
             f"unexpected error while posting: {type(error).__name__}: {error}",
             system="worker", code="unexpected"), gate.opened) from error
-    _record_voucher(work, posted, "posted_to_target")
-    return posted
+    return posted, _record_voucher(work, posted, "posted_to_target", finish=finish)
 
 
-def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str | None = None) -> None:
+def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str | None = None,
+                    *, finish: bool = False) -> bool:
     """Record the target's voucher on the export, whether or not this attempt still owns it:
     once a voucher exists it must be the export's, never an orphan that a later attempt books
     again. Only an export that already records another voucher refuses: that is a duplicate in
     the target, and it is said loudly. Raises _Lost when the attempt no longer owns the export
-    (the owner finishes it)."""
+    (the owner finishes it).
+
+    With ``finish`` the owner also moves the export to success in the same transaction (True
+    returned); the success's own compare-and-set cannot fail once the voucher's matched, as both
+    need our lease in the same transaction."""
     data = {"voucher_id": posted.id, "number": posted.number}
     fields = dict(external_id=posted.id, external_reference=posted.reference,
                   external_number=posted.number)
-    if _event(work, kind, reason=reason, data=data,
-              where=and_(_owned(work), AccountingExport.external_id.is_(None)), **fields):
-        return
-    unowned = and_(AccountingExport.id == work.export_id,
-                   AccountingExport.external_id.is_(None))
-    if _event(work, kind, data=data, where=unowned, lease_expires_at=AccountingExport.lease_expires_at,
+    with session_scope() as session:
+        if _step(session, work, kind, reason=reason, data=data, where=OWNED_UNBOOKED, **fields):
+            if finish:
+                _succeed(session, work, posted)
+            return finish
+    if _event(work, kind, data=data, where=UNBOOKED, renew_lease=False,
               reason="recorded after this attempt had lost the export", **fields):
         log.warning("voucher recorded after the attempt lost its lease", export_id=work.export_id,
                     voucher_id=posted.id)
@@ -471,11 +556,11 @@ def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str |
             .where(AccountingExport.id == work.export_id)).one()
         if existing == posted.id:
             if owner == work.lease:
-                return  # another attempt recorded the same voucher; this one owns the export
+                return False  # another attempt recorded the same voucher; this one owns the export
             raise _Lost("the voucher was recorded by another attempt")
         log.error("DUPLICATE: the target holds a second voucher for this export",
                   export_id=work.export_id, recorded=existing, duplicate=posted.id)
-        record_event(session, session.get(AccountingExport, work.export_id), "duplicate_voucher",
+        insert_event(session, work.export_id, work.key.target_system, "duplicate_voucher",
                      actor=ACTOR, attempt=work.attempt,
                      reason=f"the target booked voucher {posted.id} although the export already "
                             f"records voucher {existing}: reverse one of them in the target",
@@ -554,9 +639,7 @@ def _settle_post_answer(work: _Work, error: IntegrationError) -> None:
 def _look_before_failing(work: _Work, error: IntegrationError) -> Outcome:
     settings = get_settings()
     try:
-        with session_scope() as session:
-            client = client_for(session.get(AccountingExport, work.export_id).connection)
-        posted = _settle_doubt(work, client)
+        posted = _settle_doubt(work, _client(work))
     # The waits below count as attempts: the next attempt is past max_attempts and, once the
     # doubt is settled as "not booked", fails instead of posting again.
     except posting.NotYetKnowable as wait:
@@ -597,16 +680,11 @@ def _wait_for_lookup(work: _Work, trusted_at: datetime, *, refund: bool) -> Outc
 def _schedule_retry(work: _Work, message: str, decision: retry_policy.Decision, *,
                     code: str, status: int | None = None) -> Outcome:
     due = work.clock.now() + timedelta(seconds=decision.delay)
-    fields = {}
-    if decision.refund:
-        # Being told to wait is not a failure: this attempt does not count.
-        fields["attempts"] = AccountingExport.attempts - 1
-    if not _event(work, "retry_scheduled", reason=message,
+    if not _event(work, "retry_scheduled", reason=message, refund=decision.refund,
                   data={"code": code, "status": status, "in_seconds": round(decision.delay, 2),
                         "counted": not decision.refund},
                   next_attempt_at=due, lease_owner=None, lease_expires_at=None,
-                  error_message=f"attempt {work.attempt} did not finish, retrying: {message}",
-                  **fields):
+                  error_message=f"attempt {work.attempt} did not finish, retrying: {message}"):
         return Outcome("skipped", "export changed while scheduling a retry")
     log.info("export retry scheduled", export_id=work.export_id, attempt=work.attempt,
              in_seconds=round(decision.delay, 2), error=code)
@@ -622,13 +700,14 @@ def _fail(work: _Work, error: IntegrationError, *, counted: bool = True) -> Outc
         # This attempt only proved that failing holds no voucher; it does not count.
         fields["attempts"] = AccountingExport.attempts - 1
     with session_scope() as session:
-        export = session.get(AccountingExport, work.export_id)
         try:
-            transition(session, export, ExportStatus.FAILED, actor=ACTOR, attempt=work.attempt,
-                       celery_task_id=work.celery_task_id, reason=message,
-                       guard=AccountingExport.lease_owner == work.lease,
-                       error_message=message, error_code=f"{error.system}:{error.code}",
-                       data={"details": error.details} if error.details else None, **fields)
+            transition_known(session, work.key, ExportStatus.PROCESSING, ExportStatus.FAILED,
+                             actor=ACTOR, attempt=work.attempt,
+                             celery_task_id=work.celery_task_id, reason=message,
+                             lease_owner=work.lease, at=work.clock.now(), error_message=message,
+                             error_code=f"{error.system}:{error.code}",
+                             data={"details": error.details} if error.details else None,
+                             **fields)
         except (ConcurrentTransition, IllegalTransition):
             return Outcome("skipped", "export changed while failing")
     log.warning("export failed", export_id=work.export_id, attempt=work.attempt, error=error.code)

@@ -8,22 +8,26 @@ Allowed moves (the statuses are exactly the API contract's):
 
 ``transition()`` is a compare-and-set: the UPDATE only matches while the row still has the status
 the caller saw (and, for the end states, the posting state the posting protocol requires), so two
-racing actors (a worker finishing, a DELETE cancelling, a PUT callback) cannot both win. The status change and its event row are written in the caller's transaction.
+racing actors (a worker finishing, a DELETE cancelling, a PUT callback) cannot both win. The status change and its event row are written in the caller's transaction. The worker, which
+knows the export from its claim, uses ``transition_known()``: the same statement without reading
+the row first.
 Finer steps (queued, started, posted to target, receipt attached, retry scheduled) are events
 written with ``record_event()``; they never change the status.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, update
+from sqlalchemy import ClauseElement, ColumnElement, and_, bindparam, insert, or_, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import AccountingExport, ExportEvent
 from shared.db.types import utcnow
 from shared.domain.statuses import ExportStatus
+from shared.metrics import count_export_event
 
 P, S, F, C = (ExportStatus.PROCESSING, ExportStatus.SUCCESS, ExportStatus.FAILED,
               ExportStatus.CANCELLED)
@@ -59,6 +63,21 @@ def is_allowed(current: ExportStatus, requested: ExportStatus) -> bool:
     return ExportStatus(requested) in ALLOWED_TRANSITIONS[ExportStatus(current)]
 
 
+@dataclass(frozen=True)
+class ExportKey:
+    """What a status change needs to know of an export besides its status: the worker knows it
+    from its claim, so it changes status without loading the row (``transition_known``)."""
+
+    id: str
+    expense_id: str
+    target_system: str
+    source_unit_id: str | None
+
+    @classmethod
+    def of(cls, export: AccountingExport) -> ExportKey:
+        return cls(export.id, export.expense_id, export.target_system, export.source_unit_id)
+
+
 def transition(
     session: Session,
     export: AccountingExport,
@@ -72,17 +91,48 @@ def transition(
     data: dict[str, Any] | None = None,
     **fields: Any,
 ) -> AccountingExport:
-    """Move ``export`` to ``to_status`` and append the event, or raise.
+    """Move ``export`` to ``to_status`` and append the event, or raise; ``export`` is refreshed.
 
     ``guard`` adds a condition the row must still meet (e.g. "posting has not started");
     ``fields`` are written in the same UPDATE (external_reference, error_message, ...).
     """
-    current = ExportStatus(export.status)
+    transition_known(session, ExportKey.of(export), ExportStatus(export.status), to_status,
+                     actor=actor, reason=reason, attempt=attempt, celery_task_id=celery_task_id,
+                     guard=guard, data=data, **fields)
+    session.refresh(export)
+    return export
+
+
+def transition_known(
+    session: Session,
+    export: ExportKey,
+    current: ExportStatus,
+    to_status: ExportStatus,
+    *,
+    actor: str,
+    reason: str | None = None,
+    attempt: int | None = None,
+    celery_task_id: str | None = None,
+    lease_owner: str | None = None,
+    guard: ColumnElement[bool] | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+    **fields: Any,
+) -> None:
+    """``transition()`` for a caller that knows the status it saw and ``export``'s key (the
+    worker, from its claim): the same compare-and-set and event, without reading the row.
+
+    ``lease_owner`` is the guard "the row's lease is still this one" as a bound parameter, so
+    the statement is built once per shape and reused (``guard`` builds it anew every time).
+    ``at``: the time to record (the worker's attempt clock, which its other steps' events use,
+    so the log stays in order); this process's clock by default.
+    """
+    current = ExportStatus(current)
     to_status = ExportStatus(to_status)
     if not is_allowed(current, to_status):
         raise IllegalTransition(export.id, current, to_status)
 
-    now = utcnow()
+    now = at or utcnow()
     values: dict[str, Any] = {"status": to_status.value, "updated_at": now, **fields}
     values["active_key"] = (
         f"{export.expense_id}:{export.target_system}" if to_status in (P, S) else None
@@ -92,45 +142,21 @@ def transition(
     if to_status is not P:
         values.update(lease_owner=None, lease_expires_at=None, next_attempt_at=None)
 
-    condition = and_(AccountingExport.id == export.id, AccountingExport.status == current.value)
-    if to_status in (F, C):
-        # The posting protocol's invariant (worker.posting): a failed or cancelled export owns no
-        # record in the target. One whose request may have booked it (in doubt) or did (booked)
-        # can only succeed.
-        condition = and_(condition, AccountingExport.posting_started_at.is_(None),
-                         AccountingExport.external_id.is_(None))
-    elif to_status is S:
-        # Success with a voucher we booked, or - by PUT callback - for an export we never
-        # started to post (booked elsewhere); never while our own request is in doubt.
-        condition = and_(condition, or_(AccountingExport.external_id.is_not(None),
-                                        AccountingExport.posting_started_at.is_(None)))
+    params = {"w_id": export.id, "w_lease": lease_owner,
+              **{f"v_{name}": value for name, value in values.items()
+                 if not isinstance(value, ClauseElement)}}
+    statement = _status_update(current, to_status, lease_owner is not None, values)
     if guard is not None:
-        condition = and_(condition, guard)
-    result = session.execute(
-        update(AccountingExport).where(condition).values(**values).execution_options(
-            synchronize_session=False
-        )
-    )
+        statement = statement.where(guard)
+    flush_pending(session)
+    result = session.connection().execute(statement, params)
     if result.rowcount != 1:
         raise ConcurrentTransition(
             f"export {export.id} changed while moving {current.value} -> {to_status.value}"
         )
-    session.add(
-        ExportEvent(
-            export_id=export.id,
-            kind="status_changed",
-            from_status=current.value,
-            to_status=to_status.value,
-            actor=actor,
-            attempt=attempt,
-            reason=reason,
-            celery_task_id=celery_task_id,
-            data=data,
-            created_at=now,
-        )
-    )
-    session.flush()
-    session.refresh(export)
+    insert_event(session, export.id, export.target_system, "status_changed",
+                 from_status=current.value, to_status=to_status.value, actor=actor,
+                 attempt=attempt, reason=reason, celery_task_id=celery_task_id, data=data, at=now)
     if export.source_unit_id is not None:
         from shared.domain.sources import enqueue_report, reopen_package
 
@@ -141,7 +167,84 @@ def transition(
         else:
             # Every way an export ends (worker, DELETE, PUT callback) owes its source a report.
             enqueue_report(session, export.source_unit_id)
-    return export
+
+
+_EXPORTS = AccountingExport.__table__
+_EVENTS = ExportEvent.__table__
+# Statements built once per shape (which columns are set, which guard) with bound parameters:
+# building a statement and its cache key costs more CPU than running it (issue 12).
+_statements: dict[tuple, Any] = {}
+
+
+def _status_update(current: ExportStatus, to_status: ExportStatus, leased: bool,
+                   values: dict[str, Any]):
+    """The compare-and-set of ``current`` -> ``to_status``; ``values`` names what it sets (SQL
+    expressions in it, e.g. ``attempts - 1``, are part of the statement's shape)."""
+    # A value that is an SQL expression (``attempts - 1``) makes the statement one of its own.
+    cacheable = not any(isinstance(v, ClauseElement) for v in values.values())
+    shape = (current, to_status, leased, tuple(values))
+    if cacheable and shape in _statements:
+        return _statements[shape]
+    t = _EXPORTS.c
+    condition = and_(t.id == bindparam("w_id"), t.status == current.value)
+    if to_status in (F, C):
+        # The posting protocol's invariant (worker.posting): a failed or cancelled export owns no
+        # record in the target. One whose request may have booked it (in doubt) or did (booked)
+        # can only succeed.
+        condition = and_(condition, t.posting_started_at.is_(None), t.external_id.is_(None))
+    elif to_status is S:
+        # Success with a voucher we booked, or - by PUT callback - for an export we never
+        # started to post (booked elsewhere); never while our own request is in doubt.
+        condition = and_(condition, or_(t.external_id.is_not(None),
+                                        t.posting_started_at.is_(None)))
+    if leased:
+        condition = and_(condition, t.lease_owner == bindparam("w_lease"))
+    statement = update(_EXPORTS).where(condition).values({
+        name: value if isinstance(value, ClauseElement) else bindparam(f"v_{name}")
+        for name, value in values.items()})
+    if cacheable:
+        _statements[shape] = statement
+    return statement
+
+
+_INSERT_EVENT = insert(_EVENTS).values(
+    export_id=bindparam("e_export_id"), kind=bindparam("e_kind"),
+    from_status=bindparam("e_from_status"), to_status=bindparam("e_to_status"),
+    actor=bindparam("e_actor"), attempt=bindparam("e_attempt"), reason=bindparam("e_reason"),
+    celery_task_id=bindparam("e_celery_task_id"), data=bindparam("e_data", type_=_EVENTS.c.data.type),
+    created_at=bindparam("e_created_at", type_=_EVENTS.c.created_at.type))
+
+
+def flush_pending(session: Session) -> None:
+    """Statements sent on the session's connection directly skip the ORM's autoflush: write the
+    session's pending objects first (an export created in this transaction, before its event)."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+
+
+def insert_event(
+    session: Session,
+    export_id: str,
+    target_system: str,
+    kind: str,
+    *,
+    actor: str,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    reason: str | None = None,
+    attempt: int | None = None,
+    celery_task_id: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Append one row to the export's event log in the session's transaction (one prebuilt
+    INSERT, no ORM object), and count it in the metrics once the transaction commits."""
+    flush_pending(session)
+    session.connection().execute(_INSERT_EVENT, {
+        "e_export_id": export_id, "e_kind": kind, "e_from_status": from_status,
+        "e_to_status": to_status, "e_actor": actor, "e_attempt": attempt, "e_reason": reason,
+        "e_celery_task_id": celery_task_id, "e_data": data, "e_created_at": at or utcnow()})
+    count_export_event(session, kind, to_status, export_id, target_system, data)
 
 
 def record_event(
@@ -155,18 +258,7 @@ def record_event(
     celery_task_id: str | None = None,
     data: dict[str, Any] | None = None,
     at: datetime | None = None,
-) -> ExportEvent:
+) -> None:
     """Append a finer step to the export's log without changing its status."""
-    event = ExportEvent(
-        export_id=export.id,
-        kind=kind,
-        actor=actor,
-        attempt=attempt,
-        reason=reason,
-        celery_task_id=celery_task_id,
-        data=data,
-        created_at=at or utcnow(),
-    )
-    session.add(event)
-    session.flush()
-    return event
+    insert_event(session, export.id, export.target_system, kind, actor=actor, reason=reason,
+                 attempt=attempt, celery_task_id=celery_task_id, data=data, at=at)

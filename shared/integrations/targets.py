@@ -10,6 +10,8 @@ settings applies. Which client a system gets is its registry entry's ``build_cli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from shared.db.models import TargetConnection
@@ -78,7 +80,20 @@ class TargetClient(Protocol):
     def close(self) -> None: ...
 
 
-def _build(connection: TargetConnection) -> TargetClient:
+@dataclass(frozen=True)
+class ConnectionVersion:
+    """A connection known by what tells whether its cached client is current (id and
+    ``updated_at``; the worker reads only those): ``load`` reads the whole row, and is called
+    only when the client must be built."""
+
+    id: str
+    updated_at: datetime
+    load: Callable[[], TargetConnection]
+
+
+def _build(connection: TargetConnection | ConnectionVersion) -> TargetClient:
+    if isinstance(connection, ConnectionVersion):
+        connection = connection.load()
     # UnknownSystem (a ValueError) for a row whose system is no longer registered.
     system = registry.target(connection.target_system)
     limiter = limiter_for(connection.id, connection.target_system, connection.options)

@@ -78,3 +78,27 @@ def test_the_api_answers_with_a_request_id_and_keeps_a_sane_one():
         replaced = client.get("/healthz", headers={"X-Request-ID": "a b\x01"}).headers[
             "X-Request-ID"]
     assert len(generated) == 32 and kept == "trace-7" and replaced not in ("a b\x01", generated)
+
+
+def test_the_quick_check_before_redaction_misses_nothing_the_patterns_would_mask():
+    """``redact`` skips its regular expressions on lines without a hint word (issue 12). Every
+    character the patterns' case-insensitive letters match must fold to a hint's letter, or a
+    secret spelled with such a character would be printed."""
+    import re
+    import sys
+
+    from shared.logs import _SECRET_HINTS, redact
+
+    letters = {c for hint in _SECRET_HINTS for c in hint if c.isalpha()}
+    for letter in letters:
+        pattern = re.compile("(?i)" + letter)
+        for code in range(sys.maxunicode + 1):
+            char = chr(code)
+            if pattern.fullmatch(char):
+                assert letter in char.casefold().replace("\u0131", "i"), (letter, hex(code))
+    assert redact("api_key=abc") == "api_key=***"
+    assert redact("\u0131") == "\u0131"
+    assert redact("AP\u0131_KEY=abc") == "AP\u0131_KEY=***"
+    assert "xyz" not in redact("Authorization: Bearer xyz")
+    assert redact("export started export_id=exp_1 attempt=1") == (
+        "export started export_id=exp_1 attempt=1")
