@@ -4,14 +4,13 @@ from __future__ import annotations
 
 BENCHMARKS = {
     "export_throughput": "exports/s and per-export latency of one batch through a real stack "
-                         "(API, Redis, Celery workers, Tripletex sandbox); --compare for pools",
+                         "(API, Redis, Celery workers, Tripletex sandbox); --compare for pools, "
+                         "--versus-bare against a bare Celery task (targets 1 and 2)",
     "tenant_fairness": "8 tenants' batches back to back, each with its own small budget: "
                        "throughput over the budgets' sum, first start per tenant, attempts "
                        "spent by refusals (target 4)",
     "rate_limit_held": "one tenant against the Tripletex sandbox's own limit: achieved rate "
                        "over the allowed rate, 429s (target 5)",
-                         "(API, Redis, Celery workers, Tripletex sandbox); --compare for pools, "
-                         "--versus-bare against a bare Celery task",
     "cold_start": "Tripletex lookups a fresh client makes when 1 and 16 threads start at once "
                   "(target: each once, no stampede)",
     "list_pages": "p50/p99 of the export list (page 1, page 400, status and date filters) at "
