@@ -152,8 +152,12 @@ class Settings(BaseSettings):
     # Before a worker claims an export it asks the connection's limiter for admission: granted
     # when the connection's next free start (after what is reserved and admitted) is at most
     # this far away; otherwise the export is re-scheduled for its turn and the thread takes
-    # other work (other tenants'). Small: it bounds how long a thread sleeps on one budget.
-    rate_limit_admit_wait_seconds: float = Field(default=0.5, ge=0)
+    # other work (other tenants'). Small (0.5): it bounds how long a thread sleeps on one budget.
+    # Off (None) by default for now: with it on, the many countdown messages a worker then holds
+    # made a Redis restart kill both workers (kombu's restore of unacknowledged messages raised
+    # on the dead connection: tests/reliability/test_redis_restart.py); off, a thread sleeps in
+    # ``acquire`` up to ``rate_limit_max_wait_seconds`` as before (docs/PERFORMANCE.md, target 4).
+    rate_limit_admit_wait_seconds: float | None = Field(default=None, ge=0)
     # A concurrency slot is a lease: a killed worker's slot frees itself after this long. Longer
     # than any request (connect + read timeouts) so a live request never loses its slot.
     rate_limit_lease_seconds: float = Field(default=60.0, gt=0)

@@ -304,6 +304,8 @@ def _admit(connection: _ConnectionRow) -> AbstractContextManager | RateLimitedEr
     request still takes its permit in ``acquire`` before the send gate opens: admission is an
     estimate, the permit is the promise.
     """
+    if get_settings().rate_limit_admit_wait_seconds is None:
+        return nullcontext()  # admission off (shared/config.py says why)
     try:
         limiter = _client_of(connection).limiter
     except Exception:  # noqa: BLE001 - the attempt builds the client again and reports why

@@ -557,7 +557,10 @@ class RateLimiter:
         alone) and an unreachable Redis admit everything.
         """
         settings = get_settings()
-        budget = settings.rate_limit_admit_wait_seconds if timeout is None else max(0.0, timeout)
+        if timeout is None:
+            timeout = settings.rate_limit_admit_wait_seconds
+        # Admission off (the default): admit whatever the request's own wait bound allows.
+        budget = settings.rate_limit_max_wait_seconds if timeout is None else max(0.0, timeout)
         horizon = settings.retry_max_seconds if max_turn is None else max_turn
         policy = self.policy
         if not policy.requests_per_second:

@@ -95,6 +95,8 @@ def test_refused_exports_get_turns_one_interval_apart_not_one_herd():
 
 @pytest.fixture
 def target(monkeypatch) -> FakeTarget:
+    # The admission is off by default (shared/config.py): these tests turn it on.
+    monkeypatch.setattr(get_settings(), "rate_limit_admit_wait_seconds", 0.5)
     fake = FakeTarget()
     fake.limiter = _limiter()
     monkeypatch.setattr(export_job, "client_for", lambda connection: fake)
@@ -162,3 +164,19 @@ def test_a_turn_beyond_the_longest_countdown_takes_no_place_in_the_line():
     # instead of pushing the line ever further (it would outrun the real backlog).
     assert 0.9 < turns[0] < turns[1] < turns[2] < 1.5, turns
     assert all(0.75 <= t <= 1.5 for t in turns[3:]), turns  # spread, not one herd
+
+
+def test_with_the_admission_off_by_default_a_spent_budget_is_waited_for_in_acquire(
+        monkeypatch, org, make_expense):
+    """Off (the default): the claim asks no limiter, the thread waits in ``acquire`` within
+    ``AIC_RATE_LIMIT_MAX_WAIT_SECONDS`` and the export posts in this attempt."""
+    monkeypatch.setattr(get_settings(), "rate_limit_admit_wait_seconds", None)
+    fake = FakeTarget()
+    fake.limiter = _limiter()
+    monkeypatch.setattr(export_job, "client_for", lambda connection: fake)
+    with session_scope() as session:
+        export_id = exports.create_export(session, org.id, make_expense(), "tripletex",
+                                          actor="test").id
+    fake.limiter.pause(0.8)
+    assert export_job.run_export(export_id, celery_task_id="t1").kind == "success"
+    assert len(fake.stored) == 1
