@@ -54,8 +54,12 @@ class DatabaseOutage:
         self._lock_connection: sqlite3.Connection | None = None
         if self.postgres:
             self.proxy = TcpProxy(self.url.host or "127.0.0.1", self.url.port or 5432).start()
-        # Long enough that requests and workers see errors, not just waits.
-        self.seconds = 8.0 if self.postgres else SQLITE_BUSY_TIMEOUT + 4.0
+        # Long enough that requests and workers see errors, not just waits. On SQLite a write
+        # waits out the busy timeout from when it starts: the report's record is written after
+        # its Findity calls (2.5 s each, up to two), so the outage outlasts that much more, or
+        # the record goes through and the scenario never reaches its moment (it did once the
+        # report lock was really renewed: before, the lock's expiry made the re-send).
+        self.seconds = 8.0 if self.postgres else SQLITE_BUSY_TIMEOUT + 12.0
 
     @property
     def method(self) -> str:
