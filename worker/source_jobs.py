@@ -1143,7 +1143,10 @@ def _recheck_unit(adapter, connection: SourceConnection, unit_id: str, version: 
             what = (f"it is now refused: {item.refusal}" if item.refusal
                     else "its content changed")
             export = session.get(AccountingExport, record.export_id) if record.export_id else None
-            if export is not None and export.status == ExportStatus.SUCCESS.value:
+            # Booked: succeeded, or its voucher is recorded and the export is still finishing
+            # (receipt upload, the success write): either way a correction, never a new booking.
+            if export is not None and (export.status == ExportStatus.SUCCESS.value
+                                       or export.external_id is not None):
                 note = (f"{source} changed item {item.external_id} after it was booked in "
                         f"{target} as {export.external_reference} (export {export.id}): {what}. "
                         "It was not booked again: correct that booking by hand")
