@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # How often workers look for such abandoned messages: every interval x throttle seconds
     # (kombu's unacked_restore_interval / unacked_restore_throttle).
     broker_restore_interval: int = 10
+    # How often each worker moves the messages that are due (retry countdowns, rate-limit turns)
+    # from Redis's delayed set onto their queues (shared/broker_transport.py): the most a
+    # delayed message can be late.
+    delayed_delivery_interval_seconds: float = Field(default=0.25, gt=0, le=10)
     broker_restore_throttle: int = 10
     # An export whose worker claimed it holds a lease this long; a crashed worker's lease expires.
     export_lease_seconds: int = 120
@@ -152,12 +156,18 @@ class Settings(BaseSettings):
     # Before a worker claims an export it asks the connection's limiter for admission: granted
     # when the connection's next free start (after what is reserved and admitted) is at most
     # this far away; otherwise the export is re-scheduled for its turn and the thread takes
-    # other work (other tenants'). Small (0.5): it bounds how long a thread sleeps on one budget.
-    # Off (None) by default for now: with it on, the many countdown messages a worker then holds
-    # made a Redis restart kill both workers (kombu's restore of unacknowledged messages raised
-    # on the dead connection: tests/reliability/test_redis_restart.py); off, a thread sleeps in
-    # ``acquire`` up to ``rate_limit_max_wait_seconds`` as before (docs/PERFORMANCE.md, target 4).
-    rate_limit_admit_wait_seconds: float | None = Field(default=None, ge=0)
+    # other work (other tenants'). Small (0.5): it bounds how long a thread sleeps on one budget
+    # (docs/PERFORMANCE.md, target 4). None turns the admission off: a thread then sleeps in
+    # ``acquire`` up to ``rate_limit_max_wait_seconds`` on one tenant's budget.
+    rate_limit_admit_wait_seconds: float | None = Field(default=0.5, ge=0)
+
+    @field_validator("rate_limit_admit_wait_seconds", mode="before")
+    @classmethod
+    def _admission_off(cls, value: object) -> object:
+        # An environment variable cannot be None: "off" (or empty) says it.
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
+        return value
     # A concurrency slot is a lease: a killed worker's slot frees itself after this long. Longer
     # than any request (connect + read timeouts) so a live request never loses its slot.
     rate_limit_lease_seconds: float = Field(default=60.0, gt=0)

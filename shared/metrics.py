@@ -57,6 +57,10 @@ SOURCE_ITEMS_RECEIVED = Counter(
 SOURCE_ITEMS_REPORTED = Counter(
     "aic_source_items_reported_total", "Outcomes a source accepted from us, by status.",
     ["status"])
+RATE_LIMIT_DEFERRALS = Counter(
+    "aic_rate_limit_deferrals_total", "Exports a worker did not claim because their "
+    "connection's rate budget was taken further ahead than AIC_RATE_LIMIT_ADMIT_WAIT_SECONDS: "
+    "re-scheduled for their turn, no attempt spent.", ["target"])
 WEBHOOK_DELIVERIES = Counter(
     "aic_webhook_deliveries_total", "Webhook deliveries stored, by whether they repeated one "
     "already known.", ["result"])
@@ -94,6 +98,12 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
                 pending.append(("item_reported", obj.reported_status))
 
 
+def count_rate_limit_deferral(session: Session, target: str) -> None:
+    """An export handed back to the queue by the rate-limit admission (``worker.export_job``):
+    it writes no event row, so it is counted here, after the commit."""
+    session.info.setdefault(_PENDING_KEY, []).append(("deferred", target))
+
+
 def count_export_event(session: Session, kind: str, to_status: str | None, export_id: str,
                        target: str, data: dict | None) -> None:
     """An event row written without an ORM object (``state_machine.insert_event``): counted
@@ -107,6 +117,9 @@ def _count(session: Session) -> None:
     for item in session.info.pop(_PENDING_KEY, []):
         if item[0] == "webhook":
             WEBHOOK_DELIVERIES.labels(item[1]).inc()
+            continue
+        if item[0] == "deferred":
+            RATE_LIMIT_DEFERRALS.labels(item[1]).inc()
             continue
         if item[0] == "item_received":
             SOURCE_ITEMS_RECEIVED.labels(item[1]).inc()
@@ -165,10 +178,13 @@ class _QueueDepthCollector:
         for queue, count in overview["queues"].items():
             depth.add_metric([queue], count)
         yield depth
-        held = GaugeMetricFamily("aic_queue_unacked", "Messages held by workers (running, or "
-                                 "a retry waiting for its countdown).")
+        held = GaugeMetricFamily("aic_queue_unacked", "Messages held by workers (running).")
         held.add_metric([], overview["unacked"] or 0)
         yield held
+        delayed = GaugeMetricFamily("aic_queue_delayed", "Messages due later (retry countdowns, "
+                                    "rate-limit turns) waiting in Redis for their time.")
+        delayed.add_metric([], overview.get("delayed") or 0)
+        yield delayed
         up = GaugeMetricFamily("aic_broker_up", "1 when the broker answered.")
         up.add_metric([], 1 if overview["reachable"] else 0)
         yield up

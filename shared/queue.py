@@ -12,12 +12,13 @@ import base64
 import threading
 import uuid
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu import Queue, serialization
 from kombu.entity import PERSISTENT_DELIVERY_MODE, maybe_delivery_mode
-from kombu.utils.json import dumps as json_dumps
 
+from shared.broker_transport import DELAYED_KEY, TRANSPORT_PATH, put_message
 from shared.config import get_settings
 
 TASK_EXPORT = "worker.tasks.export_to_target"
@@ -33,6 +34,11 @@ TASK_POLL_SOURCES = "worker.tasks.poll_sources"
 def create_celery_app() -> Celery:
     settings = get_settings()
     app = Celery("aic", broker=settings.redis_url)
+    if urlsplit(settings.redis_url).scheme == "redis":
+        # kombu's Redis transport, repaired so that a worker survives a Redis restart while it
+        # holds unacknowledged messages (see shared/broker_transport.py). Not for rediss://:
+        # kombu picks its TLS defaults by the transport's name.
+        app.conf.broker_transport = TRANSPORT_PATH
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -143,8 +149,9 @@ class RedisListProducer:
                 "delivery_tag": str(uuid.uuid4()),
             },
         }
-        # kombu's Redis transport: the default priority's list is the queue's own name.
-        self._client.lpush(routing_key, json_dumps(message))
+        # kombu's Redis transport: the default priority's list is the queue's own name (a
+        # message due later waits in the delayed set: shared/broker_transport.py).
+        put_message(self._client, routing_key, message)
 
 
 _list_producers: dict[str, RedisListProducer] = {}
@@ -174,8 +181,9 @@ def broker_overview(timeout: float = 1.0) -> dict:
     """What the broker holds and who consumes it, for operators (``aic status``,
     ``GET /api/v1/admin/status``). Never raises: an unreachable broker is part of the answer.
 
-    ``queues``: messages ready per queue; ``unacked``: messages a worker holds (running, or a
-    retry waiting for its countdown); ``workers``: the workers that answered a ping within
+    ``queues``: messages ready per queue; ``unacked``: messages a worker holds (running);
+    ``delayed``: messages due later (retry countdowns, rate-limit turns) waiting in Redis until
+    a worker moves them onto their queue (shared/broker_transport.py); ``workers``: the workers that answered a ping within
     ``timeout``.
     """
     import redis as redis_lib
@@ -194,15 +202,16 @@ def broker_overview(timeout: float = 1.0) -> dict:
                         pipe.llen(name)
                     depths[queue] = sum(pipe.execute())
             unacked = client.hlen(_UNACKED_KEY)
+            delayed = client.zcard(DELAYED_KEY)
         finally:
             client.close()
     except Exception as exc:  # reported, not raised: this is a status page
         return {"reachable": False, "error": f"{type(exc).__name__}: {exc}", "queues": {},
-                "unacked": None, "workers": []}
+                "unacked": None, "delayed": None, "workers": []}
     try:
         replies = celery_app.control.ping(timeout=timeout) or []
         workers = sorted(name for reply in replies for name in reply)
     except Exception:  # noqa: BLE001 - the queues above are still worth showing
         workers = []
     return {"reachable": True, "error": None, "queues": depths, "unacked": unacked,
-            "workers": workers}
+            "delayed": delayed, "workers": workers}

@@ -15,6 +15,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_ready,
+    worker_shutdown,
 )
 
 from shared.config import require_safe_settings
@@ -44,6 +45,30 @@ def _load_systems(**_kwargs) -> None:
     from shared.integrations import registry
 
     registry.targets()
+
+
+_delayed_delivery = None
+
+
+@worker_ready.connect
+def _start_delayed_delivery(**_kwargs) -> None:
+    # Messages due later wait in Redis (shared/broker_transport.py); every worker moves the due
+    # ones onto their queues, so they need no particular worker to be alive.
+    global _delayed_delivery
+    from shared.broker_transport import DelayedDelivery, TRANSPORT_PATH
+    from shared.config import get_settings
+
+    if celery_app.conf.broker_transport != TRANSPORT_PATH:
+        return  # kombu's own transport (rediss://): workers hold such messages themselves
+    settings = get_settings()
+    _delayed_delivery = DelayedDelivery(
+        settings.redis_url, settings.delayed_delivery_interval_seconds).start()
+
+
+@worker_shutdown.connect
+def _stop_delayed_delivery(**_kwargs) -> None:
+    if _delayed_delivery is not None:
+        _delayed_delivery.stop()
 
 
 @worker_ready.connect

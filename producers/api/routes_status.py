@@ -51,6 +51,8 @@ class BrokerStatusOut(BaseModel):
     error: str | None
     queues: dict[str, int]
     unacked: int | None
+    # Messages due later (retry countdowns, rate-limit turns) waiting in Redis for their time.
+    delayed: int | None = None
     workers: list[str]
 
 
