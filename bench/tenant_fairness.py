@@ -349,10 +349,9 @@ def _add_stack_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delay of every Tripletex request in the sandbox (default 200)")
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
     parser.add_argument("--concurrency", type=int, default=16, help="threads per worker")
-    parser.add_argument("--admit-wait", type=float, default=0.5, metavar="S",
-                        help="AIC_RATE_LIMIT_ADMIT_WAIT_SECONDS for the workers (default 0.5: "
-                             "the admission on; it is off unless set); 30 admits everything, "
-                             "as with the admission off")
+    parser.add_argument("--admit-wait", type=float, default=None, metavar="S",
+                        help="AIC_RATE_LIMIT_ADMIT_WAIT_SECONDS for the workers (default: the "
+                             "project's, 0.5); 30 admits everything, as with the admission off")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--keep", action="store_true", help="keep logs and data")
 

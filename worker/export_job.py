@@ -61,6 +61,7 @@ from shared.integrations.errors import (
 )
 from shared.integrations.targets import ConnectionVersion, TargetClient, client_for
 from shared.logs import get_logger
+from shared.metrics import count_rate_limit_deferral
 from worker import posting, retry_policy
 
 log = get_logger(__name__)
@@ -196,7 +197,7 @@ _C = TargetConnection.__table__.c
 # Before the claim: whether it may be claimed (to say why not), and the connection whose rate
 # limiter admits it (id and updated_at tell whether the cached client is current).
 _BEFORE_CLAIM = select(
-    _T.status, _T.next_attempt_at, _T.lease_expires_at,
+    _T.status, _T.next_attempt_at, _T.lease_expires_at, _T.target_system,
     _C.id.label("connection_id"), _C.updated_at.label("connection_updated_at"),
     _C.account_mapping,
 ).join_from(_EXPORTS, TargetConnection.__table__, _C.id == _T.connection_id).where(
@@ -237,6 +238,7 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
                                        now + timedelta(seconds=delay)}).rowcount == 1:
                     log.debug("export waits for its connection's rate budget",
                               export_id=export_id, in_seconds=round(delay, 2))
+                    count_rate_limit_deferral(session, before.target_system)
                     return Outcome("retry", admitted.message, retry_in=delay)
             else:
                 admission = admitted

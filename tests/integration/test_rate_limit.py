@@ -164,10 +164,7 @@ def test_a_tenant_out_of_budget_does_not_hold_the_workers(admin, tenant, two_wor
     within the 30 s wait bound), so B's exports waited in the queue behind A's. Now A's exports
     beyond its next turn are re-scheduled and hand the thread back: B finishes at once, while A
     is still working through its budget, and no export spent more than its one attempt.
-    The admission is off by default (shared/config.py): these two workers turn it on."""
-    two_workers.stop_all()
-    for _ in range(2):
-        two_workers.start(concurrency=4, env={"AIC_RATE_LIMIT_ADMIT_WAIT_SECONDS": "0.5"})
+    The admission is on by default (``AIC_RATE_LIMIT_ADMIT_WAIT_SECONDS`` 0.5)."""
     other = _second_tenant(admin, tripletex_sandbox, api_server)
     try:
         _set_rate_limit(admin, tenant, {"requests_per_second": 1, "burst": 1})
