@@ -123,6 +123,28 @@ def test_an_unknown_token_is_a_404_and_changes_nothing(client, connection, sent_
     assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
 
 
+def test_a_delivery_whose_transaction_fails_leaves_nothing_and_sends_no_job(
+        client, connection, sent_jobs, monkeypatch):
+    """Jobs only for committed rows: the unit was inserted, then the transaction failed before
+    its commit. The source gets an error and delivers again; that delivery announces it once."""
+    connection_id, token = connection
+    write_unit_event = sources.write_unit_event
+
+    def database_fails(*args, **kwargs):
+        raise RuntimeError("the database failed in the middle of the transaction")
+
+    monkeypatch.setattr(sources, "write_unit_event", database_fails)
+    assert _deliver(client, token, "exp-1").status_code == 500
+    assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
+
+    monkeypatch.setattr(sources, "write_unit_event", write_unit_event)
+    again = _deliver(client, token, "exp-1")
+    assert (again.status_code, again.json()) == (200, {"received": True, "duplicate": False})
+    units, deliveries, announced = _rows(connection_id)
+    assert units == ["exp-1"] and deliveries == 1 and len(announced) == 1
+    assert [(j.task_name, j.args) for j in sent_jobs] == [(TASK_INGEST_SOURCE_UNIT, announced)]
+
+
 def test_a_publish_that_fails_after_the_commit_is_sent_again_by_the_sweeper(
         client, connection, monkeypatch):
     """The row committed, the broker refused the job: the delivery is still answered 200 (the
