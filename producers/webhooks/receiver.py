@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Row
 
 from producers.api.errors import ApiError, error_responses
-from shared import jobs
+from shared import jobs, metrics
 from shared.db.session import get_engine, one_sqlite_writer
 from shared.domain import sources
 from shared.domain.errors import NotFound
@@ -80,6 +80,7 @@ def _store_delivery(system: registry.SourceSystem, token: str, signature: str | 
             unit_id, job = sources.record_webhook(db, connection, announcement.external_id,
                                                   announcement.payload)
             db.commit()
+    metrics.count_webhook_delivery(duplicate=job is None)
     # Only a committed unit's job, and once out of the turn, so no delivery waits for Redis's
     # answer to another one. A job the broker refuses is logged; the sweeper re-sends it.
     if job is not None:

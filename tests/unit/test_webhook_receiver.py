@@ -99,6 +99,25 @@ def test_concurrent_copies_of_one_delivery_make_one_unit_and_one_job(client, con
     assert sorted(j.args[0] for j in sent_jobs) == sorted(announced) and len(announced) == 3
 
 
+def test_each_committed_delivery_is_counted_once_by_whether_it_repeated_one(client, connection,
+                                                                           sent_jobs):
+    from shared.metrics import WEBHOOK_DELIVERIES
+
+    _, token = connection
+
+    def counts() -> tuple[float, float]:
+        return tuple(WEBHOOK_DELIVERIES.labels(result)._value.get()
+                     for result in ("new", "duplicate"))
+
+    before = counts()
+    _deliver(client, token, "exp-1")
+    _deliver(client, token, "exp-1")
+    _deliver(client, token, "exp-2", org="someone-else")  # refused: nothing stored, not counted
+    _deliver(client, "x" * 32, "exp-3")  # unknown URL: not counted
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
 @pytest.mark.parametrize("body, code", [
     (b"not json", "malformed_webhook"),
     (b'{"organizationId": "f-receiver"}', "malformed_webhook"),
