@@ -56,10 +56,19 @@ def enqueue_job_after_commit(session: Session, job: Job) -> None:
 def send_now(job: Job) -> None:
     # The request (or task) that caused this job: its id follows into the worker's log lines.
     request_id = log_context().get("request_id")
-    # Celery builds the message; RedisListProducer puts it on the queue's list with one LPUSH
-    # (kombu's own producer costs a webhook delivery more CPU than its database work). With task
-    # events on (Flower), Celery's producer goes, as only it sends the "task-sent" event.
-    producer = None if get_settings().celery_task_events else list_producer()
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    # RedisListProducer puts the message on the queue's list with one LPUSH (kombu's own
+    # producer costs a webhook delivery more CPU than its database work), and builds it too
+    # where it can (RedisListProducer.builds); otherwise Celery builds it. With task events on
+    # (Flower), Celery's producer goes, as only it sends the "task-sent" event.
+    if get_settings().celery_task_events:
+        producer = None
+    else:
+        producer = list_producer()
+        if producer.builds(job.task_name, job.countdown):
+            producer.send_task(job.task_name, job.args, job.kwargs, job.queue, headers=headers,
+                               task_id=job.task_id)
+            return
     celery_app.send_task(
         job.task_name,
         args=job.args,
@@ -67,7 +76,7 @@ def send_now(job: Job) -> None:
         queue=job.queue,
         countdown=job.countdown,
         task_id=job.task_id,
-        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        headers=headers,
         producer=producer,
     )
 

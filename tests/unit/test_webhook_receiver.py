@@ -213,6 +213,42 @@ def test_the_list_producer_puts_what_kombus_producer_puts(monkeypatch):
     assert json.loads(base64.b64decode(ours["body"]))[0] == ["srcexp_1"]
 
 
+def test_the_message_the_list_producer_builds_is_the_one_celery_and_kombu_put():
+    """A job sent from outside a task, without a countdown, of a task this process has not
+    registered (the webhook receiver's): built without Celery's send_task, read by the worker
+    as Celery's own (ids, tags and the origin's process aside)."""
+    queue = f"test-list-producer-{uuid.uuid4().hex[:8]}"
+    task = f"test.unregistered_{uuid.uuid4().hex[:8]}"
+    args, kwargs, headers = ["srcexp_1", 2], {"why": "a test"}, {"aic_request_id": "req-1"}
+    producer = list_producer()
+    assert producer.builds(task, None)
+    client = redis_lib.Redis.from_url(get_settings().redis_url)
+    try:
+        celery_app.send_task(task, args=args, kwargs=kwargs, queue=queue, headers=headers,
+                             task_id="task-1")
+        producer.send_task(task, args, kwargs, queue, headers=headers, task_id="task-1")
+        ours, kombus = (json.loads(raw) for raw in client.lrange(queue, 0, -1))
+    finally:
+        client.delete(queue)
+        client.close()
+
+    def comparable(message: dict) -> dict:
+        properties = {k: v for k, v in message["properties"].items() if k != "delivery_tag"}
+        return {**message, "properties": properties, "body": base64.b64decode(message["body"])}
+
+    assert comparable(ours) == comparable(kombus)
+    assert ours["headers"]["id"] == ours["properties"]["correlation_id"] == "task-1"
+
+
+def test_the_list_producer_leaves_to_celery_what_celery_would_build_otherwise(monkeypatch):
+    producer = list_producer()
+    assert not producer.builds("test.unregistered", 30)  # a countdown: Celery computes the eta
+    monkeypatch.setitem(celery_app._tasks, "test.registered", object())
+    assert not producer.builds("test.registered", None)  # Celery merges the task's options
+    monkeypatch.setattr(type(celery_app), "current_worker_task", property(lambda app: object()))
+    assert not producer.builds("test.unregistered", None)  # sent by a task: parent and root ids
+
+
 def test_the_list_producer_fails_fast_when_the_broker_is_unreachable():
     producer = RedisListProducer("redis://127.0.0.1:1/0")
     with pytest.raises(redis_lib.ConnectionError):
