@@ -26,7 +26,6 @@ _PENDING_KEY = "aic_jobs_after_commit"
 # A message header, read back by the worker (worker.celery_app) into its log context.
 REQUEST_ID_HEADER = "aic_request_id"
 _UNSENT_KEY = "aic_jobs_unsent"
-_HELD_KEY = "aic_jobs_held"
 
 
 @dataclass
@@ -47,18 +46,29 @@ def enqueue_after_commit(
     countdown: float | None = None,
     task_id: str | None = None,
 ) -> None:
-    session.info.setdefault(_PENDING_KEY, []).append(
-        Job(task_name, list(args), queue, countdown, task_id)
-    )
+    enqueue_job_after_commit(session, Job(task_name, list(args), queue, countdown, task_id))
+
+
+def enqueue_job_after_commit(session: Session, job: Job) -> None:
+    session.info.setdefault(_PENDING_KEY, []).append(job)
 
 
 def send_now(job: Job) -> None:
     # The request (or task) that caused this job: its id follows into the worker's log lines.
     request_id = log_context().get("request_id")
-    # Celery builds the message; RedisListProducer puts it on the queue's list with one LPUSH
-    # (kombu's own producer costs a webhook delivery more CPU than its database work). With task
-    # events on (Flower), Celery's producer goes, as only it sends the "task-sent" event.
-    producer = None if get_settings().celery_task_events else list_producer()
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    # RedisListProducer puts the message on the queue's list with one LPUSH (kombu's own
+    # producer costs a webhook delivery more CPU than its database work), and builds it too
+    # where it can (RedisListProducer.builds); otherwise Celery builds it. With task events on
+    # (Flower), Celery's producer goes, as only it sends the "task-sent" event.
+    if get_settings().celery_task_events:
+        producer = None
+    else:
+        producer = list_producer()
+        if producer.builds(job.task_name, job.countdown):
+            producer.send_task(job.task_name, job.args, job.kwargs, job.queue, headers=headers,
+                               task_id=job.task_id)
+            return
     celery_app.send_task(
         job.task_name,
         args=job.args,
@@ -66,7 +76,7 @@ def send_now(job: Job) -> None:
         queue=job.queue,
         countdown=job.countdown,
         task_id=job.task_id,
-        headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        headers=headers,
         producer=producer,
     )
 
@@ -79,10 +89,6 @@ def _send_pending_jobs(session: Session) -> None:
     if session.in_nested_transaction():
         return
     jobs: list[Job] = session.info.pop(_PENDING_KEY, [])
-    held = session.info.get(_HELD_KEY)
-    if held is not None:  # committed; the caller sends them once out of its lock
-        held.extend(jobs)
-        return
     for job, error in send_jobs(jobs):
         session.info.setdefault(_UNSENT_KEY, []).append((job, error))
 
@@ -99,17 +105,6 @@ def send_jobs(jobs: list[Job]) -> list[tuple[Job, Exception]]:
             log.exception("enqueue failed after commit; the sweeper will re-send", extra={
                 "task": job.task_name, "task_args": job.args})
     return unsent
-
-
-def hold_jobs(session: Session, into: list[Job]) -> None:
-    """The jobs this session commits are put ``into`` the list instead of being sent at the
-    commit; the caller sends them with ``send_jobs`` when it is ready. Still only the jobs of
-    committed transactions (a rollback drops them as always).
-
-    For a caller that commits under a lock and must not hold it while the broker answers (the
-    webhook receiver takes turns on SQLite's one writer: with the publish inside, every
-    delivery of the process waited for Redis's answer to the one before)."""
-    session.info[_HELD_KEY] = into
 
 
 def unsent_jobs(session: Session) -> list[tuple[Job, Exception]]:

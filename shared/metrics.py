@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
-from shared.db.models import AccountingExport, ExportEvent, SourceUnitItem, WebhookDelivery
+from shared.db.models import AccountingExport, ExportEvent, SourceUnitItem
 
 __all__ = ["CONTENT_TYPE_LATEST", "latest", "register_queue_depths",
            "start_worker_metrics_server"]
@@ -88,8 +88,6 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
         if isinstance(obj, ExportEvent):
             pending.append(("export", obj.kind, obj.to_status, obj.export_id,
                             _target_of(session, obj.export_id), obj.data or {}))
-        elif isinstance(obj, WebhookDelivery):
-            pending.append(("webhook", "duplicate" if obj.duplicate else "new"))
         elif isinstance(obj, SourceUnitItem):
             pending.append(("item_received", "refused" if obj.outcome_error else "bookable"))
     for obj in session.dirty:
@@ -104,6 +102,12 @@ def count_rate_limit_deferral(session: Session, target: str) -> None:
     session.info.setdefault(_PENDING_KEY, []).append(("deferred", target))
 
 
+def count_webhook_delivery(duplicate: bool) -> None:
+    """A webhook delivery the receiver committed (its row is a Core INSERT on a connection
+    without an ORM session: no flush to collect it from)."""
+    WEBHOOK_DELIVERIES.labels("duplicate" if duplicate else "new").inc()
+
+
 def count_export_event(session: Session, kind: str, to_status: str | None, export_id: str,
                        target: str, data: dict | None) -> None:
     """An event row written without an ORM object (``state_machine.insert_event``): counted
@@ -115,9 +119,6 @@ def count_export_event(session: Session, kind: str, to_status: str | None, expor
 @event.listens_for(Session, "after_commit")
 def _count(session: Session) -> None:
     for item in session.info.pop(_PENDING_KEY, []):
-        if item[0] == "webhook":
-            WEBHOOK_DELIVERIES.labels(item[1]).inc()
-            continue
         if item[0] == "deferred":
             RATE_LIMIT_DEFERRALS.labels(item[1]).inc()
             continue

@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.app.amqp import AMQP
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
 from kombu import Queue, serialization
 from kombu.entity import PERSISTENT_DELIVERY_MODE, maybe_delivery_mode
 
@@ -29,6 +32,7 @@ TASK_INGEST_SOURCE_UNIT = "worker.tasks.ingest_source_unit"
 TASK_INGEST_SOURCE_UNIT_BEFORE_RENAME = "worker.tasks.process_source_export"
 TASK_REPORT_TO_SOURCE = "worker.tasks.report_to_source"
 TASK_POLL_SOURCES = "worker.tasks.poll_sources"
+TASK_SERIALIZER = "json"
 
 
 def create_celery_app() -> Celery:
@@ -40,7 +44,7 @@ def create_celery_app() -> Celery:
         # kombu picks its TLS defaults by the transport's name.
         app.conf.broker_transport = TRANSPORT_PATH
     app.conf.update(
-        task_serializer="json",
+        task_serializer=TASK_SERIALIZER,
         accept_content=["json"],
         result_serializer="json",
         # The database is the record of outcomes; Celery results would be a second truth.
@@ -112,6 +116,8 @@ class RedisListProducer:
     anything else raises ``UnsupportedPublish``. kombu's publish retries while the broker is
     unreachable; this one fails at once (5 s socket timeouts): the job is then "unsent" and the
     stuck-work sweeper sends it again (``shared.jobs``).
+
+    ``send_task`` builds the message itself, for the plain case of a producer process.
     """
 
     connection = _NoErrorMapping()
@@ -121,6 +127,44 @@ class RedisListProducer:
 
         self._client = redis_lib.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
                                                 health_check_interval=30)
+        self._repr_maxlevels = celery_app.conf.task_repr_maxlevels
+
+    @staticmethod
+    def builds(task_name: str, countdown: float | None) -> bool:
+        """Whether ``send_task`` puts on the wire what ``celery_app.send_task`` would: a task
+        sent without a countdown, from outside a running task (no parent or root id to
+        inherit), whose name this process has not registered (Celery would merge the task's
+        own options). The webhook receiver's jobs are such; anything else goes through
+        Celery's ``send_task`` with this producer."""
+        return (countdown is None and celery_app.current_worker_task is None
+                and task_name not in celery_app._tasks)  # noqa: SLF001 - as send_task reads it
+
+    def send_task(self, name: str, args: list, kwargs: dict, queue: str,
+                  headers: dict | None = None, task_id: str | None = None) -> None:
+        """Celery's protocol 2 message (``celery.app.amqp.AMQP.as_task_v2`` with
+        ``Celery.send_task``'s defaults) of ``celery_app.send_task(name, args=args,
+        kwargs=kwargs, queue=queue, headers=headers, task_id=task_id)``, for what ``builds``
+        accepts. Celery's routing, option merging and publish machinery cost a webhook
+        delivery more CPU than its LPUSH (issue 12, target 6);
+        tests/unit/test_webhook_receiver.py compares this message with the one Celery and
+        kombu put on the wire."""
+        task_id = task_id or str(uuid.uuid4())
+        message_headers = {
+            "lang": "py", "task": name, "id": task_id, "shadow": None, "eta": None,
+            "expires": None, "group": None, "group_index": None, "retries": 0,
+            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
+            "argsrepr": saferepr(args, AMQP.argsrepr_maxsize, maxlevels=self._repr_maxlevels),
+            "kwargsrepr": saferepr(kwargs, AMQP.kwargsrepr_maxsize,
+                                   maxlevels=self._repr_maxlevels),
+            "origin": anon_nodename(), "ignore_result": None, "replaced_task_nesting": 0,
+            "stamped_headers": None, "stamps": {},
+            **(headers or {}),
+        }
+        body = (args, kwargs, {"callbacks": None, "errbacks": None, "chain": None,
+                               "chord": None})
+        self.publish(body, routing_key=queue, serializer=TASK_SERIALIZER,
+                     headers=message_headers, correlation_id=task_id,
+                     reply_to=celery_app.thread_oid)
 
     def publish(self, body, routing_key=None, delivery_mode=None, mandatory=False,
                 immediate=False, priority=0, content_type=None, content_encoding=None,

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, update
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Connection, insert, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import SourceUnit, SourceUnitEvent
 from shared.db.types import utcnow
 from shared.domain.statuses import SourceUnitStatus
 
-__all__ = ["SourceUnitStatus", "transition_unit", "record_unit_event", "SETTLED",
-           "ALLOWED_TRANSITIONS", "IllegalUnitTransition"]
+__all__ = ["SourceUnitStatus", "transition_unit", "record_unit_event", "write_unit_event",
+           "SETTLED", "ALLOWED_TRANSITIONS", "IllegalUnitTransition"]
 
 
 R, I, P, C, CF, X = (SourceUnitStatus.RECEIVED, SourceUnitStatus.INGESTING,
@@ -82,15 +84,36 @@ def transition_unit(session: Session, unit: SourceUnit, to: SourceUnitStatus, *,
     if moved != 1:
         return False
     session.expire(unit, list(values))
-    session.add(SourceUnitEvent(
-        unit_id=unit.id, kind="status_changed" if to != current else "reclaimed",
-        from_status=current.value, to_status=to.value, actor=actor, reason=reason, data=data,
-        created_at=now))
+    # The UPDATE above flushed the session's pending changes first (autoflush).
+    write_unit_event(session.connection(), unit.id,
+                     "status_changed" if to != current else "reclaimed", actor=actor,
+                     from_status=current.value, to_status=to.value, reason=reason, data=data,
+                     at=now)
     return True
 
 
 def record_unit_event(session: Session, unit_id: str, kind: str, *, actor: str,
                       reason: str | None = None, data: dict[str, Any] | None = None) -> None:
     """A step that changes no status (announced, listed again, re-queued by the sweeper)."""
-    session.add(SourceUnitEvent(unit_id=unit_id, kind=kind, actor=actor, reason=reason,
-                                data=data, created_at=utcnow()))
+    # What the session holds unflushed happened before this step: written first, so the log
+    # keeps the order of events (and a unit added in this session exists for the foreign key).
+    session.flush()
+    write_unit_event(session.connection(), unit_id, kind, actor=actor, reason=reason, data=data)
+
+
+# Every event row is written by this one prebuilt statement, the values bound at execution:
+# the webhook receiver writes one per new unit without an ORM session, and the ORM's flush of
+# an added event cost more CPU than the INSERT itself (issue 12, target 6).
+_INSERT_EVENT = insert(SourceUnitEvent.__table__)
+
+
+def write_unit_event(connection: Connection, unit_id: str, kind: str, *, actor: str,
+                     from_status: str | None = None, to_status: str | None = None,
+                     reason: str | None = None, data: dict[str, Any] | None = None,
+                     at: datetime | None = None) -> None:
+    """Append one event to a unit's log, in the connection's transaction (the only writer of
+    ``source_unit_events``; sessions go through ``record_unit_event``/``transition_unit``)."""
+    # Every column bound every time: one compiled form of the statement, cached.
+    connection.execute(_INSERT_EVENT, {
+        "unit_id": unit_id, "kind": kind, "from_status": from_status, "to_status": to_status,
+        "actor": actor, "reason": reason, "data": data, "created_at": at or utcnow()})

@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -37,9 +37,10 @@ from shared.domain.source_units import (
     SourceUnitStatus,
     record_unit_event,
     transition_unit,
+    write_unit_event,
 )
 from shared.integrations import registry
-from shared.jobs import enqueue_after_commit
+from shared.jobs import Job, enqueue_after_commit, enqueue_job_after_commit
 from shared.logs import get_logger
 from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
 
@@ -203,15 +204,15 @@ _UNIT_ID = select(SourceUnit.id).where(
     SourceUnit.external_export_id == bindparam("external_id"))
 
 
-def connection_for_webhook(session: Session, token: str) -> Row:
-    """What a webhook delivery needs of the connection its URL token names: ``id``,
+def connection_for_webhook(connection: Connection, token: str) -> Row:
+    """What a webhook delivery needs of the source connection its URL token names: ``id``,
     ``organization_id``, ``source_system``, ``options`` and ``webhook_secret_encrypted``.
 
     The columns, not the ORM object: this runs on every delivery, and nothing here changes the
     connection. Not cached: a token that was changed or a connection that was removed must stop
     working at once.
     """
-    found = session.connection().execute(_CONNECTION_FOR_WEBHOOK, {"token": token}).first()
+    found = connection.execute(_CONNECTION_FOR_WEBHOOK, {"token": token}).first()
     if found is None:
         raise NotFound("no webhook is registered at this URL; copy the URL from `aic source show`")
     return found
@@ -256,8 +257,8 @@ def announce_unit(session: Session, connection: SourceConnection, external_expor
     """
     existing = _find(session, connection.id, external_export_id)
     if existing is None:
-        unit_id = _insert_unit(session, connection, external_export_id, via=via, listed=listed,
-                               version=version)
+        unit_id = _insert_unit(session.connection(), connection, external_export_id, via=via,
+                               listed=listed, version=version)
         if unit_id is not None:
             _announced(session, unit_id, external_export_id, via=via)
             return session.get(SourceUnit, unit_id), True
@@ -267,7 +268,7 @@ def announce_unit(session: Session, connection: SourceConnection, external_expor
     return existing, False
 
 
-def _insert_unit(session: Session, connection: SourceConnection | Row, external_export_id: str,
+def _insert_unit(db: Connection, connection: SourceConnection | Row, external_export_id: str,
                  *, via: str, listed: dict[str, Any] | None = None,
                  version: str | None = None) -> str | None:
     """Insert the unit unless the connection already has one with this external id: its new id,
@@ -276,7 +277,7 @@ def _insert_unit(session: Session, connection: SourceConnection | Row, external_
     SAVEPOINT to roll back to, and the loser neither fails nor waits for a retry."""
     unit_id = ids.new_id("srcexp", 6)
     now = utcnow()
-    inserted = session.connection().execute(_insert_unit_statement(session), {
+    inserted = db.execute(_insert_unit_statement(db.dialect.name), {
         "id": unit_id, "organization_id": connection.organization_id,
         "source_connection_id": connection.id, "external_export_id": external_export_id,
         "status": SourceUnitStatus.RECEIVED.value, "received_via": via, "attempts": 0,
@@ -288,10 +289,9 @@ def _insert_unit(session: Session, connection: SourceConnection | Row, external_
 _INSERT_UNIT: dict[str, Any] = {}
 
 
-def _insert_unit_statement(session: Session):
+def _insert_unit_statement(dialect: str):
     # Built once per dialect, the values bound at execution: building the statement with
     # .values() on every delivery cost more CPU than running it (issue 12, target 6).
-    dialect = session.get_bind().dialect.name
     if dialect not in _INSERT_UNIT:
         insert_for = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(dialect)
         if insert_for is None:
@@ -308,8 +308,13 @@ def _announced(session: Session, unit_id: str, external_export_id: str, *, via: 
     """A unit was just inserted: its first event, and its ingestion job (sent after commit)."""
     record_unit_event(session, unit_id, "announced", actor=via,
                       data={"external_id": external_export_id})
-    enqueue_after_commit(session, TASK_INGEST_SOURCE_UNIT, unit_id,
-                         queue=get_settings().export_queue)
+    enqueue_job_after_commit(session, ingest_job(unit_id))
+
+
+def ingest_job(unit_id: str) -> Job:
+    """The job that ingests a unit: sent only once the unit's row is committed (a worker must
+    find it), and again by the stuck-work sweeper if it is lost."""
+    return Job(TASK_INGEST_SOURCE_UNIT, [unit_id], get_settings().export_queue)
 
 
 def _refresh_listing(session: Session, unit: SourceUnit, listed: dict[str, Any] | None) -> None:
@@ -377,8 +382,7 @@ def reopen_package(session: Session, source_export_id: str, *, actor: str) -> No
 
 
 def requeue_unit(session: Session, export: SourceUnit) -> None:
-    enqueue_after_commit(session, TASK_INGEST_SOURCE_UNIT, export.id,
-                         queue=get_settings().export_queue)
+    enqueue_job_after_commit(session, ingest_job(export.id))
 
 
 def enqueue_report(session: Session, source_export_id: str) -> None:
@@ -392,26 +396,30 @@ def _find(session: Session, connection_id: str, external_export_id: str) -> Sour
         SourceUnit.external_export_id == external_export_id))
 
 
-def record_webhook(session: Session, connection: SourceConnection | Row, external_export_id: str,
-                   body: dict[str, Any]) -> tuple[str, bool]:
-    """Store one delivery; a new export id becomes a unit with its ingestion job. Returns the
-    unit's id and whether it is new (a redelivery or a concurrent copy changes nothing but the
-    delivery log).
+def record_webhook(db: Connection, connection: SourceConnection | Row, external_export_id: str,
+                   body: dict[str, Any]) -> tuple[str, Job | None]:
+    """Store one delivery, in ``db``'s transaction; a new export id becomes a unit. Returns the
+    unit's id and, for a new unit, its ingestion job: the caller sends it (``shared.jobs.
+    send_jobs``) once the transaction has committed, never before. A redelivery or a
+    concurrent copy changes nothing but the delivery log, and has no job (None).
 
-    The hot path of the receiver: the insert goes first (no SELECT before it), and a duplicate
-    reads only the id of the unit it repeats, for the log line.
+    The hot path of the receiver, on a Core connection (no ORM session): the insert goes first
+    (no SELECT before it), and a duplicate reads only the id of the unit it repeats, for the
+    log line.
     """
-    unit_id = _insert_unit(session, connection, external_export_id, via="webhook")
-    new = unit_id is not None
-    if new:
-        _announced(session, unit_id, external_export_id, via="webhook")
+    unit_id = _insert_unit(db, connection, external_export_id, via="webhook")
+    job = None
+    if unit_id is not None:
+        write_unit_event(db, unit_id, "announced", actor="webhook",
+                         data={"external_id": external_export_id})
+        job = ingest_job(unit_id)
     else:
-        unit_id = session.connection().execute(_UNIT_ID, {
+        unit_id = db.execute(_UNIT_ID, {
             "connection_id": connection.id, "external_id": external_export_id}).scalar_one()
-    session.connection().execute(_INSERT_DELIVERY, {
+    db.execute(_INSERT_DELIVERY, {
         "source_connection_id": connection.id, "external_export_id": external_export_id,
-        "body": body, "duplicate": not new, "received_at": utcnow()})
-    return unit_id, new
+        "body": body, "duplicate": job is None, "received_at": utcnow()})
+    return unit_id, job
 
 
 def get_source_unit(session: Session, org_id: str, source_export_id: str) -> SourceUnit:

@@ -21,28 +21,3 @@ def test_a_released_savepoint_sends_nothing_the_outer_commit_sends_all(sent_jobs
             session.execute(text("select 1"))
         assert sent_jobs == []  # not committed yet: a worker could not see the rows
     assert [job.task_name for job in sent_jobs] == ["task.first", "task.second"]
-
-
-def test_held_jobs_wait_for_the_caller_and_only_committed_ones_are_held(sent_jobs):
-    """The webhook receiver commits under a lock and sends once out of it (hold_jobs)."""
-    from shared.jobs import hold_jobs, send_jobs
-
-    held: list = []
-    try:
-        with session_scope() as session:
-            hold_jobs(session, held)
-            session.execute(text("select 1"))
-            enqueue_after_commit(session, "task.rolled_back", "x", queue="q")
-            raise RuntimeError("the transaction fails")
-    except RuntimeError:
-        pass
-    assert held == [] and sent_jobs == []
-
-    with session_scope() as session:
-        hold_jobs(session, held)
-        session.execute(text("select 1"))
-        enqueue_after_commit(session, "task.committed", "y", queue="q")
-    assert [job.task_name for job in held] == ["task.committed"]
-    assert sent_jobs == []  # committed, held: the caller sends
-    assert send_jobs(held) == []
-    assert [job.task_name for job in sent_jobs] == ["task.committed"]

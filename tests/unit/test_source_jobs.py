@@ -43,6 +43,7 @@ from shared.domain.state_machine import transition
 from shared.integrations.errors import PermanentError
 from shared.integrations.findity import VoucherSuccessUpdate
 from shared.integrations.findity.adapter import read_report, source_already_holds
+from shared.jobs import enqueue_job_after_commit
 from shared.queue import TASK_INGEST_SOURCE_UNIT, TASK_REPORT_TO_SOURCE
 from worker import source_jobs
 
@@ -83,8 +84,11 @@ class Source:
     def announce(self, external_export_id: str) -> str:
         with session_scope() as session:
             connection = session.get(sources.SourceConnection, self.connection_id)
-            unit_id, _ = sources.record_webhook(session, connection, external_export_id,
-                                                {"exportId": external_export_id})
+            unit_id, job = sources.record_webhook(session.connection(), connection,
+                                                  external_export_id,
+                                                  {"exportId": external_export_id})
+            if job is not None:  # sent after the commit, as the receiver does
+                enqueue_job_after_commit(session, job)
             return unit_id
 
     def updates(self, external_export_id: str) -> list[dict]:

@@ -99,6 +99,25 @@ def test_concurrent_copies_of_one_delivery_make_one_unit_and_one_job(client, con
     assert sorted(j.args[0] for j in sent_jobs) == sorted(announced) and len(announced) == 3
 
 
+def test_each_committed_delivery_is_counted_once_by_whether_it_repeated_one(client, connection,
+                                                                           sent_jobs):
+    from shared.metrics import WEBHOOK_DELIVERIES
+
+    _, token = connection
+
+    def counts() -> tuple[float, float]:
+        return tuple(WEBHOOK_DELIVERIES.labels(result)._value.get()
+                     for result in ("new", "duplicate"))
+
+    before = counts()
+    _deliver(client, token, "exp-1")
+    _deliver(client, token, "exp-1")
+    _deliver(client, token, "exp-2", org="someone-else")  # refused: nothing stored, not counted
+    _deliver(client, "x" * 32, "exp-3")  # unknown URL: not counted
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
 @pytest.mark.parametrize("body, code", [
     (b"not json", "malformed_webhook"),
     (b'{"organizationId": "f-receiver"}', "malformed_webhook"),
@@ -121,6 +140,28 @@ def test_an_unknown_token_is_a_404_and_changes_nothing(client, connection, sent_
     response = _deliver(client, "x" * 32, "exp-1")
     assert response.status_code == 404
     assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
+
+
+def test_a_delivery_whose_transaction_fails_leaves_nothing_and_sends_no_job(
+        client, connection, sent_jobs, monkeypatch):
+    """Jobs only for committed rows: the unit was inserted, then the transaction failed before
+    its commit. The source gets an error and delivers again; that delivery announces it once."""
+    connection_id, token = connection
+    write_unit_event = sources.write_unit_event
+
+    def database_fails(*args, **kwargs):
+        raise RuntimeError("the database failed in the middle of the transaction")
+
+    monkeypatch.setattr(sources, "write_unit_event", database_fails)
+    assert _deliver(client, token, "exp-1").status_code == 500
+    assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
+
+    monkeypatch.setattr(sources, "write_unit_event", write_unit_event)
+    again = _deliver(client, token, "exp-1")
+    assert (again.status_code, again.json()) == (200, {"received": True, "duplicate": False})
+    units, deliveries, announced = _rows(connection_id)
+    assert units == ["exp-1"] and deliveries == 1 and len(announced) == 1
+    assert [(j.task_name, j.args) for j in sent_jobs] == [(TASK_INGEST_SOURCE_UNIT, announced)]
 
 
 def test_a_publish_that_fails_after_the_commit_is_sent_again_by_the_sweeper(
@@ -170,6 +211,42 @@ def test_the_list_producer_puts_what_kombus_producer_puts(monkeypatch):
     assert comparable(ours) == comparable(kombus)
     assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
     assert json.loads(base64.b64decode(ours["body"]))[0] == ["srcexp_1"]
+
+
+def test_the_message_the_list_producer_builds_is_the_one_celery_and_kombu_put():
+    """A job sent from outside a task, without a countdown, of a task this process has not
+    registered (the webhook receiver's): built without Celery's send_task, read by the worker
+    as Celery's own (ids, tags and the origin's process aside)."""
+    queue = f"test-list-producer-{uuid.uuid4().hex[:8]}"
+    task = f"test.unregistered_{uuid.uuid4().hex[:8]}"
+    args, kwargs, headers = ["srcexp_1", 2], {"why": "a test"}, {"aic_request_id": "req-1"}
+    producer = list_producer()
+    assert producer.builds(task, None)
+    client = redis_lib.Redis.from_url(get_settings().redis_url)
+    try:
+        celery_app.send_task(task, args=args, kwargs=kwargs, queue=queue, headers=headers,
+                             task_id="task-1")
+        producer.send_task(task, args, kwargs, queue, headers=headers, task_id="task-1")
+        ours, kombus = (json.loads(raw) for raw in client.lrange(queue, 0, -1))
+    finally:
+        client.delete(queue)
+        client.close()
+
+    def comparable(message: dict) -> dict:
+        properties = {k: v for k, v in message["properties"].items() if k != "delivery_tag"}
+        return {**message, "properties": properties, "body": base64.b64decode(message["body"])}
+
+    assert comparable(ours) == comparable(kombus)
+    assert ours["headers"]["id"] == ours["properties"]["correlation_id"] == "task-1"
+
+
+def test_the_list_producer_leaves_to_celery_what_celery_would_build_otherwise(monkeypatch):
+    producer = list_producer()
+    assert not producer.builds("test.unregistered", 30)  # a countdown: Celery computes the eta
+    monkeypatch.setitem(celery_app._tasks, "test.registered", object())
+    assert not producer.builds("test.registered", None)  # Celery merges the task's options
+    monkeypatch.setattr(type(celery_app), "current_worker_task", property(lambda app: object()))
+    assert not producer.builds("test.unregistered", None)  # sent by a task: parent and root ids
 
 
 def test_the_list_producer_fails_fast_when_the_broker_is_unreachable():
