@@ -43,8 +43,11 @@ def _load_systems(**_kwargs) -> None:
     # inside the first export of each connection (issue 12: the imports showed in a benchmark's
     # window). A system that does not load stops the worker here, with its error.
     from shared.integrations import registry
+    from shared.integrations.http import shared_ssl_context
 
     registry.targets()
+    # Likewise the certificate store every client of this process shares.
+    shared_ssl_context()
 
 
 _delayed_delivery = None

@@ -77,7 +77,8 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-_SQLITE_WRITERS = threading.Lock()
+# Re-entrant: a transaction taken inside another of the same thread must not deadlock on it.
+_SQLITE_WRITERS = threading.RLock()
 
 
 def one_sqlite_writer() -> AbstractContextManager:

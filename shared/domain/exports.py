@@ -26,7 +26,14 @@ from shared.db.models import (
 from shared.db.types import utcnow
 from shared.domain import organizations
 from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
-from shared.domain.state_machine import IllegalTransition, ConcurrentTransition, record_event, transition
+from shared.domain.state_machine import (
+    ConcurrentTransition,
+    EventRow,
+    IllegalTransition,
+    insert_events,
+    record_event,
+    transition,
+)
 from shared.domain.statuses import ExpenseStatus, ExportStatus
 from shared.jobs import enqueue_after_commit
 from shared.queue import TASK_EXPORT
@@ -62,18 +69,35 @@ class _Exportable:
     supersedes: AccountingExport | None  # the successful export a re-export replaces
 
 
-def _check_exportable(
-    session: Session, org_id: str, expense_id: str, target_system: str, reexport: bool
+def _check_exportables(
+    session: Session, org_id: str, expense_ids: list[str], target_system: str, reexport: bool
+) -> list[tuple[str, _Exportable | None, DomainError | None]]:
+    """For each expense id, in order: what to export, or None and the error that says why it
+    cannot be exported. Two reads whatever the number of ids (a batch of hundreds read each
+    expense and its live export one by one: issue 12, the batch POST is inside the measured
+    window)."""
+    expenses = {e.id: e for e in session.scalars(select(Expense).where(Expense.id.in_(expense_ids)))}
+    keys = [f"{expense_id}:{target_system}" for expense_id in expense_ids]
+    actives = {a.active_key: a for a in session.scalars(
+        select(AccountingExport).where(AccountingExport.active_key.in_(keys)))}
+    checked = []
+    for expense_id, key in zip(expense_ids, keys):
+        exportable, problem = _exportable(expenses.get(expense_id), actives.get(key), org_id,
+                                          expense_id, target_system, reexport)
+        checked.append((expense_id, exportable, problem))
+    return checked
+
+
+def _exportable(
+    expense: Expense | None, active: AccountingExport | None, org_id: str, expense_id: str,
+    target_system: str, reexport: bool
 ) -> tuple[_Exportable | None, DomainError | None]:
-    """Returns what to export, or None and the error that says why it cannot be exported."""
-    expense = session.get(Expense, expense_id)
     if expense is None or expense.organization_id != org_id:
         return None, ValidationFailed(f"expense {expense_id} does not exist in this organization")
     if expense.status != ExpenseStatus.APPROVED.value:
         return None, ValidationFailed(
             f"expense {expense_id} is '{expense.status}'; only approved expenses can be exported"
         )
-    active = active_export(session, expense_id, target_system)
     if active is not None:
         if active.status == ExportStatus.PROCESSING.value:
             return None, AlreadyExported(
@@ -89,17 +113,19 @@ def _check_exportable(
     return _Exportable(expense, supersedes=active), None
 
 
-def _new_export(
+def _new_exports(
     session: Session,
     org_id: str,
-    exportable: _Exportable,
+    exportables: list[_Exportable],
     target_system: str,
     *,
     actor: str,
     batch_id: str | None = None,
     source_unit_id: str | None = None,
-) -> AccountingExport:
-    expense, previous = exportable.expense, exportable.supersedes
+) -> list[AccountingExport]:
+    """The exports of ``exportables`` with their "created" and "queued" events, flushed, and
+    their jobs queued for after the commit. One flush and one INSERT of the events for all of
+    them (a batch flushed each export on its own before its event)."""
     connection = organizations.connection_for(session, org_id, target_system)
     if connection is None:
         raise ValidationFailed(
@@ -107,7 +133,7 @@ def _new_export(
             f"with `aic connection set` or PUT /api/v1/admin/organizations/{org_id}/connections/"
             f"{target_system}"
         )
-    if previous is not None:
+    for previous in (e.supersedes for e in exportables if e.supersedes is not None):
         # An explicit re-export: the earlier export keeps its status and history but no longer
         # holds the "one live export" slot. Compare-and-set, so two concurrent re-exports of the
         # same expense cannot both take the slot.
@@ -121,32 +147,44 @@ def _new_export(
         ).rowcount
         if released != 1:
             raise AlreadyExported(
-                f"expense {expense.id} was re-exported concurrently; list its exports")
+                f"expense {previous.expense_id} was re-exported concurrently; list its exports")
         record_event(session, previous, "superseded", actor=actor,
                      reason="re-exported on request")
     now = utcnow()
-    export = AccountingExport(
-        id=ids.new_id(ids.EXPORT, 6),
-        organization_id=org_id,
-        expense_id=expense.id,
-        batch_id=batch_id,
-        source_unit_id=source_unit_id,
-        connection_id=connection.id,
-        target_system=target_system,
-        status=ExportStatus.PROCESSING.value,
-        active_key=f"{expense.id}:{target_system}",
-        reexport_of=previous.id if previous is not None else None,
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(export)
-    session.add(ExportEvent(export_id=export.id, kind="created", from_status=None,
-                            to_status=ExportStatus.PROCESSING.value, actor=actor, created_at=now))
-    record_event(session, export, "queued", actor=actor)
-    enqueue_after_commit(session, TASK_EXPORT, export.id, queue=get_settings().export_queue)
-    return export
+    exports = [
+        AccountingExport(
+            id=ids.new_id(ids.EXPORT, 6),
+            organization_id=org_id,
+            expense_id=exportable.expense.id,
+            batch_id=batch_id,
+            source_unit_id=source_unit_id,
+            connection_id=connection.id,
+            target_system=target_system,
+            status=ExportStatus.PROCESSING.value,
+            active_key=f"{exportable.expense.id}:{target_system}",
+            reexport_of=exportable.supersedes.id if exportable.supersedes is not None else None,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        for exportable in exportables
+    ]
+    session.add_all(exports)
+    session.flush()
+    insert_events(session, [
+        event
+        for export in exports
+        for event in (
+            EventRow(export.id, target_system, "created", actor=actor,
+                     to_status=ExportStatus.PROCESSING.value, at=now),
+            EventRow(export.id, target_system, "queued", actor=actor, at=now),
+        )
+    ])
+    queue = get_settings().export_queue
+    for export in exports:
+        enqueue_after_commit(session, TASK_EXPORT, export.id, queue=queue)
+    return exports
 
 
 @contextmanager
@@ -173,13 +211,13 @@ def create_export(
     reexport: bool = False,
     source_unit_id: str | None = None,
 ) -> AccountingExport:
-    exportable, problem = _check_exportable(session, org_id, expense_id, target_system, reexport)
+    [(_, exportable, problem)] = _check_exportables(session, org_id, [expense_id],
+                                                    target_system, reexport)
     if problem is not None:
         raise problem
     with _one_live_export_per_expense([expense_id], target_system):
-        export = _new_export(session, org_id, exportable, target_system, actor=actor,
-                             source_unit_id=source_unit_id)
-        session.flush()
+        [export] = _new_exports(session, org_id, [exportable], target_system, actor=actor,
+                                source_unit_id=source_unit_id)
     return export
 
 
@@ -205,9 +243,8 @@ def create_batch(
         raise ValidationFailed(f"expense_ids lists these more than once: {', '.join(duplicates)}")
     problems: list[tuple[str, DomainError]] = []
     exportables: list[_Exportable] = []
-    for expense_id in expense_ids:
-        exportable, problem = _check_exportable(session, org_id, expense_id, target_system,
-                                                reexport)
+    for expense_id, exportable, problem in _check_exportables(session, org_id, expense_ids,
+                                                              target_system, reexport):
         if problem is not None:
             problems.append((expense_id, problem))
         else:
@@ -225,12 +262,8 @@ def create_batch(
                   target_system=target_system, export_count=len(exportables))
     session.add(batch)
     with _one_live_export_per_expense(expense_ids, target_system):
-        exports = [
-            _new_export(session, org_id, exportable, target_system, actor=actor,
-                        batch_id=batch.id)
-            for exportable in exportables
-        ]
-        session.flush()
+        exports = _new_exports(session, org_id, exportables, target_system, actor=actor,
+                               batch_id=batch.id)
     return batch, exports
 
 

@@ -222,6 +222,41 @@ def flush_pending(session: Session) -> None:
         session.flush()
 
 
+@dataclass(frozen=True)
+class EventRow:
+    """One row of an export's event log, for ``insert_events``."""
+
+    export_id: str
+    target_system: str
+    kind: str
+    actor: str
+    from_status: str | None = None
+    to_status: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+    celery_task_id: str | None = None
+    data: dict[str, Any] | None = None
+    at: datetime | None = None
+
+
+def insert_events(session: Session, rows: list[EventRow]) -> None:
+    """Append rows to the event log in the session's transaction, in order (one prebuilt
+    INSERT, executed once for all of them; no ORM object), and count each in the metrics once
+    the transaction commits."""
+    if not rows:
+        return
+    flush_pending(session)
+    now = utcnow()
+    session.connection().execute(_INSERT_EVENT, [{
+        "e_export_id": row.export_id, "e_kind": row.kind, "e_from_status": row.from_status,
+        "e_to_status": row.to_status, "e_actor": row.actor, "e_attempt": row.attempt,
+        "e_reason": row.reason, "e_celery_task_id": row.celery_task_id, "e_data": row.data,
+        "e_created_at": row.at or now} for row in rows])
+    for row in rows:
+        count_export_event(session, row.kind, row.to_status, row.export_id, row.target_system,
+                           row.data)
+
+
 def insert_event(
     session: Session,
     export_id: str,
@@ -237,14 +272,9 @@ def insert_event(
     data: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Append one row to the export's event log in the session's transaction (one prebuilt
-    INSERT, no ORM object), and count it in the metrics once the transaction commits."""
-    flush_pending(session)
-    session.connection().execute(_INSERT_EVENT, {
-        "e_export_id": export_id, "e_kind": kind, "e_from_status": from_status,
-        "e_to_status": to_status, "e_actor": actor, "e_attempt": attempt, "e_reason": reason,
-        "e_celery_task_id": celery_task_id, "e_data": data, "e_created_at": at or utcnow()})
-    count_export_event(session, kind, to_status, export_id, target_system, data)
+    """Append one row to the export's event log (``insert_events``)."""
+    insert_events(session, [EventRow(export_id, target_system, kind, actor, from_status,
+                                     to_status, reason, attempt, celery_task_id, data, at)])
 
 
 def record_event(

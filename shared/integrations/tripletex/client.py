@@ -20,10 +20,14 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
 import re
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -174,6 +178,10 @@ class TripletexClient:
             limiter=limiter,
             on_response=self._observe_rate_limit,
         )
+        # The voucher POST's whole URL, built once: httpx merging the base URL and a query for
+        # every voucher cost more CPU than the rest of building the request (issue 12).
+        self._voucher_post_url = self._http.client.base_url.join("ledger/voucher").copy_with(
+            params={"sendToLedger": "true" if self.options.send_to_ledger else "false"})
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
         # Worker threads share one client per connection. Resolving a draft's references holds
@@ -276,8 +284,7 @@ class TripletexClient:
         try:
             response = self._http.request(
                 "POST",
-                "/ledger/voucher",
-                params={"sendToLedger": "true" if self.options.send_to_ledger else "false"},
+                self._voucher_post_url,
                 content=prepared.payload,
                 headers={"Content-Type": JSON_CONTENT_TYPE},
                 what="the voucher",
@@ -457,7 +464,51 @@ class TripletexClient:
         with self._lookup_lock:
             return self._resolve_locked(draft)
 
+    def _fetch_missing_at_once(self, draft: VoucherDraft) -> dict[tuple[str, str], object]:
+        """A cold client (a new one, or one whose lookups were forgotten) fetches what ``draft``
+        needs and the caches lack side by side: the session first (every lookup needs it), then
+        the lookups at once, so a cold start costs two round trips instead of one per lookup
+        (four at least: the session, the accounts, the VAT types, the currency), and every
+        export in flight waits for it (single flight). Each lookup fills its own cache; the
+        first error is raised after all have ended. Returns each lookup's answer by (lookup,
+        key), for ``_resolve_locked`` to use instead of asking again (an unknown account is
+        not cached). Nothing when at most one lookup is missing. Called with the lookup lock
+        held."""
+        account_numbers = {p.account_number.strip() for p in draft.postings}
+        vat_codes = {p.vat_code.strip() for p in draft.postings if p.vat_code}
+        fetches: dict[tuple[str, str], Callable[[], object]] = {}
+        if {n for n in account_numbers if n.isdigit()} - self._accounts.keys():
+            fetches["accounts", ""] = functools.partial(self.accounts, account_numbers)
+        if vat_codes - self._vat_types.keys():
+            fetches["vat_types", ""] = functools.partial(self.vat_types, vat_codes)
+        if (draft.currency.strip().upper() == BASE_CURRENCY
+                and BASE_CURRENCY not in self._currencies):
+            fetches["currency", ""] = functools.partial(self.currency, BASE_CURRENCY)
+        name = self.options.voucher_type_name
+        if name and name.strip().lower() not in self._voucher_types:
+            fetches["voucher_type", ""] = functools.partial(self.voucher_type, name)
+        for number in {p.department_number for p in draft.postings if p.department_number}:
+            if number not in self._departments:
+                fetches["department", number] = functools.partial(self.department, number)
+        for number in {p.project_number for p in draft.postings if p.project_number}:
+            if number not in self._projects:
+                fetches["project", number] = functools.partial(self.project, number)
+        if len(fetches) < 2:
+            return {}
+        self._current_auth()
+        with ThreadPoolExecutor(max_workers=len(fetches),
+                                thread_name_prefix="tripletex-lookup") as pool:
+            # Each in a copy of this thread's context: the lookups' log lines keep its ids.
+            futures = {key: pool.submit(contextvars.copy_context().run, fetch)
+                       for key, fetch in fetches.items()}
+        return {key: future.result() for key, future in futures.items()}
+
     def _resolve_locked(self, draft: VoucherDraft) -> _Refs:
+        fetched = self._fetch_missing_at_once(draft)
+
+        def answer(lookup: str, key: str, ask: Callable[[], Any]) -> Any:
+            return fetched[lookup, key] if (lookup, key) in fetched else ask()
+
         problems: list[tuple[str, str]] = []
         company = f"(company {self.company_id})"
         currency_code = draft.currency.strip().upper()
@@ -472,7 +523,7 @@ class TripletexClient:
                 )
             )
         account_numbers = {p.account_number.strip() for p in draft.postings}
-        accounts = self.accounts(account_numbers)
+        accounts = answer("accounts", "", lambda: self.accounts(account_numbers))
         for number in sorted(account_numbers - accounts.keys()):
             problems.append(
                 (
@@ -482,7 +533,7 @@ class TripletexClient:
                 )
             )
         vat_codes = {p.vat_code.strip() for p in draft.postings if p.vat_code}
-        vat_types = self.vat_types(vat_codes) if vat_codes else {}
+        vat_types = answer("vat_types", "", lambda: self.vat_types(vat_codes)) if vat_codes else {}
         for code in sorted(vat_codes - vat_types.keys()):
             problems.append(
                 (
@@ -493,7 +544,8 @@ class TripletexClient:
             )
         departments: dict[str, Department] = {}
         for number in sorted({p.department_number for p in draft.postings if p.department_number}):
-            if (found := self.department(number)) is not None:
+            if (found := answer("department", number,
+                                functools.partial(self.department, number))) is not None:
                 departments[number] = found
             else:
                 problems.append(
@@ -504,20 +556,23 @@ class TripletexClient:
                 )
         projects: dict[str, Project] = {}
         for number in sorted({p.project_number for p in draft.postings if p.project_number}):
-            if (found := self.project(number)) is not None:
+            if (found := answer("project", number,
+                                functools.partial(self.project, number))) is not None:
                 projects[number] = found
             else:
                 problems.append(
                     ("unknown_project", f"project {number} does not exist in Tripletex {company}")
                 )
-        currency = self.currency(BASE_CURRENCY) if currency_code == BASE_CURRENCY else None
+        currency = (answer("currency", "", lambda: self.currency(BASE_CURRENCY))
+                    if currency_code == BASE_CURRENCY else None)
         if currency is None and currency_code == BASE_CURRENCY:
             problems.append(
                 ("unknown_currency", f"currency {currency_code} is not known to Tripletex")
             )
         voucher_type = None
         if self.options.voucher_type_name:
-            voucher_type = self.voucher_type(self.options.voucher_type_name)
+            voucher_type = answer("voucher_type", "", lambda: self.voucher_type(
+                self.options.voucher_type_name))
             if voucher_type is None:
                 problems.append(
                     (

@@ -710,3 +710,38 @@ def test_forgetting_lookups_under_a_burst_never_breaks_a_resolving_thread(
             stop.set()
             forgetter.join()
     assert raised == []
+
+
+class LookupsMeetTransport(httpx.HTTPTransport):
+    """Holds each of the cold-start lookups until all three are in flight at once: a client that
+    sends them one after another never gets past the first (the barrier breaks)."""
+
+    LOOKUPS = ("/ledger/account", "/ledger/vatType", "/currency")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meeting = threading.Barrier(len(self.LOOKUPS), timeout=10)
+        self.sent: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/v2")
+        self.sent.append(f"{request.method} {path}")
+        if path in self.LOOKUPS:
+            self.meeting.wait()
+        return super().handle_request(request)
+
+
+def test_a_cold_client_sends_its_lookups_together_after_the_session(
+    tripletex_sandbox: TripletexSandbox, tripletex_company: dict[str, Any]
+) -> None:
+    """Every export in flight waits for a cold client's lookups: they go out side by side once
+    the session exists (two round trips), not one after another (four)."""
+    transport = LookupsMeetTransport()
+    with make_client(tripletex_sandbox, tripletex_company, transport=transport) as client:
+        client.prepare_voucher(simple_draft("exp-cold", "6800", vat_code="1"))
+        assert transport.sent[0] == "PUT /token/session/:create"
+        assert sorted(transport.sent[1:]) == ["GET /currency", "GET /ledger/account",
+                                              "GET /ledger/vatType"]
+        client.forget_lookups()  # cold again, session kept: the lookups meet again
+        client.prepare_voucher(simple_draft("exp-forgotten", "6800", vat_code="1"))
+        assert len(transport.sent) == 7
