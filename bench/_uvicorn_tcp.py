@@ -5,8 +5,8 @@ With ``--workers N`` (N > 1) uvicorn's supervisor binds the socket itself
 workers. An accepted connection inherits ``proto`` 0, and asyncio turns on TCP_NODELAY only for
 a socket whose ``proto`` is IPPROTO_TCP; with Nagle on, the body of each answer (a second small
 write after the headers) waits for the client's delayed ACK, ~40 ms on Linux, on every
-keep-alive request that meets it (uvicorn issue Kludex/uvicorn#3149, open in 0.54; uvloop sets
-TCP_NODELAY itself and is not installed here). With one worker uvicorn lets asyncio bind from
+keep-alive request that meets it (uvicorn issue Kludex/uvicorn#3149, open against 0.54, with
+the standard asyncio loop this project runs). With one worker uvicorn lets asyncio bind from
 ``getaddrinfo`` (``proto`` 6) and the answers leave at once.
 
 This launcher re-wraps the bound socket's descriptor with ``proto`` IPPROTO_TCP (what the
