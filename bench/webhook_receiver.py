@@ -13,7 +13,9 @@ One run starts, as children of its own: an embedded ``redis-server``, a fresh SQ
 app (or the PostgreSQL database in AIC_BENCH_DATABASE_URL, migrated, never emptied: each run uses
 a new organization and a table of its own for the bare app), and for each uvicorn worker count
 N both apps at once with the same command line (``uvicorn <app> --workers N --log-level
-warning``). No Celery worker runs: the jobs our receiver publishes stay on the queue, where they
+warning``, through ``bench._uvicorn_tcp``: with N > 1 uvicorn 0.54 leaves TCP_NODELAY off on
+every connection, and each answer's body waits ~40 ms for the client's delayed ACK; the
+launcher gives the workers a listening socket marked TCP, as uvicorn's fix does). No Celery worker runs: the jobs our receiver publishes stay on the queue, where they
 are counted.
 
 The load is open-loop: request i of a step is due at t0 + i/rate whatever the answers (a slow
@@ -349,9 +351,16 @@ class Stack:
 
 
 def uvicorn_args(module: str, port: int, workers: int) -> list[str]:
-    """The same uvicorn settings for both apps: only the application differs."""
-    return ["-m", "uvicorn", module, "--host", "127.0.0.1", "--port", str(port),
+    """The same uvicorn settings for both apps: only the application differs. uvicorn runs
+    through ``bench._uvicorn_tcp`` so that N workers get TCP_NODELAY as one worker does."""
+    return ["-m", "bench._uvicorn_tcp", module, "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--log-level", "warning"]
+
+
+def uvicorn_version() -> str:
+    from importlib.metadata import version
+
+    return version("uvicorn")
 
 
 def set_up_source(stack: Stack, port: int, app: AppUnderTest, tag: str) -> None:
@@ -618,7 +627,9 @@ def header(args: argparse.Namespace, database_url: str | None) -> str:
         f"apps     : ours = {OUR_APP} (POST /webhooks/findity/<token>); bare = {BARE_APP} "
         "(INSERT ... ON CONFLICT DO NOTHING + LPUSH); both: uvicorn "
         + " ".join(uvicorn_args("<app>", 0, 0)[3:]).replace("--port 0 --workers 0",
-                                                             "--port <free> --workers N"),
+                                                             "--port <free> --workers N")
+        + f" (uvicorn {uvicorn_version()} through bench._uvicorn_tcp: TCP_NODELAY with N > 1 "
+        "too, Kludex/uvicorn#3149)",
         f"load     : open loop, {args.step_seconds:g} s per step, rates x{RATE_FACTOR} from "
         f"{args.start_rate:g}/s, then 2 bisections; ~{args.duplicates:.0%} duplicate deliveries "
         f"(of the last {RECENT_IDS} ids); latency from each request's due time",
