@@ -508,7 +508,7 @@ def _render_status(exports: dict, broker: dict) -> str:
         lines.append("queues    " + "  ".join(f"{name} {depth}"
                                              for name, depth in broker["queues"].items())
                      + f"  (held by workers: {broker['unacked']}, due later: "
-                       f"{broker.get('delayed')})")
+                       f"{broker['delayed']})")
         lines.append("workers   " + (", ".join(broker["workers"]) or
                                      "NONE answered: nothing is being processed"))
     return "\n".join(lines)

@@ -78,14 +78,18 @@ def due_at(headers: dict | None) -> float | None:
 
 
 def put_message(client, list_key: str, message: dict) -> None:
-    """Put a kombu message on its queue's list, or in the delayed set when it is due later.
-    The one way our messages enter Redis (the transport's channel and ``RedisListProducer``)."""
-    payload = json_dumps(message)
+    """Put a kombu message on its queue's list, or in the delayed set when it is due later
+    (``RedisListProducer``; the transport's channel leaves the first case to kombu)."""
     due = due_at(message.get("headers"))
     if due is None:
-        client.lpush(list_key, payload)
+        client.lpush(list_key, json_dumps(message))
     else:
-        client.zadd(DELAYED_KEY, {f"{list_key}\n{payload}": due})
+        delay_message(client, list_key, message, due)
+
+
+def delay_message(client, list_key: str, message: dict, due: float) -> None:
+    """The one way a message due later enters Redis: the delayed set, scored by ``due``."""
+    client.zadd(DELAYED_KEY, {f"{list_key}\n{json_dumps(message)}": due})
 
 
 class DelayedDelivery:
@@ -139,13 +143,14 @@ class DelayedDelivery:
 
 class Channel(kombu_redis.Channel):
     def _put(self, queue, message, **kwargs):
-        if due_at(message.get("headers")) is None:
+        due = due_at(message.get("headers"))
+        if due is None:
             # Now: kombu's own path (priorities, queue expiry, publish batches).
             return super()._put(queue, message, **kwargs)
         # Due later: one ZADD of its own, whatever publish batch it came in.
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:
-            put_message(client, key, message)
+            delay_message(client, key, message, due)
 
     def _connparams(self, asynchronous: bool = False) -> dict:
         if self.connection.client is None:

@@ -184,7 +184,7 @@ class _QueueDepthCollector:
         yield held
         delayed = GaugeMetricFamily("aic_queue_delayed", "Messages due later (retry countdowns, "
                                     "rate-limit turns) waiting in Redis for their time.")
-        delayed.add_metric([], overview.get("delayed") or 0)
+        delayed.add_metric([], overview["delayed"] or 0)
         yield delayed
         up = GaugeMetricFamily("aic_broker_up", "1 when the broker answered.")
         up.add_metric([], 1 if overview["reachable"] else 0)
