@@ -23,9 +23,10 @@
    (Redis is gone at that moment): Celery ignores it and reconnects; the messages stay in
    Redis's unacked hash for kombu's ``restore_visible``, and the sweeper covers the rest.
 
-Selected by ``broker_transport`` in ``shared.queue.create_celery_app`` for ``redis://`` broker
-URLs (parsed exactly as kombu's own transport parses them). ``rediss://`` keeps kombu's transport
-(kombu chooses its TLS defaults by the transport's name), and with it both problems above.
+Selected by ``broker_transport`` in ``shared.queue.create_celery_app`` for ``redis://`` and
+``rediss://`` broker URLs (parsed exactly as kombu's own transport parses them). For ``rediss://``
+the app also sets ``broker_use_ssl`` (``shared.config.broker_tls_options``): kombu applies its TLS
+default (which checks no certificate) only to a transport named "rediss".
 """
 
 from __future__ import annotations

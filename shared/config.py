@@ -6,9 +6,11 @@ Every variable carries the ``AIC_`` prefix, e.g. ``AIC_DATABASE_URL``.
 from __future__ import annotations
 
 import os
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -189,6 +191,16 @@ class Settings(BaseSettings):
         default="text", description="text: one line per event with key=value fields; json: one "
                                     "JSON object per line (for log shippers).")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _broker_tls_readable(cls, url: str) -> str:
+        broker_tls_options(url)  # a wrong TLS option fails at start, with what to write instead
+        return url
+
+    def broker_use_ssl(self) -> dict | None:
+        """Celery's ``broker_use_ssl`` for this broker URL (None: not TLS)."""
+        return broker_tls_options(self.redis_url)
+
     def broker_transport_options(self) -> dict:
         return {
             "visibility_timeout": self.broker_visibility_timeout,
@@ -199,6 +211,32 @@ class Settings(BaseSettings):
             # Never longer than the visibility timeout, so that timeout means what it says.
             "unacked_mutex_expire": min(300, self.broker_visibility_timeout),
         }
+
+
+# redis-py's names for certificate checking, as a rediss:// URL's ``ssl_cert_reqs`` gives them.
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def broker_tls_options(url: str) -> dict | None:
+    """The TLS options of the broker connection for a ``rediss://`` URL; None for any other.
+
+    What redis-py makes of the same URL, so that the URL means one thing for every Redis client
+    of a process (Celery's broker connection; the rate limiter, locks and delayed delivery, which
+    use redis-py directly): the server's certificate verified against the system's CAs, unless
+    the URL's query says otherwise (``ssl_cert_reqs=required|optional|none``, ``ssl_ca_certs``,
+    ``ssl_certfile``, ``ssl_keyfile``). kombu alone, given ``rediss://`` and no options, connects
+    without checking the certificate at all (it only logs a warning).
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    wanted = query.get("ssl_cert_reqs", "required").lower()
+    if wanted not in _CERT_REQS:
+        raise ValueError(f"AIC_REDIS_URL: ssl_cert_reqs={query['ssl_cert_reqs']!r} is not one of "
+                         f"{', '.join(_CERT_REQS)}")
+    return {"ssl_cert_reqs": _CERT_REQS[wanted], **{k: query[k] for k in _TLS_FILES if k in query}}
 
 
 @lru_cache(maxsize=1)

@@ -38,11 +38,13 @@ TASK_SERIALIZER = "json"
 def create_celery_app() -> Celery:
     settings = get_settings()
     app = Celery("aic", broker=settings.redis_url)
-    if urlsplit(settings.redis_url).scheme == "redis":
+    if urlsplit(settings.redis_url).scheme in ("redis", "rediss"):
         # kombu's Redis transport, repaired so that a worker survives a Redis restart while it
-        # holds unacknowledged messages (see shared/broker_transport.py). Not for rediss://:
-        # kombu picks its TLS defaults by the transport's name.
+        # holds unacknowledged messages and holds no message due later (see
+        # shared/broker_transport.py). Under this transport's name kombu applies no TLS default
+        # for rediss://, so the options are always given: the certificate is checked.
         app.conf.broker_transport = TRANSPORT_PATH
+        app.conf.broker_use_ssl = settings.broker_use_ssl()
     app.conf.update(
         task_serializer=TASK_SERIALIZER,
         accept_content=["json"],

@@ -62,7 +62,7 @@ def _start_delayed_delivery(**_kwargs) -> None:
     from shared.config import get_settings
 
     if celery_app.conf.broker_transport != TRANSPORT_PATH:
-        return  # kombu's own transport (rediss://): workers hold such messages themselves
+        return  # not a Redis broker: kombu's own transport, whose workers hold such messages
     settings = get_settings()
     _delayed_delivery = DelayedDelivery(
         settings.redis_url, settings.delayed_delivery_interval_seconds).start()

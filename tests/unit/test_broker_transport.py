@@ -86,8 +86,8 @@ def _forget(redis_url: str, queue_name: str, tag: str) -> None:
 
 @pytest.mark.parametrize(("url", "module"), [
     ("redis://127.0.0.1:6379/0", "shared.broker_transport"),
-    # kombu sets its TLS defaults by the transport name "rediss": that URL keeps kombu's.
-    ("rediss://127.0.0.1:6380/0", "kombu.transport.redis"),
+    # With its TLS options given (tests/unit/test_broker_tls.py).
+    ("rediss://127.0.0.1:6380/0", "shared.broker_transport"),
 ])
 def test_the_celery_app_uses_it_for_redis_urls(url: str, module: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
