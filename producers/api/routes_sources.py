@@ -6,7 +6,6 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from producers.api.deps import Caller, RequestSession, exports_caller
@@ -69,15 +68,10 @@ def list_source_exports(caller: Caller = Depends(exports_caller),
                         limit: int = Query(20, ge=1, le=100),
                         source_export_ref: str | None = Query(None, max_length=100,
                                                               pattern=r"^[^\x00-\x1f]+$")):
-    conditions = [SourceUnit.organization_id == caller.organization_id]
-    if source_export_ref:
-        conditions.append(SourceUnit.external_export_id == source_export_ref)
-    total = session.scalar(select(func.count()).select_from(SourceUnit).where(*conditions))
-    rows = session.scalars(select(SourceUnit).where(*conditions)
-                           .order_by(SourceUnit.created_at.desc())
-                           .offset((page - 1) * limit).limit(limit)).all()
+    rows, total = sources.list_source_units(session, caller.organization_id, page=page,
+                                            limit=limit, external_export_id=source_export_ref)
     return SourceExportList(data=[_out(r) for r in rows],
-                            pagination=Pagination(page=page, limit=limit, total=total or 0))
+                            pagination=Pagination(page=page, limit=limit, total=total))
 
 
 @router.post("/{source_export_id}/retry", response_model=SourceExportOut, status_code=202,

@@ -246,10 +246,14 @@ class SourceUnit(Base):
     """One export package announced by a source (a Findity exportId), processed once."""
 
     __tablename__ = "source_units"
-    __table_args__ = (UniqueConstraint("source_connection_id", "external_export_id"),)
+    __table_args__ = (
+        UniqueConstraint("source_connection_id", "external_export_id"),
+        # The list reads an organization's units ORDER BY created_at DESC, id (migration 0011).
+        Index("ix_source_units_org_created", "organization_id", text("created_at DESC"), "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
     source_connection_id: Mapped[str] = mapped_column(ForeignKey("source_connections.id"))
     external_export_id: Mapped[str] = mapped_column(String(100))
     # Changed only by shared.domain.source_units.transition_unit().

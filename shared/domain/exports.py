@@ -23,6 +23,7 @@ from shared.db.models import (
     Expense,
     ExportEvent,
 )
+from shared.db.paging import newest_first_page
 from shared.db.types import utcnow
 from shared.domain import organizations
 from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
@@ -407,19 +408,8 @@ def list_exports(
         conditions.append(AccountingExport.created_at >= filters.initiated_from)
     if filters.initiated_to is not None:
         conditions.append(AccountingExport.created_at < filters.initiated_to)
-    # Exact, as the contract's ``total`` is; an index-only count of ix_exports_org_created (or,
-    # with a status, ix_exports_org_status_created) on PostgreSQL, no row is read.
-    total = session.scalar(select(func.count()).select_from(AccountingExport).where(*conditions))
-    order = (AccountingExport.created_at.desc(), AccountingExport.id)
-    # The page's ids first, then their rows: the offset walks the index only (the skipped rows
-    # of a deep page are never fetched; page 400 skips 9,975), and only the page's rows are read.
-    page_ids = (select(AccountingExport.id).where(*conditions).order_by(*order)
-                .offset((page - 1) * limit).limit(limit).subquery())
-    rows = session.scalars(
-        select(AccountingExport).join(page_ids, AccountingExport.id == page_ids.c.id)
-        .order_by(*order)
-    ).all()
-    return list(rows), int(total or 0)
+    # With a status: ix_exports_org_status_created; otherwise ix_exports_org_created.
+    return newest_first_page(session, AccountingExport, conditions, page=page, limit=limit)
 
 
 def batch_progress(session: Session, org_id: str, batch_id: str) -> tuple[Batch, dict[str, int]]:

@@ -28,6 +28,7 @@ from shared.db.models import (
     TargetConnection,
     WebhookDelivery,
 )
+from shared.db.paging import newest_first_page
 from shared.db.types import utcnow
 from shared.domain import exports as export_service
 from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
@@ -427,6 +428,22 @@ def get_source_unit(session: Session, org_id: str, source_export_id: str) -> Sou
     if export is None or export.organization_id != org_id:
         raise NotFound(f"source export {source_export_id} does not exist")
     return export
+
+
+def list_source_units(session: Session, org_id: str, *, page: int, limit: int,
+                      external_export_id: str | None = None) -> tuple[list[SourceUnit], int]:
+    """One organization's units newest first (``GET /api/v1/source-exports``), one page and how
+    many match; off ``ix_source_units_org_created`` (migration 0011). A feed source (TRAEDE,
+    Brex) makes one unit per expense, so this list grows as the export list does."""
+    conditions = [SourceUnit.organization_id == org_id]
+    if external_export_id:
+        # The organization's connections named too (one per source system): the lookup by
+        # reference then comes off the (connection, reference) unique index instead of walking
+        # every unit of the organization.
+        conditions += [SourceUnit.external_export_id == external_export_id,
+                       SourceUnit.source_connection_id.in_(select(SourceConnection.id).where(
+                           SourceConnection.organization_id == org_id))]
+    return newest_first_page(session, SourceUnit, conditions, page=page, limit=limit)
 
 
 def retry_source_unit(session: Session, org_id: str, source_export_id: str, *,

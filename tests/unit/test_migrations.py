@@ -153,7 +153,7 @@ def test_0008_renames_source_packages_to_source_units_without_loss(tmp_path):
     engine.dispose()
 
 
-def _scratch_database(tmp_path):
+def _scratch_database(tmp_path, suffix: str = "migration_0010"):
     """A database of this test's own on the test suite's server: a SQLite file, or on
     PostgreSQL (CI) a database next to the test one, dropped afterwards."""
     import os
@@ -169,7 +169,7 @@ def _scratch_database(tmp_path):
             yield f"sqlite:///{tmp_path / 'upgrade.db'}"
             return
         url = make_url(suite_url)
-        name = f"{url.database}_migration_0010"
+        name = f"{url.database}_{suffix}"
         admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -233,5 +233,48 @@ def test_0010_indexes_the_list_in_its_order_and_comes_back_down(tmp_path):
         before = indexes()
         assert before["ix_exports_org_status"] == ["organization_id", "status"]
         assert not {"ix_exports_org_created", "ix_exports_org_status_created"} & set(before)
+        upgrade(url, "head")
+        engine.dispose()
+
+
+def test_0011_indexes_the_source_unit_list_in_its_order_and_comes_back_down(tmp_path):
+    """(organization_id, created_at DESC, id) replaces (organization_id) on source_units, which
+    holds a row; down restores it. On SQLite, and on PostgreSQL when the suite runs there."""
+    from alembic import command
+
+    from shared.db.migrate import alembic_config
+
+    with _scratch_database(tmp_path, "migration_0011") as url:
+        upgrade(url, "0010")
+        engine = create_engine(url)
+        at = "'2026-01-01 00:00:00+00'"
+        with engine.begin() as connection:
+            for sql in (
+                f"INSERT INTO organizations (id, name, created_at) VALUES ('org_1', 'A', {at})",
+                "INSERT INTO source_connections (id, organization_id, source_system, base_url, "
+                "credentials_encrypted, webhook_token, target_system, options, created_at, "
+                f"updated_at) VALUES ('src_1', 'org_1', 'findity', 'http://f', 'x', 'tok', "
+                f"'tripletex', '{{}}', {at}, {at})",
+                "INSERT INTO source_units (id, organization_id, source_connection_id, "
+                "external_export_id, status, received_via, attempts, created_at, updated_at) "
+                f"VALUES ('su_1', 'org_1', 'src_1', 'pkg-1', 'received', 'webhook', 0, {at}, {at})",
+            ):
+                connection.execute(text(sql))
+
+        def indexes() -> dict[str, list[str]]:
+            with engine.connect() as connection:
+                return {i["name"]: i["column_names"]
+                        for i in inspect(connection).get_indexes("source_units")}
+
+        upgrade(url, "0011")
+        after = indexes()
+        assert "ix_source_units_organization_id" not in after
+        # The DESC is checked by the EXPLAIN test (tests/unit/api/test_source_export_list.py).
+        assert after["ix_source_units_org_created"] == ["organization_id", "created_at", "id"]
+
+        command.downgrade(alembic_config(url), "0010")
+        before = indexes()
+        assert before["ix_source_units_organization_id"] == ["organization_id"]
+        assert "ix_source_units_org_created" not in before
         upgrade(url, "head")
         engine.dispose()
