@@ -135,16 +135,42 @@ def _packages_done(findity: list[tuple[Any, list[str]]]) -> bool:
 
 
 def wait_settled(org_ids: list[str], timeout: float,
-                 findity: list[tuple[Any, list[str]]] | None = None) -> list[_Row]:
+                 findity: list[tuple[Any, list[str]]] | None = None,
+                 quiet: float | None = None) -> list[_Row]:
     """Rows once none is in processing and every Findity package is done (ingested, every
-    voucher reported), or (at the timeout) as they are."""
+    voucher reported), or (at the timeout) as they are.
+
+    ``quiet``: return as well once nothing has changed for that many seconds (no export's
+    status, attempts, lease or due time; no source unit's status or ``updated_at``). A scenario
+    that ends with work left without a message (a kill between kombu's pop and its unacked
+    record) learns that in ``quiet`` seconds instead of waiting out the whole ``timeout``; it
+    must be longer than anything that legitimately changes nothing meanwhile (a redelivery after
+    the visibility timeout, the longest retry, a report lock) for the scenario at hand."""
     deadline = time.monotonic() + timeout
+    last_state, since = None, time.monotonic()
     while True:
         rows = load_exports(org_ids)
         settled = all(r.status != "processing" for r in rows) and _packages_done(findity or [])
         if settled or time.monotonic() > deadline:
             return rows
+        if quiet is not None:
+            state = _progress_state(rows, org_ids)
+            if state != last_state:
+                last_state, since = state, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return rows
         time.sleep(0.5)
+
+
+def _progress_state(rows: list[_Row], org_ids: list[str]) -> tuple:
+    """What changes while work is moving: each export's status, attempts, lease and due time,
+    and each source unit's status and last update."""
+    with session_scope() as session:
+        units = sorted(session.execute(select(
+            SourceUnit.id, SourceUnit.status, SourceUnit.updated_at).where(
+            SourceUnit.organization_id.in_(org_ids))).all())
+    return (sorted((r.id, r.status, r.attempts, r.lease_expires_at, r.next_attempt_at)
+                   for r in rows), [tuple(u) for u in units])
 
 
 def _check_path(row: _Row) -> str | None:

@@ -26,7 +26,7 @@ import time
 import pytest
 
 from tests.reliability.conftest import scaled
-from tests.reliability.invariants import check_invariants, load_exports
+from tests.reliability.invariants import check_invariants, load_exports, wait_settled
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -44,18 +44,9 @@ def _left_without_a_message(org_id: str, quiet: float = 12.0, timeout: float = 1
     that nothing will run: no live lease, no retry due later."""
     from shared.db.types import utcnow
 
-    deadline = time.monotonic() + timeout
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        rows = load_exports([org_id])
-        state = sorted((r.id, r.status, r.attempts) for r in rows)
-        if state != last:
-            last, since = state, time.monotonic()
-        elif time.monotonic() - since >= quiet or all(r.status != "processing" for r in rows):
-            break
-        time.sleep(0.5)
+    rows = wait_settled([org_id], timeout, quiet=quiet)
     now = utcnow()
-    return [r.id for r in load_exports([org_id]) if r.status == "processing"
+    return [r.id for r in rows if r.status == "processing"
             and not (r.lease_expires_at and r.lease_expires_at > now)
             and not (r.next_attempt_at and r.next_attempt_at > now)]
 

@@ -54,6 +54,15 @@ TASK_LINE = re.compile(r"Task (worker\.tasks\.\w+)\[([0-9a-f-]+)\] (received|suc
                        r"raised)")
 
 
+# After the chaos, work left without a message shows as nothing changing. Quiet this long means
+# the broker has redelivered all it had (visibility timeout 6 s, restore every second, the
+# longest retry 3 s, the report lock 15 s) and every export or package left is old enough for
+# the one sweep below to take it (AIC_STUCK_AFTER_SECONDS 30 past its due time, which is at most
+# the longest retry past its last change). Waiting the whole settle timeout instead cost ~2 min
+# whenever an export was left.
+QUIET_BEFORE_THE_SWEEP = 35.0
+
+
 def _interrupted_tasks(log_text: str) -> Counter:
     """Tasks a worker received but never finished (succeeded, retried, raised): killed mid-task
     or held in memory (a prefetched message, a countdown) when the worker died."""
@@ -206,7 +215,7 @@ def test_workers_sigkilled_in_a_loop(stacks, tripletex_sandbox, findity_sandbox,
     # Redelivery alone first. What is still unfinished then had no message left: kombu's Redis
     # transport pops a message (BRPOP) and records it as unacknowledged in a second command, and
     # a SIGKILL between the two loses it. Production's backstop is the database-driven sweeper: run it once.
-    wait_settled([t.organization_id for t in tenants], 150, findity)
+    wait_settled([t.organization_id for t in tenants], 150, findity, quiet=QUIET_BEFORE_THE_SWEEP)
     orphans = _unfinished(tenants)
     figures.note("left without a message after redelivery (recovered by one sweep)", orphans)
     if orphans:
@@ -323,7 +332,7 @@ def test_workers_sigkilled_while_posting_to_billdiary(stacks, billdiary_sandbox,
     mood_changer.join(timeout=30)
     assert not errors, errors
 
-    wait_settled([tenant.organization_id], 150)
+    wait_settled([tenant.organization_id], 150, quiet=QUIET_BEFORE_THE_SWEEP)
     orphans = _unfinished([tenant])
     figures.note("left without a message after redelivery (recovered by one sweep)", orphans)
     if orphans:
