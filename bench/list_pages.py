@@ -67,18 +67,24 @@ DATABASE_PREFIX = "aic_bench_rows_"
 WARMUP = 20  # requests per query and size before the timed ones (imports, plan cache, buffers)
 
 
+EXPORTS_URL = "/api/v1/accounting-exports"
+UNITS_URL = "/api/v1/source-exports"
+
+
 @dataclass(frozen=True)
 class Query:
     name: str
     params: dict
     # SQL counting one organization's matching rows (bound :org, :now), to check ``total``.
     count_sql: str
+    path: str = EXPORTS_URL
 
 
 def queries(now: datetime) -> list[Query]:
     month_from = (now - timedelta(days=60)).isoformat()
     month_to = (now - timedelta(days=30)).isoformat()
     base = "SELECT count(*) FROM accounting_exports WHERE organization_id = :org"
+    units = "SELECT count(*) FROM source_units WHERE organization_id = :org"
     return [
         Query("page 1", {"page": 1, "limit": 20}, base),
         Query("page 400 (limit 25)", {"page": 400, "limit": 25}, base),
@@ -89,6 +95,12 @@ def queries(now: datetime) -> list[Query]:
         Query("a month (initiated_from/to)",
               {"initiated_from": month_from, "initiated_to": month_to, "page": 1, "limit": 20},
               base + f" AND created_at >= '{month_from}' AND created_at < '{month_to}'"),
+        # The source units' list (as many units as exports: a feed source makes one per expense).
+        Query("units page 1", {"page": 1, "limit": 20}, units, UNITS_URL),
+        Query("units page 400 (limit 25)", {"page": 400, "limit": 25}, units, UNITS_URL),
+        # Every organization has a unit with this reference (references count per organization).
+        Query("unit by reference", {"source_export_ref": "pkg-42", "page": 1, "limit": 20},
+              units + " AND external_export_id = 'pkg-42'", UNITS_URL),
     ]
 
 
@@ -136,11 +148,11 @@ def recreate_database(server: str, name: str, *, drop_only: bool = False) -> Non
 def load(size: Size, now: datetime) -> None:
     """Organizations, keys and connections through the domain; the rows in bulk."""
     from shared.db.migrate import upgrade
-    from shared.domain import organizations
+    from shared.domain import organizations, sources
 
     upgrade(size.url)
     with Session(size.engine) as session:
-        connections = []
+        connections, source_connections = [], []
         for i in range(ORGS):
             org = organizations.create_organization(session, f"Bench {i:03d} AS",
                                                     org_id=f"org_bench_{i:03d}")
@@ -148,10 +160,17 @@ def load(size: Size, now: datetime) -> None:
             connection = organizations.upsert_connection(
                 session, org.id, "tripletex", base_url="http://127.0.0.1:9/v2",
                 credentials={"consumer_token": "c", "employee_token": "e"})
+            source = sources.upsert_source_connection(
+                session, org.id, "findity", base_url="http://127.0.0.1:9/api",
+                credentials={"client_id": "c", "client_secret": "s",
+                             "token_url": "http://127.0.0.1:9/token"},
+                options={"organization_id": f"f-bench-{i:03d}"}, target_system="tripletex")
             size.keys.append((org.id, key))
             connections.append(connection.id)
+            source_connections.append(source.id)
         session.commit()
     params = {"n": size.rows, "orgs": [o for o, _ in size.keys], "conns": connections,
+              "sources": source_connections,
               "now": now, "span": SPAN.total_seconds(), "orgcount": ORGS}
     started = time.monotonic()
     with size.engine.begin() as connection:
@@ -202,6 +221,20 @@ def load(size: Size, now: datetime) -> None:
                             ELSE 'success' END AS status
                 FROM generate_series(0, :n - 1) AS g
             ) AS s"""), params)
+        # As many source units, spread the same way; references pkg-0, pkg-1, ... per
+        # organization (unique per connection, as the schema wants).
+        connection.execute(text("""
+            INSERT INTO source_units (id, organization_id, source_connection_id,
+                                      external_export_id, status, received_via, attempts,
+                                      created_at, updated_at)
+            SELECT 'su_b' || lpad(to_hex(g), 8, '0'), (CAST(:orgs AS text[]))[g % :orgcount + 1],
+                   (CAST(:sources AS text[]))[g % :orgcount + 1], 'pkg-' || (g / :orgcount),
+                   CASE WHEN g >= :n - :n / 200 THEN 'processing' ELSE 'completed' END,
+                   'webhook', 1,
+                   CAST(:now AS timestamptz) - make_interval(secs => :span * (:n - g) / :n),
+                   CAST(:now AS timestamptz) - make_interval(secs => :span * (:n - g) / :n)
+                       + interval '5 seconds'
+            FROM generate_series(0, :n - 1) AS g"""), params)
     with size.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE"))
     size.load_seconds = time.monotonic() - started
@@ -251,7 +284,7 @@ def measure(sizes: list[Size], query: Query, requests: int, now: datetime) -> No
             for s in sizes:  # alternate request by request: the same machine load for both
                 org, key = s.keys[i % ORGS]
                 started = time.perf_counter()
-                response = clients[s.rows].get("/api/v1/accounting-exports", params=query.params,
+                response = clients[s.rows].get(query.path, params=query.params,
                                                headers={"Authorization": f"Bearer {key}"})
                 elapsed = time.perf_counter() - started
                 check(response, query, expected[s.rows][org], s.rows)
@@ -278,14 +311,24 @@ def check(response: httpx.Response, query: Query, total: int, rows: int) -> None
 
 
 def measure_in_process(sizes: list[Size], query: Query, requests: int) -> None:
-    """The same page through ``list_exports`` in this process: the database and ORM share of a
-    request without HTTP, the API key lookup or the machine's noise in the API process."""
+    """The same page through ``list_exports`` (``list_source_units``) in this process: the
+    database and ORM share of a request without HTTP, the API key lookup or the machine's noise
+    in the API process."""
     from shared.domain.exports import ExportFilters, list_exports
+    from shared.domain.sources import list_source_units
 
     params = dict(query.params)
     page, limit = params.pop("page"), params.pop("limit")
-    filters = ExportFilters(**{k: datetime.fromisoformat(v) if k.startswith("initiated") else v
-                               for k, v in params.items()})
+    if query.path == UNITS_URL:
+        def list_page(session: Session, org: str) -> None:
+            list_source_units(session, org, page=page, limit=limit,
+                              external_export_id=params.get("source_export_ref"))
+    else:
+        filters = ExportFilters(**{k: datetime.fromisoformat(v) if k.startswith("initiated")
+                                   else v for k, v in params.items()})
+
+        def list_page(session: Session, org: str) -> None:
+            list_exports(session, org, filters, page=page, limit=limit)
     sessions = {s.rows: Session(s.engine) for s in sizes}
     try:
         for s in sizes:
@@ -294,7 +337,7 @@ def measure_in_process(sizes: list[Size], query: Query, requests: int) -> None:
             for s in sizes:
                 session = sessions[s.rows]
                 started = time.perf_counter()
-                list_exports(session, s.keys[i % ORGS][0], filters, page=page, limit=limit)
+                list_page(session, s.keys[i % ORGS][0])
                 elapsed = time.perf_counter() - started
                 session.rollback()  # a transaction per call, as a request has
                 session.expunge_all()
@@ -336,7 +379,8 @@ def header(args: argparse.Namespace, server: str, sizes: list[int]) -> str:
         f"{_load(os.getloadavg())} (1/5/15 min)",
         f"database : {redact(server)} -> "
         + ", ".join(f"{DATABASE_PREFIX}{n}" for n in sizes),
-        f"load     : {', '.join(f'{n:,}' for n in sizes)} exports over {ORGS} organizations "
+        f"load     : {', '.join(f'{n:,}' for n in sizes)} exports (and as many source units) "
+        f"over {ORGS} organizations "
         f"(created_at over {SPAN.days} days); {args.requests} timed requests per query and size "
         f"after {WARMUP} warm-up, one at a time, sizes alternating; each request with the next "
         f"organization's API key",
@@ -368,11 +412,13 @@ def table(sizes: list[Size], names: list[str], figures: str, verdicts: bool
 
 def report(sizes: list[Size], names: list[str]) -> tuple[str, bool]:
     big = sizes[-1]
-    lines = ["GET /api/v1/accounting-exports over HTTP (the target):"]
+    lines = [f"GET {EXPORTS_URL} (and the 'units' rows: GET {UNITS_URL}) over HTTP (the "
+             "target):"]
     api_lines, ok = table(sizes, names, "latencies", verdicts=True)
     lines += api_lines
-    lines += ["", "the same pages through shared.domain.exports.list_exports in this process "
-                  "(database + ORM only; for reading the above, no target):"]
+    lines += ["", "the same pages through shared.domain.exports.list_exports (sources."
+                  "list_source_units) in this process (database + ORM only; for reading the "
+                  "above, no target):"]
     lines += table(sizes, names, "in_process", verdicts=False)[0]
     lines.append("")
     for s in sizes:
@@ -426,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 size = Size(rows=n, url=url, engine=create_engine(url))
                 sizes.append(size)
                 load(size, now)
-                print(f"loaded   : {n:,} exports (and as many expenses) in "
+                print(f"loaded   : {n:,} exports (and as many expenses and source units) in "
                       f"{size.load_seconds:.1f} s incl. VACUUM ANALYZE", flush=True)
             for size in sizes:
                 start_api(size, Path(tmp))
