@@ -117,6 +117,7 @@ class Size:
     in_process: dict[str, list[float]] = field(default_factory=dict)
     sweep_ms: list[float] = field(default_factory=list)
     stuck_found: int = 0
+    status_ms: list[float] = field(default_factory=list)
 
 
 # --- databases ----------------------------------------------------------------------------------
@@ -366,6 +367,22 @@ def measure_sweep(size: Size, repeats: int) -> None:
         size.stuck_found = len(found)
 
 
+def measure_status(size: Size, repeats: int) -> None:
+    """The operators' overview (``aic status``, ``GET /api/v1/admin/status``) over every
+    organization's exports: asked for by a person, not on every request; timed to show how it
+    grows with the table."""
+    from shared.domain.overview import export_status
+
+    with Session(size.engine) as session:
+        for i in range(1 + repeats):
+            started = time.perf_counter()
+            export_status(session)
+            elapsed = (time.perf_counter() - started) * 1000
+            session.rollback()
+            if i >= 1:
+                size.status_ms.append(elapsed)
+
+
 # --- reporting --------------------------------------------------------------------------------
 
 def header(args: argparse.Namespace, server: str, sizes: list[int]) -> str:
@@ -429,6 +446,10 @@ def report(sizes: list[Size], names: list[str]) -> tuple[str, bool]:
         lines.append(f"sweeper scan @{s.rows:>9,}: p50 {pct(s.sweep_ms, 50):.1f} ms, p99 "
                      f"{p99:.1f} ms ({len(s.sweep_ms)} scans, {s.stuck_found} stuck found)   "
                      + ("PASS" if passed else "FAIL"))
+    for s in sizes:
+        lines.append(f"admin status @{s.rows:>9,}: p50 {pct(s.status_ms, 50):.1f} ms, p99 "
+                     f"{pct(s.status_ms, 99):.1f} ms ({len(s.status_ms)} overviews, in this "
+                     "process; no target)")
     return "\n".join(lines), ok
 
 
@@ -484,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 names.append(query.name)
             for size in sizes:
                 measure_sweep(size, args.sweeps)
+                measure_status(size, args.sweeps // 5 or 1)
             table, ok = report(sizes, names)
             print(table)
             print(f"load average at the end: {_load(os.getloadavg())}")
