@@ -328,6 +328,42 @@ def signals_held():
             signal.signal(s, handler)
 
 
+def say(message: str) -> None:
+    """Progress on stderr, so stdout holds only the figures."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+def run_benchmark(prefix: str, keep: bool, body, cleanup=None) -> int:
+    """The frame every benchmark's ``main`` runs in, so they end alike: ``body(tmp)`` runs in a
+    fresh scratch directory with SIGTERM raised like Ctrl-C (every ``finally`` stops its
+    children) and returns the exit code; then the load average at the end. A ``BenchFailure``
+    prints "no figures" (exit 1), Ctrl-C exits 130. ``cleanup()`` (stopping what ``body``
+    started) runs with signals held; the scratch directory goes unless ``keep`` or the run
+    failed (then its logs are what to read)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    ok = False
+    try:
+        with signals_raise_interrupt():
+            code = body(tmp)
+        print(f"load average at the end: {_load(os.getloadavg())}")
+        ok = True
+        return code
+    except BenchFailure as failure:
+        print(f"BENCHMARK FAILED (no figures for this run): {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; every child process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if cleanup is not None:
+            with signals_held():
+                cleanup()
+        if ok and not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {tmp}", file=sys.stderr)
+
+
 # --- the load ---------------------------------------------------------------------------------
 
 _refs = itertools.count(1)
@@ -977,44 +1013,28 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = 1 if args.pool == "solo" else args.concurrency
         configs = [PoolConfig(args.pool, concurrency, args.workers)]
 
-    def say(message: str) -> None:
-        print(f"  .. {message}", file=sys.stderr, flush=True)
-
     rate_per_connection = effective_rate(args.rate_limit)
     print(header(args, database_url, rate_per_connection), flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="aic-bench-"))
-    results: list[RunResult] = []
-    ok = False
-    try:
-        with signals_raise_interrupt():
-            for n, config in enumerate(configs, 1):
-                result = run_once(config, exports=args.exports, orgs=args.orgs,
-                                  latency_ms=args.latency_ms, rate_limit=args.rate_limit,
-                                  timeout=args.timeout, run_dir=tmp / f"run{n}-{config.pool}",
-                                  database_url=database_url, say=say,
-                                  warmup=1 if args.warm else 0)
-                results.append(result)
-                print(describe_run(result, args.latency_ms, rate_per_connection), flush=True)
-            if args.versus_bare:
-                bare = run_bare(configs[0], exports=args.exports, latency_ms=args.latency_ms,
-                                timeout=args.timeout, run_dir=tmp / "bare", say=say)
-                print(versus_bare_table(results[0], bare), flush=True)
+
+    def body(tmp: Path) -> int:
+        results: list[RunResult] = []
+        for n, config in enumerate(configs, 1):
+            result = run_once(config, exports=args.exports, orgs=args.orgs,
+                              latency_ms=args.latency_ms, rate_limit=args.rate_limit,
+                              timeout=args.timeout, run_dir=tmp / f"run{n}-{config.pool}",
+                              database_url=database_url, say=say,
+                              warmup=1 if args.warm else 0)
+            results.append(result)
+            print(describe_run(result, args.latency_ms, rate_per_connection), flush=True)
+        if args.versus_bare:
+            bare = run_bare(configs[0], exports=args.exports, latency_ms=args.latency_ms,
+                            timeout=args.timeout, run_dir=tmp / "bare", say=say)
+            print(versus_bare_table(results[0], bare), flush=True)
         if len(results) > 1:
             print(comparison_table(results))
-        print(f"load average at the end: {_load(os.getloadavg())}")
-        ok = True
         return 0
-    except BenchFailure as failure:
-        print(f"BENCHMARK FAILED (no figures for this run): {failure}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every child process was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
+
+    return run_benchmark("aic-bench-", args.keep, body)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bench.export_throughput import (
-    BenchFailure,
     PoolConfig,
     _commit,
     _load,
     command_line,
     describe_run,
+    run_benchmark,
     run_once,
-    signals_raise_interrupt,
+    say,
 )
 
 TARGET = 0.85
@@ -72,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     database_url = os.environ.get("AIC_BENCH_DATABASE_URL") or None
     latency = args.latency_ms / 1000
 
-    def say(message: str) -> None:
-        print(f"  .. {message}", file=sys.stderr, flush=True)
-
     print("\n".join([
         "=== bench.latency_bound ===",
         f"command  : {command_line('bench.latency_bound')}   (cwd {Path.cwd()})",
@@ -87,29 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         f"organization exported first, untimed)",
         f"target   : workers' throughput >= {TARGET:.2f} x slots / latency (issue 12, target 2)",
     ]), flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="aic-bench-latency-"))
-    rows = []
-    ok = False
-    try:
-        with signals_raise_interrupt():
-            for workers in args.worker_counts:
-                config = PoolConfig("threads", args.concurrency, workers)
-                slots = config.in_flight
-                bound = slots / latency
-                exports = min(PER_ORG, max(slots, round(bound * args.seconds)))
-                orgs = 1
-                result = run_once(config, exports=exports, orgs=orgs,
-                                  latency_ms=args.latency_ms, rate_limit="off",
-                                  timeout=args.timeout, run_dir=tmp / f"w{workers}",
-                                  database_url=database_url, say=say, warmup=2 * slots)
-                print(describe_run(result, args.latency_ms, None), flush=True)
-                workers_rate = result.exports / result.worker_span_s
-                print(f"  latency bound             : {slots} slots / {latency:g} s = "
-                      f"{bound:.1f} exports/s; workers {workers_rate:.2f} exports/s "
-                      f"({workers_rate / bound:.2f} of it, span {result.worker_span_s:.2f} s); "
-                      f"end to end {result.throughput:.2f} ({result.throughput / bound:.2f})",
-                      flush=True)
-                rows.append((config, exports, orgs, bound, workers_rate, result))
+    def body(tmp: Path) -> int:
+        rows = []
+        for workers in args.worker_counts:
+            config = PoolConfig("threads", args.concurrency, workers)
+            slots = config.in_flight
+            bound = slots / latency
+            exports = min(PER_ORG, max(slots, round(bound * args.seconds)))
+            orgs = 1
+            result = run_once(config, exports=exports, orgs=orgs,
+                              latency_ms=args.latency_ms, rate_limit="off",
+                              timeout=args.timeout, run_dir=tmp / f"w{workers}",
+                              database_url=database_url, say=say, warmup=2 * slots)
+            print(describe_run(result, args.latency_ms, None), flush=True)
+            workers_rate = result.exports / result.worker_span_s
+            print(f"  latency bound             : {slots} slots / {latency:g} s = "
+                  f"{bound:.1f} exports/s; workers {workers_rate:.2f} exports/s "
+                  f"({workers_rate / bound:.2f} of it, span {result.worker_span_s:.2f} s); "
+                  f"end to end {result.throughput:.2f} ({result.throughput / bound:.2f})",
+                  flush=True)
+            rows.append((config, exports, orgs, bound, workers_rate, result))
         header = (f"{'workers':>7}{'slots':>7}{'exports':>9}{'bound/s':>9}{'workers/s':>11}"
                   f"{'ratio':>7}{'end-to-end/s':>14}{'ratio':>7}{'scaling':>9}"
                   f"{'CPU ours/others s':>19}{'load':>7}   verdict")
@@ -124,20 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rate / bound:>7.2f}{r.throughput:>14.2f}{r.throughput / bound:>7.2f}"
                   f"{rate / base:>8.2f}x{f'{r.cpu_ours:.1f}/{r.cpu_others:.1f}':>19}"
                   f"{r.load_before[0]:>7.2f}   {verdict}")
-        print(f"load average at the end: {_load(os.getloadavg())}")
-        ok = True
         return 1 if failed else 0
-    except BenchFailure as failure:
-        print(f"BENCHMARK FAILED (no figures for this run): {failure}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every child process was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
+
+    return run_benchmark("aic-bench-latency-", args.keep, body)
 
 
 if __name__ == "__main__":

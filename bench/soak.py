@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,8 +38,8 @@ from bench.export_throughput import (
     create_expenses,
     post_batch,
     set_up_tenants,
-    signals_held,
-    signals_raise_interrupt,
+    run_benchmark,
+    say,
     wait_for_batches,
 )
 
@@ -111,47 +109,42 @@ def main(argv: list[str] | None = None) -> int:
         f"batch) to the end (issue 12, target 8)",
     ]), flush=True)
 
-    def say(message: str) -> None:
-        print(f"  .. {message}", file=sys.stderr, flush=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix="aic-bench-soak-"))
     config = PoolConfig("threads", args.concurrency, 1)
-    stack = BenchStack(tmp, config, database_url)
-    control: httpx.Client | None = None
-    tenants = []
-    ok = False
-    try:
-        with signals_raise_interrupt():
-            say(f"starting stack in {tmp}")
-            stack.start()
-            worker = next(p for p in stack.processes if p.name == "worker1")
-            control = httpx.Client(base_url=stack.sandbox_url, timeout=120)
-            tenants = set_up_tenants(stack, control, exports=0, orgs=1,
-                                     latency_ms=args.latency_ms, rate_limit="off")
-            tenant = tenants[0]
-            at_ready = rss_mib(worker.pid)
-            started = time.perf_counter()
-            samples: list[tuple[int, float, float]] = []
-            done = 0
-            print(f"worker RSS at ready: {at_ready:.1f} MiB; then after every batch:", flush=True)
-            for n in range(batches):
-                expense_ids = _create(tenant, args.batch, say)
-                batch = post_batch(tenant, expense_ids)
-                counts = wait_for_batches(stack, [(tenant, batch["batch_id"])],
-                                          time.perf_counter(), args.timeout)
-                if counts.get("success", 0) != len(expense_ids):
-                    raise BenchFailure(f"batch {n + 1}: not every export succeeded: {counts}")
-                done += len(expense_ids)
-                samples.append((done, (time.perf_counter() - started) / 60, rss_mib(worker.pid)))
-                # Every sample as it is taken: a run broken off late still shows its curve.
-                print(f"  sample {done:>6} exports {samples[-1][1]:6.1f} min "
-                      f"{samples[-1][2]:7.1f} MiB", flush=True)
-            vouchers = _check(control.get(f"/_sandbox/companies/{tenant.company_id}/vouchers"),
-                              200, "sandbox vouchers")
-            numbers = {v.get("externalVoucherNumber") for v in vouchers}
-            if len(vouchers) != done or len(numbers) != done:
-                raise BenchFailure(f"the sandbox holds {len(vouchers)} vouchers ({len(numbers)} "
-                                   f"distinct export ids) for {done} successful exports")
+    started_here: dict = {}  # what body started, for the clean-up
+
+    def body(tmp: Path) -> int:
+        say(f"starting stack in {tmp}")
+        stack = started_here["stack"] = BenchStack(tmp, config, database_url)
+        stack.start()
+        worker = next(p for p in stack.processes if p.name == "worker1")
+        control = started_here["control"] = httpx.Client(base_url=stack.sandbox_url,
+                                                         timeout=120)
+        tenants = started_here["tenants"] = set_up_tenants(
+            stack, control, exports=0, orgs=1, latency_ms=args.latency_ms, rate_limit="off")
+        tenant = tenants[0]
+        at_ready = rss_mib(worker.pid)
+        started = time.perf_counter()
+        samples: list[tuple[int, float, float]] = []
+        done = 0
+        print(f"worker RSS at ready: {at_ready:.1f} MiB; then after every batch:", flush=True)
+        for n in range(batches):
+            expense_ids = _create(tenant, args.batch, say)
+            batch = post_batch(tenant, expense_ids)
+            counts = wait_for_batches(stack, [(tenant, batch["batch_id"])],
+                                      time.perf_counter(), args.timeout)
+            if counts.get("success", 0) != len(expense_ids):
+                raise BenchFailure(f"batch {n + 1}: not every export succeeded: {counts}")
+            done += len(expense_ids)
+            samples.append((done, (time.perf_counter() - started) / 60, rss_mib(worker.pid)))
+            # Every sample as it is taken: a run broken off late still shows its curve.
+            print(f"  sample {done:>6} exports {samples[-1][1]:6.1f} min "
+                  f"{samples[-1][2]:7.1f} MiB", flush=True)
+        vouchers = _check(control.get(f"/_sandbox/companies/{tenant.company_id}/vouchers"),
+                          200, "sandbox vouchers")
+        numbers = {v.get("externalVoucherNumber") for v in vouchers}
+        if len(vouchers) != done or len(numbers) != done:
+            raise BenchFailure(f"the sandbox holds {len(vouchers)} vouchers ({len(numbers)} "
+                               f"distinct export ids) for {done} successful exports")
         baseline = samples[0][2]
         print(f"worker RSS at ready: {at_ready:.1f} MiB; baseline (after the first batch): "
               f"{baseline:.1f} MiB")
@@ -169,26 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"growth   : {growth:+.1%} from the baseline to the end over {done - args.batch} "
               f"exports (peak {peak:.1f} MiB, {(peak - baseline) / baseline:+.1%}); from ready "
               f"{(final - at_ready) / at_ready:+.1%}   <= {TARGET_GROWTH:.0%}   {verdict}")
-        print(f"load average at the end: {_load(os.getloadavg())}")
-        ok = True
         return 0 if verdict == "PASS" else 1
-    except BenchFailure as failure:
-        print(f"BENCHMARK FAILED (no figures for this run): {failure}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every child process was stopped", file=sys.stderr)
-        return 130
-    finally:
-        with signals_held():
-            for t in tenants:
-                t.api.close()
-            if control is not None:
-                control.close()
-            stack.stop()
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
+
+    def cleanup() -> None:
+        for tenant in started_here.get("tenants", []):
+            tenant.api.close()
+        if "control" in started_here:
+            started_here["control"].close()
+        if "stack" in started_here:
+            started_here["stack"].stop()
+
+    return run_benchmark("aic-bench-soak-", args.keep, body, cleanup)
 
 
 if __name__ == "__main__":

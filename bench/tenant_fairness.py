@@ -46,9 +46,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -71,9 +69,10 @@ from bench.export_throughput import (
     _parse_time,
     command_line,
     redact,
+    run_benchmark,
+    say,
     set_up_tenants,
     signals_held,
-    signals_raise_interrupt,
 )
 
 FAIR_THROUGHPUT = 0.90
@@ -368,29 +367,12 @@ def _execute(module: str, args: argparse.Namespace, load: str, body) -> int:
                  if not any(word in k for word in ("URL", "TOKEN", "KEY", "SECRET"))]
         print(f"env      : children inherit {', '.join(shown)}")
 
-    def say(message: str) -> None:
-        print(f"  .. {message}", file=sys.stderr, flush=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f"aic-{module}-"))
-    ok = False
-    try:
-        with signals_raise_interrupt():
-            report, passed = body(tmp, database_url, say)
+    def run(tmp: Path) -> int:
+        report, passed = body(tmp, database_url, say)
         print(report)
-        print(f"load average at the end: {_load(os.getloadavg())}")
-        ok = True
         return 0 if passed else 2
-    except BenchFailure as failure:
-        print(f"BENCHMARK FAILED (no figures for this run): {failure}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; every child process was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
+
+    return run_benchmark(f"aic-{module}-", args.keep, run)
 
 
 def main(argv: list[str] | None = None) -> int:

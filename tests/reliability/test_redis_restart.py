@@ -20,7 +20,6 @@ across the restart), and its own API server, workers and, where it needs one, be
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest

@@ -11,12 +11,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, text, update
+from sqlalchemy import event, update
 
 from producers.api.app import create_app
 from shared.db.models import AccountingExport
 from shared.db.session import get_engine, session_scope
 from shared.domain import exports as service
+from tests.unit.api.plans import explained, statements_sent
 
 BASE = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 URL = "/api/v1/accounting-exports"
@@ -118,19 +119,11 @@ def test_a_list_request_uses_one_connection_for_the_key_and_the_rows(client, org
 
 def _list_statements(org_id: str, filters: service.ExportFilters, page: int) -> list:
     """The statements ``list_exports`` sends, with their parameters."""
-    engine = get_engine()
-    sent: list = []
-
-    def record(_conn, _cursor, statement, parameters, _context, _many) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    def list_page() -> None:
         with session_scope() as session:
             service.list_exports(session, org_id, filters, page=page, limit=25)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return sent
+
+    return statements_sent(list_page)
 
 
 @pytest.mark.parametrize("filters, index", [
@@ -151,13 +144,7 @@ def test_postgres_counts_and_pages_off_the_index_without_sorting(org, listed, fi
         pytest.skip("the plan is PostgreSQL's (CI); SQLite's planner is not the one that counts")
     statements = _list_statements(org.id, filters, page=2)
     assert len(statements) == 2  # the count, the page
-    plans = []
-    for statement, parameters in statements:
-        with engine.begin() as connection:
-            connection.execute(text("SET LOCAL enable_seqscan = off"))
-            cursor = connection.connection.cursor()
-            cursor.execute("EXPLAIN " + statement, parameters)
-            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+    plans = explained(statements)
     count_plan, page_plan = plans
     # The count may use either index (both lead with the organization); the page needs the one
     # in its order.

@@ -9,12 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, text, update
+from sqlalchemy import update
 
 from producers.api.app import create_app
 from shared.db.models import SourceUnit
 from shared.db.session import get_engine, session_scope
 from shared.domain import organizations, sources
+from tests.unit.api.plans import explained, statements_sent
 
 BASE = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 URL = "/api/v1/source-exports"
@@ -81,28 +82,14 @@ def test_the_lookup_by_reference_finds_only_the_callers_unit(client, org, listed
     assert body == {"data": [], "pagination": {"page": 1, "limit": 20, "total": 0}}
 
 
-def _plans(org_id: str, **kwargs) -> list[str]:
-    engine = get_engine()
-    sent: list = []
-
-    def record(_conn, _cursor, statement, parameters, _context, _many) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+def _plans(org_id: str) -> list[str]:
+    def list_page() -> None:
         with session_scope() as session:
-            sources.list_source_units(session, org_id, page=2, limit=3, **kwargs)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    assert len(sent) == 2  # the count, the page
-    plans = []
-    for statement, parameters in sent:
-        with engine.begin() as connection:
-            connection.execute(text("SET LOCAL enable_seqscan = off"))
-            cursor = connection.connection.cursor()
-            cursor.execute("EXPLAIN " + statement, parameters)
-            plans.append("\n".join(row[0] for row in cursor.fetchall()))
-    return plans
+            sources.list_source_units(session, org_id, page=2, limit=3)
+
+    statements = statements_sent(list_page)
+    assert len(statements) == 2  # the count, the page
+    return explained(statements)
 
 
 def test_postgres_pages_units_off_the_index_without_sorting(org, listed):
