@@ -19,7 +19,7 @@ from producers.api.errors import ApiError, error_responses
 from shared import jobs, metrics
 from shared.db.session import get_engine, one_sqlite_writer
 from shared.domain import sources
-from shared.domain.errors import NotFound
+from shared.domain.errors import DomainError, NotFound
 from shared.integrations import registry
 from shared.integrations.sources import Announcement, MalformedAnnouncement
 from shared.logs import get_logger
@@ -70,11 +70,34 @@ def _mount(system: registry.SourceSystem) -> None:
 
 def _store_delivery(system: registry.SourceSystem, token: str, signature: str | None,
                     raw: bytes, announcement: Announcement) -> tuple[str, bool]:
+    # The connection kept from an earlier delivery to this token saves the SELECT of it, but
+    # it is trusted no further than it is checked: whatever it refuses (a secret or an
+    # organization set since, say), or finds changed by the commit, is decided again against
+    # the connection as it is now, as if nothing had been kept.
+    kept = sources.kept_webhook_connection(token)
+    if kept is not None:
+        try:
+            return _store_checked(system, kept, token, signature, raw, announcement)
+        except (DomainError, ApiError, sources.ConnectionChanged):
+            sources.forget_webhook_connection(token)
+    try:
+        return _store_checked(system, None, token, signature, raw, announcement)
+    except sources.ConnectionChanged:
+        raise ApiError(503, "connection_changed",
+                       "this webhook's connection changed while the delivery was stored; "
+                       "nothing was recorded, deliver it again") from None
+
+
+def _store_checked(system: registry.SourceSystem, connection: Row | None, token: str,
+                   signature: str | None, raw: bytes,
+                   announcement: Announcement) -> tuple[str, bool]:
     # A Core connection, no ORM session: nothing here needs one, and its flush and commit
     # machinery cost a delivery more CPU than the statements (issue 12, target 6). Leaving the
-    # block without the commit below (a refused delivery, any error) rolls everything back.
+    # block without the commit below (a refused delivery, a changed connection, any error)
+    # rolls everything back.
     with get_engine().connect() as db:
-        connection = sources.connection_for_webhook(db, token)
+        if connection is None:
+            connection = sources.connection_for_webhook(db, token)
         _check(system, connection, signature, raw, announcement)
         # On SQLite the deliveries of this process take turns on the one writer
         # (one_sqlite_writer) for the writes and the commit only: the read and the checks

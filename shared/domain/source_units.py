@@ -103,8 +103,9 @@ def record_unit_event(session: Session, unit_id: str, kind: str, *, actor: str,
 
 # Every event row is written by this one prebuilt statement, the values bound at execution:
 # the webhook receiver writes one per new unit without an ORM session, and the ORM's flush of
-# an added event cost more CPU than the INSERT itself (issue 12, target 6).
-_INSERT_EVENT = insert(SourceUnitEvent.__table__)
+# an added event cost more CPU than the INSERT itself (issue 12, target 6). Inline: nothing
+# reads the new row's id, and without it PostgreSQL would send it back (RETURNING id) each time.
+_INSERT_EVENT = insert(SourceUnitEvent.__table__).inline()
 
 
 def write_unit_event(connection: Connection, unit_id: str, kind: str, *, actor: str,

@@ -198,24 +198,73 @@ def source_credentials(connection: SourceConnection) -> dict[str, str]:
 _CONNECTION_FOR_WEBHOOK = select(
     SourceConnection.id, SourceConnection.organization_id, SourceConnection.source_system,
     SourceConnection.options, SourceConnection.webhook_secret_encrypted,
+    SourceConnection.updated_at,
 ).where(SourceConnection.webhook_token == bindparam("token"))
-_INSERT_DELIVERY = insert(WebhookDelivery.__table__)
+_DELIVERIES = WebhookDelivery.__table__
+# The delivery's row, written only while its connection is still as the delivery was checked
+# against (same id, same updated_at: every change of a connection sets it, see
+# upsert_source_connection, and the ORM's onupdate for the poll's own columns; a change made
+# by hand in SQL must set it too, or deliveries checked before it go on). INSERT ...
+# SELECT ... WHERE, so the check costs no statement of its own; its RETURNING row says it was
+# written (SQLite and PostgreSQL alike: on PostgreSQL SQLAlchemy returns the new id anyway, and
+# the result's rowcount is then -1).
+_INSERT_DELIVERY_IF_UNCHANGED = insert(_DELIVERIES).from_select(
+    ["source_connection_id", "external_export_id", "body", "duplicate", "received_at"],
+    select(
+        bindparam("source_connection_id", type_=_DELIVERIES.c.source_connection_id.type),
+        bindparam("external_export_id", type_=_DELIVERIES.c.external_export_id.type),
+        bindparam("body", type_=_DELIVERIES.c.body.type),
+        bindparam("duplicate", type_=_DELIVERIES.c.duplicate.type),
+        bindparam("received_at", type_=_DELIVERIES.c.received_at.type),
+    ).where(select(SourceConnection.id).where(
+        SourceConnection.id == bindparam("source_connection_id"),
+        SourceConnection.updated_at == bindparam("checked_updated_at",
+                                                 type_=SourceConnection.updated_at.type),
+    ).exists())).returning(_DELIVERIES.c.id)
 _UNIT_ID = select(SourceUnit.id).where(
     SourceUnit.source_connection_id == bindparam("connection_id"),
     SourceUnit.external_export_id == bindparam("external_id"))
 
 
+class ConnectionChanged(Exception):
+    """The source connection a webhook delivery was checked against changed (its secret, its
+    options) or went away before the delivery's commit: nothing of the delivery may be
+    committed; check it again against the connection as it is now."""
+
+
+# The connections of the webhook tokens this process answered recently, by token, so that a
+# delivery costs no SELECT of its connection: the webhook routes' busiest statement after the
+# writes (issue 12, target 6). Never trusted beyond what it is checked against: a delivery
+# checked against a kept row commits only if the connection is unchanged (record_webhook), and
+# the receiver checks again against a fresh read whatever a kept row refused. Only tokens that
+# exist are kept (no unknown token takes a place), at most this many; a full map starts over.
+_WEBHOOK_CONNECTIONS: dict[str, Row] = {}
+WEBHOOK_CONNECTIONS_KEPT = 1000
+
+
+def kept_webhook_connection(token: str) -> Row | None:
+    """The connection row of an earlier delivery to ``token`` in this process, or None."""
+    return _WEBHOOK_CONNECTIONS.get(token)
+
+
+def forget_webhook_connection(token: str) -> None:
+    _WEBHOOK_CONNECTIONS.pop(token, None)
+
+
 def connection_for_webhook(connection: Connection, token: str) -> Row:
     """What a webhook delivery needs of the source connection its URL token names: ``id``,
-    ``organization_id``, ``source_system``, ``options`` and ``webhook_secret_encrypted``.
+    ``organization_id``, ``source_system``, ``options``, ``webhook_secret_encrypted`` and
+    ``updated_at`` (what ``record_webhook`` checks it against), read now and kept for the
+    next deliveries to the token (``kept_webhook_connection``).
 
-    The columns, not the ORM object: this runs on every delivery, and nothing here changes the
-    connection. Not cached: a token that was changed or a connection that was removed must stop
-    working at once.
+    The columns, not the ORM object: nothing here changes the connection.
     """
     found = connection.execute(_CONNECTION_FOR_WEBHOOK, {"token": token}).first()
     if found is None:
         raise NotFound("no webhook is registered at this URL; copy the URL from `aic source show`")
+    if len(_WEBHOOK_CONNECTIONS) >= WEBHOOK_CONNECTIONS_KEPT:
+        _WEBHOOK_CONNECTIONS.clear()
+    _WEBHOOK_CONNECTIONS[token] = found
     return found
 
 
@@ -406,7 +455,9 @@ def record_webhook(db: Connection, connection: SourceConnection | Row, external_
 
     The hot path of the receiver, on a Core connection (no ORM session): the insert goes first
     (no SELECT before it), and a duplicate reads only the id of the unit it repeats, for the
-    log line.
+    log line. ``connection`` is the row the delivery was checked against (token, signature,
+    organization); its ``updated_at`` must still be the connection's when the delivery's row is
+    written, else ``ConnectionChanged`` is raised and the caller must not commit.
     """
     unit_id = _insert_unit(db, connection, external_export_id, via="webhook")
     job = None
@@ -417,9 +468,12 @@ def record_webhook(db: Connection, connection: SourceConnection | Row, external_
     else:
         unit_id = db.execute(_UNIT_ID, {
             "connection_id": connection.id, "external_id": external_export_id}).scalar_one()
-    db.execute(_INSERT_DELIVERY, {
+    logged = db.execute(_INSERT_DELIVERY_IF_UNCHANGED, {
         "source_connection_id": connection.id, "external_export_id": external_export_id,
-        "body": body, "duplicate": job is None, "received_at": utcnow()})
+        "body": body, "duplicate": job is None, "received_at": utcnow(),
+        "checked_updated_at": connection.updated_at})
+    if logged.first() is None:
+        raise ConnectionChanged(f"source connection {connection.id} changed during the delivery")
     return unit_id, job
 
 

@@ -142,6 +142,82 @@ def test_an_unknown_token_is_a_404_and_changes_nothing(client, connection, sent_
     assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
 
 
+def _set_webhook_secret(org_id: str, secret: str) -> None:
+    """What an operator does from another process (``aic source set``, the admin API): this
+    process is not told."""
+    with session_scope() as session:
+        sources.upsert_source_connection(session, org_id, "findity",
+                                         base_url="http://127.0.0.1:9/api", webhook_secret=secret)
+
+
+def _signed(client, token: str, export_id: str, secret: str):
+    body = json.dumps({"exportId": export_id, "organizationId": FINDITY_ORG}).encode()
+    signature = sources.sign(secret, int(utcnow().timestamp()), body)
+    return client.post(f"/webhooks/findity/{token}", content=body, headers={
+        "Content-Type": "application/json", sources.SIGNATURE_HEADER: signature})
+
+
+def test_a_secret_set_after_deliveries_is_required_from_the_next_delivery(client, connection,
+                                                                          org, sent_jobs):
+    """The receiver keeps each token's connection between deliveries (no SELECT of it per
+    delivery), but a delivery checked against a connection that has changed since is never
+    recorded: the next unsigned delivery is refused at once, a signed one is taken."""
+    connection_id, token = connection
+    assert _deliver(client, token, "exp-1").status_code == 200
+    _set_webhook_secret(org.id, "the-new-secret")
+
+    unsigned = _deliver(client, token, "exp-2")
+    assert unsigned.status_code == 401
+    assert unsigned.json()["error"]["code"] == "invalid_signature"
+    assert _signed(client, token, "exp-2", "a-guessed-secret").status_code == 401
+    assert _rows(connection_id)[:2] == (["exp-1"], 1)
+    signed = _signed(client, token, "exp-2", "the-new-secret")
+    assert (signed.status_code, signed.json()) == (200, {"received": True, "duplicate": False})
+    units, deliveries, announced = _rows(connection_id)
+    assert units == ["exp-1", "exp-2"] and deliveries == 2 and len(announced) == 2
+    assert len(sent_jobs) == 2
+
+
+def test_a_secret_rotated_or_removed_after_deliveries_takes_effect_at_once(client, connection,
+                                                                           org, sent_jobs):
+    connection_id, token = connection
+    _set_webhook_secret(org.id, "first-secret")
+    assert _signed(client, token, "exp-1", "first-secret").status_code == 200
+    _set_webhook_secret(org.id, "second-secret")
+    assert _signed(client, token, "exp-2", "first-secret").status_code == 401
+    assert _signed(client, token, "exp-2", "second-secret").status_code == 200
+    _set_webhook_secret(org.id, "")  # removed: unsigned deliveries are taken again
+    assert _deliver(client, token, "exp-3").status_code == 200
+    units, deliveries, announced = _rows(connection_id)
+    assert units == ["exp-1", "exp-2", "exp-3"] and deliveries == 3 and len(announced) == 3
+
+
+def test_a_connection_changed_between_its_check_and_the_commit_records_nothing(
+        client, connection, org, sent_jobs, monkeypatch):
+    """The connection changes while a delivery is being stored (after its checks, before its
+    commit): nothing is recorded, and the source is told to deliver again (503)."""
+    from producers.webhooks import receiver
+
+    connection_id, token = connection
+    check = receiver._check  # noqa: SLF001 - the moment between the checks and the writes
+
+    def check_then_the_connection_changes(*args, **kwargs):
+        check(*args, **kwargs)
+        with session_scope() as session:
+            session.get(sources.SourceConnection, connection_id).updated_at = utcnow()
+
+    monkeypatch.setattr(receiver, "_check", check_then_the_connection_changes)
+    changed = _deliver(client, token, "exp-1")
+    assert changed.status_code == 503
+    assert changed.json()["error"]["code"] == "connection_changed"
+    assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
+
+    monkeypatch.setattr(receiver, "_check", check)
+    again = _deliver(client, token, "exp-1")
+    assert (again.status_code, again.json()) == (200, {"received": True, "duplicate": False})
+    assert _rows(connection_id)[:2] == (["exp-1"], 1) and len(sent_jobs) == 1
+
+
 def test_a_delivery_whose_transaction_fails_leaves_nothing_and_sends_no_job(
         client, connection, sent_jobs, monkeypatch):
     """Jobs only for committed rows: the unit was inserted, then the transaction failed before
