@@ -535,11 +535,21 @@ def _post(work: _Work, client: TargetClient, draft, *, finish: bool = False
             lease_expires_at=deadline + timedelta(seconds=settings.export_lease_seconds))
         if marked:
             work.posting_started_at, work.post_deadline_at = now, deadline
+            if work.clock.now() - now > posting.GATE_SLACK:
+                # The commit itself took longer than the deadline keeps for it (a database
+                # lock, a slow database): sent now, the request could still be on its way after
+                # the deadline, when another attempt trusts a lookup that finds nothing and
+                # posts again. So nothing is sent: the export is in doubt until the deadline
+                # plus the search delay, and then a lookup decides (an attempt not counted).
+                raise posting.NotYetKnowable(
+                    posting.trusted_after(deadline, client.search_delay_seconds))
         return marked
 
     gate = posting.PostGate(mark=mark, timeout=posting.send_timeout())
     try:
         posted = client.send_voucher(prepared, gate)
+    except posting.NotYetKnowable:
+        raise  # the gate committed too late to send (mark): nothing left
     except IntegrationError as error:
         raise _PostFailed(error, gate.opened) from error
     except Exception as error:

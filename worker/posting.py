@@ -55,10 +55,16 @@ def send_timeout() -> float:
     return get_settings().http_read_timeout
 
 
+# What a posting deadline keeps, beyond the request's own phases, for the gate's commit and the
+# moments before the request leaves. A gate whose commit took longer must not send (see
+# ``worker.export_job._post``): the request could outlive the deadline another attempt trusts.
+GATE_SLACK = timedelta(seconds=1)
+
+
 def send_bound() -> timedelta:
     """The longest a posting request can be on its way from our side: each of httpx's four
-    phases (pool, connect, write, read) bounded by ``send_timeout``, plus a second of slack."""
-    return timedelta(seconds=4 * send_timeout() + 1)
+    phases (pool, connect, write, read) bounded by ``send_timeout``, plus ``GATE_SLACK``."""
+    return timedelta(seconds=4 * send_timeout()) + GATE_SLACK
 
 
 def trusted_after(post_deadline_at: datetime, search_delay_seconds: float) -> datetime:

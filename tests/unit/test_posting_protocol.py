@@ -127,6 +127,35 @@ def test_hole2_lease_running_out_mid_post_never_books_a_second_voucher(target, n
     assert row(export_id).external_id == target.vouchers_for(export_id)[0].posted.id
 
 
+def test_a_gate_committed_after_its_slack_sends_nothing(target, new_export, monkeypatch):
+    """Found by the database-outage scenario on SQLite: the gate's "posting started" waited
+    ~42 s for the database's write lock, committed a deadline already past, and the request left
+    21 s after it; meanwhile the next attempt trusted a lookup after that deadline, found
+    nothing and posted: two vouchers. A gate whose commit took longer than the deadline keeps
+    for it must send nothing and leave the export in doubt until its lookup can be trusted."""
+    export_id = new_export()
+    real_event = export_job._event
+
+    def slow_gate_commit(work, kind, **kwargs):
+        written = real_event(work, kind, **kwargs)
+        if kind == "posting_started":
+            time.sleep(1.3)  # longer than the 1 s the deadline keeps (posting.GATE_SLACK)
+        return written
+
+    monkeypatch.setattr(export_job, "_event", slow_gate_commit)
+    first = export_job.run_export(export_id)
+    assert first.kind == "retry", first
+    assert target.posts_sent == 0 and target.vouchers_for(export_id) == []
+    assert "retry_scheduled" in event_kinds(export_id)
+    # Refunded: the attempt sent nothing. It comes back when a lookup can be trusted.
+    assert row(export_id).attempts == 0 and row(export_id).next_attempt_at is not None
+
+    monkeypatch.setattr(export_job, "_event", real_event)
+    outcomes = drive(export_id)
+    assert outcomes[-1].kind == "success"
+    assert len(target.vouchers_for(export_id)) == 1
+
+
 def test_hole3_auth_failure_on_the_lookup_never_fails_a_booked_export(target, new_export):
     """Hole 3. The POST is stored but unanswered (timeout); every later lookup is refused (the
     token was rotated) until attempts run out. Old code failed the export on the first refused
