@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-Row = TypeVar("Row")
+Model = TypeVar("Model")
 
 
-def newest_first_page(session: Session, model: type[Row], conditions: list[ColumnElement[bool]],
-                      *, page: int, limit: int) -> tuple[list[Row], int]:
+def newest_first_page(session: Session, model: type[Model], conditions: list[ColumnElement[bool]],
+                      *, page: int, limit: int) -> tuple[list[Model], int]:
     """One page (1-based) of ``model``'s rows matching ``conditions``, and how many match."""
     table: Any = model
     total = session.scalar(select(func.count()).select_from(table).where(*conditions))
