@@ -117,39 +117,49 @@ def test_a_list_request_uses_one_connection_for_the_key_and_the_rows(client, org
     assert len(checkouts) == 1
 
 
-def _list_statements(org_id: str, filters: service.ExportFilters, page: int) -> list:
+def _list_statements(org_id: str, filters: service.ExportFilters, page: int, limit: int) -> list:
     """The statements ``list_exports`` sends, with their parameters."""
     def list_page() -> None:
         with session_scope() as session:
-            service.list_exports(session, org_id, filters, page=page, limit=25)
+            service.list_exports(session, org_id, filters, page=page, limit=limit)
 
     return statements_sent(list_page)
 
 
-@pytest.mark.parametrize("filters, index", [
-    (service.ExportFilters(), "ix_exports_org_created"),
-    (service.ExportFilters(initiated_from=BASE, initiated_to=BASE + timedelta(days=5)),
-     "ix_exports_org_created"),
+def test_a_page_past_the_end_sends_only_the_count(org, listed):
+    statements = _list_statements(org.id, service.ExportFilters(), page=2, limit=25)
+    assert len(statements) == 1 and "count(" in str(statements[0]).lower()
+
+
+@pytest.mark.parametrize("filters, page, limit, index", [
+    (service.ExportFilters(), 1, 5, "Index Only Scan using ix_exports_org_created"),
+    # Page 2 of 5 in 12 rows is in the older half: read backwards from the oldest end.
+    (service.ExportFilters(), 2, 5, "Index Only Scan Backward using ix_exports_org_created"),
+    (service.ExportFilters(initiated_from=BASE, initiated_to=BASE + timedelta(days=5)), 1, 25,
+     "using ix_exports_org_created"),
     # Either index serves a status in order; which one the planner takes depends on the test
     # table's statistics (at a million rows it is the status one: docs/PERFORMANCE.md).
-    (service.ExportFilters(status="failed"), "ix_exports_org_"),
-], ids=["all", "date range", "status"])
-def test_postgres_counts_and_pages_off_the_index_without_sorting(org, listed, filters, index):
+    (service.ExportFilters(status="failed"), 1, 25, "using ix_exports_org_"),
+], ids=["all", "all, older half", "date range", "status"])
+def test_postgres_counts_and_pages_off_the_index_without_sorting(org, listed, filters, page,
+                                                                 limit, index):
     """EXPLAIN of the statements the list sends: the count and the page's ids come off the
-    index in the list's order (no sort of the organization's rows, no sequential scan of the
-    table). The planner is told to avoid a sequential scan, which a table of a dozen rows would
-    otherwise prefer."""
+    index in the list's order or its reverse (no sort of the organization's rows, no sequential
+    scan of the table). The planner is told to avoid a sequential scan, which a table of a dozen
+    rows would otherwise prefer."""
     engine = get_engine()
     if engine.dialect.name != "postgresql":
         pytest.skip("the plan is PostgreSQL's (CI); SQLite's planner is not the one that counts")
-    statements = _list_statements(org.id, filters, page=2)
+    statements = _list_statements(org.id, filters, page=page, limit=limit)
     assert len(statements) == 2  # the count, the page
     plans = explained(statements)
     count_plan, page_plan = plans
-    # The count may use either index (both lead with the organization); the page needs the one
-    # in its order.
-    assert "using ix_exports_org_" in count_plan, count_plan
-    assert f"using {index}" in page_plan, page_plan
+    # The count only has to come off an index: which one is the planner's guess on a table
+    # without statistics (for a status, even the sweeper's index filtered by organization),
+    # at a million rows it is one led by the organization (bench.list_pages). The page needs the
+    # one in its order.
+    assert "Index" in count_plan, count_plan
+    assert index in page_plan, page_plan
     for plan in plans:
         assert "Seq Scan on accounting_exports" not in plan, plan
     assert "Sort" not in count_plan, count_plan
