@@ -67,6 +67,24 @@ return #due
 """
 
 
+# Members whose list key is one of ARGV, removed; returns how many. A purge is rare and an
+# operator's: one pass over the set is fine.
+_PURGE_DELAYED = """
+local purged = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = string.sub(member, 1, string.find(member, '\\n', 1, true) - 1)
+  for i = 1, #ARGV do
+    if key == ARGV[i] then
+      redis.call('ZREM', KEYS[1], member)
+      purged = purged + 1
+      break
+    end
+  end
+end
+return purged
+"""
+
+
 def due_at(headers: dict | None) -> float | None:
     """When a Celery message is due (its ``eta`` header, protocol 2), if later than now."""
     eta = (headers or {}).get("eta")
@@ -171,6 +189,16 @@ class Channel(kombu_redis.Channel):
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:
             delay_message(client, key, message, due)
+
+    def _purge(self, queue):
+        """``celery purge`` (``queue.purge``) empties the queue's messages due later too: they
+        wait in the delayed set, where kombu's purge of the list does not look, and would come
+        back onto the queue an operator has just emptied."""
+        purged = super()._purge(queue)
+        keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
+        with self.conn_or_acquire() as client:
+            purged += int(client.eval(_PURGE_DELAYED, 1, DELAYED_KEY, *keys))
+        return purged
 
     def _connparams(self, asynchronous: bool = False) -> dict:
         if self.connection.client is None:

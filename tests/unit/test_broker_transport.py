@@ -199,3 +199,25 @@ def test_the_mover_thread_delivers_and_survives_redis_errors(redis_url: str,
     finally:
         mover.stop()
         broken.stop()
+
+
+def test_a_purge_empties_the_queues_messages_due_later_too(redis_url: str,
+                                                           queue_name: str) -> None:
+    """An operator's ``celery purge``: a retry waiting for its countdown would otherwise come
+    back onto the queue just emptied. Another queue's delayed messages stay."""
+    other = f"{queue_name}-other"
+    with celery_app.connection_for_write() as connection:
+        def send(queue: str, **kw) -> str:
+            return celery_app.send_task("test.delayed", args=["x"], queue=queue,
+                                        connection=connection, **kw).id
+        send(queue_name)
+        send(queue_name, countdown=30)
+        kept = send(other, countdown=30)
+        purged = Queue(queue_name, channel=connection.default_channel).purge()
+    try:
+        assert purged == 2
+        assert _task_ids_on(redis_url, queue_name) == []
+        assert [(key, json.loads(payload)["headers"]["id"])
+                for key, payload, _ in _delayed(redis_url)] == [(other, kept)]
+    finally:
+        redis.Redis.from_url(redis_url).delete(other)
