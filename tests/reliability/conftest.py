@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from devstack.processes import ManagedProcess, free_port, python_argv, wait_for_http
 from devstack.redis_server import EmbeddedRedis
@@ -528,6 +529,29 @@ def stacks(service_env, test_tmp_dir, figures) -> Iterator[Any]:
     yield make
     for stack in reversed(started):
         stack.stop()
+
+
+# --- reports on the wire ------------------------------------------------------------------------
+
+def report_lock_tokens(broker: redis.Redis) -> set[bytes]:
+    """The tokens of the report locks held now (one per package being reported)."""
+    return {t for t in (broker.get(k) for k in broker.keys("aic:report-lock:*")) if t}
+
+
+def wait_for_a_slow_report(broker: redis.Redis, before: set[bytes], timeout: float = 30) -> None:
+    """Until a report that started after the fault switch holds its package's lock for half a
+    second: it has read the database and its call to Findity (slowed down by the caller) is on
+    the wire. Reports that held the lock before the switch (refused with a 503, now writing
+    their error) do not count."""
+    deadline = time.monotonic() + timeout
+    seen: dict[bytes, float] = {}
+    while time.monotonic() < deadline:
+        for token in report_lock_tokens(broker) - before:
+            first = seen.setdefault(token, time.monotonic())
+            if time.monotonic() - first >= 0.5:
+                return
+        time.sleep(0.02)
+    raise AssertionError("no report to Findity went out")
 
 
 # --- a cuttable TCP path to the database (PostgreSQL outages) -------------------------------

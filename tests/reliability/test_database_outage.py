@@ -30,7 +30,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from tests.reliability.conftest import TcpProxy, scaled
+from tests.reliability.conftest import TcpProxy, report_lock_tokens, scaled, wait_for_a_slow_report
 from tests.reliability.invariants import check_invariants, load_exports
 
 pytestmark = pytest.mark.timeout(600)
@@ -100,26 +100,6 @@ class DatabaseOutage:
             self.proxy.stop()
 
 
-def _lock_tokens(broker: redis.Redis) -> set[bytes]:
-    return {t for t in (broker.get(k) for k in broker.keys("aic:report-lock:*")) if t}
-
-
-def _wait_for_a_slow_report(broker: redis.Redis, before: set[bytes], timeout: float = 30) -> None:
-    """Until a report that started after the fault switch holds its package's lock for half a
-    second: it has read the database and its call to Findity (2.5 s latency) is on the wire.
-    Reports that held the lock before the switch (refused with a 503, now writing their error)
-    do not count."""
-    deadline = time.monotonic() + timeout
-    seen: dict[bytes, float] = {}
-    while time.monotonic() < deadline:
-        for token in _lock_tokens(broker) - before:
-            first = seen.setdefault(token, time.monotonic())
-            if time.monotonic() - first >= 0.5:
-                return
-        time.sleep(0.02)
-    raise AssertionError("no report to Findity went out")
-
-
 def test_database_unavailable_while_posting_and_reporting(stacks, tripletex_sandbox,
                                                            findity_sandbox, figures):
     """The database goes away while exports are posted and a Findity report is on the wire."""
@@ -157,9 +137,9 @@ def test_database_unavailable_while_posting_and_reporting(stacks, tripletex_sand
         # Start the outage while the report to Findity is on the wire: it was read from the
         # database, Findity will accept it, recording it will fail.
         broker = redis.Redis.from_url(stack.redis.url)
-        before_switch = _lock_tokens(broker)
+        before_switch = report_lock_tokens(broker)
         findity_sandbox.set_faults(ft.org["organization_id"], latency_ms=2500)
-        _wait_for_a_slow_report(broker, before_switch)
+        wait_for_a_slow_report(broker, before_switch)
         outage.begin()
         figures.fault(f"database outage ({outage.seconds:.0f} s)")
         started = time.monotonic()

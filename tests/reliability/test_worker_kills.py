@@ -37,8 +37,9 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 
-from tests.reliability.conftest import scaled
+from tests.reliability.conftest import report_lock_tokens, scaled, wait_for_a_slow_report
 from tests.reliability.invariants import check_invariants, load_exports, wait_settled
 
 pytestmark = pytest.mark.timeout(600)
@@ -458,10 +459,12 @@ class _RecordingBlocked:
 
         self.url = make_url(get_settings().database_url)
         self.source_export_id = source_export_id
+        # PostgreSQL locks the package's rows only; SQLite the whole database.
+        self.selective = self.url.get_backend_name() == "postgresql"
         self._connection = None
 
     def __enter__(self):
-        if self.url.get_backend_name() == "postgresql":
+        if self.selective:
             import psycopg
 
             self._connection = psycopg.connect(
@@ -500,14 +503,36 @@ def _kill_after_findity_took_a_report(stack, ft, findity_sandbox, figures) -> tu
         time.sleep(0.2)
     [source_export_id] = [s["source_export_id"] for s in ft.tenant.api.get(
         "/api/v1/source-exports?limit=10").json()["data"]]
-    with _RecordingBlocked(source_export_id):
+    blocked = _RecordingBlocked(source_export_id)
+    if blocked.selective:
+        # PostgreSQL: only the package's voucher rows are locked. The next report needs them
+        # only to record Findity's answer (their in-flight marks were committed by the attempts
+        # Findity refused while it was down).
+        with blocked:
+            findity_sandbox.clear_faults(org_id)
+            killed_at = _kill_once_findity_answered(stack, ft, package, deadline, figures)
+    else:
+        # SQLite's write lock is all or nothing: a report attempt that writes anything while it
+        # is held (the error of the attempt refused just before) waits out the busy timeout
+        # holding the package's report lock, and the report goes out later than this test
+        # waits. So let a report reach the wire first, slowly, then block the recording.
+        broker = redis.Redis.from_url(stack.redis.url)
+        before = report_lock_tokens(broker)
+        findity_sandbox.set_faults(org_id, latency_ms=2500)
+        wait_for_a_slow_report(broker, before)
+        with blocked:
+            killed_at = _kill_once_findity_answered(stack, ft, package, deadline, figures)
         findity_sandbox.clear_faults(org_id)
-        while not any(r.get("response_status") == 200 for r in ft.status_updates(package)):
-            assert time.monotonic() < deadline + 30, ft.status_updates(package)
-            time.sleep(0.05)
-        time.sleep(0.3)
-        for worker in list(stack.workers.running):
-            stack.workers.kill(worker)
-        killed_at = time.monotonic()
-        figures.fault("worker SIGKILL after Findity accepted a report, before it was recorded")
     return package, killed_at
+
+
+def _kill_once_findity_answered(stack, ft, package: str, deadline: float, figures) -> float:
+    while not any(r.get("response_status") == 200 for r in ft.status_updates(package)):
+        assert time.monotonic() < deadline + 30, ft.status_updates(package)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    for worker in list(stack.workers.running):
+        stack.workers.kill(worker)
+    killed_at = time.monotonic()
+    figures.fault("worker SIGKILL after Findity accepted a report, before it was recorded")
+    return killed_at
