@@ -221,9 +221,6 @@ _INSERT_DELIVERY_IF_UNCHANGED = insert(_DELIVERIES).from_select(
         SourceConnection.updated_at == bindparam("checked_updated_at",
                                                  type_=SourceConnection.updated_at.type),
     ).exists())).returning(_DELIVERIES.c.id)
-_UNIT_ID = select(SourceUnit.id).where(
-    SourceUnit.source_connection_id == bindparam("connection_id"),
-    SourceUnit.external_export_id == bindparam("external_id"))
 
 
 class ConnectionChanged(Exception):
@@ -447,17 +444,18 @@ def _find(session: Session, connection_id: str, external_export_id: str) -> Sour
 
 
 def record_webhook(db: Connection, connection: SourceConnection | Row, external_export_id: str,
-                   body: dict[str, Any]) -> tuple[str, Job | None]:
+                   body: dict[str, Any]) -> tuple[str | None, Job | None]:
     """Store one delivery, in ``db``'s transaction; a new export id becomes a unit. Returns the
-    unit's id and, for a new unit, its ingestion job: the caller sends it (``shared.jobs.
-    send_jobs``) once the transaction has committed, never before. A redelivery or a
-    concurrent copy changes nothing but the delivery log, and has no job (None).
+    new unit's id and its ingestion job: the caller sends it (``shared.jobs.send_jobs``) once
+    the transaction has committed, never before. A redelivery or a concurrent copy changes
+    nothing but the delivery log, and has neither (None, None).
 
     The hot path of the receiver, on a Core connection (no ORM session): the insert goes first
-    (no SELECT before it), and a duplicate reads only the id of the unit it repeats, for the
-    log line. ``connection`` is the row the delivery was checked against (token, signature,
-    organization); its ``updated_at`` must still be the connection's when the delivery's row is
-    written, else ``ConnectionChanged`` is raised and the caller must not commit.
+    (no SELECT before it), and a duplicate reads nothing more (the id of the unit it repeats
+    would only have fed a DEBUG line; the delivery row names the export id). ``connection`` is
+    the row the delivery was checked against (token, signature, organization); its
+    ``updated_at`` must still be the connection's when the delivery's row is written, else
+    ``ConnectionChanged`` is raised and the caller must not commit.
     """
     unit_id = _insert_unit(db, connection, external_export_id, via="webhook")
     job = None
@@ -465,9 +463,6 @@ def record_webhook(db: Connection, connection: SourceConnection | Row, external_
         write_unit_event(db, unit_id, "announced", actor="webhook",
                          data={"external_id": external_export_id})
         job = ingest_job(unit_id)
-    else:
-        unit_id = db.execute(_UNIT_ID, {
-            "connection_id": connection.id, "external_id": external_export_id}).scalar_one()
     logged = db.execute(_INSERT_DELIVERY_IF_UNCHANGED, {
         "source_connection_id": connection.id, "external_export_id": external_export_id,
         "body": body, "duplicate": job is None, "received_at": utcnow(),
