@@ -50,11 +50,13 @@ def _mount(system: registry.SourceSystem) -> None:
             # a non-ASCII str: such a header cannot be a valid signature; let it fail as one.
             signature = signature.encode("ascii", "replace").decode("ascii")
         # The database work runs in the thread pool so one slow commit never stalls the loop.
-        source_export_id, new = await run_in_threadpool(
+        source_export_id = await run_in_threadpool(
             _store_delivery, system, token, signature, raw, announcement)
+        new = source_export_id is not None
         # DEBUG, not INFO: formatting and writing a line was ~5% of a delivery's CPU, and each
         # delivery is already a row (webhook_deliveries), a count (aic_webhook_deliveries_total)
-        # and, when new, the unit's "announced" event (issue 12, target 6).
+        # and, when new, the unit's "announced" event (issue 12, target 6). A duplicate's line
+        # names no unit: reading its id cost a statement per duplicate for this line alone.
         log.debug("source webhook", source_system=system.name,
                   source_export_id=source_export_id, export=export_id, duplicate=not new)
         return {"received": True, "duplicate": not new}
@@ -69,7 +71,8 @@ def _mount(system: registry.SourceSystem) -> None:
 
 
 def _store_delivery(system: registry.SourceSystem, token: str, signature: str | None,
-                    raw: bytes, announcement: Announcement) -> tuple[str, bool]:
+                    raw: bytes, announcement: Announcement) -> str | None:
+    """The delivery stored and its job sent: the new unit's id, or None for a duplicate."""
     # The connection kept from an earlier delivery to this token saves the SELECT of it, but
     # it is trusted no further than it is checked: whatever it refuses (a secret or an
     # organization set since, say), or finds changed by the commit, is decided again against
@@ -90,7 +93,7 @@ def _store_delivery(system: registry.SourceSystem, token: str, signature: str | 
 
 def _store_checked(system: registry.SourceSystem, connection: Row | None, token: str,
                    signature: str | None, raw: bytes,
-                   announcement: Announcement) -> tuple[str, bool]:
+                   announcement: Announcement) -> str | None:
     # A Core connection, no ORM session: nothing here needs one, and its flush and commit
     # machinery cost a delivery more CPU than the statements (issue 12, target 6). Leaving the
     # block without the commit below (a refused delivery, a changed connection, any error)
@@ -111,7 +114,7 @@ def _store_checked(system: registry.SourceSystem, connection: Row | None, token:
     # answer to another one. A job the broker refuses is logged; the sweeper re-sends it.
     if job is not None:
         jobs.send_jobs([job])
-    return unit_id, job is not None
+    return unit_id
 
 
 def _check(system: registry.SourceSystem, connection: Row, signature: str | None, raw: bytes,

@@ -28,7 +28,7 @@ from typing import Any
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Connection, insert, update
+from sqlalchemy import ColumnElement, Connection, Insert, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import SourceUnit, SourceUnitEvent
@@ -101,19 +101,36 @@ def record_unit_event(session: Session, unit_id: str, kind: str, *, actor: str,
     write_unit_event(session.connection(), unit_id, kind, actor=actor, reason=reason, data=data)
 
 
-# Every event row is written by this one prebuilt statement, the values bound at execution:
+# Every event row is written by this one prebuilt statement (or, where a statement writes units
+# and their events at once, by insert_event_of_each), the values bound at execution:
 # the webhook receiver writes one per new unit without an ORM session, and the ORM's flush of
 # an added event cost more CPU than the INSERT itself (issue 12, target 6). Inline: nothing
 # reads the new row's id, and without it PostgreSQL would send it back (RETURNING id) each time.
 _INSERT_EVENT = insert(SourceUnitEvent.__table__).inline()
 
 
+def insert_event_of_each(units) -> Insert:
+    """``write_unit_event``'s row (no status change, no reason) for each unit id that ``units``
+    (a CTE or subquery with an ``id`` column) yields, as ``INSERT ... SELECT``: for a statement
+    that writes the units and their events at once (the webhook receiver's on PostgreSQL,
+    ``sources._record_webhook_statement``). Binds ``event_kind``, ``event_actor``,
+    ``event_data`` and ``created_at``."""
+    events = SourceUnitEvent.__table__
+    return insert(events).from_select(
+        ["unit_id", "kind", "actor", "data", "created_at"],
+        select(units.c.id, bindparam("event_kind", type_=events.c.kind.type),
+               bindparam("event_actor", type_=events.c.actor.type),
+               bindparam("event_data", type_=events.c.data.type),
+               bindparam("created_at", type_=events.c.created_at.type)))
+
+
 def write_unit_event(connection: Connection, unit_id: str, kind: str, *, actor: str,
                      from_status: str | None = None, to_status: str | None = None,
                      reason: str | None = None, data: dict[str, Any] | None = None,
                      at: datetime | None = None) -> None:
-    """Append one event to a unit's log, in the connection's transaction (the only writer of
-    ``source_unit_events``; sessions go through ``record_unit_event``/``transition_unit``)."""
+    """Append one event to a unit's log, in the connection's transaction (with
+    ``insert_event_of_each``, the only writer of ``source_unit_events``; sessions go through
+    ``record_unit_event``/``transition_unit``)."""
     # Every column bound every time: one compiled form of the statement, cached.
     connection.execute(_INSERT_EVENT, {
         "unit_id": unit_id, "kind": kind, "from_status": from_status, "to_status": to_status,

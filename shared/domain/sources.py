@@ -13,7 +13,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -36,6 +36,7 @@ from shared.domain.organizations import check_system_options, get_organization
 from shared.domain.source_units import (
     SETTLED,
     SourceUnitStatus,
+    insert_event_of_each,
     record_unit_event,
     transition_unit,
     write_unit_event,
@@ -201,29 +202,35 @@ _CONNECTION_FOR_WEBHOOK = select(
     SourceConnection.updated_at,
 ).where(SourceConnection.webhook_token == bindparam("token"))
 _DELIVERIES = WebhookDelivery.__table__
-# The delivery's row, written only while its connection is still as the delivery was checked
+_DELIVERY_COLUMNS = ["source_connection_id", "external_export_id", "body", "duplicate",
+                     "received_at"]
+# The delivery's row is written only while its connection is still as the delivery was checked
 # against (same id, same updated_at: every change of a connection sets it, see
 # upsert_source_connection, and the ORM's onupdate for the poll's own columns; a change made
 # by hand in SQL must set it too, or deliveries checked before it go on). INSERT ...
 # SELECT ... WHERE, so the check costs no statement of its own; its RETURNING row says it was
-# written (SQLite and PostgreSQL alike: on PostgreSQL SQLAlchemy returns the new id anyway, and
-# the result's rowcount is then -1).
-_INSERT_DELIVERY_IF_UNCHANGED = insert(_DELIVERIES).from_select(
-    ["source_connection_id", "external_export_id", "body", "duplicate", "received_at"],
-    select(
-        bindparam("source_connection_id", type_=_DELIVERIES.c.source_connection_id.type),
-        bindparam("external_export_id", type_=_DELIVERIES.c.external_export_id.type),
-        bindparam("body", type_=_DELIVERIES.c.body.type),
-        bindparam("duplicate", type_=_DELIVERIES.c.duplicate.type),
-        bindparam("received_at", type_=_DELIVERIES.c.received_at.type),
-    ).where(select(SourceConnection.id).where(
-        SourceConnection.id == bindparam("source_connection_id"),
-        SourceConnection.updated_at == bindparam("checked_updated_at",
-                                                 type_=SourceConnection.updated_at.type),
-    ).exists())).returning(_DELIVERIES.c.id)
-_UNIT_ID = select(SourceUnit.id).where(
-    SourceUnit.source_connection_id == bindparam("connection_id"),
-    SourceUnit.external_export_id == bindparam("external_id"))
+# written.
+_CONNECTION_UNCHANGED = select(SourceConnection.id).where(
+    SourceConnection.id == bindparam("source_connection_id"),
+    SourceConnection.updated_at == bindparam("checked_updated_at",
+                                             type_=SourceConnection.updated_at.type),
+).exists()
+
+
+def _delivery_value(name: str):
+    return bindparam(name, type_=_DELIVERIES.c[name].type)
+
+
+def _insert_delivery_if_unchanged(duplicate):
+    """The delivery's row, ``duplicate`` bound or (the one-statement form) computed."""
+    values = {name: _delivery_value(name) for name in _DELIVERY_COLUMNS} | {"duplicate": duplicate}
+    return insert(_DELIVERIES).from_select(
+        _DELIVERY_COLUMNS,
+        select(*(values[name] for name in _DELIVERY_COLUMNS)).where(_CONNECTION_UNCHANGED),
+    ).returning(_DELIVERIES.c.id)
+
+
+_INSERT_DELIVERY_IF_UNCHANGED = _insert_delivery_if_unchanged(_delivery_value("duplicate"))
 
 
 class ConnectionChanged(Exception):
@@ -325,32 +332,46 @@ def _insert_unit(db: Connection, connection: SourceConnection | Row, external_ex
     or None. ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` (SQLite >= 3.35 and PostgreSQL):
     the unique constraint decides between concurrent deliveries in one statement, without a
     SAVEPOINT to roll back to, and the loser neither fails nor waits for a retry."""
-    unit_id = ids.new_id("srcexp", 6)
-    now = utcnow()
-    inserted = db.execute(_insert_unit_statement(db.dialect.name), {
-        "id": unit_id, "organization_id": connection.organization_id,
-        "source_connection_id": connection.id, "external_export_id": external_export_id,
-        "status": SourceUnitStatus.RECEIVED.value, "received_via": via, "attempts": 0,
-        "received_at": now, "listed_payload": listed, "listed_version": version,
-        "created_at": now, "updated_at": now}).first()
+    inserted = db.execute(_insert_unit_statement(db.dialect.name), _new_unit_values(
+        connection, external_export_id, via=via, listed=listed, version=version)).first()
     return inserted.id if inserted is not None else None
 
 
+def _new_unit_values(connection: SourceConnection | Row, external_export_id: str, *, via: str,
+                     listed: dict[str, Any] | None = None,
+                     version: str | None = None) -> dict[str, Any]:
+    """The values of a new unit's row, by the names ``_insert_unit_statement`` binds."""
+    now = utcnow()
+    return {
+        "id": ids.new_id("srcexp", 6), "organization_id": connection.organization_id,
+        "source_connection_id": connection.id, "external_export_id": external_export_id,
+        "status": SourceUnitStatus.RECEIVED.value, "received_via": via, "attempts": 0,
+        "received_at": now, "listed_payload": listed, "listed_version": version,
+        "created_at": now, "updated_at": now}
+
+
+_UNIT_COLUMNS = ("id", "organization_id", "source_connection_id", "external_export_id",
+                 "status", "received_via", "attempts", "received_at", "listed_payload",
+                 "listed_version", "created_at", "updated_at")
 _INSERT_UNIT: dict[str, Any] = {}
 
 
 def _insert_unit_statement(dialect: str):
     # Built once per dialect, the values bound at execution: building the statement with
-    # .values() on every delivery cost more CPU than running it (issue 12, target 6).
+    # .values() on every delivery cost more CPU than running it (issue 12, target 6). Each
+    # column bound by name (not left to the execution's keys), so that the same statement also
+    # works inside a CTE (_record_webhook_statement).
     if dialect not in _INSERT_UNIT:
         insert_for = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(dialect)
         if insert_for is None:
             raise RuntimeError(f"no INSERT ... ON CONFLICT for the {dialect} dialect")
+        units = SourceUnit.__table__
         _INSERT_UNIT[dialect] = (
-            insert_for(SourceUnit.__table__)
+            insert_for(units)
+            .values({name: bindparam(name, type_=units.c[name].type) for name in _UNIT_COLUMNS})
             .on_conflict_do_nothing(index_elements=["source_connection_id",
                                                     "external_export_id"])
-            .returning(SourceUnit.__table__.c.id))
+            .returning(units.c.id))
     return _INSERT_UNIT[dialect]
 
 
@@ -447,34 +468,74 @@ def _find(session: Session, connection_id: str, external_export_id: str) -> Sour
 
 
 def record_webhook(db: Connection, connection: SourceConnection | Row, external_export_id: str,
-                   body: dict[str, Any]) -> tuple[str, Job | None]:
+                   body: dict[str, Any]) -> tuple[str | None, Job | None]:
     """Store one delivery, in ``db``'s transaction; a new export id becomes a unit. Returns the
-    unit's id and, for a new unit, its ingestion job: the caller sends it (``shared.jobs.
-    send_jobs``) once the transaction has committed, never before. A redelivery or a
-    concurrent copy changes nothing but the delivery log, and has no job (None).
+    new unit's id and its ingestion job: the caller sends it (``shared.jobs.send_jobs``) once
+    the transaction has committed, never before. A redelivery or a concurrent copy changes
+    nothing but the delivery log, and has neither (None, None).
 
     The hot path of the receiver, on a Core connection (no ORM session): the insert goes first
-    (no SELECT before it), and a duplicate reads only the id of the unit it repeats, for the
-    log line. ``connection`` is the row the delivery was checked against (token, signature,
-    organization); its ``updated_at`` must still be the connection's when the delivery's row is
-    written, else ``ConnectionChanged`` is raised and the caller must not commit.
+    (no SELECT before it), and a duplicate reads nothing more (the id of the unit it repeats
+    would only have fed a DEBUG line; the delivery row names the export id). ``connection`` is
+    the row the delivery was checked against (token, signature, organization); its
+    ``updated_at`` must still be the connection's when the delivery's row is written, else
+    ``ConnectionChanged`` is raised and the caller must not commit.
     """
-    unit_id = _insert_unit(db, connection, external_export_id, via="webhook")
-    job = None
-    if unit_id is not None:
-        write_unit_event(db, unit_id, "announced", actor="webhook",
-                         data={"external_id": external_export_id})
-        job = ingest_job(unit_id)
+    unit = _new_unit_values(connection, external_export_id, via="webhook")
+    announced = {"external_id": external_export_id}
+    if db.dialect.name == "postgresql":
+        # The same three rows in one statement (see _record_webhook_statement).
+        written = db.execute(_record_webhook_statement(), {
+            **unit, "event_kind": "announced", "event_actor": "webhook",
+            "event_data": announced, "body": body,
+            "checked_updated_at": connection.updated_at}).one()
+        unit_id, logged = written.unit_id, written.delivery_id is not None
     else:
-        unit_id = db.execute(_UNIT_ID, {
-            "connection_id": connection.id, "external_id": external_export_id}).scalar_one()
-    logged = db.execute(_INSERT_DELIVERY_IF_UNCHANGED, {
-        "source_connection_id": connection.id, "external_export_id": external_export_id,
-        "body": body, "duplicate": job is None, "received_at": utcnow(),
-        "checked_updated_at": connection.updated_at})
-    if logged.first() is None:
+        unit_id = db.execute(_insert_unit_statement(db.dialect.name), unit).scalar()
+        if unit_id is not None:
+            write_unit_event(db, unit_id, "announced", actor="webhook", data=announced,
+                             at=unit["created_at"])
+        logged = db.execute(_INSERT_DELIVERY_IF_UNCHANGED, {
+            "source_connection_id": connection.id, "external_export_id": external_export_id,
+            "body": body, "duplicate": unit_id is None, "received_at": unit["received_at"],
+            "checked_updated_at": connection.updated_at}).first() is not None
+    if not logged:
         raise ConnectionChanged(f"source connection {connection.id} changed during the delivery")
-    return unit_id, job
+    return unit_id, (ingest_job(unit_id) if unit_id is not None else None)
+
+
+_RECORD_WEBHOOK: list[Any] = []
+
+
+def _record_webhook_statement():
+    """PostgreSQL: a delivery's unit (when new), its "announced" event and the delivery's row
+    in one statement, built from the statements SQLite runs one by one (the unit's
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``, ``write_unit_event``'s row, the
+    delivery's ``INSERT ... SELECT ... WHERE`` the connection is unchanged), as
+    data-modifying CTEs:
+
+        WITH new_unit AS (INSERT INTO source_units ... ON CONFLICT DO NOTHING RETURNING id),
+             announced AS (INSERT INTO source_unit_events ... SELECT id FROM new_unit),
+             logged AS (INSERT INTO webhook_deliveries ... SELECT ..., NOT EXISTS (SELECT
+                        FROM new_unit) WHERE the connection is unchanged RETURNING id)
+        SELECT (SELECT id FROM new_unit) AS unit_id, (SELECT id FROM logged) AS delivery_id
+
+    The same rows with the same values; one round trip and one statement's execution
+    instead of three: of a delivery's database work, about a third of the receiver's CPU and
+    of PostgreSQL's (issue 12, target 6; docs/PERFORMANCE.md). PostgreSQL runs every
+    data-modifying CTE once and to the end, whether or not the query reads it; the event's
+    foreign key sees the unit of the same statement. SQLite has no INSERT inside a WITH, so
+    it keeps the three statements; tests/unit/test_webhook_receiver.py checks the rows on
+    whichever database the tests run."""
+    if not _RECORD_WEBHOOK:
+        new_unit = _insert_unit_statement("postgresql").cte("new_unit")
+        announced = insert_event_of_each(new_unit).cte("announced")
+        logged = _insert_delivery_if_unchanged(~exists(select(new_unit.c.id))).cte("logged")
+        _RECORD_WEBHOOK.append(select(
+            select(new_unit.c.id).scalar_subquery().label("unit_id"),
+            select(logged.c.id).scalar_subquery().label("delivery_id"),
+        ).add_cte(announced))
+    return _RECORD_WEBHOOK[0]
 
 
 def get_source_unit(session: Session, org_id: str, source_export_id: str) -> SourceUnit:

@@ -75,6 +75,36 @@ def test_a_redelivery_is_answered_200_logged_and_announces_nothing(client, conne
     assert [(j.task_name, j.args) for j in sent_jobs] == [(TASK_INGEST_SOURCE_UNIT, announced)]
 
 
+def test_a_delivery_and_its_redelivery_write_these_rows(client, connection, sent_jobs):
+    """The rows themselves, whichever database the tests run on: PostgreSQL writes them in one
+    statement, SQLite in three (sources.record_webhook); both must write these."""
+    connection_id, token = connection
+    _deliver(client, token, "exp-rows")
+    _deliver(client, token, "exp-rows")
+    with session_scope() as session:
+        unit = session.scalars(select(SourceUnit).where(
+            SourceUnit.source_connection_id == connection_id)).one()
+        events = session.scalars(select(SourceUnitEvent).where(
+            SourceUnitEvent.unit_id == unit.id)).all()
+        deliveries = session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.source_connection_id == connection_id)
+            .order_by(WebhookDelivery.id)).all()
+        assert (unit.external_export_id, unit.status, unit.received_via, unit.attempts,
+                unit.listed_payload, unit.organization_id) == (
+            "exp-rows", "received", "webhook", 0, None,
+            session.get(sources.SourceConnection, connection_id).organization_id)
+        assert unit.received_at is not None and unit.created_at is not None
+        assert [(e.kind, e.actor, e.data, e.from_status, e.to_status, e.reason)
+                for e in events] == [("announced", "webhook", {"external_id": "exp-rows"},
+                                      None, None, None)]
+        assert events[0].created_at is not None
+        assert [(d.external_export_id, d.duplicate, d.body["exportId"])
+                for d in deliveries] == [("exp-rows", False, "exp-rows"),
+                                         ("exp-rows", True, "exp-rows")]
+        assert all(d.received_at is not None for d in deliveries)
+    assert [(j.task_name, j.args) for j in sent_jobs] == [(TASK_INGEST_SOURCE_UNIT, [unit.id])]
+
+
 def test_concurrent_copies_of_one_delivery_make_one_unit_and_one_job(client, connection,
                                                                      sent_jobs):
     """Findity may deliver the same webhook several times at once: the unique constraint decides
@@ -223,16 +253,18 @@ def test_a_delivery_whose_transaction_fails_leaves_nothing_and_sends_no_job(
     """Jobs only for committed rows: the unit was inserted, then the transaction failed before
     its commit. The source gets an error and delivers again; that delivery announces it once."""
     connection_id, token = connection
-    write_unit_event = sources.write_unit_event
+    ingest_job = sources.ingest_job
 
-    def database_fails(*args, **kwargs):
-        raise RuntimeError("the database failed in the middle of the transaction")
+    # After the rows are written (in one statement on PostgreSQL, three on SQLite), before the
+    # commit.
+    def fails_before_the_commit(*args, **kwargs):
+        raise RuntimeError("the transaction failed after its writes, before its commit")
 
-    monkeypatch.setattr(sources, "write_unit_event", database_fails)
+    monkeypatch.setattr(sources, "ingest_job", fails_before_the_commit)
     assert _deliver(client, token, "exp-1").status_code == 500
     assert _rows(connection_id) == ([], 0, []) and sent_jobs == []
 
-    monkeypatch.setattr(sources, "write_unit_event", write_unit_event)
+    monkeypatch.setattr(sources, "ingest_job", ingest_job)
     again = _deliver(client, token, "exp-1")
     assert (again.status_code, again.json()) == (200, {"received": True, "duplicate": False})
     units, deliveries, announced = _rows(connection_id)
