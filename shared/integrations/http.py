@@ -70,6 +70,10 @@ from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+# httpx imports its transport, httpcore (and h11), only when the first client is built: imported
+# here, it loads with the vendor systems at the worker's start (worker.celery_app) instead of
+# inside a worker's first export, while the other threads' exports wait (issue 12).
+import httpcore  # noqa: F401
 import httpx
 from pydantic import BaseModel, ValidationError
 

@@ -73,6 +73,21 @@ BASE_CURRENCY = "NOK"
 ATTACHMENT_TYPES = frozenset({"application/pdf", "image/png", "image/jpeg", "image/tiff"})
 # Postings on these ledgers need the matching party id, which a VoucherDraft does not carry.
 SUB_LEDGER_PARTY = {"CUSTOMER": "a customer", "VENDOR": "a supplier", "EMPLOYEE": "an employee"}
+
+# Every answer's envelope, parametrized once at import. Pydantic builds a model class (schema
+# and validator) the first time ``ValueEnvelope[Voucher]`` is written and looks it up again at
+# every later use: written in the methods, the first exports of a worker built them inside its
+# first tasks, and every export paid the lookup (issue 12, CPU per export).
+_WHOAMI_ANSWER = ValueEnvelope[WhoAmI]
+_VOUCHER_ANSWER = ValueEnvelope[Voucher]
+_SESSION_ANSWER = ValueEnvelope[SessionToken]
+_VOUCHER_LIST = ListEnvelope[Voucher]
+_ACCOUNT_LIST = ListEnvelope[Account]
+_VAT_TYPE_LIST = ListEnvelope[VatType]
+_VOUCHER_TYPE_LIST = ListEnvelope[VoucherType]
+_CURRENCY_LIST = ListEnvelope[Currency]
+_DEPARTMENT_LIST = ListEnvelope[Department]
+_PROJECT_LIST = ListEnvelope[Project]
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # the media type the spec declares
 
 # English hints appended to Tripletex's (Norwegian) validation messages, keyed by the last
@@ -231,7 +246,7 @@ class TripletexClient:
     def check_connection(self) -> WhoAmI:
         """Create a session if needed and ask who it belongs to: the "test connection" button."""
         response = self._http.request("GET", "/token/session/>whoAmI", what="the connection check")
-        return self._http.parse(ValueEnvelope[WhoAmI], response, "the connection check").value
+        return self._http.parse(_WHOAMI_ANSWER, response, "the connection check").value
 
     def find_voucher(self, external_number: str) -> PostedVoucher | None:
         """The voucher we posted earlier under ``external_number``, or None.
@@ -245,7 +260,7 @@ class TripletexClient:
             params={"externalVoucherNumber": external_number, "fields": VOUCHER_FIELDS},
             what="the voucher search",
         )
-        found = self._http.parse(ListEnvelope[Voucher], response, "the voucher search").values
+        found = self._http.parse(_VOUCHER_LIST, response, "the voucher search").values
         # Match exactly: the search is not documented as an exact match, and a voucher with a
         # neighbouring number must never be taken for ours.
         matches = sorted(
@@ -294,7 +309,7 @@ class TripletexClient:
             # Tripletex disagrees with what we cached (the chart may have changed since).
             self.forget_lookups()
             raise
-        voucher = self._http.parse(ValueEnvelope[Voucher], response, "the posted voucher").value
+        voucher = self._http.parse(_VOUCHER_ANSWER, response, "the posted voucher").value
         posted = self._posted(voucher, fallback_date=prepared.draft.date)
         logger.info(
             "tripletex.voucher_posted",
@@ -314,7 +329,7 @@ class TripletexClient:
             params={"fields": "id,attachment"},
             what="the voucher's attachment",
         )
-        return self._http.parse(ValueEnvelope[Voucher], response, "the voucher").value.attachment is not None
+        return self._http.parse(_VOUCHER_ANSWER, response, "the voucher").value.attachment is not None
 
     def attach_receipt(
         self, voucher_id: str, filename: str, content: bytes, content_type: str
@@ -375,7 +390,7 @@ class TripletexClient:
                 what="the account lookup",
             )
             for account in self._http.parse(
-                ListEnvelope[Account], response, "the account lookup"
+                _ACCOUNT_LIST, response, "the account lookup"
             ).values:
                 if str(account.number) in wanted:
                     self._accounts[str(account.number)] = account
@@ -392,7 +407,7 @@ class TripletexClient:
                 what="the VAT type lookup",
             )
             for vat_type in self._http.parse(
-                ListEnvelope[VatType], response, "the VAT type lookup"
+                _VAT_TYPE_LIST, response, "the VAT type lookup"
             ).values:
                 if vat_type.number in wanted:
                     self._vat_types[vat_type.number] = vat_type
@@ -405,7 +420,7 @@ class TripletexClient:
                 "GET", "/ledger/voucherType", params={"name": name}, what="the voucher type lookup"
             )
             values = self._http.parse(
-                ListEnvelope[VoucherType], response, "the voucher type lookup"
+                _VOUCHER_TYPE_LIST, response, "the voucher type lookup"
             ).values
             # The name filter may match parts of names ("Reise" finds "Reiseregning"): be exact.
             for voucher_type in values:
@@ -421,7 +436,7 @@ class TripletexClient:
                 "GET", "/currency", params={"code": key}, what="the currency lookup"
             )
             for currency in self._http.parse(
-                ListEnvelope[Currency], response, "the currency lookup"
+                _CURRENCY_LIST, response, "the currency lookup"
             ).values:
                 if (currency.code or "").upper() == key:
                     self._currencies[key] = currency
@@ -437,7 +452,7 @@ class TripletexClient:
                 what="the department lookup",
             )
             for department in self._http.parse(
-                ListEnvelope[Department], response, "the department lookup"
+                _DEPARTMENT_LIST, response, "the department lookup"
             ).values:
                 if department.department_number == number:
                     self._departments[number] = department
@@ -450,7 +465,7 @@ class TripletexClient:
                 "GET", "/project", params={"number": number}, what="the project lookup"
             )
             for project in self._http.parse(
-                ListEnvelope[Project], response, "the project lookup"
+                _PROJECT_LIST, response, "the project lookup"
             ).values:
                 if project.number == number:
                     self._projects[number] = project
@@ -685,7 +700,7 @@ class TripletexClient:
                 request_id=request_id,
             )
         self._http.raise_for_status(response, "the session")
-        session = self._http.parse(ValueEnvelope[SessionToken], response, "the session").value
+        session = self._http.parse(_SESSION_ANSWER, response, "the session").value
         expires_on = parse_date(session.expiration_date) or requested
         logger.info("tripletex.session_created", extra={"expires_on": expires_on.isoformat()})
         # At least a day of use even if Tripletex shortened the expiry: a token that dies
