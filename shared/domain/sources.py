@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, exists, func, insert, select, update
@@ -504,9 +505,7 @@ def record_webhook(db: Connection, connection: SourceConnection | Row, external_
     return unit_id, (ingest_job(unit_id) if unit_id is not None else None)
 
 
-_RECORD_WEBHOOK: list[Any] = []
-
-
+@lru_cache(maxsize=1)  # built once, the values bound at execution
 def _record_webhook_statement():
     """PostgreSQL: a delivery's unit (when new), its "announced" event and the delivery's row
     in one statement, built from the statements SQLite runs one by one (the unit's
@@ -527,15 +526,13 @@ def _record_webhook_statement():
     foreign key sees the unit of the same statement. SQLite has no INSERT inside a WITH, so
     it keeps the three statements; tests/unit/test_webhook_receiver.py checks the rows on
     whichever database the tests run."""
-    if not _RECORD_WEBHOOK:
-        new_unit = _insert_unit_statement("postgresql").cte("new_unit")
-        announced = insert_event_of_each(new_unit).cte("announced")
-        logged = _insert_delivery_if_unchanged(~exists(select(new_unit.c.id))).cte("logged")
-        _RECORD_WEBHOOK.append(select(
-            select(new_unit.c.id).scalar_subquery().label("unit_id"),
-            select(logged.c.id).scalar_subquery().label("delivery_id"),
-        ).add_cte(announced))
-    return _RECORD_WEBHOOK[0]
+    new_unit = _insert_unit_statement("postgresql").cte("new_unit")
+    announced = insert_event_of_each(new_unit).cte("announced")
+    logged = _insert_delivery_if_unchanged(~exists(select(new_unit.c.id))).cte("logged")
+    return select(
+        select(new_unit.c.id).scalar_subquery().label("unit_id"),
+        select(logged.c.id).scalar_subquery().label("delivery_id"),
+    ).add_cte(announced)
 
 
 def get_source_unit(session: Session, org_id: str, source_export_id: str) -> SourceUnit:
