@@ -63,7 +63,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -102,6 +103,49 @@ DEFAULT_REQUEST_ID_HEADERS = ("X-Request-Id", "X-Correlation-Id")
 ERROR_BODY_LIMIT = 64 * 1024
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
 REDACTED = "***"
+
+
+# --- preparing without requests ----------------------------------------------------------------
+
+# Set while a caller asks a client to work from what it already holds (``requests_refused``).
+# A context variable, not a thread-local: a client that fans its lookups out to helper threads
+# in a copy of the caller's context (the Tripletex client) refuses there too.
+_REQUESTS_REFUSED: ContextVar[bool] = ContextVar("aic_requests_refused", default=False)
+
+
+class RequestRefused(Exception):
+    """A request was about to be made inside ``requests_refused()``. Not an ``IntegrationError``:
+    nothing was asked of the vendor, so no client may read it as the vendor's answer."""
+
+
+@contextmanager
+def requests_refused() -> Iterator[None]:
+    """Inside the block every ``VendorHttp`` exchange raises ``RequestRefused`` before it does
+    anything (no permit, no connection). The worker prepares a voucher this way inside its claim's
+    transaction (``worker.export_job._claim``): a client whose lookups and session are cached
+    prepares from memory; one that would need a request says so at once, and the voucher is
+    prepared after the commit instead."""
+    token = _REQUESTS_REFUSED.set(True)
+    try:
+        yield
+    finally:
+        _REQUESTS_REFUSED.reset(token)
+
+
+@contextmanager
+def holding(lock: threading.Lock | threading.RLock) -> Iterator[None]:
+    """``with lock``, except inside ``requests_refused()``: a client's lock may be held by
+    another thread across a request (a single flight of lookups, a session being created), and
+    waiting for it would hold the caller's transaction for that round trip, so a lock that is
+    taken refuses (``RequestRefused``) instead."""
+    if not _REQUESTS_REFUSED.get():
+        lock.acquire()
+    elif not lock.acquire(blocking=False):
+        raise RequestRefused("another thread of the client may be waiting for an answer")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --- small pieces, usable on their own ---------------------------------------------------------
@@ -380,6 +424,9 @@ class VendorHttp:
         ``gate.open()`` says so, after the permit (else ``SendWithdrawn``), and each phase of
         the exchange is bounded by ``gate.timeout``.
         """
+        if _REQUESTS_REFUSED.get():
+            raise RequestRefused(f"{method} to {self.display_name} ({what}) while requests are "
+                                 "refused")
         permit: AbstractContextManager[object] = (
             self.limiter.acquire() if self.limiter is not None else nullcontext()
         )

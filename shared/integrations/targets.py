@@ -67,7 +67,13 @@ class TargetClient(Protocol):
 
     def prepare_voucher(self, draft: VoucherDraft) -> PreparedVoucher:
         """Resolve everything the voucher refers to; PermanentError (nothing sent) if it cannot
-        be booked (unknown account, VAT code...)."""
+        be booked (unknown account, VAT code...).
+
+        The worker first asks inside its claim's transaction, with requests refused
+        (``shared.integrations.http.requests_refused``): every request goes through
+        ``VendorHttp``, which then raises ``RequestRefused``, and a lock the client may hold
+        across a request is taken with ``http.holding`` (refuses instead of waiting). A client
+        that needs nothing from the target prepares from memory there."""
 
     def send_voucher(self, prepared: PreparedVoucher, gate: SendGate) -> PostedVoucher: ...
     def find_voucher(self, external_number: str) -> PostedVoucher | None: ...

@@ -65,7 +65,7 @@ from shared.integrations.billdiary.models import (
     PaymentAnswer,
 )
 from shared.integrations.errors import AuthError, ConnectionParked, PermanentError
-from shared.integrations.http import ErrorReading, VendorHttp, retry_after_seconds
+from shared.integrations.http import ErrorReading, VendorHttp, holding, retry_after_seconds
 
 if TYPE_CHECKING:
     from shared.integrations.rate_limit import RateLimiter
@@ -324,7 +324,7 @@ class BillDiaryClient:
     def _category(self, code: str) -> tuple[int, int | None]:
         """(category id, sub-category id) of the category with exactly this ``code``; created
         as a top-level category only when the connection allows it."""
-        with self._lock:
+        with holding(self._lock):
             if code not in self._categories:
                 found = self._find_category(code)
                 if found is None and self.options.create_missing_categories:

@@ -39,7 +39,13 @@ from pydantic import BaseModel, Field, ValidationError
 from shared.config import get_settings
 from shared.domain.vouchers import CENT, PostedVoucher, PostingDraft, VoucherDraft
 from shared.integrations.errors import AuthError, PermanentError
-from shared.integrations.http import ErrorReading, SessionAuth, VendorHttp, seconds_header
+from shared.integrations.http import (
+    ErrorReading,
+    SessionAuth,
+    VendorHttp,
+    holding,
+    seconds_header,
+)
 from shared.integrations.tripletex.models import (
     Account,
     Currency,
@@ -476,7 +482,7 @@ class TripletexClient:
 
     def _resolve(self, draft: VoucherDraft) -> _Refs:
         """Look up every reference of ``draft``; raise one PermanentError listing all problems."""
-        with self._lookup_lock:
+        with holding(self._lookup_lock):
             return self._resolve_locked(draft)
 
     def _fetch_missing_at_once(self, draft: VoucherDraft) -> dict[tuple[str, str], object]:
@@ -657,7 +663,7 @@ class TripletexClient:
     # --- session ---------------------------------------------------------------------------
 
     def _current_auth(self) -> httpx.Auth:
-        with self._session_lock:
+        with holding(self._session_lock):
             today = datetime.now(UTC).date()
             if self._session is None or today >= self._session.renew_on:
                 self._session = self._create_session(today)

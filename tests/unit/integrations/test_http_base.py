@@ -480,3 +480,38 @@ def test_the_limiter_permit_comes_first_and_its_refusal_sends_nothing():
     refused = _http(handler, limiter=Limiter(True))
     error = _raised(refused, "POST", "items", gate=Gate())
     assert isinstance(error, RateLimitedError) and error.sent is False and order == ["permit"]
+
+
+def test_inside_requests_refused_nothing_is_asked_of_anyone(monkeypatch):
+    """The worker prepares a voucher inside its claim's transaction from what a client holds:
+    a request there raises ``RequestRefused`` before the limiter or the network is touched, in
+    helper threads run in a copy of the caller's context too (the Tripletex client fans its
+    lookups out so), and not an ``IntegrationError`` a client could take for the vendor's answer."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.integrations.errors import IntegrationError
+    from shared.integrations.http import RequestRefused, requests_refused
+
+    touched = []
+
+    class Limiter:
+        def acquire(self):
+            touched.append("permit")
+            return contextlib.nullcontext()
+
+    def handler(request):
+        touched.append("sent")
+        return httpx.Response(200, json={"id": 1})
+
+    http = _http(handler, limiter=Limiter())
+    with requests_refused():
+        refused = _raised(http)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_helper = pool.submit(contextvars.copy_context().run, _raised, http).result()
+    assert isinstance(refused, RequestRefused) and not isinstance(refused, IntegrationError)
+    assert isinstance(in_helper, RequestRefused)
+    assert "GET to Acme (the item)" in str(refused)
+    assert touched == []
+    http.request("GET", "items/1", what="the item")  # outside the block: as always
+    assert touched == ["permit", "sent"]

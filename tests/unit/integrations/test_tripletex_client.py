@@ -745,3 +745,44 @@ def test_a_cold_client_sends_its_lookups_together_after_the_session(
         client.forget_lookups()  # cold again, session kept: the lookups meet again
         client.prepare_voucher(simple_draft("exp-forgotten", "6800", vat_code="1"))
         assert len(transport.sent) == 7
+
+
+def test_with_requests_refused_only_a_warm_client_prepares(
+    tripletex_sandbox: TripletexSandbox, tripletex_company: dict[str, Any]
+) -> None:
+    """The worker prepares inside its claim's transaction with requests refused
+    (``shared.integrations.http.requests_refused``): a cold client refuses without a request, a
+    warm one prepares the same body from its caches, and a lock another thread holds (a single
+    flight of lookups in progress) refuses at once instead of holding the transaction."""
+    from shared.integrations.http import RequestRefused, requests_refused
+
+    company_id = tripletex_company["company_id"]
+    draft = simple_draft("exp-warm", "6800", vat_code="1")
+    with make_client(tripletex_sandbox, tripletex_company) as client:
+        with requests_refused(), pytest.raises(RequestRefused):
+            client.prepare_voucher(draft)
+        assert tripletex_sandbox.request_counts(company_id) == {}
+        warm = client.prepare_voucher(draft)  # the lookups, outside
+        before = tripletex_sandbox.request_counts(company_id)
+        with requests_refused():
+            assert client.prepare_voucher(draft).payload == warm.payload
+        assert tripletex_sandbox.request_counts(company_id) == before
+
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_lookups() -> None:
+            with client._lookup_lock:
+                held.set()
+                release.wait(5)
+
+        holder = threading.Thread(target=hold_the_lookups)
+        holder.start()
+        try:
+            held.wait(5)
+            with requests_refused(), pytest.raises(RequestRefused):
+                client.prepare_voucher(draft)
+        finally:
+            release.set()
+            holder.join()
+        with requests_refused():
+            assert client.prepare_voucher(draft).payload == warm.payload
