@@ -19,6 +19,9 @@ the next attempt where to resume:
              gate commits "posting started" with the request's deadline, and the request cannot
              outlive that deadline. Its answer is recorded even if the attempt lost the export
              meanwhile: a booked voucher is never dropped.
+             A clear export whose client holds all it needs is prepared inside the claim's
+             transaction, and the claim records "posting started" too (``_claim``): one
+             transaction fewer, and the gate then only checks that the mark is fresh.
 5. receipt - attached once (a lost answer to an upload is settled by asking the target).
 6. finish  - success with the external reference.
 
@@ -50,6 +53,7 @@ from shared.domain.state_machine import (
     ExportKey,
     IllegalTransition,
     insert_event,
+    insert_events,
     transition_known,
 )
 from shared.domain.statuses import ExportStatus
@@ -61,7 +65,13 @@ from shared.integrations.errors import (
     SendWithdrawn,
     TransientError,
 )
-from shared.integrations.targets import ConnectionVersion, TargetClient, client_for
+from shared.integrations.http import RequestRefused, requests_refused
+from shared.integrations.targets import (
+    ConnectionVersion,
+    PreparedVoucher,
+    TargetClient,
+    client_for,
+)
 from shared.logs import get_logger
 from shared.metrics import count_rate_limit_deferral
 from worker import posting, retry_policy
@@ -103,6 +113,11 @@ class _Work:
     expense: Row | None = None
     connection: _ConnectionRow | None = None
     receipt: tuple | None = None  # (filename, content type, bytes) while not yet attached
+    # Set when the claim prepared the voucher and recorded "posting started" with it
+    # (``_claim``): the prepared voucher, and (posting started at, deadline) of that mark until
+    # the gate uses it or withdraws it (``_post``).
+    prepared: PreparedVoucher | None = None
+    claim_mark: tuple[datetime, datetime] | None = None
     # Held while the attempt runs: the connection's rate-limit admission (see ``_admit``).
     admission: AbstractContextManager = field(default_factory=nullcontext)
 
@@ -201,6 +216,7 @@ _C = TargetConnection.__table__.c
 # claimed read its expense for nothing, which is rare.
 _BEFORE_CLAIM = select(
     _T.status, _T.next_attempt_at, _T.lease_expires_at, _T.target_system,
+    _T.posting_started_at, _T.external_id, _T.expense_id, _T.source_unit_id,
     _C.id.label("connection_id"), _C.updated_at.label("connection_updated_at"),
     _C.account_mapping,
     _X.description, _X.employee_name, _X.rows, _X.expense_date, _X.currency,
@@ -209,6 +225,13 @@ _BEFORE_CLAIM = select(
     _EXPORTS.join(TargetConnection.__table__, _C.id == _T.connection_id)
     .join(Expense.__table__, _X.id == _T.expense_id)
 ).where(_T.id == bindparam("w_id"))
+# The claim of a clear export whose voucher was prepared in the claim's transaction: the same
+# compare-and-set, and "posting started" with the request's deadline (the gate's mark, ``_post``)
+# while the export is still clear. The lease is given the deadline's length, as the gate gives it.
+_CLAIM_AND_MARK = _CLAIM.where(_T.posting_started_at.is_(None), _T.external_id.is_(None)).values(
+    posting_started_at=bindparam("v_posting_started_at"),
+    post_deadline_at=bindparam("v_post_deadline_at"),
+)
 # Refused by the limiter: only the due time moves (the sweeper and the duplicate check read it):
 # no attempt, no event (a long backlog would write one per turn it waited), no lease.
 _DEFER = update(_EXPORTS).where(
@@ -248,6 +271,9 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
         connection = _ConnectionRow(before.connection_id, before.connection_updated_at,
                                     before.account_mapping)
         admission: AbstractContextManager = nullcontext()
+        key = ExportKey(export_id, before.expense_id, before.target_system,
+                        before.source_unit_id)
+        prepared = None
         if before.lease_expires_at is None or before.lease_expires_at < now:
             admitted = _admit(connection)
             if isinstance(admitted, RateLimitedError):
@@ -260,19 +286,37 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
                     return Outcome("retry", admitted.message, retry_in=delay)
             else:
                 admission = admitted
+            if before.posting_started_at is None and before.external_id is None:
+                prepared = _prepare_from_memory(key, before, connection)
         lease = f"{celery_task_id or 'direct'}:{uuid.uuid4().hex[:8]}"
-        claimed = db.execute(_CLAIM, {
+        claim = {
             "w_id": export_id, "w_now": now, "w_due": now + EARLY_TOLERANCE,
             "v_lease_owner": lease,
             "v_lease_expires_at": now + timedelta(seconds=settings.export_lease_seconds),
             "v_celery_task_id": celery_task_id, "v_updated_at": now,
-        }).one_or_none()
+        }
+        claimed = deadline = None
+        if prepared is not None:
+            deadline = now + posting.send_bound()
+            claimed = db.execute(_CLAIM_AND_MARK, {
+                **claim, "v_posting_started_at": now, "v_post_deadline_at": deadline,
+                "v_lease_expires_at": deadline + timedelta(
+                    seconds=settings.export_lease_seconds)}).one_or_none()
+            if claimed is None:
+                prepared = None  # changed since the read: the plain claim decides
+        if claimed is None:
+            claimed = db.execute(_CLAIM, claim).one_or_none()
         if claimed is None:
             admission.__exit__(None, None, None)  # withdrawn: this attempt sends nothing
             return _not_claimed(db.execute(_WHY_NOT_CLAIMED, {"w_id": export_id}).one_or_none(),
                                 export_id, now)
-        insert_event(session, export_id, claimed.target_system, "started", actor=ACTOR,
-                     attempt=claimed.attempts, celery_task_id=celery_task_id, at=now)
+        steps = [EventRow(export_id, claimed.target_system, "started", ACTOR,
+                          attempt=claimed.attempts, celery_task_id=celery_task_id, at=now)]
+        if prepared is not None:
+            steps.append(EventRow(export_id, claimed.target_system, "posting_started", ACTOR,
+                                  attempt=claimed.attempts, celery_task_id=celery_task_id,
+                                  data={"deadline": deadline.isoformat()}, at=now))
+        insert_events(session, steps)
         # What the draft needs of the expense was read with the export (the connection too; its
         # whole row only to build a client: shared.integrations.targets.ConnectionVersion).
         expense = before
@@ -290,8 +334,9 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             clock=clock,
             external_id=claimed.external_id,
             external_reference=claimed.external_reference,
-            posting_started_at=claimed.posting_started_at,
-            post_deadline_at=claimed.post_deadline_at,
+            # The claim's own mark counts once the gate uses it (``_post``).
+            posting_started_at=None if prepared is not None else claimed.posting_started_at,
+            post_deadline_at=None if prepared is not None else claimed.post_deadline_at,
             receipt_attached=claimed.receipt_attached_at is not None,
             receipt_upload_started=claimed.receipt_upload_started_at is not None,
             last_error=claimed.error_message,
@@ -299,7 +344,32 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             connection=connection,
             receipt=receipt,
             admission=admission,
+            prepared=prepared,
+            claim_mark=(now, deadline) if prepared is not None else None,
         )
+
+
+def _prepare_from_memory(key: ExportKey, before: Row, connection: _ConnectionRow
+                         ) -> PreparedVoucher | None:
+    """The voucher of a clear export, prepared inside the claim's transaction from what the
+    connection's client already holds (its lookups, its session), or None.
+
+    Why: the claim can then record "posting started" too, and the request leaves after one
+    commit instead of two (issue 12: each transaction costs the worker more CPU than the rest of
+    an export's database work). Only without requests: a request inside the transaction would
+    hold the database (on SQLite every writer of the process) for a round trip. None whenever
+    this is not a plain success (the client would ask the target, the mapping does not fit, a
+    bug): the attempt prepares again after the commit, as every export did before, and meets
+    the same error there, where it is handled."""
+    try:
+        with requests_refused():
+            client = _client_of(connection)
+            return client.prepare_voucher(
+                build_voucher_draft(key, before, connection.account_mapping or {}))
+    except RequestRefused:
+        return None
+    except Exception:  # noqa: BLE001 - prepared again after the commit, where errors are handled
+        return None
 
 
 @dataclass(frozen=True)
@@ -417,9 +487,6 @@ def _event(work: _Work, kind: str, **step) -> bool:
 
 
 def _post_and_finish(work: _Work) -> Outcome:
-    # A mapping problem (MappingError) fails the export here, before anything is sent.
-    draft = build_voucher_draft(work.key, work.expense,
-                                work.connection.account_mapping or {})
     client = _client(work)
     receipt = work.receipt
 
@@ -439,7 +506,7 @@ def _post_and_finish(work: _Work) -> Outcome:
     if posted is None:
         # With no receipt to attach, recording the voucher also finishes the export (one
         # transaction, two events).
-        posted, finished = _post(work, client, draft, finish=receipt is None)
+        posted, finished = _post(work, client, finish=receipt is None)
     work.external_id = posted.id
     work.external_reference = posted.reference
 
@@ -515,17 +582,32 @@ def _deadline(work: _Work) -> datetime:
 # --- 3 and 4. prepare and post ----------------------------------------------------------------
 
 
-def _post(work: _Work, client: TargetClient, draft, *, finish: bool = False
+def _post(work: _Work, client: TargetClient, *, finish: bool = False
           ) -> tuple[PostedVoucher, bool]:
     """Post the voucher and record it; with ``finish``, in the same transaction move the export
     to success. Returns the voucher and whether the export was finished."""
-    # Unknown accounts, VAT codes the account refuses, missing dimensions: found here, so the
-    # export fails with a precise message and nothing was sent. Lookups and a session renewal
-    # happen here too, before the mark: the request behind the gate is the POST alone.
-    prepared = client.prepare_voucher(draft)
+    prepared = work.prepared
+    if prepared is None:
+        # Unknown accounts, VAT codes the account refuses, missing dimensions: found here
+        # (MappingError, PermanentError), so the export fails with a precise message and nothing
+        # was sent. Lookups and a session renewal happen here too, before the mark: the request
+        # behind the gate is the POST alone.
+        prepared = client.prepare_voucher(build_voucher_draft(
+            work.key, work.expense, work.connection.account_mapping or {}))
     settings = get_settings()
 
     def mark() -> bool:
+        if work.claim_mark is not None:
+            marked_at, deadline = work.claim_mark
+            work.claim_mark = None
+            if work.clock.now() - marked_at <= posting.GATE_SLACK:
+                # The claim recorded "posting started" moments ago: the request leaves well
+                # inside the deadline it recorded, as after the gate's own commit.
+                work.posting_started_at, work.post_deadline_at = marked_at, deadline
+                return True
+            # Longer since the claim than the deadline keeps for it (a wait for a rate-limit
+            # permit, a starved thread): nothing was sent under that mark, so it is recorded
+            # anew below, with a deadline from now.
         now = work.clock.now()
         deadline = now + posting.send_bound()
         # The lease outlives the request, so no other attempt can start while it is on its way.
@@ -558,6 +640,18 @@ def _post(work: _Work, client: TargetClient, draft, *, finish: bool = False
             f"unexpected error while posting: {type(error).__name__}: {error}",
             system="worker", code="unexpected"), gate.opened) from error
     return posted, _record_voucher(work, posted, "posted_to_target", finish=finish)
+
+
+def _withdraw_claim_mark(work: _Work, why: str) -> None:
+    """The attempt ends in an error before the gate opened, while the claim's "posting started"
+    is still unused: nothing was sent, so the export is made clear again
+    (``posting_withdrawn``), as if the claim had not marked it. Otherwise it would wait in doubt
+    for a lookup it does not need (and could not be cancelled meanwhile)."""
+    if work.claim_mark is None:
+        return
+    work.claim_mark = None
+    _event(work, "posting_withdrawn", reason=f"nothing was sent: {why}", where=OWNED_UNBOOKED,
+           posting_started_at=None, post_deadline_at=None)
 
 
 def _record_voucher(work: _Work, posted: PostedVoucher, kind: str, reason: str | None = None,
@@ -641,6 +735,8 @@ def _attach_receipt(work: _Work, client: TargetClient, posted: PostedVoucher, re
 
 def _handle_error(work: _Work, error: IntegrationError, *, post: _PostFailed | None = None
                   ) -> Outcome:
+    # The claim's "posting started" is still unused only when the gate never opened.
+    _withdraw_claim_mark(work, error.message)
     if post is not None and post.gate_opened:
         _settle_post_answer(work, error)
     decision = retry_policy.decide(retry_policy.REGIMES[retry_policy.TaskKind.EXPORT], error,

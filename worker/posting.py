@@ -87,8 +87,9 @@ class PostGate:
     """The ``SendGate`` the protocol hands a target client for one posting request.
 
     ``mark`` commits "posting started" (and the deadline) as a compare-and-set on the export's
-    row; it is called once, right before the request leaves. A re-send inside the same exchange
-    (the target refused the first copy) finds the gate open.
+    row, or uses the one the claim committed while it is at most ``GATE_SLACK`` old
+    (``worker.export_job._post``); it is called once, right before the request leaves. A
+    re-send inside the same exchange (the target refused the first copy) finds the gate open.
     """
 
     mark: Callable[[], bool]

@@ -132,8 +132,10 @@ def test_a_gate_committed_after_its_slack_sends_nothing(target, new_export, monk
     ~42 s for the database's write lock, committed a deadline already past, and the request left
     21 s after it; meanwhile the next attempt trusted a lookup after that deadline, found
     nothing and posted: two vouchers. A gate whose commit took longer than the deadline keeps
-    for it must send nothing and leave the export in doubt until its lookup can be trusted."""
+    for it must send nothing and leave the export in doubt until its lookup can be trusted.
+    (The gate commits its own mark when the claim could not prepare the voucher: a cold client.)"""
     export_id = new_export()
+    monkeypatch.setattr(export_job, "_prepare_from_memory", lambda *args: None)
     real_event = export_job._event
 
     def slow_gate_commit(work, kind, **kwargs):
@@ -153,6 +155,92 @@ def test_a_gate_committed_after_its_slack_sends_nothing(target, new_export, monk
     monkeypatch.setattr(export_job, "_event", real_event)
     outcomes = drive(export_id)
     assert outcomes[-1].kind == "success"
+    assert len(target.vouchers_for(export_id)) == 1
+
+
+def test_a_claim_that_prepared_the_voucher_marks_posting_started_with_it(target, new_export):
+    """A warm client prepares the voucher inside the claim's transaction, and the claim records
+    "posting started" and its deadline in the same compare-and-set: the gate only uses that mark.
+    Both steps keep their own event row, in order, and the row says what the gate would have."""
+    sent_marks = []
+    real_send = target.send_voucher
+
+    def send(prepared, gate=None):
+        claimed = row(export_id)
+        sent_marks.append((claimed.posting_started_at, claimed.post_deadline_at))
+        return real_send(prepared, gate)
+
+    target.send_voucher = send
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "success"
+    assert event_kinds(export_id)[-4:] == ["started", "posting_started", "posted_to_target",
+                                           "status_changed"]
+    (started_at, deadline), = sent_marks
+    assert started_at is not None and deadline - started_at == export_job.posting.send_bound()
+    with session_scope() as session:
+        started, marked = session.scalars(select(ExportEvent).where(
+            ExportEvent.export_id == export_id,
+            ExportEvent.kind.in_(["started", "posting_started"])).order_by(ExportEvent.id)).all()
+    assert started.created_at == marked.created_at == started_at
+    assert marked.data == {"deadline": deadline.isoformat()}
+    assert len(target.vouchers_for(export_id)) == 1
+
+
+def test_a_client_that_would_ask_the_target_prepares_after_the_claim(target, new_export,
+                                                                     monkeypatch):
+    """Inside the claim's transaction no request may leave (``requests_refused``): a client that
+    needs one (a cold cache, a session to renew) is not asked there; the voucher is prepared after
+    the commit and the gate commits "posting started" itself, as before."""
+    from shared.integrations.http import _REQUESTS_REFUSED, RequestRefused
+
+    prepared_while_claiming = []
+    real_prepare = target.prepare_voucher
+
+    def prepare(draft):
+        prepared_while_claiming.append(_REQUESTS_REFUSED.get())
+        if _REQUESTS_REFUSED.get():
+            raise RequestRefused("a lookup")
+        return real_prepare(draft)
+
+    target.prepare_voucher = prepare
+    commits = []
+    real_event = export_job._event
+    monkeypatch.setattr(export_job, "_event",
+                        lambda work, kind, **kw: commits.append(kind) or real_event(work, kind, **kw))
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "success"
+    assert prepared_while_claiming == [True, False]
+    assert commits == ["posting_started"]  # the gate's own transaction
+    assert event_kinds(export_id)[-4:] == ["started", "posting_started", "posted_to_target",
+                                           "status_changed"]
+    assert len(target.vouchers_for(export_id)) == 1
+
+
+def test_a_claim_mark_gone_stale_is_recorded_anew_before_the_request(target, new_export):
+    """More than the gate's slack between the claim's mark and the request (here a 1.2 s wait
+    for a rate-limit permit): the request must not leave under that deadline. Nothing was sent
+    under it, so the gate records "posting started" anew with a deadline from now and sends."""
+    marks = []
+    real_send = target.send_voucher
+
+    def slow_permit(prepared, gate=None):
+        time.sleep(1.2)  # longer than posting.GATE_SLACK
+        result = real_send(prepared, gate)
+        marks.append(row(export_id).post_deadline_at)
+        return result
+
+    target.send_voucher = slow_permit
+    export_id = new_export()
+    assert export_job.run_export(export_id).kind == "success"
+    kinds = event_kinds(export_id)
+    assert kinds[-5:] == ["started", "posting_started", "posting_started", "posted_to_target",
+                          "status_changed"]
+    with session_scope() as session:
+        first, second = session.scalars(select(ExportEvent.data).where(
+            ExportEvent.export_id == export_id,
+            ExportEvent.kind == "posting_started").order_by(ExportEvent.id)).all()
+    assert second["deadline"] > first["deadline"]
+    assert marks[0].isoformat() == second["deadline"]
     assert len(target.vouchers_for(export_id)) == 1
 
 
@@ -210,6 +298,9 @@ def test_hole7_a_limiter_refusal_sends_nothing_and_stays_cancellable(target, new
     waiting = row(export_id)
     assert waiting.posting_started_at is None and waiting.attempts == 0
     assert target.posts_sent == 0
+    # The claim had prepared the voucher and marked "posting started"; the refusal withdrew it.
+    assert event_kinds(export_id)[-4:] == ["started", "posting_started", "posting_withdrawn",
+                                           "retry_scheduled"]
     with session_scope() as session:
         exports.cancel_export(session, org.id, export_id, actor="test")
 
@@ -343,22 +434,24 @@ def test_a_successful_export_reads_its_row_few_times_and_logs_every_step(target,
     export_writes = [s for s in statements if s.startswith("UPDATE ACCOUNTING_EXPORTS")]
     # The claim's compare-and-set is on the lease's expiry, every later step's on its owner.
     guarded_writes = [s for s in export_writes if "LEASE_OWNER" in s.split(" WHERE ", 1)[1]]
-    # One event row per step; the voucher's and the success's rows are one INSERT of two rows.
+    # One event row per step; "started" and "posting started" are one INSERT of two rows, as
+    # are the voucher's and the success's.
     assert event_kinds(export_id)[-4:] == ["started", "posting_started", "posted_to_target",
                                            "status_changed"]
-    assert len(event_writes) == 3, statements
-    # The claim, "posting started", and the voucher recorded with the success in one UPDATE.
-    assert len(export_writes) == 3, statements
-    assert len(guarded_writes) == 2, statements
+    assert len(event_writes) == 2, statements
+    # The claim with "posting started" (the voucher was prepared in its transaction), and the
+    # voucher recorded with the success in one UPDATE.
+    assert len(export_writes) == 2, statements
+    assert len(guarded_writes) == 1, statements
     # One read before the claim: the export joined with its connection (the connection's rate
     # limiter admits the export before it is claimed: target 4, the tenants' fairness) and its
     # expense (what the draft needs); the same read says why a delivery is skipped. The claim
     # returns the row it claimed (UPDATE ... RETURNING); the steps after it never read the
     # export again. Was 7 reads of the export, 18 statements in 5 transactions before issue 12;
-    # then 4 reads, 14 statements in 5; then 10 statements in 3.
+    # then 4 reads, 14 statements in 5; then 10 statements in 3; then 7 in 3.
     assert len(export_reads) == 1, "\n".join(export_reads)
     assert "JOIN TARGET_CONNECTIONS" in export_reads[0] and "JOIN EXPENSES" in export_reads[0]
     assert not [s for s in statements if s.startswith("SELECT") and "FROM EXPENSES" in s]
-    assert len(statements) <= 7, "\n".join(statements)
-    # claim (+ admission read, "started") | posting started | voucher recorded + success
-    assert len(commits) == 3, commits
+    assert len(statements) <= 5, "\n".join(statements)
+    # claim (+ admission read, "started", "posting started") | voucher recorded + success
+    assert len(commits) == 2, commits
