@@ -26,7 +26,8 @@ export per process, what Celery's default pool gives on this 2-core machine) and
 on a stack of its own: a bare Celery task (``bench.bare_celery``) doing the same voucher POST to
 the same sandbox with the same pool and concurrency, and prints throughput and worker CPU per
 export of both, their ratios and PASS/FAIL against the targets (>= 0.80 of the bare
-throughput, <= 2x its CPU per task). The bare task's session and lookups are made by the
+throughput, <= 2x its CPU per task), and each worker's CPU split between its main thread
+(Celery's consumer loop) and the others (the pool's threads running the tasks). The bare task's session and lookups are made by the
 benchmark before its window; ours are made by the first exports inside the window (a cold start
 of two round trips every export in flight waits for) unless ``--warm`` exports one expense per
 organization first, untimed.
@@ -107,6 +108,9 @@ class CpuSample:
     by_child: dict[str, float]
     bench: float
     machine_busy: float
+    # The worker processes' main threads together: Celery's consumer loop (receiving, acking,
+    # scheduling). With the threads or prefork pool the tasks run elsewhere.
+    worker_main_threads: float = 0.0
 
 
 @dataclass
@@ -132,6 +136,7 @@ class RunResult:
     # First 'started' event -> last success event of the timed batch(es): the workers' own span,
     # without the batch POST and the poll (bench.latency_bound compares it with its bound).
     worker_span_s: float = 0.0
+    cpu_worker_main: float = 0.0  # CpuSample.worker_main_threads over the window
 
     @property
     def throughput(self) -> float:
@@ -168,6 +173,21 @@ def _pgroup_cpu_seconds(pgids: dict[int, str]) -> dict[str, float]:
         if name is not None:
             totals[name] += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return totals
+
+
+def _main_thread_cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU seconds of these processes' main threads (the thread whose id is the
+    process id); 0 for a process that is gone."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/stat", "rb") as stat:
+                raw = stat.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def _machine_busy_seconds() -> float:
@@ -508,8 +528,10 @@ def _parse_time(value: str) -> datetime:
 
 
 def _cpu_sample(stack: BenchStack) -> CpuSample:
-    return CpuSample(_pgroup_cpu_seconds(stack.process_groups()), _own_cpu_seconds(),
-                     _machine_busy_seconds())
+    groups = stack.process_groups()
+    return CpuSample(_pgroup_cpu_seconds(groups), _own_cpu_seconds(), _machine_busy_seconds(),
+                     _main_thread_cpu_seconds([pid for pid, name in groups.items()
+                                               if name.startswith("worker")]))
 
 
 def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, rate_limit: str,
@@ -605,6 +627,7 @@ def run_once(config: PoolConfig, *, exports: int, orgs: int, latency_ms: int, ra
             cpu_by_child={name: cpu_after.by_child.get(name, 0.0) - seconds
                           for name, seconds in cpu_before.by_child.items()},
             cpu_bench=cpu_after.bench - cpu_before.bench,
+            cpu_worker_main=cpu_after.worker_main_threads - cpu_before.worker_main_threads,
             cpu_machine=cpu_after.machine_busy - cpu_before.machine_busy,
             log_dir=stack.log_dir,
             worker_span_s=(max(last_done) - min(first_start)).total_seconds(),
@@ -631,6 +654,7 @@ class BareResult:
     load_after: tuple[float, float, float]
     cpu_by_child: dict[str, float]
     cpu_machine: float
+    cpu_worker_main: float = 0.0  # CpuSample.worker_main_threads over the window
 
     @property
     def throughput(self) -> float:
@@ -716,7 +740,8 @@ def run_bare(config: PoolConfig, *, exports: int, latency_ms: int, timeout: floa
             load_before=load_before, load_after=load_after,
             cpu_by_child={name: cpu_after.by_child.get(name, 0.0) - seconds
                           for name, seconds in cpu_before.by_child.items()},
-            cpu_machine=cpu_after.machine_busy - cpu_before.machine_busy)
+            cpu_machine=cpu_after.machine_busy - cpu_before.machine_busy,
+            cpu_worker_main=cpu_after.worker_main_threads - cpu_before.worker_main_threads)
     finally:
         with signals_held():
             say(f"[bare {config.label}] stopping the stack")
@@ -763,6 +788,13 @@ def versus_bare_table(ours: RunResult, bare: BareResult) -> str:
         f">= {TARGET_THROUGHPUT_SHARE:.2f}  {'PASS' if share >= TARGET_THROUGHPUT_SHARE else 'FAIL'}",
         f"{'worker CPU ms per export':<26}{ours_ms:>12.1f}{bare_ms:>14.1f}{factor:>9.2f}   "
         f"<= {TARGET_CPU_FACTOR:.1f}   {'PASS' if factor <= TARGET_CPU_FACTOR else 'FAIL'}",
+        # Where the difference is: Celery's consumer loop runs in the main thread, the tasks in
+        # the pool's (with --pool solo both are the main thread).
+        f"{'  main thread (consumer)':<26}{1000 * ours.cpu_worker_main / ours.exports:>12.1f}"
+        f"{1000 * bare.cpu_worker_main / bare.exports:>14.1f}",
+        f"{'  other threads (tasks)':<26}"
+        f"{1000 * (ours_cpu - ours.cpu_worker_main) / ours.exports:>12.1f}"
+        f"{1000 * (bare.cpu_workers - bare.cpu_worker_main) / bare.exports:>14.1f}",
     ]
     return "\n".join(lines)
 
