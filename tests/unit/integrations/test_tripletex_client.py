@@ -6,6 +6,7 @@ the sandbox's knobs, not mocks: the client sees real 401s, 422s, 429s, 503s and 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -150,6 +151,11 @@ def test_amounts_go_out_as_exact_two_decimal_json_numbers(
     assert dumps_json({"a": Decimal("0.1") + Decimal("0.2")}) == '{"a":0.30}'
     with pytest.raises(TypeError):
         dumps_json({"a": 0.3})
+    # Everything else as json writes it: escapes, non-ASCII text, numbers, true/false/null.
+    other = {"text": 'Blåbær "AS"\\ \n\t\u2028', "n": 7, "yes": True, "no": False, "none": None,
+             "list": [1, "x"]}
+    assert json.loads(dumps_json(other)) == other
+    assert dumps_json(other) == json.dumps(other, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_voucher_type_and_dimensions_are_sent_as_references(
