@@ -163,15 +163,10 @@ def _pgroup_cpu_seconds(pgids: dict[int, str]) -> dict[str, float]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                raw = stat.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        name = pgids.get(int(fields[2]))
+        fields = _stat_fields(f"/proc/{entry.name}/stat")
+        name = pgids.get(int(fields[2])) if fields else None
         if name is not None:
-            totals[name] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            totals[name] += _cpu_of(fields)
     return totals
 
 
@@ -180,14 +175,25 @@ def _main_thread_cpu_seconds(pids: list[int]) -> float:
     process id); 0 for a process that is gone."""
     total = 0.0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/task/{pid}/stat", "rb") as stat:
-                raw = stat.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        fields = _stat_fields(f"/proc/{pid}/task/{pid}/stat")
+        if fields:
+            total += _cpu_of(fields)
     return total
+
+
+def _stat_fields(path: str) -> list[str] | None:
+    """The fields of a /proc .../stat file after the command name (state first), or None for a
+    process or thread that is gone."""
+    try:
+        with open(path, "rb") as stat:
+            raw = stat.read().decode(errors="replace")
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def _cpu_of(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def _machine_busy_seconds() -> float:
