@@ -65,7 +65,7 @@ from shared.integrations.errors import (
     SendWithdrawn,
     TransientError,
 )
-from shared.integrations.http import RequestRefused, requests_refused
+from shared.integrations.http import requests_refused
 from shared.integrations.targets import (
     ConnectionVersion,
     PreparedVoucher,
@@ -366,9 +366,7 @@ def _prepare_from_memory(key: ExportKey, before: Row, connection: _ConnectionRow
             client = _client_of(connection)
             return client.prepare_voucher(
                 build_voucher_draft(key, before, connection.account_mapping or {}))
-    except RequestRefused:
-        return None
-    except Exception:  # noqa: BLE001 - prepared again after the commit, where errors are handled
+    except Exception:  # noqa: BLE001 - RequestRefused, or an error met again after the commit
         return None
 
 
