@@ -1,8 +1,8 @@
 """Two worker processes share one connection's rate limit through Redis: Tripletex sees no 429.
 
 The sandbox company enforces a real limit (10 requests per 1-second window, per employee token,
-announced in X-Rate-Limit-* headers, 429 beyond it). The connection's limiter is set just under
-it (8 requests/s, spread out). Two worker processes export one batch. The control run is the same batch with the limiter switched off: it must see 429s,
+announced in X-Rate-Limit-* headers, 429 beyond it). The connection's limiter is set under it
+(5 requests/s, spread out; see LIMITER for why not closer). Two worker processes export one batch. The control run is the same batch with the limiter switched off: it must see 429s,
 which shows the limited run's "zero 429s" is a result, not a test that cannot fail.
 """
 
@@ -17,9 +17,13 @@ import pytest
 pytestmark = pytest.mark.timeout(240)
 
 SERVER_LIMIT = {"limit": 10, "window_seconds": 1, "send_reset_header": True}
-# At most 2 requests per 0.25 s: 8/s, spread out. A burst of 8 would let two whole bursts, one
-# a little late and the next on time, land in one server window under CPU contention.
-LIMITER = {"requests_per_second": 8, "burst": 2}
+# 5/s, spread out (burst 1). The server counts arrivals in fixed 1-second windows, while the
+# limiter spaces permits: a request leaves some time after its permit. A worker process that
+# stalls (CPU contention on a busy CI machine) sends the permits its 4 threads hold late, on top
+# of the window's on-time ones. 8/s with a burst of 2 filled a window exactly (2 + 8 = 10) and
+# failed so (one 429, after a 3.5 s stall, on 0cc313e and later alike); 1 + 5 leaves room for a
+# whole stalled worker's 4 requests. A burst of 8 would let two whole bursts land in one window.
+LIMITER = {"requests_per_second": 5, "burst": 1}
 COUNT = 80
 VOUCHER_POST = "POST /ledger/voucher"
 
