@@ -2,7 +2,7 @@
 
 A producer that sent the task before committing could have a worker look for an export row that
 is not there yet (or never will be, if the commit fails). ``enqueue_after_commit`` parks the job
-on the session; the ``after_commit`` hook sends it. If sending fails after the commit (broker
+on the transaction (``info``); the after-commit hook (``shared.db.session.on_commit``) sends it. If sending fails after the commit (broker
 down), the export stays in ``processing`` with ``next_attempt_at`` in the past and the stuck-export
 sweeper sends it again: nothing is lost.
 """
@@ -13,11 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.orm import Session
-
-from shared.logs import log_context
 from shared.config import get_settings
+from shared.db.session import Transaction, on_commit, on_rollback
+from shared.logs import log_context
 from shared.queue import celery_app, list_producer
 
 log = logging.getLogger(__name__)
@@ -39,7 +37,7 @@ class Job:
 
 
 def enqueue_after_commit(
-    session: Session,
+    session: Transaction,
     task_name: str,
     *args: Any,
     queue: str,
@@ -49,7 +47,7 @@ def enqueue_after_commit(
     enqueue_job_after_commit(session, Job(task_name, list(args), queue, countdown, task_id))
 
 
-def enqueue_job_after_commit(session: Session, job: Job) -> None:
+def enqueue_job_after_commit(session: Transaction, job: Job) -> None:
     session.info.setdefault(_PENDING_KEY, []).append(job)
 
 
@@ -81,16 +79,11 @@ def send_now(job: Job) -> None:
     )
 
 
-@event.listens_for(Session, "after_commit")
-def _send_pending_jobs(session: Session) -> None:
-    # SQLAlchemy also fires after_commit when a SAVEPOINT (``begin_nested``) is released: the
-    # outer transaction is not committed then, and a job sent now would name a row a worker
-    # cannot see yet (a poll announcing a page of units queued each one before its commit).
-    if session.in_nested_transaction():
-        return
-    jobs: list[Job] = session.info.pop(_PENDING_KEY, [])
+@on_commit
+def _send_pending_jobs(info: dict[str, Any]) -> None:
+    jobs: list[Job] = info.pop(_PENDING_KEY, [])
     for job, error in send_jobs(jobs):
-        session.info.setdefault(_UNSENT_KEY, []).append((job, error))
+        info.setdefault(_UNSENT_KEY, []).append((job, error))
 
 
 def send_jobs(jobs: list[Job]) -> list[tuple[Job, Exception]]:
@@ -107,13 +100,13 @@ def send_jobs(jobs: list[Job]) -> list[tuple[Job, Exception]]:
     return unsent
 
 
-def unsent_jobs(session: Session) -> list[tuple[Job, Exception]]:
+def unsent_jobs(session: Transaction) -> list[tuple[Job, Exception]]:
     """The jobs this session committed but could not hand to the broker (and why): a command
     that promised "queued" must say it was not. The rows are committed; the sweeper sends them
     once the broker answers."""
     return list(session.info.get(_UNSENT_KEY, []))
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending_jobs(session: Session) -> None:
-    session.info.pop(_PENDING_KEY, None)
+@on_rollback
+def _drop_pending_jobs(info: dict[str, Any]) -> None:
+    info.pop(_PENDING_KEY, None)

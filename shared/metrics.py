@@ -29,6 +29,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
 from shared.db.models import AccountingExport, ExportEvent, SourceUnitItem
+from shared.db.session import Transaction, on_commit, on_rollback
 
 __all__ = ["CONTENT_TYPE_LATEST", "latest", "register_queue_depths",
            "start_worker_metrics_server"]
@@ -96,7 +97,7 @@ def _collect(session: Session, _flush_context: Any, _instances: Any) -> None:
                 pending.append(("item_reported", obj.reported_status))
 
 
-def count_rate_limit_deferral(session: Session, target: str) -> None:
+def count_rate_limit_deferral(session: Transaction, target: str) -> None:
     """An export handed back to the queue by the rate-limit admission (``worker.export_job``):
     it writes no event row, so it is counted here, after the commit."""
     session.info.setdefault(_PENDING_KEY, []).append(("deferred", target))
@@ -108,7 +109,7 @@ def count_webhook_delivery(duplicate: bool) -> None:
     WEBHOOK_DELIVERIES.labels("duplicate" if duplicate else "new").inc()
 
 
-def count_export_event(session: Session, kind: str, to_status: str | None, export_id: str,
+def count_export_event(session: Transaction, kind: str, to_status: str | None, export_id: str,
                        target: str, data: dict | None) -> None:
     """An event row written without an ORM object (``state_machine.insert_event``): counted
     after the commit like the others."""
@@ -116,9 +117,9 @@ def count_export_event(session: Session, kind: str, to_status: str | None, expor
         ("export", kind, to_status, export_id, target, data or {}))
 
 
-@event.listens_for(Session, "after_commit")
-def _count(session: Session) -> None:
-    for item in session.info.pop(_PENDING_KEY, []):
+@on_commit
+def _count(info: dict[str, Any]) -> None:
+    for item in info.pop(_PENDING_KEY, []):
         if item[0] == "deferred":
             RATE_LIMIT_DEFERRALS.labels(item[1]).inc()
             continue
@@ -152,9 +153,9 @@ def _count(session: Session) -> None:
             EXPORTS_FINISHED.labels(target, to_status).inc()
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop(session: Session) -> None:
-    session.info.pop(_PENDING_KEY, None)
+@on_rollback
+def _drop(info: dict[str, Any]) -> None:
+    info.pop(_PENDING_KEY, None)
 
 
 class _QueueDepthCollector:

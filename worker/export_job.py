@@ -39,12 +39,17 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Row, and_, bindparam, or_, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from shared.config import get_settings
 from shared.db.clock import AttemptClock
 from shared.db.models import AccountingExport, Expense, TargetConnection
-from shared.db.session import one_sqlite_writer, session_scope
+from shared.db.session import (
+    CoreTransaction,
+    Transaction,
+    core_transaction,
+    one_sqlite_writer,
+    session_scope,
+)
 from shared.domain.errors import MappingError
 from shared.domain.mapping import build_voucher_draft
 from shared.domain.state_machine import (
@@ -243,14 +248,16 @@ _WHY_NOT_CLAIMED = select(_T.status, _T.next_attempt_at, _T.lease_expires_at).wh
 
 
 @contextmanager
-def _transaction() -> Iterator[Session]:
-    """One of an attempt's transactions. On SQLite the worker's threads take turns on one lock
+def _transaction() -> Iterator[CoreTransaction]:
+    """One of an attempt's transactions, on a Core connection: every statement of the posting
+    path is a prebuilt Core statement, and an ORM session's own work cost each transaction more
+    CPU than they do (issue 12). On SQLite the worker's threads take turns on one lock
     (``one_sqlite_writer``) instead of colliding in the database, where a thread that finds the
     file locked sleeps in SQLite's busy handler (1, 2, 5, 10 ms and more, retried unfairly):
     with 16 exports in flight, three transactions each, those sleeps lengthened every export.
     A no-op on PostgreSQL."""
-    with one_sqlite_writer(), session_scope() as session:
-        yield session
+    with one_sqlite_writer(), core_transaction() as transaction:
+        yield transaction
 
 
 def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
@@ -451,7 +458,7 @@ def _step_update(where: str, names: tuple[str, ...], refund: bool):
     return statement
 
 
-def _step(session: Session, work: _Work, kind: str, *, reason: str | None = None,
+def _step(session: Transaction, work: _Work, kind: str, *, reason: str | None = None,
           data: dict | None = None, where: str = OWNED, renew_lease: bool = True,
           refund: bool = False, **fields) -> bool:
     """In ``session``'s transaction: update fields only while ``where`` holds (a compare-and-set)
@@ -534,7 +541,7 @@ def _client_of(connection: _ConnectionRow) -> TargetClient:
     return client_for(ConnectionVersion(connection.id, connection.updated_at, load))
 
 
-def _succeed(session: Session, work: _Work, posted: PostedVoucher,
+def _succeed(session: Transaction, work: _Work, posted: PostedVoucher,
              voucher_step: EventRow | None = None, **fields) -> None:
     """processing -> success with the voucher, a compare-and-set on our lease. With
     ``voucher_step`` the same UPDATE records the voucher (``transition_known``): raises

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
+from shared.db.session import Transaction
 from shared.db.types import utcnow
 
 
-def database_now(session: Session) -> datetime:
+def database_now(session: Transaction) -> datetime:
     if session.get_bind().dialect.name == "postgresql":
         value = session.execute(text("SELECT clock_timestamp()")).scalar_one()
         return value.astimezone(timezone.utc)
@@ -33,7 +33,7 @@ class AttemptClock:
     offset: timedelta = timedelta(0)
 
     @classmethod
-    def measure(cls, session: Session) -> AttemptClock:
+    def measure(cls, session: Transaction) -> AttemptClock:
         before = utcnow()
         remote = database_now(session)
         after = utcnow()

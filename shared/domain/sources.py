@@ -30,6 +30,7 @@ from shared.db.models import (
     WebhookDelivery,
 )
 from shared.db.paging import newest_first_page
+from shared.db.session import Transaction
 from shared.db.types import utcnow
 from shared.domain import exports as export_service
 from shared.domain.errors import Conflict, DomainError, NotFound, ValidationFailed
@@ -457,7 +458,7 @@ def requeue_unit(session: Session, export: SourceUnit) -> None:
     enqueue_job_after_commit(session, ingest_job(export.id))
 
 
-def enqueue_report(session: Session, source_export_id: str) -> None:
+def enqueue_report(session: Transaction, source_export_id: str) -> None:
     enqueue_after_commit(session, TASK_REPORT_TO_SOURCE, source_export_id,
                          queue=get_settings().report_queue)
 

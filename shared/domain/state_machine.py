@@ -25,6 +25,7 @@ from sqlalchemy import ClauseElement, ColumnElement, and_, bindparam, insert, or
 from sqlalchemy.orm import Session
 
 from shared.db.models import AccountingExport, ExportEvent
+from shared.db.session import Transaction
 from shared.db.types import utcnow
 from shared.domain.statuses import ExportStatus
 from shared.metrics import count_export_event
@@ -104,7 +105,7 @@ def transition(
 
 
 def transition_known(
-    session: Session,
+    session: Transaction,
     export: ExportKey,
     current: ExportStatus,
     to_status: ExportStatus,
@@ -127,6 +128,9 @@ def transition_known(
     the statement is built once per shape and reused (``guard`` builds it anew every time).
     ``at``: the time to record (the worker's attempt clock, which its other steps' events use,
     so the log stays in order); this process's clock by default.
+
+    ``session`` may be a ``CoreTransaction`` (the worker's), except for a move to processing of
+    an export of a source package (``reopen_package`` reads the package with the ORM).
 
     ``voucher_step``: processing -> success that also records the target's voucher in the same
     UPDATE (``fields`` carry external_id and the rest), for the lease holder only. The
@@ -237,7 +241,7 @@ _INSERT_EVENT = insert(_EVENTS).values(
     created_at=bindparam("e_created_at", type_=_EVENTS.c.created_at.type))
 
 
-def flush_pending(session: Session) -> None:
+def flush_pending(session: Transaction) -> None:
     """Statements sent on the session's connection directly skip the ORM's autoflush: write the
     session's pending objects first (an export created in this transaction, before its event)."""
     if session.new or session.dirty or session.deleted:
@@ -261,7 +265,7 @@ class EventRow:
     at: datetime | None = None
 
 
-def insert_events(session: Session, rows: list[EventRow]) -> None:
+def insert_events(session: Transaction, rows: list[EventRow]) -> None:
     """Append rows to the event log in the session's transaction, in order (one prebuilt
     INSERT, executed once for all of them; no ORM object), and count each in the metrics once
     the transaction commits."""
@@ -280,7 +284,7 @@ def insert_events(session: Session, rows: list[EventRow]) -> None:
 
 
 def insert_event(
-    session: Session,
+    session: Transaction,
     export_id: str,
     target_system: str,
     kind: str,
