@@ -2,9 +2,9 @@
 
 A producer that sent the task before committing could have a worker look for an export row that
 is not there yet (or never will be, if the commit fails). ``enqueue_after_commit`` parks the job
-on the transaction (``info``); the after-commit hook (``shared.db.session.on_commit``) sends it. If sending fails after the commit (broker
-down), the export stays in ``processing`` with ``next_attempt_at`` in the past and the stuck-export
-sweeper sends it again: nothing is lost.
+on the transaction (its ``info``); the after-commit hook (``shared.db.session.on_commit``) sends
+it. If sending fails after the commit (broker down), the export stays in ``processing`` with
+``next_attempt_at`` in the past and the stuck-export sweeper sends it again: nothing is lost.
 """
 
 from __future__ import annotations
