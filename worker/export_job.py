@@ -206,10 +206,11 @@ _CLAIM = (
         celery_task_id=bindparam("v_celery_task_id"),
         updated_at=bindparam("v_updated_at"),
     )
+    # The columns another attempt may have changed since the read before the claim; what an
+    # export refers to (expense, target, source unit) never changes, so the read's serve.
     .returning(_T.attempts, _T.external_id, _T.external_reference, _T.posting_started_at,
                _T.post_deadline_at, _T.receipt_attached_at, _T.receipt_upload_started_at,
-               _T.error_message, _T.target_system, _T.expense_id, _T.connection_id,
-               _T.source_unit_id)
+               _T.error_message)
 )
 _X = Expense.__table__.c
 _RECEIPT = select(_X.receipt_data).where(_X.id == bindparam("w_id"))
@@ -317,10 +318,10 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
             admission.__exit__(None, None, None)  # withdrawn: this attempt sends nothing
             return _not_claimed(db.execute(_WHY_NOT_CLAIMED, {"w_id": export_id}).one_or_none(),
                                 export_id, now)
-        steps = [EventRow(export_id, claimed.target_system, "started", ACTOR,
+        steps = [EventRow(export_id, key.target_system, "started", ACTOR,
                           attempt=claimed.attempts, celery_task_id=celery_task_id, at=now)]
         if prepared is not None:
-            steps.append(EventRow(export_id, claimed.target_system, "posting_started", ACTOR,
+            steps.append(EventRow(export_id, key.target_system, "posting_started", ACTOR,
                                   attempt=claimed.attempts, celery_task_id=celery_task_id,
                                   data={"deadline": deadline.isoformat()}, at=now))
         insert_events(session, steps)
@@ -330,11 +331,10 @@ def _claim(export_id: str, celery_task_id: str | None) -> _Work | Outcome:
         receipt = None
         if expense.receipt_filename is not None and claimed.receipt_attached_at is None:
             receipt = (expense.receipt_filename, expense.receipt_content_type,
-                       db.execute(_RECEIPT, {"w_id": claimed.expense_id}).scalar_one())
+                       db.execute(_RECEIPT, {"w_id": key.expense_id}).scalar_one())
         return _Work(
             export_id=export_id,
-            key=ExportKey(export_id, claimed.expense_id, claimed.target_system,
-                          claimed.source_unit_id),
+            key=key,
             lease=lease,
             attempt=claimed.attempts,
             celery_task_id=celery_task_id,
